@@ -1,0 +1,1 @@
+"""Maestro's HTTP API (FastAPI): routes, dependencies and error mapping over the core."""

@@ -1,0 +1,65 @@
+"""The FastAPI application factory and its lifespan (database engine, Temporal client)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from sqlalchemy import text
+
+from api.errors import install_error_handlers
+from api.limits import BodySizeLimit
+from api.routes import runs, workflows
+from maestro import __version__
+from maestro.db.engine import create_engine, session_factory
+from maestro.runs import RunsService
+from maestro.settings import Settings
+from maestro.temporal_client import connect, ensure_search_attributes
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """Build the API for `settings`; resources open in the lifespan, not at import."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_engine(settings.require_database_url())
+        client = await connect(settings.temporal)
+        search_attributes = False
+        if settings.temporal.register_search_attributes:
+            try:
+                await ensure_search_attributes(client, settings.temporal.namespace)
+                search_attributes = True
+            except Exception as exc:  # noqa: BLE001 - runs still work without them
+                logger.warning("could not register search attributes", extra={"error": str(exc)})
+        app.state.settings = settings
+        app.state.sessions = session_factory(engine)
+        app.state.runs = RunsService(
+            app.state.sessions, client, settings.temporal, search_attributes=search_attributes
+        )
+        app.state.engine = engine
+        yield
+        await engine.dispose()
+
+    app = FastAPI(
+        title="Maestro",
+        version=__version__,
+        description="Register workflows, start runs and watch them; runs execute on Temporal.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(BodySizeLimit, max_bytes=settings.api.max_body_bytes)
+    install_error_handlers(app)
+    app.include_router(workflows.router, prefix="/api/v1")
+    app.include_router(runs.router, prefix="/api/v1")
+
+    @app.get("/healthz", tags=["health"])
+    async def health() -> dict[str, str]:
+        """Liveness and database reachability."""
+        async with app.state.engine.connect() as connection:
+            await connection.execute(text("select 1"))
+        return {"status": "ok"}
+
+    return app

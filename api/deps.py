@@ -1,0 +1,31 @@
+"""FastAPI dependencies as `Annotated` aliases; tests override them."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from maestro.runs import RunsService
+from maestro.settings import Settings
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """A session in a transaction that commits when the route returns without error."""
+    async with request.app.state.sessions.begin() as session:
+        yield session
+
+
+def get_runs_service(request: Request) -> RunsService:
+    return request.app.state.runs
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+SessionDep = Annotated[AsyncSession, Depends(get_session)]
+RunsDep = Annotated[RunsService, Depends(get_runs_service)]

@@ -1,0 +1,180 @@
+"""The `maestro` command line: start the stack or one of its processes, manage the schema."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from maestro.settings import Settings
+
+app = typer.Typer(help="Maestro: event-triggered workflows on Temporal.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+console = Console(stderr=True)
+
+
+def _settings() -> Settings:
+    return Settings()
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = typer.Argument("head")) -> None:
+    """Apply migrations up to REVISION (default: head)."""
+    from maestro.db.engine import upgrade
+
+    upgrade(_settings().require_database_url(), revision)
+    console.print(f"database schema at {revision}")
+
+
+@app.command()
+def api(host: str | None = None, port: int | None = None) -> None:
+    """Run the HTTP API (uvicorn)."""
+    import uvicorn
+
+    from api.app import create_app
+    from maestro.logs import configure_logging
+
+    settings = _settings()
+    configure_logging(settings.log_level)
+    uvicorn.run(
+        create_app(settings),
+        host=host or settings.api.host,
+        port=port or settings.api.port,
+        log_config=None,
+        access_log=False,
+    )
+
+
+@app.command()
+def worker() -> None:
+    """Run a Temporal worker for Maestro's task queues."""
+    from maestro.logs import configure_logging
+    from workers.main import run_worker
+
+    settings = _settings()
+    configure_logging(settings.log_level)
+    asyncio.run(run_worker(settings))
+
+
+class _Children:
+    """Child processes started by `maestro up`, stopped in reverse order."""
+
+    def __init__(self) -> None:
+        self.procs: list[tuple[str, subprocess.Popen]] = []
+
+    def start(self, name: str, command: list[str], env: dict[str, str], log: Path | None) -> None:
+        out = open(log, "ab") if log else None  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen(
+            command,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT if out else None,
+            start_new_session=True,
+        )
+        self.procs.append((name, proc))
+
+    def dead(self) -> tuple[str, int] | None:
+        for name, proc in self.procs:
+            if proc.poll() is not None:
+                return name, proc.returncode
+        return None
+
+    def stop(self, grace: float = 15.0) -> None:
+        for name, proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(grace)
+                except subprocess.TimeoutExpired:
+                    console.print(f"[yellow]{name} did not stop in {grace:.0f}s; killing it[/]")
+                    proc.kill()
+                    proc.wait()
+
+
+@app.command()
+def up(
+    external_temporal: bool = typer.Option(
+        False, help="Use the Temporal at MAESTRO_TEMPORAL__ADDRESS instead of the dev server."
+    ),
+) -> None:
+    """Start everything on one machine: embedded PostgreSQL, the Temporal dev server with its UI,
+    the API and a worker. Data lives under MAESTRO_DATA_DIR (default .maestro/). Ctrl-C stops all."""
+    from maestro.db.engine import upgrade
+    from maestro.embedded import EmbeddedPostgres, temporal_dev_server_command, wait_for_port
+
+    settings = _settings()
+    data_dir = settings.data_dir.resolve()
+    (data_dir / "logs").mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, MAESTRO_DATA_DIR=str(data_dir))
+    postgres: EmbeddedPostgres | None = None
+    children = _Children()
+    stopping = False
+
+    def request_stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    try:
+        database_url = settings.database_url
+        if not database_url:
+            postgres = EmbeddedPostgres(data_dir / "postgres", settings.embedded_postgres_port)
+            console.print("starting embedded PostgreSQL ...")
+            database_url = postgres.start()
+        env["MAESTRO_DATABASE_URL"] = database_url
+        upgrade(database_url)
+        host, _, port = settings.temporal.address.rpartition(":")
+        if not external_temporal:
+            console.print("starting Temporal dev server ...")
+            children.start(
+                "temporal",
+                temporal_dev_server_command(
+                    data_dir / "temporal",
+                    port=int(port),
+                    ui_port=settings.temporal.ui_port,
+                    namespace=settings.temporal.namespace,
+                ),
+                env,
+                data_dir / "logs" / "temporal.log",
+            )
+        wait_for_port(host or "127.0.0.1", int(port), timeout=60)
+        python = sys.executable
+        children.start(
+            "api", [python, "-m", "maestro.cli", "api"], env, data_dir / "logs" / "api.log"
+        )
+        children.start(
+            "worker", [python, "-m", "maestro.cli", "worker"], env, data_dir / "logs" / "worker.log"
+        )
+        wait_for_port(settings.api.host, settings.api.port, timeout=60)
+        api_url = f"http://{settings.api.host}:{settings.api.port}"
+        console.print(f"""[bold green]Maestro is up[/]
+  API        {api_url}/api/v1   (OpenAPI: {api_url}/docs)
+  Temporal   {settings.temporal.address}   (UI: {settings.temporal.ui_url})
+  PostgreSQL {database_url}
+  data       {data_dir}   (logs in {data_dir / "logs"})
+Press Ctrl-C to stop.""")
+        while not stopping:
+            dead = children.dead()
+            if dead:
+                console.print(f"[red]{dead[0]} exited with code {dead[1]}; stopping[/]")
+                raise typer.Exit(1)
+            time.sleep(0.5)
+    finally:
+        console.print("stopping ...")
+        children.stop()
+        if postgres is not None:
+            postgres.stop()
+        console.print("stopped")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,1 @@
+"""PostgreSQL persistence: tables, engine, and plain async functions per aggregate."""

@@ -1,0 +1,143 @@
+"""Runs and their step states."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from maestro.db.tables import Run, StepRun
+from maestro.errors import NotFound
+from maestro.runtime import RunStatus, StepState, StepStatus
+
+
+async def get_run(session: AsyncSession, run_id: str) -> Run:
+    run = await session.get(Run, run_id)
+    if run is None:
+        raise NotFound(f"run {run_id!r} not found")
+    return run
+
+
+async def find_by_request_id(
+    session: AsyncSession, workflow_id: str, request_id: str
+) -> Run | None:
+    query = select(Run).where(Run.workflow_id == workflow_id, Run.request_id == request_id)
+    return (await session.execute(query)).scalar_one_or_none()
+
+
+async def list_runs(
+    session: AsyncSession,
+    *,
+    workflow_id: str | None,
+    status: str | None,
+    limit: int,
+    before: tuple[datetime, str] | None = None,
+) -> Sequence[Run]:
+    """Newest first; `before` is the (created_at, run_id) of the last run of the previous page."""
+    query = select(Run)
+    if workflow_id:
+        query = query.where(Run.workflow_id == workflow_id)
+    if status:
+        query = query.where(Run.status == status)
+    if before:
+        query = query.where((Run.created_at, Run.run_id) < before)
+    query = query.order_by(Run.created_at.desc(), Run.run_id.desc()).limit(limit)
+    return (await session.execute(query)).scalars().all()
+
+
+async def list_steps(session: AsyncSession, run_id: str) -> Sequence[StepRun]:
+    return (await session.execute(select(StepRun).where(StepRun.run_id == run_id))).scalars().all()
+
+
+async def set_temporal_run_id(session: AsyncSession, run_id: str, temporal_run_id: str) -> None:
+    await session.execute(
+        update(Run).where(Run.run_id == run_id).values(temporal_run_id=temporal_run_id)
+    )
+
+
+async def mark_step_started(session: AsyncSession, run_id: str, step_id: str, attempt: int) -> None:
+    """An attempt began: the step is running and so is its run."""
+    await session.execute(
+        update(Run)
+        .where(Run.run_id == run_id, Run.status == RunStatus.queued)
+        .values(status=RunStatus.running, started_at=func.now())
+    )
+    values = {"status": StepStatus.running, "attempt": attempt, "error": None}
+    await session.execute(
+        insert(StepRun)
+        .values(run_id=run_id, step_id=step_id, started_at=func.now(), **values)
+        .on_conflict_do_update(index_elements=["run_id", "step_id"], set_=values)
+    )
+
+
+async def mark_attempt_failed(
+    session: AsyncSession, run_id: str, step_id: str, attempt: int, error: str
+) -> None:
+    """An attempt failed; the workflow decides later whether the step failed for good."""
+    await session.execute(
+        update(StepRun)
+        .where(StepRun.run_id == run_id, StepRun.step_id == step_id, StepRun.attempt == attempt)
+        .values(error=error)
+    )
+
+
+async def mark_step_succeeded(
+    session: AsyncSession, run_id: str, step_id: str, attempt: int, outputs: dict, details: dict
+) -> None:
+    await session.execute(
+        update(StepRun)
+        .where(StepRun.run_id == run_id, StepRun.step_id == step_id)
+        .values(
+            status=StepStatus.succeeded,
+            attempt=attempt,
+            ended_at=func.now(),
+            outputs=outputs,
+            details=details,
+            error=None,
+        )
+    )
+
+
+async def record_step_states(session: AsyncSession, run_id: str, states: list[StepState]) -> None:
+    """Write states the workflow decided (skipped, failed for good, stopped, ...)."""
+    for state in states:
+        values = {"status": state.status, "error": state.error, "ended_at": state.ended_at}
+        if state.outputs is not None:
+            values["outputs"] = state.outputs
+        await session.execute(
+            insert(StepRun)
+            .values(
+                run_id=run_id,
+                step_id=state.step_id,
+                attempt=state.attempt,
+                started_at=state.started_at,
+                **values,
+            )
+            .on_conflict_do_update(index_elements=["run_id", "step_id"], set_=values)
+        )
+
+
+async def finish_run(
+    session: AsyncSession,
+    run_id: str,
+    status: RunStatus,
+    error: str | None,
+    outputs: dict,
+    steps: list[StepState],
+) -> None:
+    """The run ended: its final status and every step's final state."""
+    await record_step_states(session, run_id, [s for s in steps if s.status.is_terminal])
+    await session.execute(
+        update(Run)
+        .where(Run.run_id == run_id)
+        .values(
+            status=status,
+            error=error,
+            outputs=outputs,
+            ended_at=func.now(),
+            started_at=func.coalesce(Run.started_at, func.now()),
+        )
+    )

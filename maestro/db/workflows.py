@@ -1,0 +1,121 @@
+"""Workflows and their immutable versions."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from maestro.db.tables import Workflow, WorkflowVersion
+from maestro.definitions import WorkflowDefinition
+from maestro.errors import NotFound
+
+
+async def get_workflow(session: AsyncSession, workflow_id: str, *, lock: bool = False) -> Workflow:
+    """The workflow row, or NotFound."""
+    query = select(Workflow).where(Workflow.id == workflow_id)
+    if lock:
+        query = query.with_for_update()
+    workflow = (await session.execute(query)).scalar_one_or_none()
+    if workflow is None:
+        raise NotFound(f"workflow {workflow_id!r} not found")
+    return workflow
+
+
+async def list_workflows(session: AsyncSession, *, limit: int, offset: int) -> Sequence[Workflow]:
+    query = select(Workflow).order_by(Workflow.id).limit(limit).offset(offset)
+    return (await session.execute(query)).scalars().all()
+
+
+async def push_version(
+    session: AsyncSession, definition: WorkflowDefinition
+) -> tuple[Workflow, WorkflowVersion, bool]:
+    """Store a definition: a new version (activated) unless an identical one exists."""
+    await session.execute(
+        insert(Workflow)
+        .values(
+            id=definition.id,
+            owner=definition.owner,
+            latest_version=0,
+            run_counter=0,
+            is_active=True,
+        )
+        .on_conflict_do_nothing()
+    )
+    workflow = await get_workflow(session, definition.id, lock=True)
+    digest = definition.content_hash()
+    existing = (
+        await session.execute(
+            select(WorkflowVersion).where(
+                WorkflowVersion.workflow_id == definition.id, WorkflowVersion.content_hash == digest
+            )
+        )
+    ).scalar_one_or_none()
+    if existing is not None:
+        return workflow, existing, False
+    workflow.latest_version += 1
+    version = WorkflowVersion(
+        workflow_id=definition.id,
+        version=workflow.latest_version,
+        definition=definition.model_dump(mode="json"),
+        content_hash=digest,
+    )
+    session.add(version)
+    workflow.active_version = version.version
+    workflow.is_active = True
+    workflow.owner = definition.owner
+    await session.flush()
+    return workflow, version, True
+
+
+async def get_version(session: AsyncSession, workflow_id: str, ref: str | int) -> WorkflowVersion:
+    """A version by number, or `active` / `latest`."""
+    workflow = await get_workflow(session, workflow_id)
+    if ref == "active":
+        if workflow.active_version is None:
+            raise NotFound(f"workflow {workflow_id!r} has no active version")
+        number = workflow.active_version
+    elif ref == "latest":
+        number = workflow.latest_version
+    else:
+        try:
+            number = int(ref)
+        except ValueError:
+            raise NotFound(
+                f"version {ref!r} of workflow {workflow_id!r} not found "
+                "(use a number, 'active' or 'latest')"
+            ) from None
+    version = await session.get(WorkflowVersion, (workflow_id, number))
+    if version is None:
+        raise NotFound(f"version {number} of workflow {workflow_id!r} not found")
+    return version
+
+
+async def list_versions(session: AsyncSession, workflow_id: str) -> Sequence[WorkflowVersion]:
+    await get_workflow(session, workflow_id)
+    query = (
+        select(WorkflowVersion)
+        .where(WorkflowVersion.workflow_id == workflow_id)
+        .order_by(WorkflowVersion.version)
+    )
+    return (await session.execute(query)).scalars().all()
+
+
+async def activate_version(session: AsyncSession, workflow_id: str, ref: str | int) -> Workflow:
+    """Make a version the active one (also rollback) and re-activate the workflow."""
+    version = await get_version(session, workflow_id, ref)
+    workflow = await get_workflow(session, workflow_id, lock=True)
+    workflow.active_version = version.version
+    workflow.is_active = True
+    await session.flush()
+    return workflow
+
+
+async def deactivate(session: AsyncSession, workflow_id: str) -> Workflow:
+    """Stop triggers and default starts; versions and runs stay."""
+    workflow = await get_workflow(session, workflow_id, lock=True)
+    workflow.is_active = False
+    await session.flush()
+    return workflow

@@ -1,0 +1,413 @@
+"""Workflow definitions: the one schema for request bodies, stored versions and workflow input."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import timedelta
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import croniter
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from maestro.dag import find_cycle
+from maestro.durations import Duration
+from maestro.errors import DefinitionInvalid, ParamsInvalid, Problem
+from maestro.expressions import ExpressionError, compile_expression, find_expressions
+from maestro.steps import STEP_TYPES, check_step_params
+
+WORKFLOW_ID_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,127}$"
+STEP_ID_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
+CRON_MACROS = {"@hourly", "@daily", "@weekly", "@monthly", "@yearly", "@annually", "@midnight"}
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _check_expression(source: str | None) -> str | None:
+    if source is not None:
+        try:
+            compile_expression(source)
+        except ExpressionError as exc:
+            raise ValueError(str(exc)) from None
+    return source
+
+
+# -- params -------------------------------------------------------------------------------
+
+
+class ParamType(StrEnum):
+    string = "string"
+    integer = "integer"
+    number = "number"
+    boolean = "boolean"
+    object = "object"
+    array = "array"
+
+
+_PY_TYPES: dict[ParamType, tuple[type, ...]] = {
+    ParamType.string: (str,),
+    ParamType.integer: (int,),
+    ParamType.number: (int, float),
+    ParamType.boolean: (bool,),
+    ParamType.object: (dict,),
+    ParamType.array: (list,),
+}
+
+
+def value_fits(kind: ParamType, value: Any) -> bool:
+    """Whether `value` (decoded JSON) is of the param type; booleans are not numbers."""
+    if isinstance(value, bool) and kind is not ParamType.boolean:
+        return False
+    return isinstance(value, _PY_TYPES[kind])
+
+
+class ParamSpec(_Model):
+    """A workflow param: its type, and a default unless it is required."""
+
+    type: ParamType = ParamType.string
+    default: Any = None
+    required: bool = False
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _default_fits(self) -> ParamSpec:
+        if self.default is not None and not value_fits(self.type, self.default):
+            raise ValueError(f"default {self.default!r} is not of type {self.type.value}")
+        if self.default is None:
+            self.required = True  # a param without a default must be supplied at start
+        return self
+
+
+# -- steps --------------------------------------------------------------------------------
+
+
+class FailureMode(StrEnum):
+    fail_after_running = "fail_after_running"
+    fail_immediately = "fail_immediately"
+    ignore_failure = "ignore_failure"
+
+
+class RetryPolicy(_Model):
+    """How a failed step attempt is retried (becomes the activity's Temporal retry policy)."""
+
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    initial_backoff: Duration = timedelta(seconds=1)
+    maximum_backoff: Duration | None = timedelta(seconds=60)
+    backoff_coefficient: float = Field(default=2.0, ge=1.0, le=100.0)
+    non_retryable_error_types: list[str] = Field(default_factory=list)
+
+
+class Step(_Model):
+    """A node of the DAG."""
+
+    id: str = Field(pattern=STEP_ID_PATTERN)
+    type: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    depends_on: list[str] = Field(default_factory=list)
+    when: str | None = None
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    timeout: Duration | None = None
+    heartbeat_timeout: Duration | None = None
+    failure_mode: FailureMode = FailureMode.fail_after_running
+    task_queue: str | None = Field(default=None, min_length=1, max_length=200)
+
+    _when_compiles = field_validator("when")(classmethod(lambda cls, v: _check_expression(v)))
+
+
+# -- triggers (validated here; fired by the trigger issues) -----------------------------------
+
+
+class TimeTrigger(_Model):
+    """Start a run on a cron schedule."""
+
+    cron: str
+    timezone: str = "UTC"
+    jitter: Duration | None = None
+    catchup_window: Duration = timedelta(hours=1)
+
+    @field_validator("cron")
+    @classmethod
+    def _cron_valid(cls, value: str) -> str:
+        text = value.strip()
+        if text.startswith("@"):
+            if text not in CRON_MACROS:
+                raise ValueError(
+                    f"unknown cron macro {text!r}; use one of {', '.join(sorted(CRON_MACROS))}"
+                )
+            return text
+        fields = text.split()
+        if len(fields) != 5:
+            raise ValueError(
+                f"cron expression {value!r} has {len(fields)} fields; expected 5 "
+                "(minute hour day-of-month month day-of-week)"
+            )
+        if not croniter.is_valid(text):
+            raise ValueError(f"invalid cron expression {value!r}")
+        return text
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone_valid(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown timezone {value!r} (use an IANA name like 'Europe/Paris')")
+        return value
+
+
+class IntervalTrigger(_Model):
+    """Start a run every fixed interval, shifted by `offset`."""
+
+    every: Duration
+    offset: Duration = timedelta(0)
+
+    @model_validator(mode="after")
+    def _positive(self) -> IntervalTrigger:
+        if self.every < timedelta(seconds=1):
+            raise ValueError("every must be at least 1s")
+        if self.offset >= self.every:
+            raise ValueError("offset must be shorter than every")
+        return self
+
+
+class SignalCondition(_Model):
+    name: str = Field(min_length=1, max_length=200)
+    where: dict[str, Any] = Field(default_factory=dict)
+
+
+class SignalTriggerSpec(_Model):
+    all_of: list[SignalCondition] = Field(min_length=1)
+    join_on: list[str] = Field(default_factory=list)
+    within: Duration | None = None
+    when: str | None = None
+    params: dict[str, str] = Field(default_factory=dict)
+
+
+class SignalTrigger(_Model):
+    """Start a run when signals arrive (fired by the signals issue)."""
+
+    signal: SignalTriggerSpec
+
+
+class OnFinishSpec(_Model):
+    workflow: str = Field(pattern=WORKFLOW_ID_PATTERN)
+    status: list[str] = Field(default_factory=lambda: ["succeeded"])
+
+
+class OnFinishTrigger(_Model):
+    """Start a run when another workflow's run ends."""
+
+    on_finish: OnFinishSpec
+
+
+def _trigger_kind(value: Any) -> str | None:
+    if isinstance(value, BaseModel):
+        value = value.model_dump()
+    if not isinstance(value, dict):
+        return None
+    for key, kind in (
+        ("cron", "time"),
+        ("every", "interval"),
+        ("signal", "signal"),
+        ("on_finish", "on_finish"),
+    ):
+        if key in value:
+            return kind
+    return None
+
+
+Trigger = Annotated[
+    Annotated[TimeTrigger, Tag("time")]
+    | Annotated[IntervalTrigger, Tag("interval")]
+    | Annotated[SignalTrigger, Tag("signal")]
+    | Annotated[OnFinishTrigger, Tag("on_finish")],
+    Discriminator(
+        _trigger_kind,
+        custom_error_type="trigger_kind",
+        custom_error_message="a trigger has one of the keys cron, every, signal or on_finish",
+    ),
+]
+
+
+# -- run strategy ---------------------------------------------------------------------------
+
+
+class RunStrategyKind(StrEnum):
+    sequential = "sequential"
+    strict_sequential = "strict_sequential"
+    first_only = "first_only"
+    last_only = "last_only"
+    parallel = "parallel"
+
+
+class RunStrategy(_Model):
+    """How runs of one workflow share the road (enforced by the run-strategy issue)."""
+
+    kind: RunStrategyKind = RunStrategyKind.sequential
+    max_concurrency: int = Field(default=1, ge=1, le=10_000)
+    max_queued: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value: Any) -> Any:
+        return {"kind": value} if isinstance(value, str) else value
+
+
+# -- workflow -------------------------------------------------------------------------------
+
+
+class WorkflowDefinition(_Model):
+    """A workflow as pushed by its owner; each distinct body becomes an immutable version."""
+
+    id: str = Field(pattern=WORKFLOW_ID_PATTERN)
+    name: str = Field(default="", max_length=200)
+    description: str = Field(default="", max_length=10_000)
+    owner: str = Field(default="", max_length=200)
+    tags: list[Annotated[str, Field(max_length=100)]] = Field(default_factory=list, max_length=50)
+    params: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")], ParamSpec] = (
+        Field(default_factory=dict)
+    )
+    steps: list[Step] = Field(min_length=1, max_length=500)
+    timeout: Duration | None = None
+    run_strategy: RunStrategy = Field(default_factory=RunStrategy)
+    triggers: list[Trigger] = Field(default_factory=list, max_length=50)
+
+    def step(self, step_id: str) -> Step:
+        return next(s for s in self.steps if s.id == step_id)
+
+    def content_hash(self) -> str:
+        """Stable hash of the normalised definition: equal bodies give equal hashes."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def check_definition(definition: WorkflowDefinition) -> list[Problem]:
+    """Rules that span fields: step ids, dependencies, cycles, step types and their params."""
+    problems: list[Problem] = []
+    seen: dict[str, int] = {}
+    for i, step in enumerate(definition.steps):
+        if step.id in seen:
+            problems.append(
+                Problem(
+                    ("steps", i, "id"),
+                    f"duplicate step id {step.id!r} (first used by steps[{seen[step.id]}])",
+                    "duplicate_id",
+                )
+            )
+        else:
+            seen[step.id] = i
+    for i, step in enumerate(definition.steps):
+        for j, dep in enumerate(step.depends_on):
+            if dep not in seen:
+                problems.append(
+                    Problem(
+                        ("steps", i, "depends_on", j),
+                        f"step {step.id!r} depends on unknown step {dep!r}",
+                        "unknown_step",
+                    )
+                )
+        if step.type not in STEP_TYPES:
+            problems.append(
+                Problem(
+                    ("steps", i, "type"),
+                    f"unknown step type {step.type!r}; known types: "
+                    f"{', '.join(sorted(STEP_TYPES))}",
+                    "unknown_step_type",
+                )
+            )
+        else:
+            problems += [
+                Problem(("steps", i, "params", *p.loc), p.msg, p.type)
+                for p in check_step_params(step.type, step.params)
+            ]
+        for loc, source in find_expressions(step.params):
+            try:
+                compile_expression(source)
+            except ExpressionError as exc:
+                problems.append(
+                    Problem(("steps", i, "params", *loc, "expr"), str(exc), "expression_invalid")
+                )
+    if not any(p.type == "unknown_step" for p in problems):
+        cycle = find_cycle({s.id: s.depends_on for s in definition.steps})
+        if cycle:
+            problems.append(
+                Problem(
+                    ("steps",), f"dependency cycle: {' -> '.join(cycle)}", "cycle", {"cycle": cycle}
+                )
+            )
+    return problems
+
+
+def parse_definition(data: Any) -> WorkflowDefinition:
+    """Validate a definition body completely, or raise DefinitionInvalid with every problem."""
+    try:
+        definition = WorkflowDefinition.model_validate(data)
+    except ValidationError as exc:
+        raise DefinitionInvalid(
+            "workflow definition is invalid", problems_from_validation(exc)
+        ) from None
+    problems = check_definition(definition)
+    if problems:
+        raise DefinitionInvalid("workflow definition is invalid", problems)
+    return definition
+
+
+def problems_from_validation(exc: ValidationError, prefix: tuple = ()) -> list[Problem]:
+    """Pydantic's errors as Problems (location, message, type)."""
+    return [
+        Problem((*prefix, *err["loc"]), err["msg"].removeprefix("Value error, "), err["type"])
+        for err in exc.errors(include_url=False)
+    ]
+
+
+def resolve_run_params(definition: WorkflowDefinition, supplied: dict[str, Any]) -> dict[str, Any]:
+    """The run's params: supplied values checked against the definition, defaults filled in."""
+    problems: list[Problem] = []
+    for name, value in supplied.items():
+        spec = definition.params.get(name)
+        if spec is None:
+            known = ", ".join(sorted(definition.params)) or "none"
+            problems.append(
+                Problem(
+                    ("params", name),
+                    f"unknown param {name!r} (this workflow's params: {known})",
+                    "unknown_param",
+                )
+            )
+        elif not value_fits(spec.type, value):
+            problems.append(
+                Problem(
+                    ("params", name),
+                    f"expected {spec.type.value}, got {type(value).__name__} {value!r}",
+                    "param_type",
+                )
+            )
+    resolved: dict[str, Any] = {}
+    for name, spec in definition.params.items():
+        if name in supplied:
+            resolved[name] = supplied[name]
+        elif spec.default is not None:
+            resolved[name] = spec.default
+        elif spec.required:
+            problems.append(
+                Problem(("params", name), f"required param {name!r} is missing", "missing")
+            )
+    if problems:
+        raise ParamsInvalid("run params are invalid", problems)
+    return resolved
+
+
+TriggerKind = Literal["manual", "time", "signal"]

@@ -1,0 +1,81 @@
+"""CEL expressions: compile-checking at registration and evaluation in workflow code."""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from typing import Any
+
+import cel
+
+# The names an expression may use; anything else is a typo caught at registration.
+ROOT_VARIABLES = frozenset({"params", "steps", "run"})
+
+_POSITION = re.compile(r"<input>:(\d+):(\d+)")
+
+
+class ExpressionError(ValueError):
+    """An expression does not compile or cannot be evaluated."""
+
+
+def is_expr(value: Any) -> bool:
+    """True for a `{"expr": "<CEL>"}` value."""
+    return isinstance(value, dict) and set(value) == {"expr"} and isinstance(value["expr"], str)
+
+
+@lru_cache(maxsize=4096)
+def compile_expression(source: str) -> Any:
+    """Compile a CEL expression, or raise ExpressionError naming line and column."""
+    if not source.strip():
+        raise ExpressionError("empty expression")
+    try:
+        program = cel.compile(source)
+    except (ValueError, RuntimeError) as exc:
+        text = str(exc)
+        match = _POSITION.search(text)
+        where = f" at line {match.group(1)}, column {match.group(2)}" if match else ""
+        detail = text.split("ERROR: ", 1)[-1].split("\n", 1)[0]
+        detail = _POSITION.sub("", detail).lstrip(": ")
+        raise ExpressionError(f"CEL expression does not compile{where}: {detail}") from None
+    unknown = sorted(set(program.variables()) - ROOT_VARIABLES)
+    if unknown:
+        raise ExpressionError(
+            f"unknown variable {', '.join(map(repr, unknown))}: "
+            f"expressions can use {', '.join(sorted(ROOT_VARIABLES))}"
+        )
+    return program
+
+
+def evaluate(source: str, context: dict[str, Any]) -> Any:
+    """Evaluate a CEL expression over `context`; every root variable is always defined."""
+    program = compile_expression(source)
+    full = {name: context.get(name, {}) for name in ROOT_VARIABLES}
+    try:
+        return program.execute(full)
+    except (ValueError, RuntimeError, TypeError, KeyError) as exc:
+        raise ExpressionError(f"evaluating {source!r} failed: {exc}") from None
+
+
+def resolve_values(value: Any, context: dict[str, Any]) -> Any:
+    """Replace every `{"expr": ...}` inside `value` by its result."""
+    if is_expr(value):
+        return evaluate(value["expr"], context)
+    if isinstance(value, dict):
+        return {k: resolve_values(v, context) for k, v in value.items()}
+    if isinstance(value, list):
+        return [resolve_values(v, context) for v in value]
+    return value
+
+
+def find_expressions(value: Any, loc: tuple[str | int, ...] = ()) -> list[tuple[tuple, str]]:
+    """Every `(location, source)` of an expression inside `value`."""
+    if is_expr(value):
+        return [(loc, value["expr"])]
+    found: list[tuple[tuple, str]] = []
+    if isinstance(value, dict):
+        for k, v in value.items():
+            found += find_expressions(v, (*loc, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            found += find_expressions(v, (*loc, i))
+    return found

@@ -1,0 +1,145 @@
+"""What the API and the workers share about a run on Temporal: names, ids, inputs and results."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+from urllib.parse import quote
+
+from pydantic import BaseModel, Field
+from temporalio.common import SearchAttributeKey
+
+from maestro.definitions import Step, WorkflowDefinition
+
+RUN_WORKFLOW = "RunWorkflow"
+RUN_STEP_ACTIVITY = "run_step"
+RECORD_STEPS_ACTIVITY = "record_steps"
+FINISH_RUN_ACTIVITY = "finish_run"
+
+DEFAULT_STEP_TIMEOUT = timedelta(hours=24)
+DEFAULT_HEARTBEAT_TIMEOUT = timedelta(seconds=60)
+
+SA_WORKFLOW_ID = SearchAttributeKey.for_keyword("MaestroWorkflowId")
+SA_VERSION = SearchAttributeKey.for_int("MaestroVersion")
+SA_TRIGGER_KIND = SearchAttributeKey.for_keyword("MaestroTriggerKind")
+SEARCH_ATTRIBUTES = (SA_WORKFLOW_ID, SA_VERSION, SA_TRIGGER_KIND)
+
+
+class RunStatus(StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    stopped = "stopped"
+    timed_out = "timed_out"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self not in (RunStatus.queued, RunStatus.running)
+
+
+class StepStatus(StrEnum):
+    pending = "pending"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    skipped = "skipped"
+    completed_with_error = "completed_with_error"
+    stopped = "stopped"
+    timed_out = "timed_out"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self not in (StepStatus.pending, StepStatus.running)
+
+    @property
+    def lets_downstream_run(self) -> bool:
+        return self in (StepStatus.succeeded, StepStatus.completed_with_error)
+
+
+def temporal_workflow_id(workflow_id: str, run_number: int) -> str:
+    """The readable Temporal workflow id of a run: unique because `-run-<n>` ends it."""
+    return f"{workflow_id}-run-{run_number}"
+
+
+def temporal_ui_url(
+    ui_base: str, namespace: str, temporal_id: str, temporal_run_id: str | None
+) -> str:
+    """A link that opens the run in the Temporal Web UI."""
+    base = f"{ui_base.rstrip('/')}/namespaces/{quote(namespace, safe='')}/workflows/"
+    base += quote(temporal_id, safe="")
+    return f"{base}/{temporal_run_id}/history" if temporal_run_id else base
+
+
+class Cause(BaseModel):
+    """Why a run exists."""
+
+    kind: str = "manual"
+    request_id: str | None = None
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+
+class RunInput(BaseModel):
+    """The input of RunWorkflow: everything it needs, including the definition snapshot."""
+
+    run_id: str
+    workflow_id: str
+    version: int
+    run_number: int
+    params: dict[str, Any]
+    definition: WorkflowDefinition
+    cause: Cause = Field(default_factory=Cause)
+
+
+class StepState(BaseModel):
+    """A step's state as the workflow knows it."""
+
+    step_id: str
+    status: StepStatus = StepStatus.pending
+    attempt: int = 0
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    outputs: dict[str, Any] | None = None
+    error: str | None = None
+
+
+class RunState(BaseModel):
+    """The live state of a run (RunWorkflow's `state` query and its result)."""
+
+    run_id: str
+    status: RunStatus
+    steps: list[StepState]
+    error: str | None = None
+
+
+class StepInput(BaseModel):
+    """The input of the `run_step` activity: one attempt of one step."""
+
+    run_id: str
+    workflow_id: str
+    run_number: int
+    step: Step
+    params: dict[str, Any]
+    run_params: dict[str, Any]
+    upstream: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+class StepResult(BaseModel):
+    """What a successful step attempt returns."""
+
+    outputs: dict[str, Any] = Field(default_factory=dict)
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class RecordStepsInput(BaseModel):
+    run_id: str
+    steps: list[StepState]
+
+
+class FinishRunInput(BaseModel):
+    run_id: str
+    status: RunStatus
+    error: str | None = None
+    steps: list[StepState]
+    outputs: dict[str, Any] = Field(default_factory=dict)

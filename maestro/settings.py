@@ -1,0 +1,68 @@
+"""Configuration: one pydantic-settings model, read from `MAESTRO_*` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class TemporalSettings(BaseModel):
+    """Where Temporal is and how Maestro names things in it."""
+
+    address: str = "127.0.0.1:7233"
+    namespace: str = "default"
+    task_queue: str = "maestro"
+    ui_url: str = "http://127.0.0.1:8233"
+    ui_port: int = 8233
+    # Register Maestro's search attributes at start-up (needs operator rights on a real cluster).
+    register_search_attributes: bool = True
+
+
+class ApiSettings(BaseModel):
+    """The HTTP API process."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_body_bytes: int = 1_048_576
+    page_size_max: int = 500
+
+
+class WorkerSettings(BaseModel):
+    """The worker process."""
+
+    # Extra task queues this worker polls for step activities (e.g. "gpu").
+    task_queues: list[str] = Field(default_factory=list)
+    max_concurrent_activities: int = 100
+
+
+class Settings(BaseSettings):
+    """All of Maestro's settings; nested groups use `__`, e.g. `MAESTRO_TEMPORAL__ADDRESS`."""
+
+    model_config = SettingsConfigDict(env_prefix="MAESTRO_", env_nested_delimiter="__")
+
+    # Unset means: use the embedded PostgreSQL server under `data_dir`.
+    database_url: str | None = None
+    data_dir: Path = Path(".maestro")
+    embedded_postgres_port: int = 55432
+    temporal: TemporalSettings = Field(default_factory=TemporalSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    log_level: str = "INFO"
+
+    @property
+    def runs_dir(self) -> Path:
+        """Per-run working directories live here."""
+        return self.data_dir / "runs"
+
+    def require_database_url(self) -> str:
+        """The database URL, or an error if none is configured and embedded is not running."""
+        if not self.database_url:
+            from maestro.errors import ConfigurationError
+
+            raise ConfigurationError(
+                "MAESTRO_DATABASE_URL is not set; start the stack with `maestro up` "
+                "or point MAESTRO_DATABASE_URL at PostgreSQL"
+            )
+        return self.database_url

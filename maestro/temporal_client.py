@@ -1,0 +1,45 @@
+"""Connecting to Temporal with Maestro's data converter, and registering its search attributes."""
+
+from __future__ import annotations
+
+import logging
+
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import (
+    AddSearchAttributesRequest,
+    ListSearchAttributesRequest,
+)
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+
+from maestro.runtime import SEARCH_ATTRIBUTES
+from maestro.settings import TemporalSettings
+
+logger = logging.getLogger(__name__)
+
+
+async def connect(settings: TemporalSettings) -> Client:
+    """A Temporal client that (de)serialises Maestro's pydantic models."""
+    return await Client.connect(
+        settings.address, namespace=settings.namespace, data_converter=pydantic_data_converter
+    )
+
+
+async def ensure_search_attributes(client: Client, namespace: str) -> None:
+    """Register Maestro's custom search attributes if the namespace lacks them (idempotent)."""
+    existing = await client.operator_service.list_search_attributes(
+        ListSearchAttributesRequest(namespace=namespace)
+    )
+    missing = {
+        key.name: IndexedValueType.ValueType(int(key.indexed_value_type))
+        for key in SEARCH_ATTRIBUTES
+        if key.name not in existing.custom_attributes
+    }
+    if missing:
+        await client.operator_service.add_search_attributes(
+            AddSearchAttributesRequest(namespace=namespace, search_attributes=missing)
+        )
+        logger.info("registered search attributes", extra={"attributes": sorted(missing)})
+
+
+__all__ = ["connect", "ensure_search_attributes"]

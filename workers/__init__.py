@@ -1,0 +1,1 @@
+"""The Temporal worker: RunWorkflow, its activities and the step executors."""

@@ -1,0 +1,21 @@
+"""Step executors: one async function per step type, `(ExecutionContext, params) -> StepResult`."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from maestro.context import StepContext
+from maestro.runtime import StepResult
+from workers.executors.basic import run_noop, run_sleep
+from workers.executors.python import run_python
+from workers.executors.shell import run_shell
+
+Executor = Callable[[StepContext, dict[str, Any]], Awaitable[StepResult]]
+
+EXECUTORS: dict[str, Executor] = {
+    "noop": run_noop,
+    "sleep": run_sleep,
+    "python": run_python,
+    "shell": run_shell,
+}
