@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 from sqlalchemy import text
 
 from api.errors import install_error_handlers
@@ -14,11 +15,28 @@ from api.limits import BodySizeLimit
 from api.routes import runs, workflows
 from maestro import __version__
 from maestro.db.engine import create_engine, session_factory
+from maestro.definitions import WorkflowDefinition
 from maestro.runs import RunsService
 from maestro.settings import Settings
 from maestro.temporal_client import connect, ensure_search_attributes
 
 logger = logging.getLogger(__name__)
+
+
+def _openapi(app: FastAPI) -> dict:
+    """FastAPI's schema plus the workflow definition, which routes read from the raw body."""
+    if app.openapi_schema is None:
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        definition = WorkflowDefinition.model_json_schema(
+            ref_template="#/components/schemas/{model}"
+        )
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.update(definition.pop("$defs", {}))
+        components["WorkflowDefinition"] = definition
+        app.openapi_schema = schema
+    return app.openapi_schema
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -52,6 +70,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.api.max_body_bytes)
     install_error_handlers(app)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     app.include_router(workflows.router, prefix="/api/v1")
     app.include_router(runs.router, prefix="/api/v1")
 

@@ -106,7 +106,8 @@ def up(
     ),
 ) -> None:
     """Start everything on one machine: embedded PostgreSQL, the Temporal dev server with its UI,
-    the API and a worker. Data lives under MAESTRO_DATA_DIR (default .maestro/). Ctrl-C stops all."""
+    the API and a worker. Data lives under MAESTRO_DATA_DIR (default .maestro/).
+    Ctrl-C stops all."""
     from maestro.db.engine import upgrade
     from maestro.embedded import EmbeddedPostgres, temporal_dev_server_command, wait_for_port
 

@@ -9,7 +9,7 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -109,6 +109,12 @@ class RetryPolicy(_Model):
     backoff_coefficient: float = Field(default=2.0, ge=1.0, le=100.0)
     non_retryable_error_types: list[str] = Field(default_factory=list)
 
+    @model_validator(mode="after")
+    def _backoff_order(self) -> RetryPolicy:
+        if self.maximum_backoff is not None and self.maximum_backoff < self.initial_backoff:
+            raise ValueError("maximum_backoff must not be shorter than initial_backoff")
+        return self
+
 
 class Step(_Model):
     """A node of the DAG."""
@@ -156,6 +162,10 @@ class TimeTrigger(_Model):
             )
         if not croniter.is_valid(text):
             raise ValueError(f"invalid cron expression {value!r}")
+        try:
+            croniter(text).get_next()
+        except CroniterBadDateError:
+            raise ValueError(f"cron expression {value!r} never fires") from None
         return text
 
     @field_validator("timezone")
@@ -163,8 +173,10 @@ class TimeTrigger(_Model):
     def _timezone_valid(cls, value: str) -> str:
         try:
             ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown timezone {value!r} (use an IANA name like 'Europe/Paris')")
+        except (ZoneInfoNotFoundError, ValueError, OSError):
+            raise ValueError(
+                f"unknown timezone {value!r} (use an IANA name like 'Europe/Paris')"
+            ) from None
         return value
 
 

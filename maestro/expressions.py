@@ -52,7 +52,7 @@ def evaluate(source: str, context: dict[str, Any]) -> Any:
     full = {name: context.get(name, {}) for name in ROOT_VARIABLES}
     try:
         return program.execute(full)
-    except (ValueError, RuntimeError, TypeError, KeyError) as exc:
+    except (ValueError, RuntimeError, TypeError, ArithmeticError, LookupError) as exc:
         raise ExpressionError(f"evaluating {source!r} failed: {exc}") from None
 
 

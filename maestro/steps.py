@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from maestro.errors import Problem
-from maestro.expressions import is_expr
+from maestro.expressions import find_expressions
 
 ENTRYPOINT_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
 
@@ -36,7 +36,7 @@ class PythonParams(_StepParams):
 
 
 class ShellParams(_StepParams):
-    """Runs `command` (a string for `/bin/sh -c`, or an argv list) in the run's working directory."""
+    """Runs `command` (a string for `/bin/sh -c`, or an argv list) in the run's work dir."""
 
     command: str | list[str] = Field(min_length=1)
     env: dict[str, str] = Field(default_factory=dict)
@@ -52,15 +52,15 @@ STEP_TYPES: dict[str, type[_StepParams]] = {
 
 
 def check_step_params(step_type: str, params: dict[str, Any]) -> list[Problem]:
-    """Problems with a step's params; values that are expressions are checked when they run."""
-    model = STEP_TYPES[step_type]
-    literal = {k: v for k, v in params.items() if not is_expr(v)}
+    """Problems with a step's params; a param holding an expression is type-checked when it runs,
+    after the expression is evaluated (unknown params are refused either way)."""
     try:
-        model.model_validate(literal)
+        STEP_TYPES[step_type].model_validate(params)
     except ValidationError as exc:
+        dynamic = {loc[0] for loc, _ in find_expressions(params)}
         return [
             Problem(loc=tuple(err["loc"]), msg=err["msg"], type=err["type"])
-            for err in exc.errors()
-            if not (err["type"] == "missing" and err["loc"][0] in params)
+            for err in exc.errors(include_url=False)
+            if err["type"] == "extra_forbidden" or err["loc"][0] not in dynamic
         ]
     return []

@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -96,6 +97,13 @@ class StepActivities:
         except asyncio.CancelledError:
             activity.logger.info("step attempt cancelled", extra=log_extra)
             raise
+        except ValidationError as exc:
+            await self._record_failed_attempt(step_input, info.attempt, exc)
+            raise ApplicationError(
+                f"invalid params for a {step.type} step: {exc}",
+                type="InvalidStepParams",
+                non_retryable=True,
+            ) from exc
         except Exception as exc:
             await self._record_failed_attempt(step_input, info.attempt, exc)
             if isinstance(exc, ApplicationError):
@@ -121,7 +129,8 @@ class StepActivities:
 
     @staticmethod
     async def _heartbeat(progress: _Progress, timeout: Any) -> None:
-        interval = 1.0 if timeout is None else max(0.2, min(5.0, timeout.total_seconds() / 3))
+        # The worker throttles what reaches the server; beating often keeps cancellation quick.
+        interval = 0.5 if timeout is None else max(0.1, min(0.5, timeout.total_seconds() / 4))
         while True:
             activity.heartbeat(progress.latest())
             await asyncio.sleep(interval)

@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import logging
 import signal
+from datetime import timedelta
 
+from temporalio.client import Client
 from temporalio.worker import Worker
 
 from maestro.db.engine import create_engine, session_factory
@@ -18,38 +20,49 @@ from workers.workflow import RunWorkflow
 logger = logging.getLogger(__name__)
 
 
+def new_worker(
+    client: Client,
+    task_queue: str,
+    activities: StepActivities,
+    *,
+    limit: int = 100,
+    workflows: bool = True,
+) -> Worker:
+    """A worker for one task queue: RunWorkflow (unless `workflows` is false) and the activities."""
+    return Worker(
+        client,
+        task_queue=task_queue,
+        workflows=[RunWorkflow] if workflows else [],
+        activities=[activities.run_step, activities.record_steps, activities.finish_run],
+        max_concurrent_activities=limit,
+        # Cancellation reaches an activity only with a heartbeat; send them often enough that
+        # stopping a run takes about a second, whatever the step's heartbeat timeout.
+        max_heartbeat_throttle_interval=timedelta(seconds=1),
+        default_heartbeat_throttle_interval=timedelta(seconds=1),
+    )
+
+
 async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     """Run until `stop` is set (or SIGTERM/SIGINT), then drain and return."""
     engine = create_engine(settings.require_database_url())
     client = await connect(settings.temporal)
     activities = StepActivities(session_factory(engine), settings.runs_dir.resolve())
-    activity_list = [activities.run_step, activities.record_steps, activities.finish_run]
     limit = settings.worker.max_concurrent_activities
     if stop is None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-    workers = [
-        Worker(
-            client,
-            task_queue=settings.temporal.task_queue,
-            workflows=[RunWorkflow],
-            activities=activity_list,
-            max_concurrent_activities=limit,
-        )
-    ]
+    workers = [new_worker(client, settings.temporal.task_queue, activities, limit=limit)]
     workers += [
-        Worker(client, task_queue=queue, activities=activity_list, max_concurrent_activities=limit)
+        new_worker(client, queue, activities, limit=limit, workflows=False)
         for queue in settings.worker.task_queues
     ]
     async with contextlib.AsyncExitStack() as stack:
         for worker in workers:
             await stack.enter_async_context(worker)
-        logger.info(
-            "worker started",
-            extra={"task_queues": [settings.temporal.task_queue, *settings.worker.task_queues]},
-        )
+        queues = [settings.temporal.task_queue, *settings.worker.task_queues]
+        logger.info("worker started", extra={"task_queues": queues})
         await stop.wait()
     await engine.dispose()
     logger.info("worker stopped")

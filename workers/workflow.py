@@ -177,7 +177,7 @@ class RunWorkflow:
             for task in running.values():
                 task.cancel()
             if running:
-                await asyncio.wait(list(running.values()))
+                await workflow.wait(list(running.values()))
                 for step_id, task in running.items():
                     if not self._states[step_id].status.is_terminal:
                         self._settle(step_id, task, stopping=True)

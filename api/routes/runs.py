@@ -112,7 +112,7 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
     except ValueError:
         raise InvalidInput(
             "invalid cursor", [Problem(("query", "cursor"), "not a cursor returned by this API")]
-        )
+        ) from None
 
 
 @router.get("/runs", response_model=RunPage)

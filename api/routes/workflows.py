@@ -20,7 +20,7 @@ router = APIRouter(prefix="/workflows", tags=["workflows"])
 _DEFINITION_BODY = {
     "requestBody": {
         "required": True,
-        "description": "A workflow definition as JSON, or YAML with `Content-Type: application/yaml`.",
+        "description": "A workflow definition as JSON, or as YAML (`application/yaml`).",
         "content": {
             "application/json": {"schema": {"$ref": "#/components/schemas/WorkflowDefinition"}},
             "application/yaml": {"schema": {"$ref": "#/components/schemas/WorkflowDefinition"}},
@@ -42,7 +42,7 @@ async def read_definition_body(request: Request) -> Any:
         raise InvalidInput(
             "body could not be decoded",
             [Problem(("body",), f"invalid {content_type}: {exc}", "decode_error")],
-        )
+        ) from None
     raise InvalidInput(
         "unsupported content type",
         [

