@@ -1,0 +1,1 @@
+"""Example workflows and the step functions they call (importable by workers)."""
