@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,13 +14,14 @@ from sqlalchemy import text
 
 from api.errors import install_error_handlers
 from api.limits import BodySizeLimit
-from api.routes import runs, workflows
+from api.routes import runs, signals, workflows
 from maestro import __version__
 from maestro.db.engine import create_engine, session_factory
 from maestro.definitions import WorkflowDefinition
 from maestro.runs import RunsService
 from maestro.settings import Settings
-from maestro.temporal_client import connect, ensure_search_attributes
+from maestro.signals import SignalBus
+from maestro.temporal_client import connect, register_search_attributes
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +42,18 @@ def _openapi(app: FastAPI) -> dict:
     return app.openapi_schema
 
 
+async def _sweep(app: FastAPI, interval: float) -> None:
+    """Finish what a dead process left half-done: launch created runs, deliver released waits.
+    Every API process runs this; row locks and idempotent Temporal ids keep it exactly-once."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await app.state.runs.launch_pending()
+            await app.state.bus.deliver_pending()
+        except Exception as exc:  # noqa: BLE001 - the next sweep tries again
+            logger.warning("sweep failed", extra={"error": str(exc)})
+
+
 def create_app(settings: Settings) -> FastAPI:
     """Build the API for `settings`; resources open in the lifespan, not at import."""
 
@@ -46,20 +61,20 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = create_engine(settings.require_database_url())
         client = await connect(settings.temporal)
-        search_attributes = False
-        if settings.temporal.register_search_attributes:
-            try:
-                await ensure_search_attributes(client, settings.temporal.namespace)
-                search_attributes = True
-            except Exception as exc:  # noqa: BLE001 - runs still work without them
-                logger.warning("could not register search attributes", extra={"error": str(exc)})
+        search_attributes = await register_search_attributes(client, settings.temporal)
+        sessions = session_factory(engine)
         app.state.settings = settings
-        app.state.sessions = session_factory(engine)
-        app.state.runs = RunsService(
-            app.state.sessions, client, settings.temporal, search_attributes=search_attributes
-        )
+        app.state.sessions = sessions
         app.state.engine = engine
+        app.state.runs = RunsService(
+            sessions, client, settings.temporal, search_attributes=search_attributes
+        )
+        app.state.bus = SignalBus(sessions, app.state.runs, client)
+        sweeper = asyncio.create_task(_sweep(app, settings.api.sweep_interval_seconds))
         yield
+        sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeper
         await engine.dispose()
 
     app = FastAPI(
@@ -73,6 +88,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     app.include_router(workflows.router, prefix="/api/v1")
     app.include_router(runs.router, prefix="/api/v1")
+    app.include_router(signals.router, prefix="/api/v1")
 
     @app.get("/healthz", tags=["health"])
     async def health() -> dict[str, str]:

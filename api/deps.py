@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from maestro.runs import RunsService
 from maestro.settings import Settings
+from maestro.signals import SignalBus
 
 
 def get_settings(request: Request) -> Settings:
@@ -26,6 +27,11 @@ def get_runs_service(request: Request) -> RunsService:
     return request.app.state.runs
 
 
+def get_signal_bus(request: Request) -> SignalBus:
+    return request.app.state.bus
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 RunsDep = Annotated[RunsService, Depends(get_runs_service)]
+BusDep = Annotated[SignalBus, Depends(get_signal_bus)]

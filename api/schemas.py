@@ -100,3 +100,88 @@ class RunOut(BaseModel):
 class RunPage(BaseModel):
     items: list[RunOut]
     next_cursor: str | None = Field(description="Pass as `cursor` to get the next page")
+
+
+class SignalOut(BaseModel):
+    id: int
+    name: str
+    seq: int = Field(description="Sequence number within the signal's name")
+    params: dict[str, Any]
+    payload: dict[str, Any] | None
+    request_id: str | None
+    producer: dict[str, Any] = Field(description="outside, or the run/step that published it")
+    created_at: datetime
+
+
+class PublishOut(BaseModel):
+    signal: SignalOut
+    duplicate: bool = Field(
+        description="True when the dedupe key was seen before; nothing was started"
+    )
+    runs: list[RunOut] = Field(description="Runs this signal started")
+
+
+class BatchIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    signals: list[Any] = Field(min_length=1, description="Up to the batch limit of signals")
+
+
+class BatchOut(BaseModel):
+    results: list[PublishOut]
+
+
+class SignalPage(BaseModel):
+    items: list[SignalOut]
+    next_cursor: str | None
+
+
+class MatchOut(BaseModel):
+    workflow_id: str
+    trigger_id: str
+    outcome: str = Field(
+        description="started_run, duplicate_run, join_incomplete, "
+        "condition_false, superseded, expired, workflow_inactive, "
+        "params_invalid"
+    )
+    run_id: str | None
+    detail: str | None
+    updated_at: datetime
+
+
+class SignalDetail(SignalOut):
+    matches: list[MatchOut] = Field(description="What this signal did to each trigger it reached")
+
+
+class PartialJoin(BaseModel):
+    join_key: str
+    received: dict[str, int] = Field(description="Signal name -> id of the signal held")
+    missing: list[str]
+    updated_at: datetime
+
+
+class TriggerOut(BaseModel):
+    position: int = Field(description="Index in the definition's triggers")
+    kind: str
+    trigger_id: str | None = Field(description="Id of a registered signal trigger")
+    active: bool
+    spec: dict[str, Any]
+    pending_joins: list[PartialJoin] = Field(default_factory=list)
+
+
+class LineageNode(BaseModel):
+    id: str = Field(description="`run:<run_id>` or `signal:<id>`")
+    kind: str
+    data: dict[str, Any]
+
+
+class LineageEdge(BaseModel):
+    source: str
+    target: str
+    kind: str = Field(description="`started` (signal -> run) or `produced` (run -> signal)")
+
+
+class Lineage(BaseModel):
+    root: str
+    nodes: list[LineageNode]
+    edges: list[LineageEdge]

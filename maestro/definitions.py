@@ -24,7 +24,13 @@ from pydantic import (
 from maestro.dag import find_cycle
 from maestro.durations import Duration
 from maestro.errors import DefinitionInvalid, ParamsInvalid, Problem
-from maestro.expressions import ExpressionError, compile_expression, find_expressions
+from maestro.expressions import (
+    TRIGGER_ROOTS,
+    ExpressionError,
+    compile_expression,
+    find_expressions,
+    is_expr,
+)
 from maestro.steps import STEP_TYPES, check_step_params
 
 WORKFLOW_ID_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,127}$"
@@ -116,6 +122,83 @@ class RetryPolicy(_Model):
         return self
 
 
+# -- signals --------------------------------------------------------------------------------
+
+SIGNAL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$"
+SignalName = Annotated[str, Field(pattern=SIGNAL_NAME_PATTERN)]
+ParamName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")]
+WHERE_OPS = ("=", "!=", ">", ">=", "<", "<=", "in")
+Scalar = str | int | float | bool
+
+
+def _check_where(where: dict[str, Any]) -> dict[str, Any]:
+    """`{param: value | {op: value}}` with ops from WHERE_OPS; `in` takes a list."""
+    for param, condition in where.items():
+        if isinstance(condition, dict):
+            if not condition:
+                raise ValueError(f"condition on {param!r} is empty; use {{op: value}}")
+            for op, value in condition.items():
+                if op not in WHERE_OPS:
+                    raise ValueError(
+                        f"unknown operator {op!r} on {param!r}; use one of {', '.join(WHERE_OPS)}"
+                    )
+                if op == "in":
+                    if not isinstance(value, list) or not all(isinstance(v, Scalar) for v in value):
+                        raise ValueError(f"'in' on {param!r} takes a list of strings/numbers")
+                elif not isinstance(value, Scalar):
+                    raise ValueError(f"{op!r} on {param!r} takes a string or a number")
+        elif not isinstance(condition, Scalar):
+            raise ValueError(
+                f"condition on {param!r} must be a string/number or {{op: value}}, "
+                f"not {type(condition).__name__}"
+            )
+    return where
+
+
+class SignalCondition(_Model):
+    """One signal a trigger needs: its name and conditions on its params."""
+
+    name: SignalName
+    where: dict[ParamName, Any] = Field(default_factory=dict)
+
+    _where_valid = field_validator("where")(classmethod(lambda cls, v: _check_where(v)))
+
+
+class WaitFor(_Model):
+    """A signal a step waits for before it runs; `where` values may be expressions."""
+
+    name: SignalName
+    where: dict[ParamName, Any] = Field(default_factory=dict)
+    timeout: Duration | None = None
+
+    @field_validator("where")
+    @classmethod
+    def _where_valid(cls, where: dict[str, Any]) -> dict[str, Any]:
+        literal = {k: v for k, v in where.items() if not is_expr(v)}
+        _check_where(literal)
+        for value in where.values():
+            if is_expr(value):
+                _check_expression(value["expr"])
+        return where
+
+
+class Emit(_Model):
+    """A signal a step publishes when it succeeds; param values may be expressions."""
+
+    name: SignalName
+    params: dict[ParamName, Any] = Field(default_factory=dict)
+
+    @field_validator("params")
+    @classmethod
+    def _params_valid(cls, params: dict[str, Any]) -> dict[str, Any]:
+        for key, value in params.items():
+            if is_expr(value):
+                _check_expression(value["expr"])
+            elif not isinstance(value, Scalar):
+                raise ValueError(f"param {key!r} must be a string/number or {{expr: CEL}}")
+        return params
+
+
 class Step(_Model):
     """A node of the DAG."""
 
@@ -129,6 +212,8 @@ class Step(_Model):
     heartbeat_timeout: Duration | None = None
     failure_mode: FailureMode = FailureMode.fail_after_running
     task_queue: str | None = Field(default=None, min_length=1, max_length=200)
+    wait_for: list[WaitFor] = Field(default_factory=list, max_length=20)
+    emits: list[Emit] = Field(default_factory=list, max_length=20)
 
     _when_compiles = field_validator("when")(classmethod(lambda cls, v: _check_expression(v)))
 
@@ -195,32 +280,76 @@ class IntervalTrigger(_Model):
         return self
 
 
-class SignalCondition(_Model):
-    name: str = Field(min_length=1, max_length=200)
-    where: dict[str, Any] = Field(default_factory=dict)
+def _check_trigger_expression(source: str | None) -> str | None:
+    if source is not None:
+        try:
+            compile_expression(source, TRIGGER_ROOTS)
+        except ExpressionError as exc:
+            raise ValueError(str(exc)) from None
+    return source
 
 
 class SignalTriggerSpec(_Model):
-    all_of: list[SignalCondition] = Field(min_length=1)
-    join_on: list[str] = Field(default_factory=list)
+    """All of these signals (agreeing on `join_on` params, at most `within` apart) start a run."""
+
+    all_of: list[SignalCondition] = Field(min_length=1, max_length=10)
+    join_on: list[ParamName] = Field(default_factory=list, max_length=10)
     within: Duration | None = None
     when: str | None = None
     params: dict[str, str] = Field(default_factory=dict)
 
+    _when_compiles = field_validator("when")(
+        classmethod(lambda cls, v: _check_trigger_expression(v))
+    )
+
+    @field_validator("params")
+    @classmethod
+    def _params_compile(cls, params: dict[str, str]) -> dict[str, str]:
+        for source in params.values():
+            _check_trigger_expression(source)
+        return params
+
+    @model_validator(mode="after")
+    def _distinct_names(self) -> SignalTriggerSpec:
+        names = [c.name for c in self.all_of]
+        if len(set(names)) != len(names):
+            raise ValueError("each signal name may appear once in all_of")
+        return self
+
 
 class SignalTrigger(_Model):
-    """Start a run when signals arrive (fired by the signals issue)."""
+    """Start a run when signals arrive."""
 
     signal: SignalTriggerSpec
 
 
+FINISH_STATUSES = ("succeeded", "failed", "stopped", "timed_out")
+
+
 class OnFinishSpec(_Model):
+    """Start a run when a run of `workflow` ends in one of `status`."""
+
     workflow: str = Field(pattern=WORKFLOW_ID_PATTERN)
-    status: list[str] = Field(default_factory=lambda: ["succeeded"])
+    status: list[Literal["succeeded", "failed", "stopped", "timed_out"]] = Field(
+        default_factory=lambda: ["succeeded"], min_length=1
+    )
+    when: str | None = None
+    params: dict[str, str] = Field(default_factory=dict)
+
+    _when_compiles = field_validator("when")(
+        classmethod(lambda cls, v: _check_trigger_expression(v))
+    )
+
+    @field_validator("params")
+    @classmethod
+    def _params_compile(cls, params: dict[str, str]) -> dict[str, str]:
+        for source in params.values():
+            _check_trigger_expression(source)
+        return params
 
 
 class OnFinishTrigger(_Model):
-    """Start a run when another workflow's run ends."""
+    """Start a run when another workflow's run ends (sugar for its completion signal)."""
 
     on_finish: OnFinishSpec
 
@@ -296,6 +425,11 @@ class WorkflowDefinition(_Model):
     timeout: Duration | None = None
     run_strategy: RunStrategy = Field(default_factory=RunStrategy)
     triggers: list[Trigger] = Field(default_factory=list, max_length=50)
+    allow_trigger_loop: bool = Field(
+        default=False,
+        description="Allow triggers that, through completion or emitted signals, start this "
+        "workflow again (otherwise rejected with the loop named)",
+    )
 
     def step(self, step_id: str) -> Step:
         return next(s for s in self.steps if s.id == step_id)
@@ -351,6 +485,22 @@ def check_definition(definition: WorkflowDefinition) -> list[Problem]:
             except ExpressionError as exc:
                 problems.append(
                     Problem(("steps", i, "params", *loc, "expr"), str(exc), "expression_invalid")
+                )
+    for i, trigger in enumerate(definition.triggers):
+        mapping = None
+        if isinstance(trigger, SignalTrigger):
+            mapping, loc = trigger.signal.params, ("triggers", i, "signal", "params")
+        elif isinstance(trigger, OnFinishTrigger):
+            mapping, loc = trigger.on_finish.params, ("triggers", i, "on_finish", "params")
+        for name in mapping or {}:
+            if name not in definition.params:
+                known = ", ".join(sorted(definition.params)) or "none"
+                problems.append(
+                    Problem(
+                        (*loc, name),
+                        f"trigger maps to unknown param {name!r} (this workflow's params: {known})",
+                        "unknown_param",
+                    )
                 )
     if not any(p.type == "unknown_step" for p in problems):
         cycle = find_cycle({s.id: s.depends_on for s in definition.steps})

@@ -9,7 +9,11 @@ from typing import Any
 import cel
 
 # The names an expression may use; anything else is a typo caught at registration.
-ROOT_VARIABLES = frozenset({"params", "steps", "run"})
+# In a run (step params, `when`, `emits`, `wait_for`): the run's params, upstream steps, the run
+# itself and the signals its waiting steps received.
+RUN_ROOTS = frozenset({"params", "steps", "run", "signals"})
+# In a signal trigger (`when`, `params`): the triggering signals by name, and the last one.
+TRIGGER_ROOTS = frozenset({"signals", "signal"})
 
 _POSITION = re.compile(r"<input>:(\d+):(\d+)")
 
@@ -24,7 +28,7 @@ def is_expr(value: Any) -> bool:
 
 
 @lru_cache(maxsize=4096)
-def compile_expression(source: str) -> Any:
+def compile_expression(source: str, roots: frozenset[str] = RUN_ROOTS) -> Any:
     """Compile a CEL expression, or raise ExpressionError naming line and column."""
     if not source.strip():
         raise ExpressionError("empty expression")
@@ -37,33 +41,33 @@ def compile_expression(source: str) -> Any:
         detail = text.split("ERROR: ", 1)[-1].split("\n", 1)[0]
         detail = _POSITION.sub("", detail).lstrip(": ")
         raise ExpressionError(f"CEL expression does not compile{where}: {detail}") from None
-    unknown = sorted(set(program.variables()) - ROOT_VARIABLES)
+    unknown = sorted(set(program.variables()) - roots)
     if unknown:
         raise ExpressionError(
             f"unknown variable {', '.join(map(repr, unknown))}: "
-            f"expressions can use {', '.join(sorted(ROOT_VARIABLES))}"
+            f"expressions here can use {', '.join(sorted(roots))}"
         )
     return program
 
 
-def evaluate(source: str, context: dict[str, Any]) -> Any:
+def evaluate(source: str, context: dict[str, Any], roots: frozenset[str] = RUN_ROOTS) -> Any:
     """Evaluate a CEL expression over `context`; every root variable is always defined."""
-    program = compile_expression(source)
-    full = {name: context.get(name, {}) for name in ROOT_VARIABLES}
+    program = compile_expression(source, roots)
+    full = {name: context.get(name, {}) for name in roots}
     try:
         return program.execute(full)
     except (ValueError, RuntimeError, TypeError, ArithmeticError, LookupError) as exc:
         raise ExpressionError(f"evaluating {source!r} failed: {exc}") from None
 
 
-def resolve_values(value: Any, context: dict[str, Any]) -> Any:
+def resolve_values(value: Any, context: dict[str, Any], roots: frozenset[str] = RUN_ROOTS) -> Any:
     """Replace every `{"expr": ...}` inside `value` by its result."""
     if is_expr(value):
-        return evaluate(value["expr"], context)
+        return evaluate(value["expr"], context, roots)
     if isinstance(value, dict):
-        return {k: resolve_values(v, context) for k, v in value.items()}
+        return {k: resolve_values(v, context, roots) for k, v in value.items()}
     if isinstance(value, list):
-        return [resolve_values(v, context) for v in value]
+        return [resolve_values(v, context, roots) for v in value]
     return value
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -16,6 +17,10 @@ RUN_WORKFLOW = "RunWorkflow"
 RUN_STEP_ACTIVITY = "run_step"
 RECORD_STEPS_ACTIVITY = "record_steps"
 FINISH_RUN_ACTIVITY = "finish_run"
+REGISTER_WAITS_ACTIVITY = "register_waits"
+# Temporal signals RunWorkflow accepts.
+SIGNAL_MATCHED_SIGNAL = "signal_matched"
+BYPASS_SIGNAL = "bypass_wait"
 
 DEFAULT_STEP_TIMEOUT = timedelta(hours=24)
 DEFAULT_HEARTBEAT_TIMEOUT = timedelta(seconds=60)
@@ -48,10 +53,11 @@ class StepStatus(StrEnum):
     completed_with_error = "completed_with_error"
     stopped = "stopped"
     timed_out = "timed_out"
+    waiting_for_signal = "waiting_for_signal"
 
     @property
     def is_terminal(self) -> bool:
-        return self not in (StepStatus.pending, StepStatus.running)
+        return self not in (StepStatus.pending, StepStatus.running, StepStatus.waiting_for_signal)
 
     @property
     def lets_downstream_run(self) -> bool:
@@ -91,6 +97,10 @@ class RunInput(BaseModel):
     definition: WorkflowDefinition
     cause: Cause = Field(default_factory=Cause)
 
+    @staticmethod
+    def new_run_id() -> str:
+        return str(uuid.uuid4())
+
 
 class StepState(BaseModel):
     """A step's state as the workflow knows it."""
@@ -123,6 +133,9 @@ class StepInput(BaseModel):
     params: dict[str, Any]
     run_params: dict[str, Any]
     upstream: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    version: int = 0
+    # Signals the step waited for (`wait_for`), by name: {"id", "params", "payload"}.
+    signals: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
 class StepResult(BaseModel):
@@ -139,7 +152,45 @@ class RecordStepsInput(BaseModel):
 
 class FinishRunInput(BaseModel):
     run_id: str
+    workflow_id: str = ""
+    run_number: int = 0
+    version: int = 0
+    params: dict[str, Any] = Field(default_factory=dict)
     status: RunStatus
     error: str | None = None
     steps: list[StepState]
     outputs: dict[str, Any] = Field(default_factory=dict)
+
+
+class WaitSpec(BaseModel):
+    """One `wait_for` entry with its `where` values already evaluated."""
+
+    position: int
+    name: str
+    where: dict[str, Any] = Field(default_factory=dict)
+
+
+class RegisterWaitsInput(BaseModel):
+    run_id: str
+    step_id: str
+    temporal_workflow_id: str
+    waits: list[WaitSpec]
+
+
+class MatchedSignal(BaseModel):
+    """A signal that released a wait, as the workflow receives it."""
+
+    step_id: str
+    position: int
+    signal_id: int
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    payload: dict[str, Any] | None = None
+
+
+class RegisterWaitsResult(BaseModel):
+    matched: list[MatchedSignal] = Field(default_factory=list)
+
+
+class BypassInput(BaseModel):
+    step_id: str

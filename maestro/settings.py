@@ -27,6 +27,8 @@ class ApiSettings(BaseModel):
     port: int = 8000
     max_body_bytes: int = 1_048_576
     page_size_max: int = 500
+    # How often each API process finishes launches and deliveries a dead process left undone.
+    sweep_interval_seconds: float = 1.0
 
 
 class WorkerSettings(BaseModel):

@@ -42,4 +42,13 @@ async def ensure_search_attributes(client: Client, namespace: str) -> None:
         logger.info("registered search attributes", extra={"attributes": sorted(missing)})
 
 
-__all__ = ["connect", "ensure_search_attributes"]
+async def register_search_attributes(client: Client, settings: TemporalSettings) -> bool:
+    """Best effort: whether runs can carry Maestro's search attributes in this namespace."""
+    if not settings.register_search_attributes:
+        return False
+    try:
+        await ensure_search_attributes(client, settings.namespace)
+    except Exception as exc:  # noqa: BLE001 - runs still work without them
+        logger.warning("could not register search attributes", extra={"error": str(exc)})
+        return False
+    return True

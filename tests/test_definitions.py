@@ -372,7 +372,9 @@ def test_when_unknown_root_variable():
     found = problem(body(steps=[step(when="foo.bar")]))
 
     assert found.loc == ("steps", 0, "when")
-    assert found.msg == "unknown variable 'foo': expressions can use params, run, steps"
+    assert (
+        found.msg == "unknown variable 'foo': expressions here can use params, run, signals, steps"
+    )
 
 
 @pytest.mark.parametrize(

@@ -63,7 +63,10 @@ def test_compile_expression_unknown_variable(source, names):
     with pytest.raises(ExpressionError) as info:
         compile_expression(source)
 
-    assert str(info.value) == f"unknown variable {names}: expressions can use params, run, steps"
+    assert (
+        str(info.value)
+        == f"unknown variable {names}: expressions here can use params, run, signals, steps"
+    )
 
 
 def test_expression_error_is_a_value_error():

@@ -7,7 +7,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from temporalio.client import WorkflowHistory
+from temporalio.client import WorkflowFailureError, WorkflowHistory
+from temporalio.exceptions import ApplicationError
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
@@ -17,6 +18,9 @@ from maestro.db import workflows as workflows_db
 from maestro.db.tables import Run
 from maestro.definitions import parse_definition, resolve_run_params
 from maestro.runtime import RUN_WORKFLOW, RunInput, RunState, temporal_workflow_id
+from maestro.runs import RunsService
+from maestro.settings import TemporalSettings
+from maestro.signals import SignalBus
 from workers.activities import StepActivities
 from workers.main import new_worker
 from workers.workflow import RunWorkflow
@@ -37,7 +41,10 @@ async def env(sessions, tmp_path_factory) -> AsyncIterator[WorkflowEnvironment]:
     async with await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=_test_server_path(), data_converter=pydantic_data_converter
     ) as env:
-        activities = StepActivities(sessions, tmp_path_factory.mktemp("runs"))
+        runs = RunsService(sessions, env.client, TemporalSettings(task_queue=TASK_QUEUE),
+                           search_attributes=False)
+        bus = SignalBus(sessions, runs, env.client)
+        activities = StepActivities(sessions, tmp_path_factory.mktemp("runs"), bus)
         async with new_worker(env.client, TASK_QUEUE, activities):
             yield env
 
@@ -72,13 +79,16 @@ async def run(
         params=resolved,
         definition=definition,
     )
-    result = await env.client.execute_workflow(
-        RUN_WORKFLOW,
-        run_input,
-        id=run_row.temporal_workflow_id,
-        task_queue=TASK_QUEUE,
-        result_type=RunState,
-    )
+    try:
+        result = await env.client.execute_workflow(
+            RUN_WORKFLOW, run_input, id=run_row.temporal_workflow_id, task_queue=TASK_QUEUE,
+            result_type=RunState)
+    except WorkflowFailureError as exc:
+        # A run that does not succeed fails its Temporal workflow, carrying the state.
+        assert isinstance(exc.cause, ApplicationError)
+        assert exc.cause.type.startswith("Run") and exc.cause.non_retryable
+        result = RunState.model_validate(exc.cause.details[0])
+        assert result.status != "succeeded"
     async with sessions.begin() as session:
         stored = await runs_db.get_run(session, run_row.run_id)
         assert stored.status == result.status

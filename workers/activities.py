@@ -1,4 +1,5 @@
-"""Activities: run one step attempt, and record what the workflow decided in PostgreSQL."""
+"""Activities: run one step attempt, register signal waits, and record what the workflow decided
+in PostgreSQL (publishing the signals that steps emit and runs complete)."""
 
 from __future__ import annotations
 
@@ -16,15 +17,22 @@ from temporalio.exceptions import ApplicationError
 
 from maestro.context import StepContext
 from maestro.db import runs as runs_db
+from maestro.expressions import ExpressionError, resolve_values
 from maestro.runtime import (
     FINISH_RUN_ACTIVITY,
     RECORD_STEPS_ACTIVITY,
+    REGISTER_WAITS_ACTIVITY,
     RUN_STEP_ACTIVITY,
     FinishRunInput,
     RecordStepsInput,
+    RegisterWaitsInput,
+    RegisterWaitsResult,
     StepInput,
     StepResult,
 )
+from maestro.signals import Producer, SignalBus, SignalIn
+from maestro.steps import STEP_TYPES
+from maestro.triggers import completion_signal_name
 from workers.executors import EXECUTORS
 
 logger = logging.getLogger(__name__)
@@ -49,9 +57,15 @@ class _Progress:
 class StepActivities:
     """The activities of RunWorkflow, built with their dependencies."""
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], runs_dir: Path) -> None:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        runs_dir: Path,
+        bus: SignalBus | None = None,
+    ) -> None:
         self._sessions = sessions
         self._runs_dir = runs_dir
+        self._bus = bus
 
     @activity.defn(name=RUN_STEP_ACTIVITY)
     async def run_step(self, step_input: StepInput) -> StepResult:
@@ -71,6 +85,14 @@ class StepActivities:
                 type="UnknownStepType",
                 non_retryable=True,
             )
+        try:
+            spec = STEP_TYPES[step.type].model_validate(step_input.params)
+        except ValidationError as exc:
+            raise ApplicationError(
+                f"invalid params for a {step.type} step: {exc}",
+                type="InvalidStepParams",
+                non_retryable=True,
+            ) from None
         async with self._sessions.begin() as session:
             await runs_db.mark_step_started(session, step_input.run_id, step.id, info.attempt)
         work_dir = self._runs_dir / step_input.run_id
@@ -93,17 +115,10 @@ class StepActivities:
         activity.logger.info("step attempt started", extra=log_extra)
         heartbeats = asyncio.create_task(self._heartbeat(progress, info.heartbeat_timeout))
         try:
-            result = await executor(ctx, step_input.params)
+            result = await executor(ctx, spec)
         except asyncio.CancelledError:
             activity.logger.info("step attempt cancelled", extra=log_extra)
             raise
-        except ValidationError as exc:
-            await self._record_failed_attempt(step_input, info.attempt, exc)
-            raise ApplicationError(
-                f"invalid params for a {step.type} step: {exc}",
-                type="InvalidStepParams",
-                non_retryable=True,
-            ) from exc
         except Exception as exc:
             await self._record_failed_attempt(step_input, info.attempt, exc)
             if isinstance(exc, ApplicationError):
@@ -111,12 +126,60 @@ class StepActivities:
             raise ApplicationError(f"{type(exc).__name__}: {exc}", type=type(exc).__name__) from exc
         finally:
             heartbeats.cancel()
+        emitted = self._emitted(step_input, result)
         async with self._sessions.begin() as session:
             await runs_db.mark_step_succeeded(
                 session, step_input.run_id, step.id, info.attempt, result.outputs, result.details
             )
+            pending = None
+            if emitted and self._bus is not None:
+                producer = Producer(
+                    kind="step",
+                    workflow_id=step_input.workflow_id,
+                    run_id=step_input.run_id,
+                    step_id=step.id,
+                )
+                pending = await self._bus.publish_in(session, emitted, producer)
+        if pending is not None:
+            await self._bus.after_commit(pending)
         activity.logger.info("step attempt succeeded", extra=log_extra)
         return result
+
+    @staticmethod
+    def _emitted(step_input: StepInput, result: StepResult) -> list[SignalIn]:
+        """The step's `emits`, with expressions evaluated over the run and this step's outputs."""
+        step = step_input.step
+        if not step.emits:
+            return []
+        context = {
+            "params": step_input.run_params,
+            "steps": {
+                **{sid: {"outputs": out} for sid, out in step_input.upstream.items()},
+                step.id: {"outputs": result.outputs},
+            },
+            "run": {
+                "id": step_input.run_id,
+                "number": step_input.run_number,
+                "workflow_id": step_input.workflow_id,
+                "version": step_input.version,
+            },
+            "signals": step_input.signals,
+        }
+        try:
+            return [
+                SignalIn(
+                    name=emit.name,
+                    params=resolve_values(emit.params, context),
+                    request_id=f"emit:{step_input.run_id}:{step.id}:{i}",
+                )
+                for i, emit in enumerate(step.emits)
+            ]
+        except (ExpressionError, ValidationError) as exc:
+            raise ApplicationError(
+                f"cannot build the signals this step emits: {exc}",
+                type="InvalidEmit",
+                non_retryable=True,
+            ) from None
 
     async def _record_failed_attempt(
         self, step_input: StepInput, attempt: int, exc: BaseException
@@ -141,13 +204,45 @@ class StepActivities:
         async with self._sessions.begin() as session:
             await runs_db.record_step_states(session, record.run_id, record.steps)
 
+    @activity.defn(name=REGISTER_WAITS_ACTIVITY)
+    async def register_waits(self, request: RegisterWaitsInput) -> RegisterWaitsResult:
+        """Record a step's signal waits; returns those already satisfied."""
+        if self._bus is None:
+            raise ApplicationError("this worker has no signal bus", non_retryable=True)
+        return await self._bus.register_waits(request)
+
     @activity.defn(name=FINISH_RUN_ACTIVITY)
     async def finish_run(self, finish: FinishRunInput) -> None:
-        """Persist the run's end: status, error, outputs and every step's final state."""
+        """Persist the run's end (status, error, outputs, every step's final state) and publish
+        its completion signal in the same transaction."""
         async with self._sessions.begin() as session:
             await runs_db.finish_run(
                 session, finish.run_id, finish.status, finish.error, finish.outputs, finish.steps
             )
+            pending = None
+            if self._bus is not None:
+                scalars = {
+                    k: v
+                    for k, v in finish.params.items()
+                    if isinstance(v, str | int | float | bool)
+                }
+                completion = SignalIn(
+                    name=completion_signal_name(finish.status.value),
+                    params={
+                        **scalars,
+                        "workflow_id": finish.workflow_id,
+                        "run_id": finish.run_id,
+                        "run_number": finish.run_number,
+                        "version": finish.version,
+                    },
+                    request_id=f"run-end:{finish.run_id}",
+                )
+                producer = Producer(
+                    kind="run", workflow_id=finish.workflow_id, run_id=finish.run_id
+                )
+                pending = await self._bus.publish_in(session, [completion], producer)
+        if pending is not None:
+            await self._bus.after_commit(pending)
         activity.logger.info(
             "run finished", extra={"run_id": finish.run_id, "status": finish.status}
         )

@@ -12,8 +12,10 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from maestro.db.engine import create_engine, session_factory
+from maestro.runs import RunsService
 from maestro.settings import Settings
-from maestro.temporal_client import connect
+from maestro.signals import SignalBus
+from maestro.temporal_client import connect, register_search_attributes
 from workers.activities import StepActivities
 from workers.workflow import RunWorkflow
 
@@ -33,7 +35,12 @@ def new_worker(
         client,
         task_queue=task_queue,
         workflows=[RunWorkflow] if workflows else [],
-        activities=[activities.run_step, activities.record_steps, activities.finish_run],
+        activities=[
+            activities.run_step,
+            activities.record_steps,
+            activities.register_waits,
+            activities.finish_run,
+        ],
         max_concurrent_activities=limit,
         # Cancellation reaches an activity only with a heartbeat; send them often enough that
         # stopping a run takes about a second, whatever the step's heartbeat timeout.
@@ -46,7 +53,11 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
     """Run until `stop` is set (or SIGTERM/SIGINT), then drain and return."""
     engine = create_engine(settings.require_database_url())
     client = await connect(settings.temporal)
-    activities = StepActivities(session_factory(engine), settings.runs_dir.resolve())
+    sessions = session_factory(engine)
+    search_attributes = await register_search_attributes(client, settings.temporal)
+    runs = RunsService(sessions, client, settings.temporal, search_attributes=search_attributes)
+    bus = SignalBus(sessions, runs, client)
+    activities = StepActivities(sessions, settings.runs_dir.resolve(), bus)
     limit = settings.worker.max_concurrent_activities
     if stop is None:
         stop = asyncio.Event()

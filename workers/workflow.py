@@ -16,13 +16,20 @@ with workflow.unsafe.imports_passed_through():
     from maestro.definitions import FailureMode, Step
     from maestro.expressions import ExpressionError, evaluate, resolve_values
     from maestro.runtime import (
+        BYPASS_SIGNAL,
         DEFAULT_HEARTBEAT_TIMEOUT,
         DEFAULT_STEP_TIMEOUT,
         FINISH_RUN_ACTIVITY,
         RECORD_STEPS_ACTIVITY,
+        REGISTER_WAITS_ACTIVITY,
         RUN_STEP_ACTIVITY,
+        SIGNAL_MATCHED_SIGNAL,
+        BypassInput,
         FinishRunInput,
+        MatchedSignal,
         RecordStepsInput,
+        RegisterWaitsInput,
+        RegisterWaitsResult,
         RunInput,
         RunState,
         RunStatus,
@@ -30,6 +37,7 @@ with workflow.unsafe.imports_passed_through():
         StepResult,
         StepState,
         StepStatus,
+        WaitSpec,
     )
 
 # Recording must outlive a database restart; it is idempotent, so it retries without limit.
@@ -42,6 +50,14 @@ class _FailFast(Exception):
     """A `fail_immediately` step failed: stop everything now."""
 
 
+class _StepFailed(Exception):
+    """A step failed before or without its activity (expression error, wait timeout)."""
+
+    def __init__(self, message: str, status: StepStatus = StepStatus.failed) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 @workflow.defn(name="RunWorkflow")
 class RunWorkflow:
     """One run of one workflow version."""
@@ -52,6 +68,8 @@ class RunWorkflow:
         self._status = RunStatus.queued
         self._error: str | None = None
         self._unrecorded: list[str] = []
+        self._matched: dict[str, dict[int, MatchedSignal]] = {}
+        self._bypassed: set[str] = set()
 
     @workflow.query
     def state(self) -> RunState:
@@ -64,14 +82,23 @@ class RunWorkflow:
             error=self._error,
         )
 
+    @workflow.signal(name=SIGNAL_MATCHED_SIGNAL)
+    def signal_matched(self, matched: MatchedSignal) -> None:
+        """A signal arrived for a waiting step (delivered by the signal bus)."""
+        self._matched.setdefault(matched.step_id, {})[matched.position] = matched
+
+    @workflow.signal(name=BYPASS_SIGNAL)
+    def bypass_wait(self, request: BypassInput) -> None:
+        """Release a waiting step without its signals."""
+        self._bypassed.add(request.step_id)
+
     @workflow.run
     async def run(self, run_input: RunInput) -> RunState:
         self._input = run_input
         definition = run_input.definition
-        order = topological_order({s.id: s.depends_on for s in definition.steps})
         self._steps = {s.id: s for s in definition.steps}
-        self._order = order
-        self._states = {sid: StepState(step_id=sid) for sid in order}
+        self._order = topological_order({s.id: s.depends_on for s in definition.steps})
+        self._states = {sid: StepState(step_id=sid) for sid in self._order}
         self._status = RunStatus.running
         cancelled = False
         try:
@@ -102,6 +129,10 @@ class RunWorkflow:
             FINISH_RUN_ACTIVITY,
             FinishRunInput(
                 run_id=run_input.run_id,
+                workflow_id=run_input.workflow_id,
+                run_number=run_input.run_number,
+                version=run_input.version,
+                params=run_input.params,
                 status=self._status,
                 error=self._error,
                 steps=list(self._states.values()),
@@ -112,6 +143,14 @@ class RunWorkflow:
         )
         if cancelled:
             raise asyncio.CancelledError()  # shows the run as Canceled in the Temporal UI
+        if self._status is not RunStatus.succeeded:
+            # Shows the run as Failed in the Temporal UI; the state travels in the details.
+            raise ApplicationError(
+                f"run {self._status.value}: {self._error}",
+                self.state(),
+                type=f"Run{self._status.value.title().replace('_', '')}",
+                non_retryable=True,
+            )
         return self.state()
 
     def _set(
@@ -132,12 +171,14 @@ class RunWorkflow:
         state.error = error
         if outputs is not None:
             state.outputs = outputs
-        if status is not StepStatus.running and status is not StepStatus.succeeded:
+        # Activities record `running`, `waiting_for_signal` and `succeeded` themselves.
+        if status.is_terminal and status is not StepStatus.succeeded:
             self._unrecorded.append(step_id)
 
-    def _context(self) -> dict[str, Any]:
+    def _context(self, step_id: str | None = None) -> dict[str, Any]:
         assert self._input is not None
         info = workflow.info()
+        matched = self._matched.get(step_id, {}) if step_id else {}
         return {
             "params": self._input.params,
             "steps": {
@@ -150,6 +191,10 @@ class RunWorkflow:
                 "workflow_id": self._input.workflow_id,
                 "version": self._input.version,
                 "started_at": info.start_time.isoformat(),
+            },
+            "signals": {
+                m.name: {"id": m.signal_id, "params": m.params, "payload": m.payload}
+                for m in matched.values()
             },
         }
 
@@ -188,8 +233,7 @@ class RunWorkflow:
         while progressed:
             progressed = False
             for step_id in self._order:
-                state = self._states[step_id]
-                if state.status is not StepStatus.pending:
+                if self._states[step_id].status is not StepStatus.pending:
                     continue
                 step = self._steps[step_id]
                 deps = [self._states[d] for d in step.depends_on]
@@ -207,38 +251,48 @@ class RunWorkflow:
                     continue
                 if not all(d.status.lets_downstream_run for d in deps):
                     continue
-                context = self._context()
-                try:
-                    if step.when is not None and not evaluate(step.when, context):
+                if step.when is not None:
+                    try:
+                        go = evaluate(step.when, self._context())
+                        if not isinstance(go, bool):
+                            raise ExpressionError(f"`when` must be true or false, got {go!r}")
+                    except ExpressionError as exc:
+                        self._step_failed(step, f"expression error: {exc}")
+                        progressed = True
+                        continue
+                    if not go:
                         self._set(
                             step_id, StepStatus.skipped, error=f"condition is false: {step.when}"
                         )
                         progressed = True
                         continue
-                    params = resolve_values(step.params, context)
-                except ExpressionError as exc:
-                    self._step_failed(step, f"expression error: {exc}")
-                    progressed = True
-                    continue
-                self._set(step_id, StepStatus.running)
-                running[step_id] = asyncio.create_task(self._execute(step, params, context))
+                # Marked before the task runs so the next pass does not start it twice.
+                self._states[step_id].status = StepStatus.running
+                running[step_id] = asyncio.create_task(self._execute(step))
 
-    async def _execute(
-        self, step: Step, params: dict[str, Any], context: dict[str, Any]
-    ) -> StepResult:
+    async def _execute(self, step: Step) -> StepResult:
         assert self._input is not None
+        if step.wait_for:
+            await self._wait_for_signals(step)
+        self._set(step.id, StepStatus.running)
+        context = self._context(step.id)
+        try:
+            params = resolve_values(step.params, context)
+        except ExpressionError as exc:
+            raise _StepFailed(f"expression error: {exc}") from None
         retry = step.retry
-        upstream = {d: context["steps"][d]["outputs"] for d in step.depends_on}
         return await workflow.execute_activity(
             RUN_STEP_ACTIVITY,
             StepInput(
                 run_id=self._input.run_id,
                 workflow_id=self._input.workflow_id,
                 run_number=self._input.run_number,
+                version=self._input.version,
                 step=step,
                 params=params,
                 run_params=self._input.params,
-                upstream=upstream,
+                upstream={d: context["steps"][d]["outputs"] for d in step.depends_on},
+                signals=context["signals"],
             ),
             result_type=StepResult,
             task_queue=step.task_queue,
@@ -255,15 +309,59 @@ class RunWorkflow:
             summary=f"{step.id} ({step.type})",
         )
 
+    async def _wait_for_signals(self, step: Step) -> None:
+        """Register the step's waits, then wait (without polling) for the signal bus to deliver
+        a match for each, a bypass, or the earliest timeout."""
+        assert self._input is not None
+        self._states[step.id].status = StepStatus.waiting_for_signal
+        context = self._context()
+        try:
+            waits = [
+                WaitSpec(position=i, name=w.name, where=resolve_values(w.where, context))
+                for i, w in enumerate(step.wait_for)
+            ]
+        except ExpressionError as exc:
+            raise _StepFailed(f"expression error in wait_for: {exc}") from None
+        registered = await workflow.execute_activity(
+            REGISTER_WAITS_ACTIVITY,
+            RegisterWaitsInput(
+                run_id=self._input.run_id,
+                step_id=step.id,
+                temporal_workflow_id=workflow.info().workflow_id,
+                waits=waits,
+            ),
+            result_type=RegisterWaitsResult,
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=_RECORD_RETRY,
+        )
+        for matched in registered.matched:
+            self.signal_matched(matched)
+
+        def released() -> bool:
+            got = self._matched.get(step.id, {})
+            return step.id in self._bypassed or all(w.position in got for w in waits)
+
+        timeouts = [(w.timeout, w.name) for w in step.wait_for if w.timeout is not None]
+        limit = min(timeouts) if timeouts else None
+        try:
+            await workflow.wait_condition(released, timeout=limit[0] if limit else None)
+        except builtins.TimeoutError:
+            raise _StepFailed(
+                f"timed out after {limit[0]} waiting for signal {limit[1]!r}", StepStatus.timed_out
+            ) from None
+
     def _settle(
         self, step_id: str, task: asyncio.Task[StepResult], *, stopping: bool = False
     ) -> None:
-        """Turn a finished activity into the step's status."""
+        """Turn a finished step task into the step's status."""
         step = self._steps[step_id]
         try:
             result = task.result()
         except (asyncio.CancelledError, CancelledError):
             self._set(step_id, StepStatus.stopped, error="cancelled")
+            return
+        except _StepFailed as exc:
+            self._step_failed(step, str(exc), status=exc.status)
             return
         except ActivityError as exc:
             cause = exc.cause
@@ -274,10 +372,10 @@ class RunWorkflow:
                     step, f"timed out ({cause.type.name.lower()})", status=StepStatus.timed_out
                 )
             else:
-                self._step_failed(
-                    step,
-                    str(cause.message if isinstance(cause, ApplicationError) else cause or exc),
+                message = (
+                    cause.message if isinstance(cause, ApplicationError) else str(cause or exc)
                 )
+                self._step_failed(step, message)
             return
         self._set(step_id, StepStatus.succeeded, outputs=result.outputs)
 

@@ -9,10 +9,19 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 
 from api.deps import RunsDep, SessionDep, SettingsDep
-from api.schemas import RunOut, RunPage, StartRunRequest, StepOut
+from api.schemas import (
+    Lineage,
+    LineageEdge,
+    LineageNode,
+    RunOut,
+    RunPage,
+    StartRunRequest,
+    StepOut,
+)
 from maestro.db import runs as runs_db
+from maestro.db import signals as signals_db
 from maestro.db import workflows as workflows_db
-from maestro.db.tables import Run, StepRun
+from maestro.db.tables import Run, Signal, StepRun
 from maestro.errors import InvalidInput, Problem
 from maestro.runtime import RunStatus, StepStatus, temporal_ui_url
 from maestro.settings import Settings
@@ -138,3 +147,88 @@ async def cancel_run(run_id: str, runs: RunsDep, settings: SettingsDep) -> RunOu
     """Stop a run: running steps are cancelled (a shell step's process group is killed) and the
     run ends as `stopped`. 409 if the run already ended."""
     return run_out(await runs.cancel_run(run_id), settings)
+
+
+@router.post("/runs/{run_id}/steps/{step_id}/bypass", response_model=RunOut, status_code=202)
+async def bypass_step_wait(
+    run_id: str, step_id: str, runs: RunsDep, settings: SettingsDep
+) -> RunOut:
+    """Release a step that is `waiting_for_signal` as if its signals had arrived (without
+    them). 409 if the step is not waiting."""
+    return run_out(await runs.bypass_wait(run_id, step_id), settings)
+
+
+@router.get("/runs/{run_id}/lineage", response_model=Lineage)
+async def run_lineage(
+    run_id: str, session: SessionDep, depth: Annotated[int, Query(ge=1, le=10)] = 3
+) -> Lineage:
+    """Upstream (the signals that caused this run and the runs that produced them,
+    recursively) and downstream (the signals it emitted and the runs they started), up to
+    `depth` hops of run -> run each way."""
+    root = await runs_db.get_run(session, run_id)
+    nodes: dict[str, LineageNode] = {}
+    edges: set[tuple[str, str, str]] = set()
+
+    def add_run(run: Run) -> str:
+        key = f"run:{run.run_id}"
+        nodes.setdefault(
+            key,
+            LineageNode(
+                id=key,
+                kind="run",
+                data={
+                    "run_id": run.run_id,
+                    "workflow_id": run.workflow_id,
+                    "run_number": run.run_number,
+                    "version": run.version,
+                    "status": run.status,
+                },
+            ),
+        )
+        return key
+
+    def add_signal(signal: Signal) -> str:
+        key = f"signal:{signal.id}"
+        nodes.setdefault(
+            key,
+            LineageNode(
+                id=key,
+                kind="signal",
+                data={
+                    "id": signal.id,
+                    "name": signal.name,
+                    "params": signal.params,
+                    "producer": signal.producer,
+                    "created_at": signal.created_at.isoformat(),
+                },
+            ),
+        )
+        return key
+
+    add_run(root)
+    upstream, downstream = [root], [root]
+    for _ in range(depth):
+        next_up: list[Run] = []
+        for run in upstream:
+            for signal in await signals_db.signals_consumed_by_run(session, run.run_id):
+                edges.add((add_signal(signal), f"run:{run.run_id}", "started"))
+                if signal.producer_run_id:
+                    producer = await session.get(Run, signal.producer_run_id)
+                    if producer is not None:
+                        edges.add((add_run(producer), f"signal:{signal.id}", "produced"))
+                        next_up.append(producer)
+        next_down: list[Run] = []
+        for run in downstream:
+            for signal in await signals_db.signals_produced_by_run(session, run.run_id):
+                edges.add((f"run:{run.run_id}", add_signal(signal), "produced"))
+                for started_id in await signals_db.runs_started_by_signal(session, signal.id):
+                    started = await session.get(Run, started_id)
+                    if started is not None:
+                        edges.add((f"signal:{signal.id}", add_run(started), "started"))
+                        next_down.append(started)
+        upstream, downstream = next_up, next_down
+    return Lineage(
+        root=f"run:{run_id}",
+        nodes=list(nodes.values()),
+        edges=[LineageEdge(source=s, target=t, kind=k) for s, t, k in sorted(edges)],
+    )

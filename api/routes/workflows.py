@@ -8,8 +8,17 @@ from typing import Annotated, Any
 import yaml
 from fastapi import APIRouter, Query, Request, Response
 
-from api.deps import SessionDep
-from api.schemas import PushResult, ValidationResult, VersionOut, WorkflowOut, WorkflowPage
+from api.deps import BusDep, RunsDep, SessionDep
+from api.schemas import (
+    PartialJoin,
+    PushResult,
+    TriggerOut,
+    ValidationResult,
+    VersionOut,
+    WorkflowOut,
+    WorkflowPage,
+)
+from maestro.db import signals as signals_db
 from maestro.db import workflows as workflows_db
 from maestro.db.tables import Workflow, WorkflowVersion
 from maestro.definitions import parse_definition
@@ -87,12 +96,18 @@ def version_out(version: WorkflowVersion, workflow: Workflow) -> VersionOut:
     openapi_extra=_DEFINITION_BODY,
     responses={200: {"model": PushResult, "description": "Identical definition existed"}},
 )
-async def push_workflow(request: Request, response: Response, session: SessionDep) -> PushResult:
-    """Register a workflow definition: a new version that becomes active, or the existing
-    version when an identical definition was pushed before (200, nothing written)."""
+async def push_workflow(
+    request: Request, response: Response, session: SessionDep, bus: BusDep
+) -> PushResult:
+    """Register a workflow definition: a new version that becomes active (its triggers take
+    over), or — when an identical definition was pushed before — that version, unchanged (200,
+    nothing written, even if another version is active or the workflow is deactivated)."""
     definition = parse_definition(await read_definition_body(request))
     workflow, version, created = await workflows_db.push_version(session, definition)
-    if not created:
+    if created:
+        await bus.check_trigger_loop(session, definition)
+        await bus.sync_triggers(session, definition.id)
+    else:
         response.status_code = 200
     await session.refresh(workflow)
     return PushResult(workflow=workflow_out(workflow), version=version.version, created=created)
@@ -145,9 +160,15 @@ async def get_version(workflow_id: str, version: str, session: SessionDep) -> Ve
 
 
 @router.post("/{workflow_id}/versions/{version}/activate", response_model=WorkflowOut)
-async def activate_version(workflow_id: str, version: str, session: SessionDep) -> WorkflowOut:
+async def activate_version(
+    workflow_id: str, version: str, session: SessionDep, bus: BusDep, runs: RunsDep
+) -> WorkflowOut:
     """Make a version active (this is also rollback); new runs and triggers use it."""
     workflow = await workflows_db.activate_version(session, workflow_id, version)
+    await bus.check_trigger_loop(
+        session, await runs.definition(session, workflow_id, workflow.active_version)
+    )
+    await bus.sync_triggers(session, workflow_id)
     await session.refresh(workflow)
     return workflow_out(workflow)
 
@@ -157,5 +178,46 @@ async def deactivate_workflow(workflow_id: str, session: SessionDep) -> Workflow
     """Deactivate a workflow: triggers stop and starts without an explicit version are refused;
     running runs continue."""
     workflow = await workflows_db.deactivate(session, workflow_id)
+    await signals_db.set_triggers_active(session, workflow_id, False)
     await session.refresh(workflow)
     return workflow_out(workflow)
+
+
+@router.get("/{workflow_id}/triggers", response_model=list[TriggerOut])
+async def list_triggers(workflow_id: str, session: SessionDep, runs: RunsDep) -> list[TriggerOut]:
+    """The active version's triggers; signal triggers with their partially satisfied joins
+    (which signals arrived for which join key, which are still missing)."""
+    workflow = await workflows_db.get_workflow(session, workflow_id)
+    if workflow.active_version is None:
+        return []
+    definition = await runs.definition(session, workflow_id, workflow.active_version)
+    registered = await signals_db.workflow_triggers(session, workflow_id)
+    joins = await signals_db.pending_joins(session, workflow_id)
+    out = []
+    for position, trigger in enumerate(definition.triggers):
+        spec = trigger.model_dump(mode="json", exclude_none=True)
+        kind = next(iter(spec)) if len(spec) == 1 else ("time" if "cron" in spec else "interval")
+        rows = [r for r in registered if r.position == position] or [None]
+        for row in rows:
+            names = row.names if row else []
+            pending = [
+                PartialJoin(
+                    join_key=j.join_key,
+                    received={n: s["id"] for n, s in j.slots.items()},
+                    missing=[n for n in names if n not in j.slots],
+                    updated_at=j.updated_at,
+                )
+                for j in joins
+                if row and j.trigger_id == row.trigger_id
+            ]
+            out.append(
+                TriggerOut(
+                    position=position,
+                    kind=kind,
+                    trigger_id=row.trigger_id if row else None,
+                    active=workflow.is_active,
+                    spec=spec,
+                    pending_joins=pending,
+                )
+            )
+    return out

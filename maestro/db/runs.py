@@ -14,8 +14,8 @@ from maestro.errors import NotFound
 from maestro.runtime import RunStatus, StepState, StepStatus
 
 
-async def get_run(session: AsyncSession, run_id: str) -> Run:
-    run = await session.get(Run, run_id)
+async def get_run(session: AsyncSession, run_id: str, *, lock: bool = False) -> Run:
+    run = await session.get(Run, run_id, with_for_update=lock)
     if run is None:
         raise NotFound(f"run {run_id!r} not found")
     return run
@@ -140,4 +140,14 @@ async def finish_run(
             ended_at=func.now(),
             started_at=func.coalesce(Run.started_at, func.now()),
         )
+    )
+
+
+async def set_step_waiting(session: AsyncSession, run_id: str, step_id: str) -> None:
+    """The step waits for a signal (`wait_for`)."""
+    values = {"status": StepStatus.waiting_for_signal}
+    await session.execute(
+        insert(StepRun)
+        .values(run_id=run_id, step_id=step_id, attempt=0, **values)
+        .on_conflict_do_update(index_elements=["run_id", "step_id"], set_=values)
     )

@@ -17,8 +17,9 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
+    text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING_CONVENTION = {
@@ -81,6 +82,8 @@ class Run(Base):
     error: Mapped[str | None] = mapped_column(Text)
     temporal_workflow_id: Mapped[str] = mapped_column(String(300))
     temporal_run_id: Mapped[str | None] = mapped_column(String(64))
+    # Set when the run may start on Temporal; until then it waits its turn (run strategy).
+    admitted_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     started_at: Mapped[datetime | None]
     ended_at: Mapped[datetime | None]
@@ -95,6 +98,12 @@ class Run(Base):
         UniqueConstraint("temporal_workflow_id"),
         Index("ix_runs_workflow_status_created", "workflow_id", "status", "created_at"),
         Index("ix_runs_status_created", "status", "created_at"),
+        # The sweeper's work list: admitted runs that never reached Temporal.
+        Index(
+            "ix_runs_unlaunched",
+            "created_at",
+            postgresql_where=text("temporal_run_id IS NULL AND admitted_at IS NOT NULL"),
+        ),
     )
 
 
@@ -114,3 +123,122 @@ class StepRun(Base):
     outputs: Mapped[dict[str, Any] | None]
     error: Mapped[str | None] = mapped_column(Text)
     details: Mapped[dict[str, Any] | None]
+
+
+class SignalName(Base):
+    """One row per signal name: its sequence counter, and the lock that orders its signals."""
+
+    __tablename__ = "signal_names"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    last_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class Signal(Base):
+    """A published signal; kept for good (the log is the lineage)."""
+
+    __tablename__ = "signals"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(200))
+    seq: Mapped[int] = mapped_column(BigInteger)
+    params: Mapped[dict[str, Any]]
+    payload: Mapped[dict[str, Any] | None]
+    dedupe_key: Mapped[str] = mapped_column(String(300))
+    request_id: Mapped[str | None] = mapped_column(String(200))
+    producer: Mapped[dict[str, Any]]
+    producer_run_id: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+    __table_args__ = (
+        UniqueConstraint("dedupe_key"),
+        UniqueConstraint("name", "seq"),
+        Index("ix_signals_name_id", "name", "id"),
+        Index("ix_signals_producer_run_id", "producer_run_id"),
+        Index(
+            "ix_signals_params",
+            "params",
+            postgresql_using="gin",
+            postgresql_ops={"params": "jsonb_path_ops"},
+        ),
+    )
+
+
+class SignalTriggerRow(Base):
+    """A signal trigger of a workflow's active version, indexed by the names it listens to."""
+
+    __tablename__ = "signal_triggers"
+
+    workflow_id: Mapped[str] = mapped_column(ForeignKey("workflows.id"), primary_key=True)
+    trigger_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+    position: Mapped[int] = mapped_column(Integer)
+    names: Mapped[list[str]] = mapped_column(ARRAY(String(200)))
+    spec: Mapped[dict[str, Any]]
+    active: Mapped[bool] = mapped_column(default=True)
+
+    __table_args__ = (Index("ix_signal_triggers_names", "names", postgresql_using="gin"),)
+
+
+class TriggerJoin(Base):
+    """A partially satisfied multi-signal trigger: the signals so far, per join key."""
+
+    __tablename__ = "trigger_joins"
+
+    workflow_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    trigger_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    join_key: Mapped[str] = mapped_column(String(1000), primary_key=True)
+    slots: Mapped[dict[str, Any]]
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["workflow_id", "trigger_id"],
+            ["signal_triggers.workflow_id", "signal_triggers.trigger_id"],
+            ondelete="CASCADE",
+        ),
+    )
+
+
+class SignalMatch(Base):
+    """What a signal did to one trigger: the run it started, or why it did not."""
+
+    __tablename__ = "signal_matches"
+
+    signal_id: Mapped[int] = mapped_column(ForeignKey("signals.id"), primary_key=True)
+    workflow_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    trigger_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    outcome: Mapped[str] = mapped_column(String(32))
+    run_id: Mapped[str | None] = mapped_column(String(64))
+    detail: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+    __table_args__ = (Index("ix_signal_matches_run_id", "run_id"),)
+
+
+class SignalWait(Base):
+    """A step waiting for a signal (`wait_for`), and the signal that released it."""
+
+    __tablename__ = "signal_waits"
+
+    run_id: Mapped[str] = mapped_column(
+        ForeignKey("runs.run_id", ondelete="CASCADE"), primary_key=True
+    )
+    step_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    where: Mapped[dict[str, Any]]
+    temporal_workflow_id: Mapped[str] = mapped_column(String(300))
+    matched_signal_id: Mapped[int | None] = mapped_column(BigInteger)
+    delivered_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+    __table_args__ = (
+        Index("ix_signal_waits_open", "name", postgresql_where=text("matched_signal_id IS NULL")),
+        Index(
+            "ix_signal_waits_undelivered",
+            "created_at",
+            postgresql_where=text("matched_signal_id IS NOT NULL AND delivered_at IS NULL"),
+        ),
+    )

@@ -1,4 +1,5 @@
-"""Step executors: one async function per step type, `(ExecutionContext, params) -> StepResult`."""
+"""Step executors: one async function per step type, `(StepContext, typed params) -> StepResult`;
+the params model of each type is in `maestro.steps.STEP_TYPES`."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from workers.executors.basic import run_noop, run_sleep
 from workers.executors.python import run_python
 from workers.executors.shell import run_shell
 
-Executor = Callable[[StepContext, dict[str, Any]], Awaitable[StepResult]]
+Executor = Callable[[StepContext, Any], Awaitable[StepResult]]
 
 EXECUTORS: dict[str, Executor] = {
     "noop": run_noop,

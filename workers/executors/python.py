@@ -35,8 +35,7 @@ def load_entrypoint(entrypoint: str) -> Any:
     return function
 
 
-async def run_python(ctx: StepContext, params: dict[str, Any]) -> StepResult:
-    spec = PythonParams.model_validate(params)
+async def run_python(ctx: StepContext, spec: PythonParams) -> StepResult:
     function = load_entrypoint(spec.entrypoint)
     ctx.args = spec.args
     if inspect.iscoroutinefunction(function):

@@ -1,0 +1,136 @@
+"""Signal routes: publish (one or a batch), read the log, explain a signal."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+from pydantic import ValidationError
+
+from api.deps import BusDep, SessionDep, SettingsDep
+from api.routes.runs import run_out
+from api.schemas import BatchIn, BatchOut, PublishOut, SignalDetail, SignalOut, SignalPage
+from maestro.db import signals as signals_db
+from maestro.db.tables import Signal
+from maestro.definitions import problems_from_validation
+from maestro.errors import InvalidInput, Problem
+from maestro.settings import Settings
+from maestro.signals import MAX_BATCH, Published, SignalIn
+
+router = APIRouter(prefix="/signals", tags=["signals"])
+
+
+def signal_out(signal: Signal) -> SignalOut:
+    return SignalOut(
+        id=signal.id,
+        name=signal.name,
+        seq=signal.seq,
+        params=signal.params,
+        payload=signal.payload,
+        request_id=signal.request_id,
+        producer=signal.producer,
+        created_at=signal.created_at,
+    )
+
+
+def publish_out(result: Published, settings: Settings) -> PublishOut:
+    return PublishOut(
+        signal=signal_out(result.signal),
+        duplicate=result.duplicate,
+        runs=[run_out(r, settings) for r in result.runs],
+    )
+
+
+@router.post(
+    "",
+    response_model=PublishOut,
+    status_code=201,
+    responses={200: {"model": PublishOut, "description": "Duplicate: already published"}},
+)
+async def publish_signal(
+    body: SignalIn, response: Response, bus: BusDep, settings: SettingsDep
+) -> PublishOut:
+    """Publish a signal. It is stored, matched against every signal trigger and waiting step,
+    and the runs it completes are created, all before this returns; `runs` lists them. The same
+    `request_id` (or, without one, the same name and params) again returns the stored signal
+    with `duplicate: true` (200) and starts nothing."""
+    [result] = await bus.publish([body])
+    if result.duplicate:
+        response.status_code = 200
+    return publish_out(result, settings)
+
+
+@router.post("/batch", response_model=BatchOut, status_code=201)
+async def publish_batch(
+    body: BatchIn, response: Response, bus: BusDep, settings: SettingsDep
+) -> BatchOut:
+    """Publish up to 1,000 signals in one transaction, with the same semantics per signal. Any
+    invalid signal rejects the whole batch (422, locations like `signals.3.params.dt`)."""
+    if len(body.signals) > MAX_BATCH:
+        raise InvalidInput(
+            "too many signals",
+            [
+                Problem(
+                    ("body", "signals"),
+                    f"{len(body.signals)} signals; a batch holds at most {MAX_BATCH}",
+                    "too_long",
+                )
+            ],
+        )
+    signals, problems = [], []
+    for i, raw in enumerate(body.signals):
+        try:
+            signals.append(SignalIn.model_validate(raw))
+        except ValidationError as exc:
+            problems += problems_from_validation(exc, ("body", "signals", i))
+    if problems:
+        raise InvalidInput("batch contains invalid signals", problems)
+    results = await bus.publish(signals)
+    if all(r.duplicate for r in results):
+        response.status_code = 200
+    return BatchOut(results=[publish_out(r, settings) for r in results])
+
+
+@router.get("", response_model=SignalPage)
+async def list_signals(
+    request: Request,
+    session: SessionDep,
+    name: str | None = None,
+    since: datetime | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    cursor: Annotated[int | None, Query(description="`next_cursor` of the previous page")] = None,
+) -> SignalPage:
+    """The signal log, newest first. Filter by `name`, `since` (ISO time) and params with
+    `param.<key>=<value>` (equality; `5` matches both the number and the string)."""
+    params: dict[str, object] = {}
+    for key, value in request.query_params.items():
+        if key.startswith("param."):
+            params[key.removeprefix("param.")] = value
+    rows = await signals_db.list_signals(
+        session, name=name, since=since, params=params, limit=limit, before_id=cursor
+    )
+    next_cursor = str(rows[-1].id) if len(rows) == limit else None
+    return SignalPage(items=[signal_out(s) for s in rows], next_cursor=next_cursor)
+
+
+@router.get("/{signal_id}", response_model=SignalDetail)
+async def get_signal(signal_id: int, session: SessionDep) -> SignalDetail:
+    """A signal, who produced it, and for every trigger it reached: the run it started or why
+    not (condition false, join incomplete, workflow inactive, duplicate run, ...)."""
+    signal = await signals_db.get_signal(session, signal_id)
+    matches = await signals_db.matches_of_signal(session, signal_id)
+    return SignalDetail(
+        **signal_out(signal).model_dump(),
+        matches=[
+            {
+                "workflow_id": m.workflow_id,
+                "trigger_id": m.trigger_id,
+                "outcome": m.outcome,
+                "run_id": m.run_id,
+                "detail": m.detail,
+                "updated_at": m.updated_at,
+            }
+            for m in matches
+        ],
+    )

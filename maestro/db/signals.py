@@ -1,0 +1,344 @@
+"""Signals, their names' sequences, trigger registrations, partial joins, matches and waits."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from maestro.db.tables import (
+    Signal,
+    SignalMatch,
+    SignalName,
+    SignalTriggerRow,
+    SignalWait,
+    TriggerJoin,
+)
+from maestro.errors import NotFound
+from maestro.triggers import CompiledTrigger
+
+
+async def lock_names(session: AsyncSession, names: Sequence[str]) -> None:
+    """Take the per-name locks (in a fixed order, so no deadlock) that order publishing and
+    waiting on the same names."""
+    for name in sorted(set(names)):
+        await session.execute(
+            insert(SignalName)
+            .values(name=name, last_seq=0)
+            .on_conflict_do_update(index_elements=["name"], set_={"last_seq": SignalName.last_seq})
+        )
+
+
+async def allocate_seqs(session: AsyncSession, name: str, count: int) -> int:
+    """Reserve `count` sequence numbers for `name`; returns the first."""
+    last = (
+        await session.execute(
+            update(SignalName)
+            .where(SignalName.name == name)
+            .values(last_seq=SignalName.last_seq + count)
+            .returning(SignalName.last_seq)
+        )
+    ).scalar_one()
+    return last - count + 1
+
+
+async def find_by_dedupe_keys(session: AsyncSession, keys: Sequence[str]) -> dict[str, Signal]:
+    if not keys:
+        return {}
+    rows = await session.execute(select(Signal).where(Signal.dedupe_key.in_(keys)))
+    return {row.dedupe_key: row for row in rows.scalars()}
+
+
+async def insert_signals(session: AsyncSession, rows: list[dict[str, Any]]) -> list[Signal]:
+    """Insert new signals; returns the rows that were inserted (not those that raced in)."""
+    if not rows:
+        return []
+    result = await session.execute(
+        insert(Signal)
+        .values(rows)
+        .on_conflict_do_nothing(index_elements=["dedupe_key"])
+        .returning(Signal)
+    )
+    return list(result.scalars())
+
+
+async def get_signal(session: AsyncSession, signal_id: int) -> Signal:
+    signal = await session.get(Signal, signal_id)
+    if signal is None:
+        raise NotFound(f"signal {signal_id} not found")
+    return signal
+
+
+async def list_signals(
+    session: AsyncSession,
+    *,
+    name: str | None,
+    since: datetime | None,
+    params: dict[str, Any],
+    limit: int,
+    before_id: int | None,
+) -> Sequence[Signal]:
+    """Newest first; `params` filters by equality (JSONB containment, indexed)."""
+    query = select(Signal)
+    if name:
+        query = query.where(Signal.name == name)
+    if since:
+        query = query.where(Signal.created_at >= since)
+    for key, value in params.items():
+        # Query strings carry no type: "5" matches the number 5 and the string "5".
+        alternatives = [Signal.params.contains({key: value})]
+        for kind in (int, float):
+            try:
+                alternatives.append(Signal.params.contains({key: kind(value)}))
+                break
+            except (TypeError, ValueError):
+                continue
+        query = query.where(or_(*alternatives))
+    if before_id:
+        query = query.where(Signal.id < before_id)
+    return (await session.execute(query.order_by(Signal.id.desc()).limit(limit))).scalars().all()
+
+
+async def latest_matching(
+    session: AsyncSession, name: str, equal: dict[str, Any], limit: int = 500
+) -> Sequence[Signal]:
+    """Recent signals of `name` whose params contain `equal`, newest first."""
+    query = select(Signal).where(Signal.name == name)
+    if equal:
+        query = query.where(Signal.params.contains(equal))
+    return (await session.execute(query.order_by(Signal.id.desc()).limit(limit))).scalars().all()
+
+
+# -- trigger registrations ----------------------------------------------------------------------
+
+
+async def replace_triggers(
+    session: AsyncSession,
+    workflow_id: str,
+    version: int,
+    active: bool,
+    triggers: list[CompiledTrigger],
+) -> None:
+    """Make the registered signal triggers those of `version`; unchanged triggers (same id)
+    keep their partial joins, removed ones lose them."""
+    keep = [t.trigger_id for t in triggers]
+    await session.execute(
+        delete(SignalTriggerRow).where(
+            SignalTriggerRow.workflow_id == workflow_id, SignalTriggerRow.trigger_id.not_in(keep)
+        )
+    )
+    for trigger in triggers:
+        values = {
+            "version": version,
+            "position": trigger.position,
+            "names": trigger.names,
+            "spec": trigger.model_dump(mode="json"),
+            "active": active,
+        }
+        await session.execute(
+            insert(SignalTriggerRow)
+            .values(workflow_id=workflow_id, trigger_id=trigger.trigger_id, **values)
+            .on_conflict_do_update(index_elements=["workflow_id", "trigger_id"], set_=values)
+        )
+
+
+async def set_triggers_active(session: AsyncSession, workflow_id: str, active: bool) -> None:
+    await session.execute(
+        update(SignalTriggerRow)
+        .where(SignalTriggerRow.workflow_id == workflow_id)
+        .values(active=active)
+    )
+
+
+async def triggers_listening_to(
+    session: AsyncSession, names: Sequence[str]
+) -> Sequence[SignalTriggerRow]:
+    """Registered triggers that need any of `names` (GIN-indexed array overlap)."""
+    query = select(SignalTriggerRow).where(SignalTriggerRow.names.overlap(list(set(names))))
+    return (await session.execute(query)).scalars().all()
+
+
+async def workflow_triggers(session: AsyncSession, workflow_id: str) -> Sequence[SignalTriggerRow]:
+    query = (
+        select(SignalTriggerRow)
+        .where(SignalTriggerRow.workflow_id == workflow_id)
+        .order_by(SignalTriggerRow.position, SignalTriggerRow.trigger_id)
+    )
+    return (await session.execute(query)).scalars().all()
+
+
+async def lock_trigger(session: AsyncSession, workflow_id: str, trigger_id: str) -> None:
+    """Serialise join updates of one trigger."""
+    await session.execute(
+        select(SignalTriggerRow.trigger_id)
+        .where(
+            SignalTriggerRow.workflow_id == workflow_id, SignalTriggerRow.trigger_id == trigger_id
+        )
+        .with_for_update()
+    )
+
+
+async def get_join(
+    session: AsyncSession, workflow_id: str, trigger_id: str, key: str
+) -> TriggerJoin | None:
+    return await session.get(TriggerJoin, (workflow_id, trigger_id, key))
+
+
+async def save_join(
+    session: AsyncSession, workflow_id: str, trigger_id: str, key: str, slots: dict[str, Any]
+) -> None:
+    values = {"slots": slots, "updated_at": func.now()}
+    await session.execute(
+        insert(TriggerJoin)
+        .values(workflow_id=workflow_id, trigger_id=trigger_id, join_key=key, **values)
+        .on_conflict_do_update(
+            index_elements=["workflow_id", "trigger_id", "join_key"], set_=values
+        )
+    )
+
+
+async def delete_join(session: AsyncSession, workflow_id: str, trigger_id: str, key: str) -> None:
+    await session.execute(
+        delete(TriggerJoin).where(
+            TriggerJoin.workflow_id == workflow_id,
+            TriggerJoin.trigger_id == trigger_id,
+            TriggerJoin.join_key == key,
+        )
+    )
+
+
+async def pending_joins(session: AsyncSession, workflow_id: str) -> Sequence[TriggerJoin]:
+    query = (
+        select(TriggerJoin)
+        .where(TriggerJoin.workflow_id == workflow_id)
+        .order_by(TriggerJoin.updated_at)
+    )
+    return (await session.execute(query)).scalars().all()
+
+
+# -- matches -----------------------------------------------------------------------------------
+
+
+async def record_matches(session: AsyncSession, matches: list[dict[str, Any]]) -> None:
+    """Record (or update) what signals did to triggers."""
+    for match in matches:
+        values = {
+            "outcome": match["outcome"],
+            "run_id": match.get("run_id"),
+            "detail": match.get("detail"),
+            "updated_at": func.now(),
+        }
+        await session.execute(
+            insert(SignalMatch)
+            .values(
+                signal_id=match["signal_id"],
+                workflow_id=match["workflow_id"],
+                trigger_id=match["trigger_id"],
+                **values,
+            )
+            .on_conflict_do_update(
+                index_elements=["signal_id", "workflow_id", "trigger_id"], set_=values
+            )
+        )
+
+
+async def consumed_signal_ids(
+    session: AsyncSession, workflow_id: str, trigger_id: str, signal_ids: Sequence[int]
+) -> set[int]:
+    """Which of these signals this trigger already consumed or holds in a join."""
+    if not signal_ids:
+        return set()
+    query = select(SignalMatch.signal_id).where(
+        SignalMatch.workflow_id == workflow_id,
+        SignalMatch.trigger_id == trigger_id,
+        SignalMatch.signal_id.in_(signal_ids),
+    )
+    return set((await session.execute(query)).scalars())
+
+
+async def matches_of_signal(session: AsyncSession, signal_id: int) -> Sequence[SignalMatch]:
+    query = (
+        select(SignalMatch)
+        .where(SignalMatch.signal_id == signal_id)
+        .order_by(SignalMatch.workflow_id, SignalMatch.trigger_id)
+    )
+    return (await session.execute(query)).scalars().all()
+
+
+async def signals_consumed_by_run(session: AsyncSession, run_id: str) -> Sequence[Signal]:
+    query = (
+        select(Signal)
+        .join(SignalMatch, SignalMatch.signal_id == Signal.id)
+        .where(SignalMatch.run_id == run_id, SignalMatch.outcome == "started_run")
+        .order_by(Signal.id)
+    )
+    return (await session.execute(query)).scalars().all()
+
+
+async def signals_produced_by_run(session: AsyncSession, run_id: str) -> Sequence[Signal]:
+    query = select(Signal).where(Signal.producer_run_id == run_id).order_by(Signal.id)
+    return (await session.execute(query)).scalars().all()
+
+
+async def runs_started_by_signal(session: AsyncSession, signal_id: int) -> list[str]:
+    query = select(SignalMatch.run_id).where(
+        SignalMatch.signal_id == signal_id, SignalMatch.outcome == "started_run"
+    )
+    return [r for r in (await session.execute(query)).scalars() if r]
+
+
+# -- waits -------------------------------------------------------------------------------------
+
+
+async def add_waits(session: AsyncSession, waits: list[dict[str, Any]]) -> None:
+    if waits:
+        await session.execute(insert(SignalWait).values(waits).on_conflict_do_nothing())
+
+
+async def get_waits(session: AsyncSession, run_id: str, step_id: str) -> Sequence[SignalWait]:
+    query = select(SignalWait).where(SignalWait.run_id == run_id, SignalWait.step_id == step_id)
+    return (await session.execute(query.order_by(SignalWait.position))).scalars().all()
+
+
+async def open_waits(session: AsyncSession, names: Sequence[str]) -> Sequence[SignalWait]:
+    """Unmatched waits on these names, locked for this transaction."""
+    query = (
+        select(SignalWait)
+        .where(SignalWait.name.in_(list(set(names))), SignalWait.matched_signal_id.is_(None))
+        .order_by(SignalWait.created_at)
+        .with_for_update()
+    )
+    return (await session.execute(query)).scalars().all()
+
+
+async def undelivered_waits(
+    session: AsyncSession, older_than: datetime, limit: int
+) -> Sequence[SignalWait]:
+    query = (
+        select(SignalWait)
+        .where(
+            SignalWait.matched_signal_id.is_not(None),
+            SignalWait.delivered_at.is_(None),
+            SignalWait.created_at < older_than,
+        )
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return (await session.execute(query)).scalars().all()
+
+
+async def mark_delivered(session: AsyncSession, keys: Sequence[tuple[str, str, int]]) -> None:
+    for run_id, step_id, position in keys:
+        await session.execute(
+            update(SignalWait)
+            .where(
+                SignalWait.run_id == run_id,
+                SignalWait.step_id == step_id,
+                SignalWait.position == position,
+            )
+            .values(delivered_at=func.now())
+        )

@@ -1,0 +1,536 @@
+"""The signal bus on PostgreSQL: publish signals, match them to triggers and waiting steps,
+start the runs they complete — durably and exactly once.
+
+Publishing is one transaction: the signal rows, every trigger match (with partial joins), the
+runs those matches create and the waits they release are committed together, before the API
+acknowledges. So an acknowledged signal has already been matched and its runs exist; launching
+them on Temporal and delivering released waits happens after the commit, and if a process dies
+in between, the sweepers (`RunsService.launch_pending`, `SignalBus.deliver_pending`) finish the
+job from any process. Exactly-once comes from keys, not timing: a signal's dedupe key is unique,
+a match is keyed by (signal, trigger), and a signal-started run's request id is derived from its
+trigger and signals.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
+
+from maestro.db import signals as signals_db
+from maestro.db import workflows as workflows_db
+from maestro.db.runs import set_step_waiting
+from maestro.db.tables import Run, Signal, SignalTriggerRow, SignalWait
+from maestro.definitions import (
+    FINISH_STATUSES,
+    SIGNAL_NAME_PATTERN,
+    Scalar,
+    WorkflowDefinition,
+)
+from maestro.errors import DefinitionInvalid, ParamsInvalid, Problem, WorkflowInactive
+from maestro.expressions import ExpressionError
+from maestro.runs import RunsService
+from maestro.runtime import (
+    SIGNAL_MATCHED_SIGNAL,
+    Cause,
+    MatchedSignal,
+    RegisterWaitsInput,
+    RegisterWaitsResult,
+)
+from maestro.triggers import (
+    CompiledTrigger,
+    compile_signal_triggers,
+    completion_signal_name,
+    equality_filter,
+    evaluate_trigger,
+    join_key,
+    trigger_context,
+    where_matches,
+)
+
+logger = logging.getLogger(__name__)
+
+MAX_PARAMS = 50
+MAX_PARAM_STRING = 1_000
+MAX_PAYLOAD_BYTES = 65_536
+MAX_BATCH = 1_000
+
+
+class SignalIn(BaseModel):
+    """A signal to publish: a name, flat params (matched on) and a free payload (not indexed)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, Field(pattern=SIGNAL_NAME_PATTERN)]
+    params: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")], Scalar] = Field(
+        default_factory=dict, max_length=MAX_PARAMS
+    )
+    payload: dict[str, Any] | None = None
+    request_id: str | None = Field(default=None, min_length=1, max_length=200)
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def _flat(cls, params: Any) -> Any:
+        if isinstance(params, dict):
+            for key, value in params.items():
+                if isinstance(value, dict | list) or value is None:
+                    kind = "null" if value is None else type(value).__name__
+                    raise ValueError(
+                        f"param {key!r} is {kind}: params are flat strings or "
+                        "numbers (put structured data in payload)"
+                    )
+                if isinstance(value, str) and len(value) > MAX_PARAM_STRING:
+                    raise ValueError(f"param {key!r} is longer than {MAX_PARAM_STRING} characters")
+        return params
+
+    @field_validator("payload")
+    @classmethod
+    def _payload_size(cls, payload: dict[str, Any] | None) -> dict[str, Any] | None:
+        if payload is not None:
+            size = len(json.dumps(payload, separators=(",", ":")))
+            if size > MAX_PAYLOAD_BYTES:
+                raise ValueError(f"payload is {size} bytes; the limit is {MAX_PAYLOAD_BYTES}")
+        return payload
+
+    def dedupe_key(self) -> str:
+        """`request_id` when given, else a hash of name and params."""
+        if self.request_id is not None:
+            return f"req:{self.request_id}"
+        canonical = json.dumps([self.name, self.params], sort_keys=True, separators=(",", ":"))
+        return f"hash:{hashlib.sha256(canonical.encode()).hexdigest()}"
+
+
+class Producer(BaseModel):
+    """Who published a signal: an outside system, a run (completion) or a step (`emits`)."""
+
+    kind: str = "outside"
+    workflow_id: str | None = None
+    run_id: str | None = None
+    step_id: str | None = None
+
+
+@dataclass
+class Published:
+    """One input's outcome: its stored signal, whether it was a duplicate, the runs it created."""
+
+    signal: Signal
+    duplicate: bool
+    runs: list[Run] = field(default_factory=list)
+
+
+@dataclass
+class _Pending:
+    """What a publishing transaction leaves to do after its commit."""
+
+    results: list[Published] = field(default_factory=list)
+    runs: list[Run] = field(default_factory=list)
+    waits: list[SignalWait] = field(default_factory=list)
+
+
+def _signal_view(signal: Signal) -> dict[str, Any]:
+    return {
+        "id": signal.id,
+        "name": signal.name,
+        "params": signal.params,
+        "payload": signal.payload,
+        "created_at": signal.created_at.isoformat(),
+    }
+
+
+class SignalBus:
+    """Publishes signals and links them to triggers and waiting steps."""
+
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], runs: RunsService, client: Client
+    ) -> None:
+        self._sessions = sessions
+        self._runs = runs
+        self._client = client
+
+    # -- publishing ---------------------------------------------------------------------------
+
+    async def publish(
+        self, signals: list[SignalIn], producer: Producer | None = None
+    ) -> list[Published]:
+        """Store, match and dispatch signals in one transaction, then launch what they started."""
+        async with self._sessions.begin() as session:
+            pending = await self.publish_in(session, signals, producer or Producer())
+        await self.after_commit(pending)
+        return pending.results
+
+    async def after_commit(self, pending: _Pending) -> None:
+        """Launch the runs and deliver the waits a committed publish produced; failures are
+        left to the sweepers (the database already holds the outcome)."""
+        try:
+            await self._runs.launch(pending.runs)
+        except Exception as exc:  # noqa: BLE001 - recorded; launch_pending retries
+            logger.warning(
+                "launch after publish failed; the sweeper will retry",
+                extra={"error": str(exc), "runs": len(pending.runs)},
+            )
+        await self._deliver(pending.waits)
+
+    async def publish_in(
+        self, session: AsyncSession, signals: list[SignalIn], producer: Producer
+    ) -> _Pending:
+        """Publish inside the caller's transaction (a run's end, a step's success, the API)."""
+        pending = _Pending()
+        keys = [s.dedupe_key() for s in signals]
+        existing = await signals_db.find_by_dedupe_keys(session, keys)
+        fresh: dict[str, SignalIn] = {}
+        for key, signal in zip(keys, signals, strict=True):
+            if key not in existing and key not in fresh:
+                fresh[key] = signal
+        inserted: dict[str, Signal] = {}
+        if fresh:
+            names = sorted({s.name for s in fresh.values()})
+            await signals_db.lock_names(session, names)
+            rows = []
+            for name in names:
+                group = [(k, s) for k, s in fresh.items() if s.name == name]
+                first = await signals_db.allocate_seqs(session, name, len(group))
+                rows += [
+                    {
+                        "name": name,
+                        "seq": first + i,
+                        "params": s.params,
+                        "payload": s.payload,
+                        "dedupe_key": k,
+                        "request_id": s.request_id,
+                        "producer": producer.model_dump(exclude_none=True),
+                        "producer_run_id": producer.run_id,
+                    }
+                    for i, (k, s) in enumerate(group)
+                ]
+            for row in await signals_db.insert_signals(session, rows):
+                inserted[row.dedupe_key] = row
+            raced = [k for k in fresh if k not in inserted]
+            existing.update(await signals_db.find_by_dedupe_keys(session, raced))
+            new_signals = sorted(inserted.values(), key=lambda s: s.id)
+            await self._dispatch(session, new_signals, pending)
+        runs_by_signal: dict[int, list[Run]] = {}
+        for run in pending.runs:
+            for signal_id in run.cause.get("detail", {}).get("signal_ids", []):
+                runs_by_signal.setdefault(signal_id, []).append(run)
+        seen: set[str] = set()
+        for key in keys:
+            if key in inserted and key not in seen:
+                signal = inserted[key]
+                pending.results.append(Published(signal, False, runs_by_signal.get(signal.id, [])))
+                seen.add(key)
+            else:
+                pending.results.append(Published(inserted.get(key) or existing[key], True))
+        return pending
+
+    async def _dispatch(
+        self, session: AsyncSession, signals: list[Signal], pending: _Pending
+    ) -> None:
+        names = sorted({s.name for s in signals})
+        triggers = await signals_db.triggers_listening_to(session, names)
+        waits = list(await signals_db.open_waits(session, names))
+        for signal in signals:
+            for row in triggers:
+                if signal.name in row.names:
+                    await self._match(session, row, signal, pending)
+            for wait in waits:
+                if (
+                    wait.matched_signal_id is None
+                    and wait.name == signal.name
+                    and where_matches(wait.where, signal.params)
+                ):
+                    wait.matched_signal_id = signal.id
+                    pending.waits.append(wait)
+        await session.flush()
+
+    async def _match(
+        self, session: AsyncSession, row: SignalTriggerRow, signal: Signal, pending: _Pending
+    ) -> None:
+        trigger = CompiledTrigger.model_validate(row.spec)
+        base = {"workflow_id": row.workflow_id, "trigger_id": row.trigger_id}
+
+        async def record(
+            outcome: str, ids: list[int], run: Run | None = None, detail: str | None = None
+        ) -> None:
+            await signals_db.record_matches(
+                session,
+                [
+                    {
+                        **base,
+                        "signal_id": i,
+                        "outcome": outcome,
+                        "run_id": run.run_id if run else None,
+                        "detail": detail,
+                    }
+                    for i in ids
+                ],
+            )
+
+        if not row.active:
+            await record("workflow_inactive", [signal.id], detail="the workflow is deactivated")
+            return
+        condition = trigger.condition(signal.name)
+        if not where_matches(condition.where, signal.params):
+            await record(
+                "condition_false",
+                [signal.id],
+                detail=f"where {json.dumps(condition.where)} is not satisfied",
+            )
+            return
+        members: dict[str, dict[str, Any]]
+        if len(trigger.conditions) == 1:
+            members = {signal.name: _signal_view(signal)}
+        else:
+            key = join_key(trigger, signal.params)
+            if key is None:
+                missing = [k for k in trigger.join_on if k not in signal.params]
+                await record(
+                    "condition_false", [signal.id], detail=f"missing join_on params {missing}"
+                )
+                return
+            await signals_db.lock_trigger(session, row.workflow_id, row.trigger_id)
+            join = await signals_db.get_join(session, row.workflow_id, row.trigger_id, key)
+            slots: dict[str, dict[str, Any]] = dict(join.slots) if join else {}
+            if signal.name in slots:
+                await record(
+                    "superseded",
+                    [slots[signal.name]["id"]],
+                    detail=f"replaced by newer signal {signal.id}",
+                )
+            slots[signal.name] = _signal_view(signal)
+            if trigger.within is not None:
+                horizon = signal.created_at - trigger.within
+                for name, held in list(slots.items()):
+                    if datetime.fromisoformat(held["created_at"]) < horizon:
+                        await record(
+                            "expired", [held["id"]], detail=f"older than within={trigger.within}"
+                        )
+                        del slots[name]
+            if any(name not in slots for name in trigger.names):
+                await signals_db.save_join(session, row.workflow_id, row.trigger_id, key, slots)
+                waiting = [n for n in trigger.names if n not in slots]
+                await record(
+                    "join_incomplete",
+                    [signal.id],
+                    detail=f"waiting for {', '.join(waiting)} with join key {key}",
+                )
+                return
+            await signals_db.delete_join(session, row.workflow_id, row.trigger_id, key)
+            members = slots
+        ids = sorted(m["id"] for m in members.values())
+        try:
+            fire, params = evaluate_trigger(trigger, trigger_context(members, signal.name))
+        except ExpressionError as exc:
+            await record("condition_false", ids, detail=str(exc))
+            return
+        if not fire:
+            await record("condition_false", ids, detail=f"when {trigger.when!r} is false")
+            return
+        request_id = f"{row.trigger_id}:{'-'.join(map(str, ids))}"
+        cause = Cause(
+            kind="signal",
+            request_id=request_id,
+            detail={
+                "trigger_id": row.trigger_id,
+                "signal_ids": ids,
+                "signals": {name: m["id"] for name, m in members.items()},
+            },
+        )
+        try:
+            run, created = await self._runs.create_run(
+                session, row.workflow_id, params, cause=cause, request_id=request_id
+            )
+        except ParamsInvalid as exc:
+            problems = "; ".join(f"{'.'.join(map(str, p.loc))}: {p.msg}" for p in exc.problems)
+            await record("params_invalid", ids, detail=problems)
+            return
+        except WorkflowInactive as exc:
+            await record("workflow_inactive", ids, detail=exc.message)
+            return
+        await record("started_run" if created else "duplicate_run", ids, run)
+        if created:
+            pending.runs.append(run)
+
+    # -- waiting steps ---------------------------------------------------------------------------
+
+    async def register_waits(self, request: RegisterWaitsInput) -> RegisterWaitsResult:
+        """Record a step's waits and release those a stored signal already satisfies."""
+        matched: list[MatchedSignal] = []
+        async with self._sessions.begin() as session:
+            await signals_db.lock_names(session, [w.name for w in request.waits])
+            await signals_db.add_waits(
+                session,
+                [
+                    {
+                        "run_id": request.run_id,
+                        "step_id": request.step_id,
+                        "position": w.position,
+                        "name": w.name,
+                        "where": w.where,
+                        "temporal_workflow_id": request.temporal_workflow_id,
+                    }
+                    for w in request.waits
+                ],
+            )
+            for wait in await signals_db.get_waits(session, request.run_id, request.step_id):
+                signal = None
+                if wait.matched_signal_id is not None:
+                    signal = await session.get(Signal, wait.matched_signal_id)
+                else:
+                    for candidate in await signals_db.latest_matching(
+                        session, wait.name, equality_filter(wait.where)
+                    ):
+                        if where_matches(wait.where, candidate.params):
+                            signal = candidate
+                            break
+                    if signal is not None:
+                        wait.matched_signal_id = signal.id
+                        wait.delivered_at = datetime.now(UTC)
+                if signal is not None:
+                    matched.append(
+                        MatchedSignal(
+                            step_id=wait.step_id,
+                            position=wait.position,
+                            signal_id=signal.id,
+                            name=signal.name,
+                            params=signal.params,
+                            payload=signal.payload,
+                        )
+                    )
+            if len(matched) < len(request.waits):
+                await set_step_waiting(session, request.run_id, request.step_id)
+        return RegisterWaitsResult(matched=matched)
+
+    async def _deliver(self, waits: list[SignalWait]) -> None:
+        delivered = []
+        for wait in waits:
+            async with self._sessions() as session:
+                signal = await session.get(Signal, wait.matched_signal_id)
+            message = MatchedSignal(
+                step_id=wait.step_id,
+                position=wait.position,
+                signal_id=signal.id,
+                name=signal.name,
+                params=signal.params,
+                payload=signal.payload,
+            )
+            try:
+                await self._client.get_workflow_handle(wait.temporal_workflow_id).signal(
+                    SIGNAL_MATCHED_SIGNAL, message
+                )
+            except RPCError as exc:
+                if exc.status != RPCStatusCode.NOT_FOUND:
+                    logger.warning(
+                        "delivering a wait failed; the sweeper will retry",
+                        extra={"run_id": wait.run_id, "error": str(exc)},
+                    )
+                    continue
+            delivered.append((wait.run_id, wait.step_id, wait.position))
+        if delivered:
+            async with self._sessions.begin() as session:
+                await signals_db.mark_delivered(session, delivered)
+
+    async def deliver_pending(
+        self, older_than: timedelta = timedelta(seconds=5), limit: int = 200
+    ) -> int:
+        """Deliver released waits whose delivery was interrupted (any process may run this)."""
+        cutoff = datetime.now(UTC) - older_than
+        async with self._sessions() as session:
+            waits = list(await signals_db.undelivered_waits(session, cutoff, limit))
+        await self._deliver(waits)
+        return len(waits)
+
+    # -- registrations --------------------------------------------------------------------------
+
+    async def check_trigger_loop(
+        self, session: AsyncSession, definition: WorkflowDefinition
+    ) -> None:
+        """Refuse a definition whose triggers would start it again through the completion or
+        emitted signals of the runs they start (A -> B -> A), unless it opts in."""
+        if definition.allow_trigger_loop:
+            return
+        new_triggers = [t for t in compile_signal_triggers(definition)]
+        definitions: dict[str, WorkflowDefinition] = {definition.id: definition}
+
+        async def products(workflow_id: str) -> list[tuple[str, str | None]]:
+            if workflow_id not in definitions:
+                workflow = await workflows_db.get_workflow(session, workflow_id)
+                definitions[workflow_id] = await self._runs.definition(
+                    session, workflow_id, workflow.active_version
+                )
+            emitted = [(e.name, None) for s in definitions[workflow_id].steps for e in s.emits]
+            return [(completion_signal_name(s), workflow_id) for s in FINISH_STATUSES] + emitted
+
+        def consumes(trigger: CompiledTrigger, made: list[tuple[str, str | None]]) -> bool:
+            for condition in trigger.conditions:
+                for name, source in made:
+                    if condition.name != name:
+                        continue
+                    wanted = condition.where.get("workflow_id")
+                    if source is None or not isinstance(wanted, str) or wanted == source:
+                        return True
+            return False
+
+        async def successors(workflow_id: str) -> list[str]:
+            made = await products(workflow_id)
+            found = {definition.id} if any(consumes(t, made) for t in new_triggers) else set()
+            for row in await signals_db.triggers_listening_to(session, [n for n, _ in made]):
+                if (
+                    row.active
+                    and row.workflow_id != definition.id
+                    and consumes(CompiledTrigger.model_validate(row.spec), made)
+                ):
+                    found.add(row.workflow_id)
+            return sorted(found)
+
+        path = [definition.id]
+        visited: set[str] = set()
+
+        async def visit(node: str) -> list[str] | None:
+            for nxt in await successors(node):
+                if nxt == definition.id:
+                    return [*path, nxt]
+                if nxt not in visited:
+                    visited.add(nxt)
+                    path.append(nxt)
+                    found = await visit(nxt)
+                    if found:
+                        return found
+                    path.pop()
+            return None
+
+        loop = await visit(definition.id)
+        if loop:
+            raise DefinitionInvalid(
+                "workflow definition is invalid",
+                [
+                    Problem(
+                        ("triggers",),
+                        f"trigger loop: {' -> '.join(loop)} (each run would start the next); "
+                        "set allow_trigger_loop: true if this is intended",
+                        "trigger_loop",
+                        {"loop": loop},
+                    )
+                ],
+            )
+
+    async def sync_triggers(self, session: AsyncSession, workflow_id: str) -> None:
+        """Register the active version's signal triggers (call after push/activate/deactivate)."""
+        workflow = await workflows_db.get_workflow(session, workflow_id)
+        if workflow.active_version is None:
+            return
+        definition = await self._runs.definition(session, workflow_id, workflow.active_version)
+        await signals_db.replace_triggers(
+            session,
+            workflow_id,
+            workflow.active_version,
+            workflow.is_active,
+            compile_signal_triggers(definition),
+        )

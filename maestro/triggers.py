@@ -1,0 +1,153 @@
+"""Signal triggers as the matcher sees them: compiled from definitions, conditions, join keys."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import timedelta
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from maestro.definitions import (
+    OnFinishTrigger,
+    SignalCondition,
+    SignalTrigger,
+    WorkflowDefinition,
+)
+from maestro.expressions import TRIGGER_ROOTS, evaluate
+
+COMPLETION_PREFIX = "maestro.run."
+
+
+def completion_signal_name(status: str) -> str:
+    """The signal every run publishes when it ends, e.g. `maestro.run.succeeded`."""
+    return f"{COMPLETION_PREFIX}{status}"
+
+
+class CompiledTrigger(BaseModel):
+    """One signal trigger (an `on_finish` becomes one per status): what the matcher stores."""
+
+    trigger_id: str
+    position: int
+    kind: str
+    conditions: list[SignalCondition]
+    join_on: list[str] = Field(default_factory=list)
+    within: timedelta | None = None
+    when: str | None = None
+    params: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.conditions]
+
+    def condition(self, name: str) -> SignalCondition:
+        return next(c for c in self.conditions if c.name == name)
+
+
+def _stable_id(prefix: str, content: Any) -> str:
+    digest = hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode())
+    return f"{prefix}-{digest.hexdigest()[:16]}"
+
+
+def compile_signal_triggers(definition: WorkflowDefinition) -> list[CompiledTrigger]:
+    """The definition's signal and on_finish triggers, each with an id stable across versions
+    as long as the trigger itself does not change (so partial joins survive a re-push)."""
+    compiled: list[CompiledTrigger] = []
+    for position, trigger in enumerate(definition.triggers):
+        if isinstance(trigger, SignalTrigger):
+            spec = trigger.signal
+            compiled.append(
+                CompiledTrigger(
+                    trigger_id=_stable_id("sig", spec.model_dump(mode="json")),
+                    position=position,
+                    kind="signal",
+                    conditions=spec.all_of,
+                    join_on=spec.join_on,
+                    within=spec.within,
+                    when=spec.when,
+                    params=spec.params,
+                )
+            )
+        elif isinstance(trigger, OnFinishTrigger):
+            spec = trigger.on_finish
+            for status in spec.status:
+                condition = SignalCondition(
+                    name=completion_signal_name(status), where={"workflow_id": spec.workflow}
+                )
+                compiled.append(
+                    CompiledTrigger(
+                        trigger_id=_stable_id("fin", [spec.model_dump(mode="json"), status]),
+                        position=position,
+                        kind="on_finish",
+                        conditions=[condition],
+                        when=spec.when,
+                        params=spec.params,
+                    )
+                )
+    return compiled
+
+
+def _compare(op: str, actual: Any, expected: Any) -> bool:
+    if op == "in":
+        return any(_compare("=", actual, item) for item in expected)
+    numeric = (int, float)
+    if isinstance(actual, bool) or isinstance(expected, bool):
+        if op in ("=", "!="):
+            return (actual is expected) == (op == "=")
+        return False
+    if isinstance(actual, numeric) and isinstance(expected, numeric):
+        pass
+    elif not (isinstance(actual, str) and isinstance(expected, str)):
+        return op == "!="  # different kinds never compare equal
+    match op:
+        case "=":
+            return actual == expected
+        case "!=":
+            return actual != expected
+        case ">":
+            return actual > expected
+        case ">=":
+            return actual >= expected
+        case "<":
+            return actual < expected
+        case "<=":
+            return actual <= expected
+    raise ValueError(f"unknown operator {op!r}")
+
+
+def where_matches(where: dict[str, Any], params: dict[str, Any]) -> bool:
+    """Whether signal params satisfy `{param: value | {op: value}}` (all conditions)."""
+    for key, condition in where.items():
+        if key not in params:
+            return False
+        ops = condition if isinstance(condition, dict) else {"=": condition}
+        if not all(_compare(op, params[key], expected) for op, expected in ops.items()):
+            return False
+    return True
+
+
+def equality_filter(where: dict[str, Any]) -> dict[str, Any]:
+    """The plain-equality part of `where`, usable as a JSONB containment filter."""
+    return {k: v for k, v in where.items() if not isinstance(v, dict)}
+
+
+def join_key(trigger: CompiledTrigger, params: dict[str, Any]) -> str | None:
+    """The values a signal offers for the trigger's `join_on` keys, or None if one is missing."""
+    if any(key not in params for key in trigger.join_on):
+        return None
+    return json.dumps([params[key] for key in trigger.join_on])
+
+
+def trigger_context(signals: dict[str, dict[str, Any]], last: str) -> dict[str, Any]:
+    """CEL variables for a trigger: `signals[name]` and `signal` (the one that completed it)."""
+    return {"signals": signals, "signal": signals[last]}
+
+
+def evaluate_trigger(trigger: CompiledTrigger, context: dict[str, Any]) -> tuple[bool, dict]:
+    """The trigger's `when` and its run params for a complete set of signals."""
+    if trigger.when is not None and evaluate(trigger.when, context, TRIGGER_ROOTS) is not True:
+        return False, {}
+    return True, {
+        name: evaluate(source, context, TRIGGER_ROOTS) for name, source in trigger.params.items()
+    }
