@@ -16,57 +16,17 @@ import psutil
 import pytest
 from temporalio.client import Client
 
-from maestro.embedded import free_port, wait_for_port
+from maestro.embedded import wait_for_port
 from maestro.settings import Settings
 from tests.conftest import unique_id, wait_for_run, wait_for_step
+from tests.processes import Processes
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
-
-E2E_QUEUE = "maestro-e2e"
-
-
-class Processes:
-    """`maestro api` / `maestro worker` processes for one test module, stopped by PID."""
-
-    def __init__(self, settings: Settings, log_dir: Path) -> None:
-        self.api_port = free_port()
-        self.log_dir = log_dir
-        self.env = dict(
-            os.environ,
-            MAESTRO_DATABASE_URL=settings.database_url,
-            MAESTRO_DATA_DIR=str(settings.data_dir),
-            MAESTRO_TEMPORAL__ADDRESS=settings.temporal.address,
-            MAESTRO_TEMPORAL__TASK_QUEUE=E2E_QUEUE,
-            MAESTRO_API__PORT=str(self.api_port),
-        )
-        self.procs: list[subprocess.Popen] = []
-
-    def start(self, command: str) -> subprocess.Popen:
-        log = open(self.log_dir / f"{command}-{len(self.procs)}.log", "wb")  # noqa: SIM115
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "maestro.cli", command],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        self.procs.append(proc)
-        return proc
-
-    def stop_all(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 @pytest.fixture(scope="module")
 def processes(settings: Settings, tmp_path_factory) -> Iterator[Processes]:
-    procs = Processes(settings, tmp_path_factory.mktemp("e2e-logs"))
+    procs = Processes(settings, tmp_path_factory.mktemp("e2e-logs"), task_queue="maestro-e2e")
     procs.start("api")
     procs.start("worker")
     wait_for_port("127.0.0.1", procs.api_port, timeout=60)

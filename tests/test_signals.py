@@ -21,8 +21,13 @@ def name(prefix: str) -> str:
 
 
 def noop_workflow(workflow_id: str, triggers: list, params: dict | None = None, **extra) -> dict:
-    return {"id": workflow_id, "params": params or {}, "triggers": triggers,
-            "steps": [{"id": "go", "type": "noop"}], **extra}
+    return {
+        "id": workflow_id,
+        "params": params or {},
+        "triggers": triggers,
+        "steps": [{"id": "go", "type": "noop"}],
+        **extra,
+    }
 
 
 async def push(api, body: dict) -> dict:
@@ -32,8 +37,9 @@ async def push(api, body: dict) -> dict:
 
 
 async def publish(api, signal_name: str, params: dict | None = None, **extra) -> dict:
-    response = await api.post("/api/v1/signals",
-                              json={"name": signal_name, "params": params or {}, **extra})
+    response = await api.post(
+        "/api/v1/signals", json={"name": signal_name, "params": params or {}, **extra}
+    )
     assert response.status_code in (200, 201), response.text
     return response.json()
 
@@ -46,9 +52,15 @@ async def runs_of(sessions, workflow_id: str) -> list[Run]:
 
 async def test_publish_stores_with_sequence_and_dedupes(api, sessions):
     topic = name("table.partition.ready")
-    first = await api.post("/api/v1/signals", json={
-        "name": topic, "params": {"table": "events", "dt": "2026-11-26"},
-        "payload": {"rows": 10}, "request_id": "load-1"})
+    first = await api.post(
+        "/api/v1/signals",
+        json={
+            "name": topic,
+            "params": {"table": "events", "dt": "2026-11-26"},
+            "payload": {"rows": 10},
+            "request_id": "load-1",
+        },
+    )
     assert first.status_code == 201
     body = first.json()
     assert body["duplicate"] is False and body["runs"] == []
@@ -64,12 +76,14 @@ async def test_publish_stores_with_sequence_and_dedupes(api, sessions):
     assert (a["duplicate"], b["duplicate"], c["duplicate"]) == (False, True, False)
     assert a["signal"]["seq"] == 2 and c["signal"]["seq"] == 3
     async with sessions() as session:
-        count = await session.scalar(select(func.count()).select_from(Signal)
-                                     .where(Signal.name == topic))
+        count = await session.scalar(
+            select(func.count()).select_from(Signal).where(Signal.name == topic)
+        )
     assert count == 3
 
-    listed = (await api.get("/api/v1/signals", params={"name": topic,
-                                                       "param.dt": "2026-11-27"})).json()
+    listed = (
+        await api.get("/api/v1/signals", params={"name": topic, "param.dt": "2026-11-27"})
+    ).json()
     assert [s["id"] for s in listed["items"]] == [a["signal"]["id"]]
     detail = (await api.get(f"/api/v1/signals/{body['signal']['id']}")).json()
     assert detail["payload"] == {"rows": 10} and detail["matches"] == []
@@ -78,10 +92,26 @@ async def test_publish_stores_with_sequence_and_dedupes(api, sessions):
 async def test_signal_trigger_with_where_and_param_mapping(api, sessions):
     topic = name("table.partition.ready")
     wid = unique_id("sig-plain")
-    await push(api, noop_workflow(wid, [{"signal": {
-        "all_of": [{"name": topic, "where": {"table": "events", "rows": {">=": 100}}}],
-        "params": {"dt": "signal.params.dt", "rows": "signals[\"%s\"].params.rows" % topic},
-    }}], params={"dt": {"type": "string"}, "rows": {"type": "integer"}}))
+    await push(
+        api,
+        noop_workflow(
+            wid,
+            [
+                {
+                    "signal": {
+                        "all_of": [
+                            {"name": topic, "where": {"table": "events", "rows": {">=": 100}}}
+                        ],
+                        "params": {
+                            "dt": "signal.params.dt",
+                            "rows": 'signals["%s"].params.rows' % topic,
+                        },
+                    }
+                }
+            ],
+            params={"dt": {"type": "string"}, "rows": {"type": "integer"}},
+        ),
+    )
 
     started = await publish(api, topic, {"table": "events", "dt": "2026-11-26", "rows": 500})
     assert len(started["runs"]) == 1
@@ -97,7 +127,8 @@ async def test_signal_trigger_with_where_and_param_mapping(api, sessions):
     assert too_small["runs"] == [] and other["runs"] == []
     detail = (await api.get(f"/api/v1/signals/{too_small['signal']['id']}")).json()
     assert [(m["workflow_id"], m["outcome"]) for m in detail["matches"]] == [
-        (wid, "condition_false")]
+        (wid, "condition_false")
+    ]
     assert "not satisfied" in detail["matches"][0]["detail"]
     consumed = (await api.get(f"/api/v1/signals/{started['signal']['id']}")).json()
     assert consumed["matches"][0]["outcome"] == "started_run"
@@ -108,10 +139,22 @@ async def test_signal_trigger_with_where_and_param_mapping(api, sessions):
 async def test_join_fires_once_per_complete_set_and_shows_partial_joins(api, sessions):
     orders, fx = name("orders"), name("fx_rates")
     wid = unique_id("sig-join")
-    await push(api, noop_workflow(wid, [{"signal": {
-        "all_of": [{"name": orders}, {"name": fx}], "join_on": ["dt"],
-        "params": {"dt": "signals[\"%s\"].params.dt" % orders},
-    }}], params={"dt": {"type": "string"}}))
+    await push(
+        api,
+        noop_workflow(
+            wid,
+            [
+                {
+                    "signal": {
+                        "all_of": [{"name": orders}, {"name": fx}],
+                        "join_on": ["dt"],
+                        "params": {"dt": 'signals["%s"].params.dt' % orders},
+                    }
+                }
+            ],
+            params={"dt": {"type": "string"}},
+        ),
+    )
 
     first = await publish(api, orders, {"dt": "D1"})
     await publish(api, orders, {"dt": "D2"})
@@ -143,8 +186,13 @@ async def test_join_fires_once_per_complete_set_and_shows_partial_joins(api, ses
 async def test_join_within_expires_old_signals(api, sessions):
     a, b = name("a"), name("b")
     wid = unique_id("sig-within")
-    await push(api, noop_workflow(wid, [{"signal": {
-        "all_of": [{"name": a}, {"name": b}], "join_on": ["k"], "within": "1s"}}]))
+    await push(
+        api,
+        noop_workflow(
+            wid,
+            [{"signal": {"all_of": [{"name": a}, {"name": b}], "join_on": ["k"], "within": "1s"}}],
+        ),
+    )
     old = await publish(api, a, {"k": 1})
     await asyncio.sleep(1.3)
     fresh = await publish(api, b, {"k": 1})
@@ -157,14 +205,33 @@ async def test_join_within_expires_old_signals(api, sessions):
 
 async def test_on_finish_chains_workflows_with_completion_signals(api, sessions):
     upstream, downstream = unique_id("up"), unique_id("down")
-    await push(api, {"id": upstream, "params": {"dt": {"type": "string", "default": "D"}},
-                     "steps": [{"id": "go", "type": "noop"}]})
-    await push(api, noop_workflow(downstream, [{"on_finish": {
-        "workflow": upstream, "status": ["succeeded"],
-        "params": {"dt": "signal.params.dt", "parent": "signal.params.run_id"}}}],
-        params={"dt": {"type": "string"}, "parent": {"type": "string"}}))
-    up = (await api.post(f"/api/v1/workflows/{upstream}/runs",
-                         json={"params": {"dt": "2026-11-26"}})).json()
+    await push(
+        api,
+        {
+            "id": upstream,
+            "params": {"dt": {"type": "string", "default": "D"}},
+            "steps": [{"id": "go", "type": "noop"}],
+        },
+    )
+    await push(
+        api,
+        noop_workflow(
+            downstream,
+            [
+                {
+                    "on_finish": {
+                        "workflow": upstream,
+                        "status": ["succeeded"],
+                        "params": {"dt": "signal.params.dt", "parent": "signal.params.run_id"},
+                    }
+                }
+            ],
+            params={"dt": {"type": "string"}, "parent": {"type": "string"}},
+        ),
+    )
+    up = (
+        await api.post(f"/api/v1/workflows/{upstream}/runs", json={"params": {"dt": "2026-11-26"}})
+    ).json()
     await wait_for_run(api, up["run_id"])
     for _ in range(100):
         started = await runs_of(sessions, downstream)
@@ -177,8 +244,12 @@ async def test_on_finish_chains_workflows_with_completion_signals(api, sessions)
     down = await wait_for_run(api, started[0].run_id)
     assert down["status"] == "succeeded"
 
-    completion = (await api.get("/api/v1/signals", params={
-        "name": "maestro.run.succeeded", "param.run_id": up["run_id"]})).json()["items"]
+    completion = (
+        await api.get(
+            "/api/v1/signals",
+            params={"name": "maestro.run.succeeded", "param.run_id": up["run_id"]},
+        )
+    ).json()["items"]
     assert len(completion) == 1
     assert completion[0]["params"]["workflow_id"] == upstream
     assert completion[0]["params"]["run_number"] == 1
@@ -186,12 +257,17 @@ async def test_on_finish_chains_workflows_with_completion_signals(api, sessions)
 
     lineage = (await api.get(f"/api/v1/runs/{down['run_id']}/lineage")).json()
     ids = {n["id"] for n in lineage["nodes"]}
-    assert {f"run:{up['run_id']}", f"run:{down['run_id']}",
-            f"signal:{completion[0]['id']}"} <= ids
-    assert {"source": f"run:{up['run_id']}", "target": f"signal:{completion[0]['id']}",
-            "kind": "produced"} in lineage["edges"]
-    assert {"source": f"signal:{completion[0]['id']}", "target": f"run:{down['run_id']}",
-            "kind": "started"} in lineage["edges"]
+    assert {f"run:{up['run_id']}", f"run:{down['run_id']}", f"signal:{completion[0]['id']}"} <= ids
+    assert {
+        "source": f"run:{up['run_id']}",
+        "target": f"signal:{completion[0]['id']}",
+        "kind": "produced",
+    } in lineage["edges"]
+    assert {
+        "source": f"signal:{completion[0]['id']}",
+        "target": f"run:{down['run_id']}",
+        "kind": "started",
+    } in lineage["edges"]
     from_up = (await api.get(f"/api/v1/runs/{up['run_id']}/lineage")).json()
     assert f"run:{down['run_id']}" in {n["id"] for n in from_up["nodes"]}
 
@@ -199,21 +275,47 @@ async def test_on_finish_chains_workflows_with_completion_signals(api, sessions)
 async def test_step_emits_signal_that_starts_another_workflow(api, sessions):
     topic = name("model.trained")
     producer, consumer = unique_id("emitter"), unique_id("listener")
-    await push(api, noop_workflow(consumer, [{"signal": {
-        "all_of": [{"name": topic}], "params": {"model": "signal.params.model"}}}],
-        params={"model": {"type": "string"}}))
-    await push(api, {"id": producer, "steps": [
-        {"id": "train", "type": "noop", "params": {"outputs": {"name": "digits-v3"}},
-         "emits": [{"name": topic, "params": {
-             "model": {"expr": "steps.train.outputs.name"}, "run": {"expr": "run.number"}}}]},
-    ]})
+    await push(
+        api,
+        noop_workflow(
+            consumer,
+            [{"signal": {"all_of": [{"name": topic}], "params": {"model": "signal.params.model"}}}],
+            params={"model": {"type": "string"}},
+        ),
+    )
+    await push(
+        api,
+        {
+            "id": producer,
+            "steps": [
+                {
+                    "id": "train",
+                    "type": "noop",
+                    "params": {"outputs": {"name": "digits-v3"}},
+                    "emits": [
+                        {
+                            "name": topic,
+                            "params": {
+                                "model": {"expr": "steps.train.outputs.name"},
+                                "run": {"expr": "run.number"},
+                            },
+                        }
+                    ],
+                },
+            ],
+        },
+    )
     run = (await api.post(f"/api/v1/workflows/{producer}/runs", json={})).json()
     await wait_for_run(api, run["run_id"])
     emitted = (await api.get("/api/v1/signals", params={"name": topic})).json()["items"]
     assert len(emitted) == 1
     assert emitted[0]["params"] == {"model": "digits-v3", "run": 1}
-    assert emitted[0]["producer"] == {"kind": "step", "workflow_id": producer,
-                                      "run_id": run["run_id"], "step_id": "train"}
+    assert emitted[0]["producer"] == {
+        "kind": "step",
+        "workflow_id": producer,
+        "run_id": run["run_id"],
+        "step_id": "train",
+    }
     started = await runs_of(sessions, consumer)
     assert len(started) == 1 and started[0].params == {"model": "digits-v3"}
 
@@ -221,12 +323,23 @@ async def test_step_emits_signal_that_starts_another_workflow(api, sessions):
 async def test_wait_for_signal_published_after_the_run_started(api):
     topic = name("data.ready")
     wid = unique_id("wait-after")
-    await push(api, {"id": wid, "params": {"dt": {"type": "string"}}, "steps": [
-        {"id": "prepare", "type": "noop"},
-        {"id": "load", "type": "noop", "depends_on": ["prepare"],
-         "wait_for": [{"name": topic, "where": {"dt": {"expr": "params.dt"}}}],
-         "params": {"outputs": {"rows": {"expr": f"signals[\"{topic}\"].params.rows"}}}},
-    ]})
+    await push(
+        api,
+        {
+            "id": wid,
+            "params": {"dt": {"type": "string"}},
+            "steps": [
+                {"id": "prepare", "type": "noop"},
+                {
+                    "id": "load",
+                    "type": "noop",
+                    "depends_on": ["prepare"],
+                    "wait_for": [{"name": topic, "where": {"dt": {"expr": "params.dt"}}}],
+                    "params": {"outputs": {"rows": {"expr": f'signals["{topic}"].params.rows'}}},
+                },
+            ],
+        },
+    )
     run = (await api.post(f"/api/v1/workflows/{wid}/runs", json={"params": {"dt": "D"}})).json()
     await wait_for_step(api, run["run_id"], "load", "waiting_for_signal")
     await publish(api, topic, {"dt": "other", "rows": 1})
@@ -243,10 +356,20 @@ async def test_wait_for_signal_published_before_the_run(api):
     topic = name("data.ready")
     wid = unique_id("wait-before")
     await publish(api, topic, {"dt": "D", "rows": 7})
-    await push(api, {"id": wid, "steps": [
-        {"id": "load", "type": "noop", "wait_for": [{"name": topic, "where": {"dt": "D"}}],
-         "params": {"outputs": {"rows": {"expr": f"signals[\"{topic}\"].params.rows"}}}},
-    ]})
+    await push(
+        api,
+        {
+            "id": wid,
+            "steps": [
+                {
+                    "id": "load",
+                    "type": "noop",
+                    "wait_for": [{"name": topic, "where": {"dt": "D"}}],
+                    "params": {"outputs": {"rows": {"expr": f'signals["{topic}"].params.rows'}}},
+                },
+            ],
+        },
+    )
     run = (await api.post(f"/api/v1/workflows/{wid}/runs", json={})).json()
     done = await wait_for_run(api, run["run_id"])
     assert done["steps"][0]["outputs"] == {"rows": 7}
@@ -255,12 +378,21 @@ async def test_wait_for_signal_published_before_the_run(api):
 async def test_wait_for_timeout_and_bypass(api):
     topic = name("never")
     wid = unique_id("wait-timeout")
-    await push(api, {"id": wid, "steps": [
-        {"id": "load", "type": "noop",
-         "wait_for": [{"name": topic, "timeout": "1s"}]},
-        {"id": "manual", "type": "noop", "wait_for": [{"name": topic}],
-         "failure_mode": "ignore_failure"},
-    ]})
+    await push(
+        api,
+        {
+            "id": wid,
+            "steps": [
+                {"id": "load", "type": "noop", "wait_for": [{"name": topic, "timeout": "1s"}]},
+                {
+                    "id": "manual",
+                    "type": "noop",
+                    "wait_for": [{"name": topic}],
+                    "failure_mode": "ignore_failure",
+                },
+            ],
+        },
+    )
     run = (await api.post(f"/api/v1/workflows/{wid}/runs", json={})).json()
     await wait_for_step(api, run["run_id"], "manual", "waiting_for_signal")
     bypass = await api.post(f"/api/v1/runs/{run['run_id']}/steps/manual/bypass")
@@ -278,18 +410,23 @@ async def test_wait_for_timeout_and_bypass(api):
 async def test_trigger_loops_are_rejected_unless_allowed(api, sessions):
     a, b = unique_id("loop-a"), unique_id("loop-b")
     await push(api, noop_workflow(a, [{"on_finish": {"workflow": b}}]))
-    response = await api.post("/api/v1/workflows",
-                              json=noop_workflow(b, [{"on_finish": {"workflow": a}}]))
+    response = await api.post(
+        "/api/v1/workflows", json=noop_workflow(b, [{"on_finish": {"workflow": a}}])
+    )
     assert response.status_code == 422
     problem = response.json()["detail"][0]
     assert problem["loc"] == ["triggers"]
     assert f"trigger loop: {b} -> {a} -> {b}" in problem["msg"]
     assert (await api.get(f"/api/v1/workflows/{b}")).status_code == 404
-    allowed = await api.post("/api/v1/workflows", json=noop_workflow(
-        b, [{"on_finish": {"workflow": a}}], allow_trigger_loop=True))
+    allowed = await api.post(
+        "/api/v1/workflows",
+        json=noop_workflow(b, [{"on_finish": {"workflow": a}}], allow_trigger_loop=True),
+    )
     assert allowed.status_code == 201
-    itself = await api.post("/api/v1/workflows", json=noop_workflow(
-        unique_id("self"), [{"on_finish": {"workflow": "x"}}]))
+    itself = await api.post(
+        "/api/v1/workflows",
+        json=noop_workflow(unique_id("self"), [{"on_finish": {"workflow": "x"}}]),
+    )
     assert itself.status_code == 201
 
 
@@ -310,8 +447,15 @@ async def test_only_the_active_version_triggers_fire(api, sessions):
     await api.post(f"/api/v1/workflows/{wid}/versions/1/activate")
     assert len((await publish(api, old_topic, {"n": 5}))["runs"]) == 1
     async with sessions() as session:
-        registered = (await session.execute(select(SignalTriggerRow.names).where(
-            SignalTriggerRow.workflow_id == wid))).scalars().all()
+        registered = (
+            (
+                await session.execute(
+                    select(SignalTriggerRow.names).where(SignalTriggerRow.workflow_id == wid)
+                )
+            )
+            .scalars()
+            .all()
+        )
     assert registered == [[old_topic]]
 
 
@@ -367,8 +511,9 @@ async def test_oversized_batch_and_bad_member_are_rejected_whole(api, sessions):
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"][:3] == ["body", "signals", 1]
     async with sessions() as session:
-        count = await session.scalar(select(func.count()).select_from(Signal)
-                                     .where(Signal.name == topic))
+        count = await session.scalar(
+            select(func.count()).select_from(Signal).where(Signal.name == topic)
+        )
     assert count == 0
 
 
@@ -379,8 +524,10 @@ async def test_oversized_batch_and_bad_member_are_rejected_whole(api, sessions):
         ({"signal": {"all_of": [{"name": "a", "where": {"x": {"in": 3}}}]}}, "list"),
         ({"signal": {"all_of": [{"name": "a", "where": {"x": [1, 2]}}]}}, "string/number"),
         ({"signal": {"all_of": []}}, "at least 1"),
-        ({"signal": {"all_of": [{"name": "a"}], "params": {"nope": "signal.params.x"}}},
-         "unknown param 'nope'"),
+        (
+            {"signal": {"all_of": [{"name": "a"}], "params": {"nope": "signal.params.x"}}},
+            "unknown param 'nope'",
+        ),
         ({"signal": {"all_of": [{"name": "a"}], "when": "params.x == 1"}}, "unknown variable"),
         ({"on_finish": {"workflow": "up", "status": ["exploded"]}}, "Input should be"),
     ],
@@ -391,6 +538,9 @@ async def test_invalid_signal_triggers_are_rejected(api, sessions, trigger, frag
     assert response.status_code == 422, response.text
     assert any(fragment in p["msg"] for p in response.json()["detail"]), response.json()
     async with sessions() as session:
-        count = await session.scalar(select(func.count()).select_from(WorkflowVersion)
-                                     .where(WorkflowVersion.workflow_id == wid))
+        count = await session.scalar(
+            select(func.count())
+            .select_from(WorkflowVersion)
+            .where(WorkflowVersion.workflow_id == wid)
+        )
     assert count == 0

@@ -41,8 +41,9 @@ async def env(sessions, tmp_path_factory) -> AsyncIterator[WorkflowEnvironment]:
     async with await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=_test_server_path(), data_converter=pydantic_data_converter
     ) as env:
-        runs = RunsService(sessions, env.client, TemporalSettings(task_queue=TASK_QUEUE),
-                           search_attributes=False)
+        runs = RunsService(
+            sessions, env.client, TemporalSettings(task_queue=TASK_QUEUE), search_attributes=False
+        )
         bus = SignalBus(sessions, runs, env.client)
         activities = StepActivities(sessions, tmp_path_factory.mktemp("runs"), bus)
         async with new_worker(env.client, TASK_QUEUE, activities):
@@ -81,8 +82,12 @@ async def run(
     )
     try:
         result = await env.client.execute_workflow(
-            RUN_WORKFLOW, run_input, id=run_row.temporal_workflow_id, task_queue=TASK_QUEUE,
-            result_type=RunState)
+            RUN_WORKFLOW,
+            run_input,
+            id=run_row.temporal_workflow_id,
+            task_queue=TASK_QUEUE,
+            result_type=RunState,
+        )
     except WorkflowFailureError as exc:
         # A run that does not succeed fails its Temporal workflow, carrying the state.
         assert isinstance(exc.cause, ApplicationError)

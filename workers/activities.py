@@ -94,7 +94,9 @@ class StepActivities:
                 non_retryable=True,
             ) from None
         async with self._sessions.begin() as session:
-            await runs_db.mark_step_started(session, step_input.run_id, step.id, info.attempt)
+            await runs_db.mark_step_started(
+                session, step_input.run_id, step.id, info.attempt, info.workflow_run_id
+            )
         work_dir = self._runs_dir / step_input.run_id
         work_dir.mkdir(parents=True, exist_ok=True)
         previous = info.heartbeat_details[0] if info.heartbeat_details else None
@@ -217,7 +219,8 @@ class StepActivities:
         its completion signal in the same transaction."""
         async with self._sessions.begin() as session:
             await runs_db.finish_run(
-                session, finish.run_id, finish.status, finish.error, finish.outputs, finish.steps
+                session, finish.run_id, finish.status, finish.error, finish.outputs, finish.steps,
+                activity.info().workflow_run_id,
             )
             pending = None
             if self._bus is not None:

@@ -58,12 +58,19 @@ async def set_temporal_run_id(session: AsyncSession, run_id: str, temporal_run_i
     )
 
 
-async def mark_step_started(session: AsyncSession, run_id: str, step_id: str, attempt: int) -> None:
-    """An attempt began: the step is running and so is its run."""
+async def mark_step_started(
+    session: AsyncSession, run_id: str, step_id: str, attempt: int, temporal_run_id: str
+) -> None:
+    """An attempt began: the step is running and so is its run (whose Temporal run id is
+    recorded here too, in case the process that launched it died before it could)."""
     await session.execute(
         update(Run)
         .where(Run.run_id == run_id, Run.status == RunStatus.queued)
-        .values(status=RunStatus.running, started_at=func.now())
+        .values(
+            status=RunStatus.running,
+            started_at=func.now(),
+            temporal_run_id=func.coalesce(Run.temporal_run_id, temporal_run_id),
+        )
     )
     values = {"status": StepStatus.running, "attempt": attempt, "error": None}
     await session.execute(
@@ -127,6 +134,7 @@ async def finish_run(
     error: str | None,
     outputs: dict,
     steps: list[StepState],
+    temporal_run_id: str,
 ) -> None:
     """The run ended: its final status and every step's final state."""
     await record_step_states(session, run_id, [s for s in steps if s.status.is_terminal])
@@ -139,6 +147,7 @@ async def finish_run(
             outputs=outputs,
             ended_at=func.now(),
             started_at=func.coalesce(Run.started_at, func.now()),
+            temporal_run_id=func.coalesce(Run.temporal_run_id, temporal_run_id),
         )
     )
 

@@ -1,0 +1,52 @@
+"""Maestro processes started by tests (`maestro api`, `maestro worker`), stopped by PID."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from maestro.embedded import free_port
+from maestro.settings import Settings
+
+
+class Processes:
+    """`maestro api` / `maestro worker` processes for one test module, stopped by PID."""
+
+    def __init__(self, settings: Settings, log_dir: Path, *, task_queue: str) -> None:
+        self.api_port = free_port()
+        self.log_dir = log_dir
+        self.env = dict(
+            os.environ,
+            MAESTRO_DATABASE_URL=settings.database_url,
+            MAESTRO_DATA_DIR=str(settings.data_dir),
+            MAESTRO_TEMPORAL__ADDRESS=settings.temporal.address,
+            MAESTRO_TEMPORAL__TASK_QUEUE=task_queue,
+            MAESTRO_API__PORT=str(self.api_port),
+        )
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, command: str, *, port: int | None = None) -> subprocess.Popen:
+        """Start `maestro <command>`; an API on `port` instead of the default one."""
+        log = open(self.log_dir / f"{command}-{len(self.procs)}.log", "wb")  # noqa: SIM115
+        env = dict(self.env, MAESTRO_API__PORT=str(port)) if port else self.env
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "maestro.cli", command],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
