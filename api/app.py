@@ -19,9 +19,11 @@ from maestro import __version__
 from maestro.db.engine import create_engine, session_factory
 from maestro.definitions import WorkflowDefinition
 from maestro.runs import RunsService
+from maestro.schedules import Schedules
 from maestro.settings import Settings
 from maestro.signals import SignalBus
 from maestro.temporal_client import connect, register_search_attributes
+from maestro.workflows import WorkflowsService
 
 logger = logging.getLogger(__name__)
 
@@ -42,16 +44,23 @@ def _openapi(app: FastAPI) -> dict:
     return app.openapi_schema
 
 
-async def _sweep(app: FastAPI, interval: float) -> None:
-    """Finish what a dead process left half-done: launch created runs, deliver released waits.
-    Every API process runs this; row locks and idempotent Temporal ids keep it exactly-once."""
+async def _sweep(app: FastAPI, interval: float, reconcile_every: float) -> None:
+    """Finish what a dead process left half-done: launch created runs, send requested stops,
+    deliver released waits, and (at start-up, then every `reconcile_every` seconds) bring every
+    schedule in step with the database. Every API process runs this; row locks, idempotent
+    Temporal ids and idempotent reconciliation keep it exactly-once."""
+    next_reconcile = 0.0
+    loop = asyncio.get_running_loop()
     while True:
-        await asyncio.sleep(interval)
         try:
-            await app.state.runs.launch_pending()
+            if loop.time() >= next_reconcile:
+                next_reconcile = loop.time() + reconcile_every
+                await app.state.schedules.reconcile_all()
+            await app.state.runs.sweep()
             await app.state.bus.deliver_pending()
         except Exception as exc:  # noqa: BLE001 - the next sweep tries again
             logger.warning("sweep failed", extra={"error": str(exc)})
+        await asyncio.sleep(interval)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -70,7 +79,15 @@ def create_app(settings: Settings) -> FastAPI:
             sessions, client, settings.temporal, search_attributes=search_attributes
         )
         app.state.bus = SignalBus(sessions, app.state.runs, client)
-        sweeper = asyncio.create_task(_sweep(app, settings.api.sweep_interval_seconds))
+        app.state.schedules = Schedules(sessions, app.state.runs, client, settings.temporal)
+        app.state.workflows = WorkflowsService(
+            sessions, app.state.runs, app.state.bus, app.state.schedules
+        )
+        sweeper = asyncio.create_task(
+            _sweep(
+                app, settings.api.sweep_interval_seconds, settings.api.reconcile_interval_seconds
+            )
+        )
         yield
         sweeper.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -9,8 +9,10 @@ from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from maestro.runs import RunsService
+from maestro.schedules import Schedules
 from maestro.settings import Settings
 from maestro.signals import SignalBus
+from maestro.workflows import WorkflowsService
 
 
 def get_settings(request: Request) -> Settings:
@@ -31,7 +33,17 @@ def get_signal_bus(request: Request) -> SignalBus:
     return request.app.state.bus
 
 
+def get_schedules(request: Request) -> Schedules:
+    return request.app.state.schedules
+
+
+def get_workflows_service(request: Request) -> WorkflowsService:
+    return request.app.state.workflows
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 RunsDep = Annotated[RunsService, Depends(get_runs_service)]
 BusDep = Annotated[SignalBus, Depends(get_signal_bus)]
+SchedulesDep = Annotated[Schedules, Depends(get_schedules)]
+WorkflowsDep = Annotated[WorkflowsService, Depends(get_workflows_service)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from maestro.runtime import RunStatus, StepStatus
 
@@ -75,6 +75,7 @@ class StepOut(BaseModel):
     outputs: dict[str, Any] | None
     error: str | None
     details: dict[str, Any] | None
+    actions: list[str] = Field(description="Actions this step's status allows")
 
 
 class RunOut(BaseModel):
@@ -94,6 +95,8 @@ class RunOut(BaseModel):
     ended_at: datetime | None
     error: str | None
     outputs: dict[str, Any] | None
+    trigger_id: str | None = None
+    actions: list[str] = Field(description="Actions this run's status allows")
     steps: list[StepOut] | None = Field(default=None, description="Present on single-run reads")
 
 
@@ -162,11 +165,38 @@ class PartialJoin(BaseModel):
 
 class TriggerOut(BaseModel):
     position: int = Field(description="Index in the definition's triggers")
-    kind: str
-    trigger_id: str | None = Field(description="Id of a registered signal trigger")
-    active: bool
+    kind: str = Field(description="time, interval, signal or on_finish")
+    trigger_id: str = Field(description="Stable id; unchanged while the trigger is unchanged")
+    active: bool = Field(description="Fires now (the workflow is active and not paused)")
+    paused: bool = Field(description="The workflow is paused or deactivated")
     spec: dict[str, Any]
+    next_fires: list[datetime] | None = Field(default=None, description="Time triggers")
+    last_fire: dict[str, Any] | None = Field(default=None, description="Time triggers")
+    schedule: dict[str, Any] | None = Field(
+        default=None, description="The Temporal schedule: id, paused, fires, missed catch-up"
+    )
     pending_joins: list[PartialJoin] = Field(default_factory=list)
+
+
+class BackfillIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    start: AwareDatetime = Field(description="Exclusive start (ISO 8601 with a time zone)")
+    end: AwareDatetime = Field(description="Inclusive end")
+
+
+class BackfillOut(BaseModel):
+    scheduled_times: int = Field(description="Scheduled times in the range")
+    created: int = Field(description="Runs created (times that had no run yet)")
+    runs: list[RunOut]
+
+
+class RestartIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    from_: str = Field(
+        default="failed", alias="from", description="`failed`, `beginning` or a step id"
+    )
 
 
 class LineageNode(BaseModel):

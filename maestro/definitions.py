@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from datetime import timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -35,7 +36,11 @@ from maestro.steps import STEP_TYPES, check_step_params
 
 WORKFLOW_ID_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,127}$"
 STEP_ID_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
-CRON_MACROS = {"@hourly", "@daily", "@weekly", "@monthly", "@yearly", "@annually", "@midnight"}
+CRON_MACROS = {"@hourly", "@daily", "@weekly", "@monthly", "@yearly"}
+_CRON_NAMES = {
+    3: {"JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"},
+    4: {"SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"},
+}
 
 
 class _Model(BaseModel):
@@ -244,6 +249,20 @@ class TimeTrigger(_Model):
             raise ValueError(
                 f"cron expression {value!r} has {len(fields)} fields; expected 5 "
                 "(minute hour day-of-month month day-of-week)"
+            )
+        for position, part in enumerate(fields):
+            names = _CRON_NAMES.get(position, set())
+            letters = {w.upper() for w in re.findall(r"[A-Za-z]+", part)}
+            if not re.fullmatch(r"[0-9A-Za-z*/,-]+", part) or not letters <= names:
+                raise ValueError(
+                    f"cron field {part!r} is not supported: use numbers, names (JAN, MON), "
+                    "'*', ',', '-' and '/' (Temporal Schedules do not read L, W, # or ?)"
+                )
+        if fields[2] != "*" and fields[4] != "*":
+            raise ValueError(
+                f"cron expression {value!r} restricts both day-of-month and day-of-week: "
+                "classic cron (croniter) fires when either matches, Temporal Schedules only "
+                "when both do; keep one of them '*' or use two triggers"
             )
         if not croniter.is_valid(text):
             raise ValueError(f"invalid cron expression {value!r}")

@@ -1,10 +1,14 @@
 """The runs service: the use cases that touch both PostgreSQL and Temporal.
 
-Every start — manual, time, signal — goes through `create_run` (inside the caller's
-transaction, so a run exists exactly when its cause is recorded) and then `launch` (after the
-commit). A run that was created but never reached Temporal, because a process died in between,
-is launched by `launch_pending`, which every API process runs periodically; launching is
-idempotent because the Temporal workflow id is derived from the run.
+Every start — manual, time, signal, restart — goes through `create_run`, inside the caller's
+transaction (so a run exists exactly when its cause is recorded), where the run strategy
+decides under the workflow's row lock whether it is admitted, waits in the queue or is dropped.
+After the commit, `launch` starts admitted runs on Temporal and sends the stops the strategy
+asked for. When a run ends, `run_ended` (in the same transaction as its final status) admits
+the next queued runs. A process that dies between a commit and Temporal leaves durable marks
+(`admitted_at` without a Temporal run id, `stop_requested_at` on a live run) that `sweep`, run
+periodically by every API process, finishes; Temporal ids derived from the run make that
+idempotent.
 """
 
 from __future__ import annotations
@@ -15,28 +19,38 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from maestro import strategies
 from maestro.db import runs as runs_db
 from maestro.db import workflows as workflows_db
-from maestro.db.tables import Run, StepRun
-from maestro.definitions import WorkflowDefinition, resolve_run_params
-from maestro.errors import InvalidRunState, NotFound, Unavailable, WorkflowInactive
+from maestro.db.tables import Run, StepRun, Workflow
+from maestro.definitions import RunStrategyKind, WorkflowDefinition, resolve_run_params
+from maestro.errors import (
+    InvalidInput,
+    InvalidRunState,
+    NotFound,
+    Problem,
+    Unavailable,
+    WorkflowInactive,
+)
 from maestro.runtime import (
     BYPASS_SIGNAL,
     RUN_WORKFLOW,
     SA_TRIGGER_KIND,
     SA_VERSION,
     SA_WORKFLOW_ID,
+    SKIP_STEP_SIGNAL,
     BypassInput,
     Cause,
     RunInput,
     RunStatus,
+    SkipStepInput,
     StepStatus,
     temporal_workflow_id,
 )
@@ -44,9 +58,37 @@ from maestro.settings import TemporalSettings
 
 logger = logging.getLogger(__name__)
 
+LIVE = (RunStatus.queued, RunStatus.running)
+
+
+def run_actions(run: Run) -> list[str]:
+    """The actions a run's status allows."""
+    if RunStatus(run.status) in LIVE:
+        return ["stop", "kill"]
+    return ["restart"]
+
+
+def step_actions(run: Run, status: StepStatus) -> list[str]:
+    """The actions a step's status allows (only while its run is live)."""
+    if RunStatus(run.status) not in LIVE:
+        return []
+    if status is StepStatus.waiting_for_signal:
+        return ["bypass", "skip"]
+    if status in (StepStatus.pending, StepStatus.running):
+        return ["skip"]
+    return []
+
+
+def _not_allowed(what: str, run: Run, action: str) -> InvalidRunState:
+    allowed = ", ".join(run_actions(run)) or "none"
+    return InvalidRunState(
+        f"cannot {action} run {run.run_id} ({what} is {run.status}); allowed actions: {allowed}"
+    )
+
 
 class RunsService:
-    """Creates, launches and cancels runs; stateless beyond its clients and an immutable cache."""
+    """Creates, launches, stops and restarts runs; stateless beyond its clients and a cache of
+    immutable definitions."""
 
     def __init__(
         self,
@@ -60,7 +102,6 @@ class RunsService:
         self._client = client
         self._settings = settings
         self._search_attributes = search_attributes
-        # Versions are immutable, so their parsed definitions can be kept.
         self._definitions: dict[tuple[str, int], WorkflowDefinition] = {}
 
     async def definition(
@@ -72,6 +113,14 @@ class RunsService:
             self._definitions[key] = WorkflowDefinition.model_validate(stored.definition)
         return self._definitions[key]
 
+    async def _strategy_definition(
+        self, session: AsyncSession, workflow: Workflow, fallback_version: int
+    ) -> WorkflowDefinition:
+        version = workflow.active_version or fallback_version
+        return await self.definition(session, workflow.id, version)
+
+    # -- creating and launching ---------------------------------------------------------------
+
     async def create_run(
         self,
         session: AsyncSession,
@@ -81,9 +130,12 @@ class RunsService:
         cause: Cause,
         request_id: str | None = None,
         version: int | None = None,
+        trigger_id: str | None = None,
+        system_params: dict[str, Any] | None = None,
     ) -> tuple[Run, bool]:
-        """In the caller's transaction: a new numbered run, or the one this request id made."""
-        # The row lock serialises run numbering and request-id checks per workflow.
+        """In the caller's transaction: a new numbered run (admitted, queued or skipped by the
+        run strategy), or the run this request id made before."""
+        # The row lock serialises numbering, request-id checks and admission per workflow.
         workflow = await workflows_db.get_workflow(session, workflow_id, lock=True)
         if request_id is not None:
             existing = await runs_db.find_by_request_id(session, workflow_id, request_id)
@@ -92,13 +144,15 @@ class RunsService:
         if version is None:
             if not workflow.is_active or workflow.active_version is None:
                 raise WorkflowInactive(
-                    f"workflow {workflow_id!r} is inactive: activate a version "
-                    "or start an explicit version"
+                    f"workflow {workflow_id!r} is inactive: activate a "
+                    "version or start an explicit version"
                 )
             version = workflow.active_version
         definition = await self.definition(session, workflow_id, version)
-        resolved = resolve_run_params(definition, params)
+        resolved = resolve_run_params(definition, params) | (system_params or {})
+        decision = await strategies.decide(session, workflow, definition.run_strategy)
         workflow.run_counter += 1
+        now = datetime.now(UTC)
         run = Run(
             run_id=RunInput.new_run_id(),
             workflow_id=workflow_id,
@@ -108,10 +162,17 @@ class RunsService:
             status=RunStatus.queued,
             params=resolved,
             cause=cause.model_dump(mode="json"),
+            trigger_id=trigger_id,
             temporal_workflow_id=temporal_workflow_id(workflow_id, workflow.run_counter),
-            admitted_at=datetime.now(UTC),
+            admitted_at=now if decision.admit else None,
         )
+        if decision.skip_reason:
+            run.status, run.error, run.ended_at = RunStatus.skipped, decision.skip_reason, now
         session.add(run)
+        await strategies.request_stop(session, decision.stop)
+        await strategies.mark_skipped(
+            session, decision.drop, f"last_only: replaced by run {run.run_number}"
+        )
         await session.flush()
         return run, True
 
@@ -135,7 +196,9 @@ class RunsService:
         return run, created
 
     async def launch(self, runs: Iterable[Run]) -> None:
-        """Start admitted, not yet launched runs on Temporal and record their Temporal run ids."""
+        """After a commit: start admitted runs on Temporal, record their Temporal run ids, and
+        send the stops their workflows' strategies requested."""
+        runs = list(runs)
         todo = [
             r
             for r in runs
@@ -143,26 +206,27 @@ class RunsService:
             and r.temporal_run_id is None
             and r.status == RunStatus.queued
         ]
-        if not todo:
-            return
-        results = await asyncio.gather(
-            *(self._start_on_temporal(r) for r in todo), return_exceptions=True
-        )
-        started = [(r, rid) for r, rid in zip(todo, results, strict=True) if isinstance(rid, str)]
-        if started:
-            async with self._sessions.begin() as session:
-                for run, temporal_run_id in started:
-                    run.temporal_run_id = temporal_run_id
-                    await runs_db.set_temporal_run_id(session, run.run_id, temporal_run_id)
-        failures = [e for e in results if isinstance(e, BaseException)]
+        failures: list[BaseException] = []
+        if todo:
+            results = await asyncio.gather(
+                *(self._start_on_temporal(r) for r in todo), return_exceptions=True
+            )
+            started = [
+                (r, rid) for r, rid in zip(todo, results, strict=True) if isinstance(rid, str)
+            ]
+            if started:
+                async with self._sessions.begin() as session:
+                    for run, temporal_run_id in started:
+                        run.temporal_run_id = temporal_run_id
+                        await runs_db.set_temporal_run_id(session, run.run_id, temporal_run_id)
+            failures = [e for e in results if isinstance(e, BaseException)]
+        await self._send_stops({r.workflow_id for r in runs})
         if failures:
-            # The runs exist; `launch_pending` retries them. The caller learns Temporal is down.
+            # The runs exist; the sweeper retries them. The caller learns Temporal is down.
             raise Unavailable(f"Temporal is unavailable: {failures[0]}") from failures[0]
 
-    async def launch_pending(
-        self, older_than: timedelta = timedelta(seconds=5), limit: int = 200
-    ) -> int:
-        """Launch runs whose launch was interrupted; safe to run from every API process."""
+    async def sweep(self, older_than: timedelta = timedelta(seconds=5), limit: int = 200) -> int:
+        """Finish launches and stops a dead process left undone; any process may run this."""
         cutoff = datetime.now(UTC) - older_than
         async with self._sessions.begin() as session:
             query = (
@@ -189,9 +253,11 @@ class RunsService:
                 for run, rid in zip(runs, results, strict=True):
                     if isinstance(rid, str):
                         await runs_db.set_temporal_run_id(session, run.run_id, rid)
+        await self._send_stops(None, older_than=older_than)
         return len(runs)
 
     def _run_input(self, run: Run) -> RunInput:
+        cause = Cause.model_validate(run.cause)
         return RunInput(
             run_id=run.run_id,
             workflow_id=run.workflow_id,
@@ -199,7 +265,8 @@ class RunsService:
             run_number=run.run_number,
             params=run.params,
             definition=self._definitions[(run.workflow_id, run.version)],
-            cause=Cause.model_validate(run.cause),
+            cause=cause,
+            reuse=cause.detail.get("reuse", {}),
         )
 
     async def _start_on_temporal(self, run: Run) -> str:
@@ -235,60 +302,251 @@ class RunsService:
             logger.warning("temporal start failed", extra={"run_id": run.run_id, "error": str(exc)})
             raise
 
-    async def cancel_run(self, run_id: str) -> Run:
-        """Ask a live run to stop: running steps are cancelled and the run ends `stopped`."""
+    # -- ends, admission and stops ----------------------------------------------------------------
+
+    async def run_ended(self, session: AsyncSession, run: Run) -> list[Run]:
+        """In the transaction that records a run's end: block a strict_sequential queue after
+        a failure, and admit the next queued runs. Returns the runs to launch."""
+        workflow = await workflows_db.get_workflow(session, run.workflow_id, lock=True)
+        definition = await self._strategy_definition(session, workflow, run.version)
+        strategy = definition.run_strategy
+        if strategy.kind is RunStrategyKind.strict_sequential and run.status in (
+            RunStatus.failed,
+            RunStatus.timed_out,
+        ):
+            workflow.blocked_by_run_id = run.run_id
+        return await strategies.admit_waiting(session, workflow, strategy)
+
+    async def _send_stops(
+        self, workflow_ids: set[str] | None, *, older_than: timedelta | None = None
+    ) -> None:
+        """Cancel live runs whose stop was requested (last_only, workflow stop)."""
+        async with self._sessions() as session:
+            query = select(Run).where(
+                Run.stop_requested_at.is_not(None),
+                Run.status.in_(list(LIVE)),
+                Run.temporal_run_id.is_not(None),
+            )
+            if workflow_ids is not None:
+                if not workflow_ids:
+                    return
+                query = query.where(Run.workflow_id.in_(workflow_ids))
+            if older_than is not None:
+                query = query.where(Run.stop_requested_at < datetime.now(UTC) - older_than)
+            runs = list((await session.execute(query.limit(500))).scalars())
+        for run in runs:
+            try:
+                await self._handle(run).cancel()
+            except RPCError as exc:
+                if exc.status != RPCStatusCode.NOT_FOUND:
+                    logger.warning("stop failed", extra={"run_id": run.run_id, "error": str(exc)})
+
+    def _handle(self, run: Run) -> WorkflowHandle:
+        return self._client.get_workflow_handle(run.temporal_workflow_id)
+
+    # -- operator actions --------------------------------------------------------------------
+
+    async def stop_run(self, run_id: str) -> Run:
+        """Stop gracefully: running steps are cancelled (process groups killed) and the run
+        ends `stopped`; a run that never reached Temporal (queued) ends at once."""
         async with self._sessions() as session:
             run = await runs_db.get_run(session, run_id)
-        if RunStatus(run.status).is_terminal:
-            raise InvalidRunState(
-                f"run {run_id!r} already ended as {run.status}; "
-                "only queued or running runs can be cancelled"
-            )
-        handle = self._client.get_workflow_handle(run.temporal_workflow_id)
+        if RunStatus(run.status) not in LIVE:
+            raise _not_allowed("it", run, "stop")
+        if run.admitted_at is None or not await self._on_temporal(run):
+            async with self._sessions.begin() as session:
+                run = await runs_db.get_run(session, run_id, lock=True)
+                to_launch = []
+                if RunStatus(run.status) in LIVE:
+                    to_launch = await self._end_without_temporal(session, run, "stopped")
+            await self.launch(to_launch)
+            return run
+        async with self._sessions.begin() as session:
+            await strategies.request_stop(session, [run])
         try:
-            description = await handle.describe()
+            await self._handle(run).cancel()
         except RPCError as exc:
             if exc.status != RPCStatusCode.NOT_FOUND:
                 raise Unavailable(f"Temporal is unavailable: {exc}") from exc
-            description = None
-        if description is None:
-            # Never reached Temporal: stopping it is a database matter.
-            async with self._sessions.begin() as session:
-                await session.execute(
-                    update(Run)
-                    .where(Run.run_id == run_id, Run.status == RunStatus.queued)
-                    .values(
-                        status=RunStatus.stopped,
-                        error="cancelled before it started",
-                        ended_at=datetime.now(UTC),
-                    )
-                )
-                run = await runs_db.get_run(session, run_id)
-            return run
-        if description.status == WorkflowExecutionStatus.RUNNING:
-            try:
-                await handle.cancel()
-            except RPCError as exc:
-                raise Unavailable(f"Temporal is unavailable: {exc}") from exc
         return run
+
+    async def _on_temporal(self, run: Run) -> bool:
+        try:
+            await self._handle(run).describe()
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                return False
+            raise Unavailable(f"Temporal is unavailable: {exc}") from exc
+        return True
+
+    async def _end_without_temporal(self, session: AsyncSession, run: Run, how: str) -> list[Run]:
+        run.status = RunStatus.stopped
+        run.error = f"{how} before it started"
+        run.ended_at = datetime.now(UTC)
+        await session.flush()
+        return await self.run_ended(session, run)
+
+    async def kill_run(self, run_id: str) -> Run:
+        """Terminate now: Temporal ends the run without cleanup; steps are recorded stopped and
+        the next queued run is admitted."""
+        async with self._sessions.begin() as session:
+            run = await runs_db.get_run(session, run_id, lock=True)
+            if RunStatus(run.status) not in LIVE:
+                raise _not_allowed("it", run, "kill")
+            try:
+                description = await self._handle(run).describe()
+                if description.status == WorkflowExecutionStatus.RUNNING:
+                    await self._handle(run).terminate(reason="killed by an operator")
+            except RPCError as exc:
+                if exc.status != RPCStatusCode.NOT_FOUND:
+                    raise Unavailable(f"Temporal is unavailable: {exc}") from exc
+            now = datetime.now(UTC)
+            run.status, run.error, run.ended_at = RunStatus.stopped, "killed", now
+            for step in (
+                await session.execute(
+                    select(StepRun).where(StepRun.run_id == run_id).with_for_update()
+                )
+            ).scalars():
+                if not StepStatus(step.status).is_terminal:
+                    step.status, step.ended_at, step.error = StepStatus.stopped, now, "killed"
+            await session.flush()
+            to_launch = await self.run_ended(session, run)
+        await self.launch(to_launch)
+        return run
+
+    async def restart_run(self, run_id: str, start_from: str) -> Run:
+        """A new run of the same version and params. `failed`: reuse the outputs of steps that
+        succeeded and run the rest; `beginning`: run everything; a step id: rerun that step
+        and everything after it."""
+        async with self._sessions() as session:
+            original = await runs_db.get_run(session, run_id)
+            if RunStatus(original.status) in LIVE:
+                raise _not_allowed("it", original, "restart")
+            definition = await self.definition(session, original.workflow_id, original.version)
+            steps = {s.step_id: s for s in await runs_db.list_steps(session, run_id)}
+        step_ids = [s.id for s in definition.steps]
+        if start_from not in ("failed", "beginning", *step_ids):
+            raise InvalidInput(
+                "invalid restart point",
+                [
+                    Problem(
+                        ("body", "from"),
+                        f"{start_from!r} is not 'failed', 'beginning' or a step of "
+                        f"this workflow ({', '.join(step_ids)})",
+                        "restart_from",
+                    )
+                ],
+            )
+        rerun: set[str] = set()
+        if start_from == "beginning":
+            rerun = set(step_ids)
+        elif start_from != "failed":
+            rerun = _descendants(definition, start_from)
+        reuse = {
+            sid: (row.outputs or {})
+            for sid, row in steps.items()
+            if row.status == StepStatus.succeeded and sid not in rerun
+        }
+        cause = Cause(
+            kind="restart", detail={"restart_of": run_id, "from": start_from, "reuse": reuse}
+        )
+        async with self._sessions.begin() as session:
+            workflow = await workflows_db.get_workflow(session, original.workflow_id, lock=True)
+            if workflow.blocked_by_run_id == run_id:
+                workflow.blocked_by_run_id = None  # restarting the failed run unblocks
+            run, _ = await self.create_run(
+                session,
+                original.workflow_id,
+                dict(original.params),
+                cause=cause,
+                version=original.version,
+                trigger_id=original.trigger_id,
+            )
+        await self.launch([run])
+        return run
+
+    async def stop_workflow(self, workflow_id: str) -> list[Run]:
+        """Stop every live run of a workflow: queued ones end now, running ones are cancelled."""
+        async with self._sessions.begin() as session:
+            await workflows_db.get_workflow(session, workflow_id, lock=True)
+            live = list(
+                (
+                    await session.execute(
+                        select(Run).where(
+                            Run.workflow_id == workflow_id, Run.status.in_(list(LIVE))
+                        )
+                    )
+                ).scalars()
+            )
+            now = datetime.now(UTC)
+            for run in live:
+                if run.admitted_at is None:  # waiting in the queue: it ends here
+                    run.status, run.error, run.ended_at = RunStatus.stopped, "workflow stopped", now
+            await strategies.request_stop(session, [r for r in live if r.admitted_at])
+        await self._send_stops({workflow_id})
+        return live
+
+    async def unblock(self, workflow_id: str) -> list[Run]:
+        """Release a strict_sequential queue held by a failed run."""
+        async with self._sessions.begin() as session:
+            workflow = await workflows_db.get_workflow(session, workflow_id, lock=True)
+            if workflow.blocked_by_run_id is None:
+                raise InvalidRunState(f"workflow {workflow_id!r} is not blocked")
+            workflow.blocked_by_run_id = None
+            definition = await self._strategy_definition(session, workflow, 1)
+            admitted = await strategies.admit_waiting(session, workflow, definition.run_strategy)
+        await self.launch(admitted)
+        return admitted
+
+    async def cancel_run(self, run_id: str) -> Run:
+        """Alias of `stop_run` (the core-loop API's name)."""
+        return await self.stop_run(run_id)
 
     async def bypass_wait(self, run_id: str, step_id: str) -> Run:
         """Release a step that waits for a signal, as if the signal had come."""
+        run, step = await self._live_step(run_id, step_id, "bypass")
+        await self._signal(run, BYPASS_SIGNAL, BypassInput(step_id=step_id))
+        return run
+
+    async def skip_step(self, run_id: str, step_id: str) -> Run:
+        """Skip a step that has not finished: the DAG continues as if it succeeded, with no
+        outputs (a running step is cancelled first)."""
+        run, _ = await self._live_step(run_id, step_id, "skip")
+        await self._signal(run, SKIP_STEP_SIGNAL, SkipStepInput(step_id=step_id))
+        return run
+
+    async def _live_step(self, run_id: str, step_id: str, action: str) -> tuple[Run, StepStatus]:
         async with self._sessions() as session:
             run = await runs_db.get_run(session, run_id)
-            step = await session.get(StepRun, (run_id, step_id))
-        if step is None or step.status != StepStatus.waiting_for_signal:
-            status = step.status if step else "not started"
+            definition = await self.definition(session, run.workflow_id, run.version)
+            row = await session.get(StepRun, (run_id, step_id))
+        if step_id not in {s.id for s in definition.steps}:
+            raise NotFound(f"run {run_id!r} has no step {step_id!r}")
+        status = StepStatus(row.status) if row else StepStatus.pending
+        allowed = step_actions(run, status)
+        if action not in allowed:
             raise InvalidRunState(
-                f"step {step_id!r} of run {run_id!r} is {status}; only a "
-                "step that is waiting_for_signal can be bypassed"
+                f"cannot {action} step {step_id!r}: it is {status.value} in a {run.status} run; "
+                f"allowed actions: {', '.join(allowed) or 'none'}"
             )
+        return run, status
+
+    async def _signal(self, run: Run, name: str, payload: Any) -> None:
         try:
-            await self._client.get_workflow_handle(run.temporal_workflow_id).signal(
-                BYPASS_SIGNAL, BypassInput(step_id=step_id)
-            )
+            await self._handle(run).signal(name, payload)
         except RPCError as exc:
             if exc.status == RPCStatusCode.NOT_FOUND:
-                raise NotFound(f"run {run_id!r} is no longer running") from exc
+                raise InvalidRunState(f"run {run.run_id!r} is not running on Temporal") from exc
             raise Unavailable(f"Temporal is unavailable: {exc}") from exc
-        return run
+
+
+def _descendants(definition: WorkflowDefinition, step_id: str) -> set[str]:
+    found = {step_id}
+    changed = True
+    while changed:
+        changed = False
+        for step in definition.steps:
+            if step.id not in found and found.intersection(step.depends_on):
+                found.add(step.id)
+                changed = True
+    return found

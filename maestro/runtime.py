@@ -18,9 +18,12 @@ RUN_STEP_ACTIVITY = "run_step"
 RECORD_STEPS_ACTIVITY = "record_steps"
 FINISH_RUN_ACTIVITY = "finish_run"
 REGISTER_WAITS_ACTIVITY = "register_waits"
+FIRE_SCHEDULE_WORKFLOW = "FireScheduleWorkflow"
+FIRE_TIME_TRIGGER_ACTIVITY = "fire_time_trigger"
 # Temporal signals RunWorkflow accepts.
 SIGNAL_MATCHED_SIGNAL = "signal_matched"
 BYPASS_SIGNAL = "bypass_wait"
+SKIP_STEP_SIGNAL = "skip_step"
 
 DEFAULT_STEP_TIMEOUT = timedelta(hours=24)
 DEFAULT_HEARTBEAT_TIMEOUT = timedelta(seconds=60)
@@ -38,6 +41,8 @@ class RunStatus(StrEnum):
     failed = "failed"
     stopped = "stopped"
     timed_out = "timed_out"
+    # Never ran: its run strategy dropped it (first_only, last_only, a full queue).
+    skipped = "skipped"
 
     @property
     def is_terminal(self) -> bool:
@@ -54,6 +59,8 @@ class StepStatus(StrEnum):
     stopped = "stopped"
     timed_out = "timed_out"
     waiting_for_signal = "waiting_for_signal"
+    # An operator skipped it: downstream continues as if it succeeded with no outputs.
+    skipped_manually = "skipped_manually"
 
     @property
     def is_terminal(self) -> bool:
@@ -61,7 +68,11 @@ class StepStatus(StrEnum):
 
     @property
     def lets_downstream_run(self) -> bool:
-        return self in (StepStatus.succeeded, StepStatus.completed_with_error)
+        return self in (
+            StepStatus.succeeded,
+            StepStatus.completed_with_error,
+            StepStatus.skipped_manually,
+        )
 
 
 def temporal_workflow_id(workflow_id: str, run_number: int) -> str:
@@ -96,6 +107,8 @@ class RunInput(BaseModel):
     params: dict[str, Any]
     definition: WorkflowDefinition
     cause: Cause = Field(default_factory=Cause)
+    # Restart: steps that already succeeded, with their outputs; they are not run again.
+    reuse: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @staticmethod
     def new_run_id() -> str:
@@ -194,3 +207,20 @@ class RegisterWaitsResult(BaseModel):
 
 class BypassInput(BaseModel):
     step_id: str
+
+
+class SkipStepInput(BaseModel):
+    step_id: str
+
+
+class FireInput(BaseModel):
+    """What a time trigger's schedule starts: which trigger fired."""
+
+    workflow_id: str
+    trigger_id: str
+
+
+class FireRequest(FireInput):
+    """A fire with its scheduled time (not the moment it ran)."""
+
+    scheduled_at: datetime

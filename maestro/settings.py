@@ -29,6 +29,8 @@ class ApiSettings(BaseModel):
     page_size_max: int = 500
     # How often each API process finishes launches and deliveries a dead process left undone.
     sweep_interval_seconds: float = 1.0
+    # How often each API process reconciles every schedule (also once at start-up).
+    reconcile_interval_seconds: float = 300.0
 
 
 class WorkerSettings(BaseModel):

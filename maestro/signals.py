@@ -5,7 +5,7 @@ Publishing is one transaction: the signal rows, every trigger match (with partia
 runs those matches create and the waits they release are committed together, before the API
 acknowledges. So an acknowledged signal has already been matched and its runs exist; launching
 them on Temporal and delivering released waits happens after the commit, and if a process dies
-in between, the sweepers (`RunsService.launch_pending`, `SignalBus.deliver_pending`) finish the
+in between, the sweepers (`RunsService.sweep`, `SignalBus.deliver_pending`) finish the
 job from any process. Exactly-once comes from keys, not timing: a signal's dedupe key is unique,
 a match is keyed by (signal, trigger), and a signal-started run's request id is derived from its
 trigger and signals.
@@ -155,6 +155,10 @@ class SignalBus:
         self._runs = runs
         self._client = client
 
+    @property
+    def runs(self) -> RunsService:
+        return self._runs
+
     # -- publishing ---------------------------------------------------------------------------
 
     async def publish(
@@ -171,7 +175,7 @@ class SignalBus:
         left to the sweepers (the database already holds the outcome)."""
         try:
             await self._runs.launch(pending.runs)
-        except Exception as exc:  # noqa: BLE001 - recorded; launch_pending retries
+        except Exception as exc:  # noqa: BLE001 - recorded; the sweeper retries
             logger.warning(
                 "launch after publish failed; the sweeper will retry",
                 extra={"error": str(exc), "runs": len(pending.runs)},
@@ -274,7 +278,11 @@ class SignalBus:
             )
 
         if not row.active:
-            await record("workflow_inactive", [signal.id], detail="the workflow is deactivated")
+            workflow = await workflows_db.get_workflow(session, row.workflow_id)
+            if workflow.is_active:
+                await record("workflow_paused", [signal.id], detail="the workflow is paused")
+            else:
+                await record("workflow_inactive", [signal.id], detail="the workflow is deactivated")
             return
         condition = trigger.condition(signal.name)
         if not where_matches(condition.where, signal.params):
@@ -522,7 +530,8 @@ class SignalBus:
             )
 
     async def sync_triggers(self, session: AsyncSession, workflow_id: str) -> None:
-        """Register the active version's signal triggers (call after push/activate/deactivate)."""
+        """Register the active version's signal triggers, live unless the workflow is
+        deactivated or paused (call after push, activate, deactivate, pause, resume)."""
         workflow = await workflows_db.get_workflow(session, workflow_id)
         if workflow.active_version is None:
             return
@@ -531,6 +540,6 @@ class SignalBus:
             session,
             workflow_id,
             workflow.active_version,
-            workflow.is_active,
+            workflow.is_active and not workflow.paused,
             compile_signal_triggers(definition),
         )

@@ -303,7 +303,8 @@ async def test_cancel_finished_run_is_a_conflict_and_unknown_run_is_404(api):
     await wait_for_run(api, run["run_id"])
     response = await api.post(f"/api/v1/runs/{run['run_id']}/cancel")
     assert response.status_code == 409
-    assert "already ended" in response.json()["message"]
+    assert "it is succeeded" in response.json()["message"]
+    assert response.json()["error"] == "invalid_run_state"
     assert (await api.get("/api/v1/runs/not-a-run")).status_code == 404
 
 

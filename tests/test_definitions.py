@@ -591,7 +591,10 @@ def test_cron_valid(cron):
         ("0 0 32 * *", "invalid cron expression '0 0 32 * *'"),
         ("0 0 * 13 *", "invalid cron expression '0 0 * 13 *'"),
         ("*/0 * * * *", "invalid cron expression '*/0 * * * *'"),
-        ("@often", "unknown cron macro '@often'; use one of @annually, @daily, @hourly"),
+        (
+            "@often",
+            "unknown cron macro '@often'; use one of @daily, @hourly, @monthly, @weekly, @yearly",
+        ),
         ("@reboot", "unknown cron macro '@reboot'"),
     ],
 )
@@ -871,3 +874,28 @@ def test_maximum_backoff_shorter_than_initial_is_rejected():
             }
         )
     assert caught.value.problems[0].loc == ("steps", 0, "retry")
+
+
+@pytest.mark.parametrize(
+    ("cron", "fragment"),
+    [
+        ("0 0 1 * MON", "both day-of-month and day-of-week"),
+        ("0 0 L * *", "not supported"),
+        ("0 0 ? * MON", "not supported"),
+        ("0 0 * * MON#2", "not supported"),
+        ("0 0 * FOO *", "not supported"),
+    ],
+)
+def test_cron_that_temporal_and_croniter_read_differently_is_rejected(cron, fragment):
+    with pytest.raises(DefinitionInvalid) as caught:
+        parse_definition(
+            {"id": "wf", "steps": [{"id": "a", "type": "noop"}], "triggers": [{"cron": cron}]}
+        )
+    assert fragment in caught.value.problems[0].msg
+
+
+@pytest.mark.parametrize("cron", ["0 0 1 * *", "0 9 * * MON-FRI", "*/15 9-17 * JAN,JUL 1-5"])
+def test_cron_both_readers_agree_on_is_accepted(cron):
+    parse_definition(
+        {"id": "wf", "steps": [{"id": "a", "type": "noop"}], "triggers": [{"cron": cron}]}
+    )

@@ -4,10 +4,7 @@ PostgreSQL. Fault tests kill the worker with SIGKILL."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 

@@ -130,8 +130,11 @@ async def test_api_killed_mid_burst_loses_no_acknowledged_signal(stack, sessions
 
 async def all_succeeded(sessions, workflow_id: str, expected: int) -> bool:
     async with sessions() as session:
-        statuses = list((await session.execute(
-            select(Run.status).where(Run.workflow_id == workflow_id))).scalars())
+        statuses = list(
+            (
+                await session.execute(select(Run.status).where(Run.workflow_id == workflow_id))
+            ).scalars()
+        )
     return len(statuses) == expected and set(statuses) == {"succeeded"}
 
 

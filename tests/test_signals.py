@@ -104,7 +104,7 @@ async def test_signal_trigger_with_where_and_param_mapping(api, sessions):
                         ],
                         "params": {
                             "dt": "signal.params.dt",
-                            "rows": 'signals["%s"].params.rows' % topic,
+                            "rows": f'signals["{topic}"].params.rows',
                         },
                     }
                 }
@@ -148,7 +148,7 @@ async def test_join_fires_once_per_complete_set_and_shows_partial_joins(api, ses
                     "signal": {
                         "all_of": [{"name": orders}, {"name": fx}],
                         "join_on": ["dt"],
-                        "params": {"dt": 'signals["%s"].params.dt' % orders},
+                        "params": {"dt": f'signals["{orders}"].params.dt'},
                     }
                 }
             ],

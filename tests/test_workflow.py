@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 from temporalio.client import WorkflowFailureError, WorkflowHistory
-from temporalio.exceptions import ApplicationError
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
 
@@ -17,8 +17,8 @@ from maestro.db import runs as runs_db
 from maestro.db import workflows as workflows_db
 from maestro.db.tables import Run
 from maestro.definitions import parse_definition, resolve_run_params
-from maestro.runtime import RUN_WORKFLOW, RunInput, RunState, temporal_workflow_id
 from maestro.runs import RunsService
+from maestro.runtime import RUN_WORKFLOW, RunInput, RunState, temporal_workflow_id
 from maestro.settings import TemporalSettings
 from maestro.signals import SignalBus
 from workers.activities import StepActivities

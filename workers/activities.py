@@ -20,16 +20,19 @@ from maestro.db import runs as runs_db
 from maestro.expressions import ExpressionError, resolve_values
 from maestro.runtime import (
     FINISH_RUN_ACTIVITY,
+    FIRE_TIME_TRIGGER_ACTIVITY,
     RECORD_STEPS_ACTIVITY,
     REGISTER_WAITS_ACTIVITY,
     RUN_STEP_ACTIVITY,
     FinishRunInput,
+    FireRequest,
     RecordStepsInput,
     RegisterWaitsInput,
     RegisterWaitsResult,
     StepInput,
     StepResult,
 )
+from maestro.schedules import Schedules
 from maestro.signals import Producer, SignalBus, SignalIn
 from maestro.steps import STEP_TYPES
 from maestro.triggers import completion_signal_name
@@ -61,7 +64,7 @@ class StepActivities:
         self,
         sessions: async_sessionmaker[AsyncSession],
         runs_dir: Path,
-        bus: SignalBus | None = None,
+        bus: SignalBus,
     ) -> None:
         self._sessions = sessions
         self._runs_dir = runs_dir
@@ -134,7 +137,7 @@ class StepActivities:
                 session, step_input.run_id, step.id, info.attempt, result.outputs, result.details
             )
             pending = None
-            if emitted and self._bus is not None:
+            if emitted:
                 producer = Producer(
                     kind="step",
                     workflow_id=step_input.workflow_id,
@@ -209,43 +212,55 @@ class StepActivities:
     @activity.defn(name=REGISTER_WAITS_ACTIVITY)
     async def register_waits(self, request: RegisterWaitsInput) -> RegisterWaitsResult:
         """Record a step's signal waits; returns those already satisfied."""
-        if self._bus is None:
-            raise ApplicationError("this worker has no signal bus", non_retryable=True)
         return await self._bus.register_waits(request)
 
     @activity.defn(name=FINISH_RUN_ACTIVITY)
     async def finish_run(self, finish: FinishRunInput) -> None:
-        """Persist the run's end (status, error, outputs, every step's final state) and publish
-        its completion signal in the same transaction."""
+        """Persist the run's end (status, error, outputs, every step's final state), admit the
+        next queued runs and publish its completion signal — all in one transaction."""
         async with self._sessions.begin() as session:
             await runs_db.finish_run(
-                session, finish.run_id, finish.status, finish.error, finish.outputs, finish.steps,
+                session,
+                finish.run_id,
+                finish.status,
+                finish.error,
+                finish.outputs,
+                finish.steps,
                 activity.info().workflow_run_id,
             )
-            pending = None
-            if self._bus is not None:
-                scalars = {
-                    k: v
-                    for k, v in finish.params.items()
-                    if isinstance(v, str | int | float | bool)
-                }
-                completion = SignalIn(
-                    name=completion_signal_name(finish.status.value),
-                    params={
-                        **scalars,
-                        "workflow_id": finish.workflow_id,
-                        "run_id": finish.run_id,
-                        "run_number": finish.run_number,
-                        "version": finish.version,
-                    },
-                    request_id=f"run-end:{finish.run_id}",
-                )
-                producer = Producer(
-                    kind="run", workflow_id=finish.workflow_id, run_id=finish.run_id
-                )
-                pending = await self._bus.publish_in(session, [completion], producer)
-        if pending is not None:
-            await self._bus.after_commit(pending)
+            run = await runs_db.get_run(session, finish.run_id)
+            admitted = await self._bus.runs.run_ended(session, run)
+            scalars = {
+                k: v for k, v in finish.params.items() if isinstance(v, str | int | float | bool)
+            }
+            completion = SignalIn(
+                name=completion_signal_name(finish.status.value),
+                params={
+                    **scalars,
+                    "workflow_id": finish.workflow_id,
+                    "run_id": finish.run_id,
+                    "run_number": finish.run_number,
+                    "version": finish.version,
+                },
+                request_id=f"run-end:{finish.run_id}",
+            )
+            producer = Producer(kind="run", workflow_id=finish.workflow_id, run_id=finish.run_id)
+            pending = await self._bus.publish_in(session, [completion], producer)
+        await self._bus.runs.launch(admitted)
+        await self._bus.after_commit(pending)
         activity.logger.info(
             "run finished", extra={"run_id": finish.run_id, "status": finish.status}
         )
+
+
+class ScheduleActivities:
+    """The activity behind FireScheduleWorkflow."""
+
+    def __init__(self, schedules: Schedules) -> None:
+        self._schedules = schedules
+
+    @activity.defn(name=FIRE_TIME_TRIGGER_ACTIVITY)
+    async def fire_time_trigger(self, request: FireRequest) -> str | None:
+        """Create and launch the run of one scheduled time (once, however often it is asked)."""
+        run = await self._schedules.fire(request)
+        return run.run_id if run else None

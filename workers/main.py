@@ -13,10 +13,12 @@ from temporalio.worker import Worker
 
 from maestro.db.engine import create_engine, session_factory
 from maestro.runs import RunsService
+from maestro.schedules import Schedules
 from maestro.settings import Settings
 from maestro.signals import SignalBus
 from maestro.temporal_client import connect, register_search_attributes
-from workers.activities import StepActivities
+from workers.activities import ScheduleActivities, StepActivities
+from workers.schedules import FireScheduleWorkflow
 from workers.workflow import RunWorkflow
 
 logger = logging.getLogger(__name__)
@@ -26,21 +28,26 @@ def new_worker(
     client: Client,
     task_queue: str,
     activities: StepActivities,
+    schedule_activities: ScheduleActivities | None = None,
     *,
     limit: int = 100,
     workflows: bool = True,
 ) -> Worker:
-    """A worker for one task queue: RunWorkflow (unless `workflows` is false) and the activities."""
+    """A worker for one task queue: the workflows (unless `workflows` is false) and the step
+    activities, plus the schedule-fire activity where given."""
+    activity_list = [
+        activities.run_step,
+        activities.record_steps,
+        activities.register_waits,
+        activities.finish_run,
+    ]
+    if schedule_activities is not None:
+        activity_list.append(schedule_activities.fire_time_trigger)
     return Worker(
         client,
         task_queue=task_queue,
-        workflows=[RunWorkflow] if workflows else [],
-        activities=[
-            activities.run_step,
-            activities.record_steps,
-            activities.register_waits,
-            activities.finish_run,
-        ],
+        workflows=[RunWorkflow, FireScheduleWorkflow] if workflows else [],
+        activities=activity_list,
         max_concurrent_activities=limit,
         # Cancellation reaches an activity only with a heartbeat; send them often enough that
         # stopping a run takes about a second, whatever the step's heartbeat timeout.
@@ -58,13 +65,18 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
     runs = RunsService(sessions, client, settings.temporal, search_attributes=search_attributes)
     bus = SignalBus(sessions, runs, client)
     activities = StepActivities(sessions, settings.runs_dir.resolve(), bus)
+    schedule_activities = ScheduleActivities(Schedules(sessions, runs, client, settings.temporal))
     limit = settings.worker.max_concurrent_activities
     if stop is None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-    workers = [new_worker(client, settings.temporal.task_queue, activities, limit=limit)]
+    workers = [
+        new_worker(
+            client, settings.temporal.task_queue, activities, schedule_activities, limit=limit
+        )
+    ]
     workers += [
         new_worker(client, queue, activities, limit=limit, workflows=False)
         for queue in settings.worker.task_queues

@@ -24,6 +24,7 @@ with workflow.unsafe.imports_passed_through():
         REGISTER_WAITS_ACTIVITY,
         RUN_STEP_ACTIVITY,
         SIGNAL_MATCHED_SIGNAL,
+        SKIP_STEP_SIGNAL,
         BypassInput,
         FinishRunInput,
         MatchedSignal,
@@ -33,6 +34,7 @@ with workflow.unsafe.imports_passed_through():
         RunInput,
         RunState,
         RunStatus,
+        SkipStepInput,
         StepInput,
         StepResult,
         StepState,
@@ -70,6 +72,9 @@ class RunWorkflow:
         self._unrecorded: list[str] = []
         self._matched: dict[str, dict[int, MatchedSignal]] = {}
         self._bypassed: set[str] = set()
+        self._skip: set[str] = set()
+        self._running: dict[str, asyncio.Task[StepResult]] = {}
+        self._wake = False
 
     @workflow.query
     def state(self) -> RunState:
@@ -92,6 +97,18 @@ class RunWorkflow:
         """Release a waiting step without its signals."""
         self._bypassed.add(request.step_id)
 
+    @workflow.signal(name=SKIP_STEP_SIGNAL)
+    def skip_step(self, request: SkipStepInput) -> None:
+        """An operator skips a step: downstream continues as if it succeeded, no outputs."""
+        state = self._states.get(request.step_id)
+        if state is None or state.status.is_terminal:
+            return
+        self._skip.add(request.step_id)
+        task = self._running.get(request.step_id)
+        if task is not None:
+            task.cancel()
+        self._wake = True
+
     @workflow.run
     async def run(self, run_input: RunInput) -> RunState:
         self._input = run_input
@@ -99,6 +116,15 @@ class RunWorkflow:
         self._steps = {s.id: s for s in definition.steps}
         self._order = topological_order({s.id: s.depends_on for s in definition.steps})
         self._states = {sid: StepState(step_id=sid) for sid in self._order}
+        for step_id, outputs in run_input.reuse.items():
+            if step_id in self._states:  # a restart: this step already succeeded
+                self._set(
+                    step_id,
+                    StepStatus.succeeded,
+                    outputs=outputs,
+                    error=f"reused from run {run_input.cause.detail.get('restart_of')}",
+                )
+                self._unrecorded.append(step_id)
         self._status = RunStatus.running
         cancelled = False
         try:
@@ -200,7 +226,7 @@ class RunWorkflow:
 
     async def _drive(self) -> None:
         """Start every step whose dependencies are done, until nothing is left to run."""
-        running: dict[str, asyncio.Task[StepResult]] = {}
+        running = self._running
         recording: list[asyncio.Task[None]] = []
         try:
             while True:
@@ -209,9 +235,14 @@ class RunWorkflow:
                     recording.append(asyncio.create_task(self._record_unrecorded()))
                 if not running:
                     break
+                # Wake on a finished step, or on an operator action (skip) between steps.
+                self._wake = False
+                wake = asyncio.create_task(workflow.wait_condition(lambda: self._wake))
                 done, _ = await workflow.wait(
-                    list(running.values()), return_when=asyncio.FIRST_COMPLETED
+                    [*running.values(), wake], return_when=asyncio.FIRST_COMPLETED
                 )
+                if wake not in done:
+                    wake.cancel()
                 for step_id, task in list(running.items()):
                     if task in done:
                         del running[step_id]
@@ -234,6 +265,15 @@ class RunWorkflow:
             progressed = False
             for step_id in self._order:
                 if self._states[step_id].status is not StepStatus.pending:
+                    continue
+                if step_id in self._skip:
+                    self._set(
+                        step_id,
+                        StepStatus.skipped_manually,
+                        outputs={},
+                        error="skipped by an operator",
+                    )
+                    progressed = True
                     continue
                 step = self._steps[step_id]
                 deps = [self._states[d] for d in step.depends_on]
@@ -355,6 +395,11 @@ class RunWorkflow:
     ) -> None:
         """Turn a finished step task into the step's status."""
         step = self._steps[step_id]
+        if step_id in self._skip and not stopping:
+            self._set(
+                step_id, StepStatus.skipped_manually, outputs={}, error="skipped by an operator"
+            )
+            return
         try:
             result = task.result()
         except (asyncio.CancelledError, CancelledError):

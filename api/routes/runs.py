@@ -1,4 +1,4 @@
-"""Run routes: start, read, list, cancel."""
+"""Run routes: start, read and list runs; stop, kill, restart; step actions; lineage."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from api.schemas import (
     Lineage,
     LineageEdge,
     LineageNode,
+    RestartIn,
     RunOut,
     RunPage,
     StartRunRequest,
@@ -23,6 +24,7 @@ from maestro.db import signals as signals_db
 from maestro.db import workflows as workflows_db
 from maestro.db.tables import Run, Signal, StepRun
 from maestro.errors import InvalidInput, Problem
+from maestro.runs import run_actions, step_actions
 from maestro.runtime import RunStatus, StepStatus, temporal_ui_url
 from maestro.settings import Settings
 
@@ -52,21 +54,25 @@ def run_out(run: Run, settings: Settings, steps: list[StepOut] | None = None) ->
         ended_at=run.ended_at,
         error=run.error,
         outputs=run.outputs,
+        trigger_id=run.trigger_id,
+        actions=run_actions(run),
         steps=steps,
     )
 
 
-def step_outs(definition: dict, rows: list[StepRun]) -> list[StepOut]:
+def step_outs(run: Run, definition: dict, rows: list[StepRun]) -> list[StepOut]:
     """Every step of the definition in its order, pending where nothing was recorded yet."""
     by_id = {row.step_id: row for row in rows}
     out = []
     for step in definition["steps"]:
         row = by_id.get(step["id"])
+        status = StepStatus(row.status) if row else StepStatus.pending
         out.append(
             StepOut(
                 step_id=step["id"],
                 type=step["type"],
-                status=StepStatus(row.status) if row else StepStatus.pending,
+                status=status,
+                actions=step_actions(run, status),
                 attempt=row.attempt if row else 0,
                 started_at=row.started_at if row else None,
                 ended_at=row.ended_at if row else None,
@@ -107,7 +113,7 @@ async def get_run(run_id: str, session: SessionDep, settings: SettingsDep) -> Ru
     run = await runs_db.get_run(session, run_id)
     version = await workflows_db.get_version(session, run.workflow_id, run.version)
     rows = list(await runs_db.list_steps(session, run_id))
-    return run_out(run, settings, step_outs(version.definition, rows))
+    return run_out(run, settings, step_outs(run, version.definition, rows))
 
 
 def _encode_cursor(run: Run) -> str:
@@ -142,11 +148,39 @@ async def list_runs(
     return RunPage(items=[run_out(r, settings) for r in rows], next_cursor=next_cursor)
 
 
+@router.post("/runs/{run_id}/stop", response_model=RunOut, status_code=202)
+async def stop_run(run_id: str, runs: RunsDep, settings: SettingsDep) -> RunOut:
+    """Stop gracefully: running steps are cancelled (a shell step's process group is killed)
+    and the run ends `stopped`; a queued run ends at once. 409 if the run already ended."""
+    return run_out(await runs.stop_run(run_id), settings)
+
+
 @router.post("/runs/{run_id}/cancel", response_model=RunOut, status_code=202)
 async def cancel_run(run_id: str, runs: RunsDep, settings: SettingsDep) -> RunOut:
-    """Stop a run: running steps are cancelled (a shell step's process group is killed) and the
-    run ends as `stopped`. 409 if the run already ended."""
-    return run_out(await runs.cancel_run(run_id), settings)
+    """The same as `stop`."""
+    return run_out(await runs.stop_run(run_id), settings)
+
+
+@router.post("/runs/{run_id}/kill", response_model=RunOut, status_code=202)
+async def kill_run(run_id: str, runs: RunsDep, settings: SettingsDep) -> RunOut:
+    """Terminate now, without cleanup (Temporal terminate); the run ends `stopped` with error
+    `killed`. Prefer `stop`. 409 if the run already ended."""
+    return run_out(await runs.kill_run(run_id), settings)
+
+
+@router.post("/runs/{run_id}/restart", response_model=RunOut, status_code=201)
+async def restart_run(run_id: str, body: RestartIn, runs: RunsDep, settings: SettingsDep) -> RunOut:
+    """A new run of the same version with the same params. `from`: `failed` (default; steps
+    that succeeded keep their outputs and do not run again), `beginning`, or a step id (that
+    step and everything downstream run again). 409 while the run is still live."""
+    return run_out(await runs.restart_run(run_id, body.from_), settings)
+
+
+@router.post("/runs/{run_id}/steps/{step_id}/skip", response_model=RunOut, status_code=202)
+async def skip_step(run_id: str, step_id: str, runs: RunsDep, settings: SettingsDep) -> RunOut:
+    """Skip a step that has not finished (cancelling it if it runs): the DAG continues as if it
+    succeeded with no outputs. 409 if the step already ended or the run is not live."""
+    return run_out(await runs.skip_step(run_id, step_id), settings)
 
 
 @router.post("/runs/{run_id}/steps/{step_id}/bypass", response_model=RunOut, status_code=202)

@@ -3,26 +3,33 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import yaml
 from fastapi import APIRouter, Query, Request, Response
 
-from api.deps import BusDep, RunsDep, SessionDep
+from api.deps import RunsDep, SchedulesDep, SessionDep, SettingsDep, WorkflowsDep
+from api.routes.runs import run_out
 from api.schemas import (
+    BackfillIn,
+    BackfillOut,
     PartialJoin,
     PushResult,
+    RunOut,
     TriggerOut,
     ValidationResult,
     VersionOut,
     WorkflowOut,
     WorkflowPage,
 )
+from maestro.db import runs as runs_db
 from maestro.db import signals as signals_db
 from maestro.db import workflows as workflows_db
 from maestro.db.tables import Workflow, WorkflowVersion
 from maestro.definitions import parse_definition
 from maestro.errors import InvalidInput, Problem
+from maestro.schedules import time_triggers
 
 router = APIRouter(prefix="/workflows", tags=["workflows"])
 
@@ -97,19 +104,16 @@ def version_out(version: WorkflowVersion, workflow: Workflow) -> VersionOut:
     responses={200: {"model": PushResult, "description": "Identical definition existed"}},
 )
 async def push_workflow(
-    request: Request, response: Response, session: SessionDep, bus: BusDep
+    request: Request, response: Response, workflows: WorkflowsDep
 ) -> PushResult:
-    """Register a workflow definition: a new version that becomes active (its triggers take
-    over), or — when an identical definition was pushed before — that version, unchanged (200,
-    nothing written, even if another version is active or the workflow is deactivated)."""
+    """Register a workflow definition: a new version that becomes active (its triggers and
+    schedules take over), or — when an identical definition was pushed before — that version,
+    unchanged (200, nothing written, even if another version is active or the workflow is
+    deactivated)."""
     definition = parse_definition(await read_definition_body(request))
-    workflow, version, created = await workflows_db.push_version(session, definition)
-    if created:
-        await bus.check_trigger_loop(session, definition)
-        await bus.sync_triggers(session, definition.id)
-    else:
+    workflow, version, created = await workflows.push(definition)
+    if not created:
         response.status_code = 200
-    await session.refresh(workflow)
     return PushResult(workflow=workflow_out(workflow), version=version.version, created=created)
 
 
@@ -160,62 +164,121 @@ async def get_version(workflow_id: str, version: str, session: SessionDep) -> Ve
 
 
 @router.post("/{workflow_id}/versions/{version}/activate", response_model=WorkflowOut)
-async def activate_version(
-    workflow_id: str, version: str, session: SessionDep, bus: BusDep, runs: RunsDep
-) -> WorkflowOut:
-    """Make a version active (this is also rollback); new runs and triggers use it."""
-    workflow = await workflows_db.activate_version(session, workflow_id, version)
-    await bus.check_trigger_loop(
-        session, await runs.definition(session, workflow_id, workflow.active_version)
-    )
-    await bus.sync_triggers(session, workflow_id)
-    await session.refresh(workflow)
-    return workflow_out(workflow)
+async def activate_version(workflow_id: str, version: str, workflows: WorkflowsDep) -> WorkflowOut:
+    """Make a version active (this is also rollback) and the workflow active again; new runs,
+    triggers and schedules use it."""
+    return workflow_out(await workflows.activate(workflow_id, version))
 
 
 @router.post("/{workflow_id}/deactivate", response_model=WorkflowOut)
-async def deactivate_workflow(workflow_id: str, session: SessionDep) -> WorkflowOut:
-    """Deactivate a workflow: triggers stop and starts without an explicit version are refused;
-    running runs continue."""
-    workflow = await workflows_db.deactivate(session, workflow_id)
-    await signals_db.set_triggers_active(session, workflow_id, False)
-    await session.refresh(workflow)
-    return workflow_out(workflow)
+async def deactivate_workflow(workflow_id: str, workflows: WorkflowsDep) -> WorkflowOut:
+    """Deactivate a workflow: its triggers stop (schedules paused) and starts without an
+    explicit version are refused; running runs continue."""
+    return workflow_out(await workflows.deactivate(workflow_id))
+
+
+@router.post("/{workflow_id}/pause", response_model=WorkflowOut)
+async def pause_workflow(workflow_id: str, workflows: WorkflowsDep) -> WorkflowOut:
+    """Pause every trigger (schedules and signal triggers); manual starts still work."""
+    return workflow_out(await workflows.pause(workflow_id))
+
+
+@router.post("/{workflow_id}/resume", response_model=WorkflowOut)
+async def resume_workflow(workflow_id: str, workflows: WorkflowsDep) -> WorkflowOut:
+    """Resume the triggers of a paused workflow."""
+    return workflow_out(await workflows.resume(workflow_id))
+
+
+@router.post("/{workflow_id}/stop", response_model=list[RunOut], status_code=202)
+async def stop_workflow(workflow_id: str, runs: RunsDep, settings: SettingsDep) -> list[RunOut]:
+    """Stop every queued and running run of the workflow; returns the runs it stopped."""
+    return [run_out(r, settings) for r in await runs.stop_workflow(workflow_id)]
+
+
+@router.post("/{workflow_id}/unblock", response_model=list[RunOut])
+async def unblock_workflow(workflow_id: str, runs: RunsDep, settings: SettingsDep) -> list[RunOut]:
+    """Release a strict_sequential queue held by a failed run; returns the runs it admitted.
+    409 if the workflow is not blocked."""
+    return [run_out(r, settings) for r in await runs.unblock(workflow_id)]
+
+
+@router.post("/{workflow_id}/backfill", response_model=BackfillOut)
+async def backfill_workflow(
+    workflow_id: str, body: BackfillIn, schedules: SchedulesDep, settings: SettingsDep
+) -> BackfillOut:
+    """One run per scheduled time of every time trigger in (start, end], through the run
+    strategy. Times that already have a run (fired or backfilled) are not run again."""
+    created, total = await schedules.backfill(workflow_id, body.start, body.end)
+    return BackfillOut(
+        scheduled_times=total, created=len(created), runs=[run_out(r, settings) for r in created]
+    )
 
 
 @router.get("/{workflow_id}/triggers", response_model=list[TriggerOut])
-async def list_triggers(workflow_id: str, session: SessionDep, runs: RunsDep) -> list[TriggerOut]:
-    """The active version's triggers; signal triggers with their partially satisfied joins
-    (which signals arrived for which join key, which are still missing)."""
+async def list_triggers(
+    workflow_id: str,
+    session: SessionDep,
+    runs: RunsDep,
+    schedules: SchedulesDep,
+    upcoming: Annotated[int, Query(ge=0, le=100, description="next fire times to list")] = 5,
+) -> list[TriggerOut]:
+    """The active version's triggers. Time triggers: the next fire times (DST-correct, in UTC),
+    the last fire and its run, the Temporal schedule's state. Signal triggers: partially
+    satisfied joins (which signals arrived for which join key, which are missing)."""
     workflow = await workflows_db.get_workflow(session, workflow_id)
     if workflow.active_version is None:
         return []
     definition = await runs.definition(session, workflow_id, workflow.active_version)
     registered = await signals_db.workflow_triggers(session, workflow_id)
     joins = await signals_db.pending_joins(session, workflow_id)
+    timed = {ref.position: ref for ref in time_triggers(workflow_id, definition)}
+    paused = workflow.paused or not workflow.is_active
+    now = datetime.now(UTC)
     out = []
     for position, trigger in enumerate(definition.triggers):
         spec = trigger.model_dump(mode="json", exclude_none=True)
-        kind = next(iter(spec)) if len(spec) == 1 else ("time" if "cron" in spec else "interval")
-        rows = [r for r in registered if r.position == position] or [None]
-        for row in rows:
-            names = row.names if row else []
+        if position in timed:
+            ref = timed[position]
+            last = await runs_db.last_run_of_trigger(session, workflow_id, ref.trigger_id)
+            out.append(
+                TriggerOut(
+                    position=position,
+                    kind="time" if "cron" in spec else "interval",
+                    trigger_id=ref.trigger_id,
+                    active=not paused,
+                    paused=paused,
+                    spec=spec,
+                    next_fires=ref.fire_times(now, now + timedelta(days=3660), upcoming),
+                    last_fire=None
+                    if last is None
+                    else {
+                        "scheduled_at": last.cause.get("detail", {}).get("scheduled_at"),
+                        "run_id": last.run_id,
+                        "run_number": last.run_number,
+                        "status": last.status,
+                    },
+                    schedule=await schedules.describe(ref),
+                )
+            )
+            continue
+        for row in [r for r in registered if r.position == position]:
             pending = [
                 PartialJoin(
                     join_key=j.join_key,
                     received={n: s["id"] for n, s in j.slots.items()},
-                    missing=[n for n in names if n not in j.slots],
+                    missing=[n for n in row.names if n not in j.slots],
                     updated_at=j.updated_at,
                 )
                 for j in joins
-                if row and j.trigger_id == row.trigger_id
+                if j.trigger_id == row.trigger_id
             ]
             out.append(
                 TriggerOut(
                     position=position,
-                    kind=kind,
-                    trigger_id=row.trigger_id if row else None,
-                    active=workflow.is_active,
+                    kind=next(iter(spec)),
+                    trigger_id=row.trigger_id,
+                    active=row.active,
+                    paused=paused,
                     spec=spec,
                     pending_joins=pending,
                 )

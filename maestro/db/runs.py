@@ -160,3 +160,15 @@ async def set_step_waiting(session: AsyncSession, run_id: str, step_id: str) -> 
         .values(run_id=run_id, step_id=step_id, attempt=0, **values)
         .on_conflict_do_update(index_elements=["run_id", "step_id"], set_=values)
     )
+
+
+async def last_run_of_trigger(
+    session: AsyncSession, workflow_id: str, trigger_id: str
+) -> Run | None:
+    query = (
+        select(Run)
+        .where(Run.workflow_id == workflow_id, Run.trigger_id == trigger_id)
+        .order_by(Run.created_at.desc())
+        .limit(1)
+    )
+    return (await session.execute(query)).scalar_one_or_none()

@@ -46,6 +46,10 @@ class Workflow(Base):
     active_version: Mapped[int | None] = mapped_column(Integer)
     latest_version: Mapped[int] = mapped_column(Integer, default=0)
     is_active: Mapped[bool] = mapped_column(default=True)
+    # Every trigger (time and signal) held; manual starts still work.
+    paused: Mapped[bool] = mapped_column(default=False, server_default=text("false"))
+    # strict_sequential: the failed run that holds the queue until unblocked or restarted.
+    blocked_by_run_id: Mapped[str | None] = mapped_column(String(64))
     run_counter: Mapped[int] = mapped_column(BigInteger, default=0)
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
@@ -84,6 +88,10 @@ class Run(Base):
     temporal_run_id: Mapped[str | None] = mapped_column(String(64))
     # Set when the run may start on Temporal; until then it waits its turn (run strategy).
     admitted_at: Mapped[datetime | None]
+    # Set when something (last_only, a workflow stop) asked this run to stop.
+    stop_requested_at: Mapped[datetime | None]
+    # The trigger that started it (time or signal), for "last fire" and per-trigger lookups.
+    trigger_id: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     started_at: Mapped[datetime | None]
     ended_at: Mapped[datetime | None]
@@ -98,6 +106,7 @@ class Run(Base):
         UniqueConstraint("temporal_workflow_id"),
         Index("ix_runs_workflow_status_created", "workflow_id", "status", "created_at"),
         Index("ix_runs_status_created", "status", "created_at"),
+        Index("ix_runs_workflow_trigger", "workflow_id", "trigger_id", "created_at"),
         # The sweeper's work list: admitted runs that never reached Temporal.
         Index(
             "ix_runs_unlaunched",

@@ -111,11 +111,3 @@ async def activate_version(session: AsyncSession, workflow_id: str, ref: str | i
     workflow.is_active = True
     await session.flush()
     return workflow
-
-
-async def deactivate(session: AsyncSession, workflow_id: str) -> Workflow:
-    """Stop triggers and default starts; versions and runs stay."""
-    workflow = await get_workflow(session, workflow_id, lock=True)
-    workflow.is_active = False
-    await session.flush()
-    return workflow

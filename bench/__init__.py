@@ -1,0 +1,1 @@
+"""Benchmarks of Maestro against a raw-Temporal floor: `python -m bench.run`."""

@@ -1,0 +1,74 @@
+"""The raw-Temporal floor: the smallest workflow with one activity, and a worker for it.
+
+`python -m bench.raw --address 127.0.0.1:7233 --task-queue bench-raw` runs the worker until
+SIGINT/SIGTERM. The activity returns the wall-clock time it was entered, so the bench process
+measures start -> activity code exactly as it does for a Maestro run's first step.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+from temporalio import activity, workflow
+
+RAW_WORKFLOW = "RawWorkflow"
+RAW_TASK_QUEUE = "bench-raw"
+
+
+@activity.defn(name="raw_stamp")
+async def raw_stamp() -> float:
+    """When the activity's code started."""
+    return time.time()
+
+
+@workflow.defn(name=RAW_WORKFLOW)
+class RawWorkflow:
+    """One activity, its entry time as the result."""
+
+    @workflow.run
+    async def run(self) -> float:
+        return await workflow.execute_activity(
+            raw_stamp, start_to_close_timeout=timedelta(seconds=30)
+        )
+
+
+async def _serve(address: str, task_queue: str, max_concurrent_activities: int) -> None:
+    import asyncio
+    import signal
+
+    from temporalio.client import Client
+    from temporalio.worker import Worker
+
+    client = await Client.connect(address)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    worker = Worker(
+        client,
+        task_queue=task_queue,
+        workflows=[RawWorkflow],
+        activities=[raw_stamp],
+        # The same limit as a Maestro worker's default.
+        max_concurrent_activities=max_concurrent_activities,
+    )
+    async with worker:
+        print("raw worker ready", flush=True)
+        await stop.wait()
+
+
+def main() -> None:
+    import argparse
+    import asyncio
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--address", required=True)
+    parser.add_argument("--task-queue", default=RAW_TASK_QUEUE)
+    parser.add_argument("--max-concurrent-activities", type=int, default=100)
+    args = parser.parse_args()
+    asyncio.run(_serve(args.address, args.task_queue, args.max_concurrent_activities))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,368 @@
+"""Time triggers on Temporal Schedules: one schedule per time trigger, reconciled from the
+database (the active version's triggers, the workflow's active and paused flags).
+
+A schedule does not start a run itself: it starts a small FireScheduleWorkflow that passes the
+scheduled time to `fire`, which creates the run through the same door as every other start
+(run strategy, exactly-once by a request id made of trigger and scheduled time). So a fire
+delivered twice, a backfill over a fired range, or two processes reconciling at once never make
+a second run. Reconciliation is idempotent and runs after every change and at start-up, so a
+crash between the database and Temporal heals itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from croniter import croniter
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from temporalio.client import (
+    Client,
+    Schedule,
+    ScheduleActionStartWorkflow,
+    ScheduleAlreadyRunningError,
+    ScheduleIntervalSpec,
+    ScheduleOverlapPolicy,
+    SchedulePolicy,
+    ScheduleSpec,
+    ScheduleState,
+    ScheduleUpdate,
+    ScheduleUpdateInput,
+)
+from temporalio.service import RPCError, RPCStatusCode
+
+from maestro.db import workflows as workflows_db
+from maestro.db.tables import Run, Workflow
+from maestro.definitions import IntervalTrigger, TimeTrigger, WorkflowDefinition
+from maestro.errors import InvalidInput, Problem, Unavailable, WorkflowInactive
+from maestro.runs import RunsService
+from maestro.runtime import FIRE_SCHEDULE_WORKFLOW, Cause, FireInput, FireRequest
+from maestro.settings import TemporalSettings
+
+logger = logging.getLogger(__name__)
+
+SCHEDULE_PREFIX = "maestro:"
+MAX_BACKFILL = 1_000
+MACROS = {
+    "@hourly": "0 * * * *",
+    "@daily": "0 0 * * *",
+    "@weekly": "0 0 * * 0",
+    "@monthly": "0 0 1 * *",
+    "@yearly": "0 0 1 1 *",
+}
+
+
+@dataclass(frozen=True)
+class TimeTriggerRef:
+    """A time trigger of a definition, with its stable id and schedule id."""
+
+    workflow_id: str
+    position: int
+    trigger: TimeTrigger | IntervalTrigger
+
+    @property
+    def trigger_id(self) -> str:
+        spec = json.dumps(self.trigger.model_dump(mode="json"), sort_keys=True)
+        return "time-" + hashlib.sha256(spec.encode()).hexdigest()[:16]
+
+    @property
+    def schedule_id(self) -> str:
+        return f"{SCHEDULE_PREFIX}{self.workflow_id}:{self.trigger_id}"
+
+    @property
+    def timezone(self) -> ZoneInfo:
+        tz = self.trigger.timezone if isinstance(self.trigger, TimeTrigger) else "UTC"
+        return ZoneInfo(tz)
+
+    def fire_times(self, start: datetime, end: datetime, limit: int) -> list[datetime]:
+        """Scheduled times in (start, end], at most `limit`, DST-correct in the trigger's zone."""
+        times: list[datetime] = []
+        if isinstance(self.trigger, TimeTrigger):
+            cron = MACROS.get(self.trigger.cron, self.trigger.cron)
+            it = croniter(cron, start.astimezone(self.timezone))
+            while len(times) < limit:
+                at = it.get_next(datetime).astimezone(UTC)
+                if at > end:
+                    break
+                times.append(at)
+        else:
+            every = self.trigger.every.total_seconds()
+            offset = self.trigger.offset.total_seconds()
+            n = int((start.timestamp() - offset) // every) + 1
+            while len(times) < limit:
+                at = datetime.fromtimestamp(n * every + offset, UTC)
+                if at > end:
+                    break
+                if at > start:
+                    times.append(at)
+                n += 1
+        return times
+
+
+def time_triggers(workflow_id: str, definition: WorkflowDefinition) -> list[TimeTriggerRef]:
+    return [
+        TimeTriggerRef(workflow_id, i, t)
+        for i, t in enumerate(definition.triggers)
+        if isinstance(t, TimeTrigger | IntervalTrigger)
+    ]
+
+
+def run_params(scheduled_at: datetime, ref: TimeTriggerRef) -> dict[str, Any]:
+    """`run_ts` (the scheduled time, UTC ISO 8601) and `run_date` (its date in the trigger's
+    time zone), given to every time-triggered run."""
+    return {
+        "run_ts": scheduled_at.astimezone(UTC).isoformat(),
+        "run_date": scheduled_at.astimezone(ref.timezone).date().isoformat(),
+    }
+
+
+class Schedules:
+    """Keeps Temporal Schedules in step with the database, and turns fires into runs."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        runs: RunsService,
+        client: Client,
+        settings: TemporalSettings,
+    ) -> None:
+        self._sessions = sessions
+        self._runs = runs
+        self._client = client
+        self._settings = settings
+
+    # -- reconciliation ---------------------------------------------------------------------
+
+    async def _desired(
+        self, session: AsyncSession, workflow: Workflow
+    ) -> tuple[list[TimeTriggerRef], bool]:
+        if workflow.active_version is None:
+            return [], True
+        definition = await self._runs.definition(session, workflow.id, workflow.active_version)
+        return time_triggers(workflow.id, definition), workflow.paused or not workflow.is_active
+
+    def _schedule(self, ref: TimeTriggerRef, paused: bool) -> Schedule:
+        trigger = ref.trigger
+        if isinstance(trigger, TimeTrigger):
+            spec = ScheduleSpec(
+                cron_expressions=[trigger.cron],
+                time_zone_name=trigger.timezone,
+                jitter=trigger.jitter,
+            )
+            catchup = trigger.catchup_window
+        else:
+            spec = ScheduleSpec(
+                intervals=[ScheduleIntervalSpec(every=trigger.every, offset=trigger.offset)]
+            )
+            catchup = timedelta(hours=1)
+        return Schedule(
+            action=ScheduleActionStartWorkflow(
+                FIRE_SCHEDULE_WORKFLOW,
+                FireInput(workflow_id=ref.workflow_id, trigger_id=ref.trigger_id),
+                id=f"{ref.schedule_id}:fire",
+                task_queue=self._settings.task_queue,
+            ),
+            spec=spec,
+            # Our run strategy decides about overlaps; every fire must reach it.
+            policy=SchedulePolicy(
+                overlap=ScheduleOverlapPolicy.ALLOW_ALL,
+                catchup_window=max(catchup, timedelta(seconds=10)),
+            ),
+            state=ScheduleState(paused=paused, note=self._note(ref, paused)),
+        )
+
+    def _note(self, ref: TimeTriggerRef, paused: bool) -> str:
+        """Names the desired state, so an unchanged schedule is left alone."""
+        digest = hashlib.sha256(
+            f"{ref.trigger_id}/{self._settings.task_queue}/{paused}".encode()
+        ).hexdigest()[:12]
+        return f"{'paused' if paused else 'managed'} by Maestro [{digest}]"
+
+    async def reconcile(self, workflow_id: str) -> int:
+        """Create, update, pause or delete this workflow's schedules to match the database."""
+        async with self._sessions() as session:
+            workflow = await workflows_db.get_workflow(session, workflow_id)
+            desired, paused = await self._desired(session, workflow)
+        existing = await self._existing(f"{SCHEDULE_PREFIX}{workflow_id}:")
+        return await self._apply(desired, paused, existing)
+
+    async def reconcile_all(self) -> int:
+        """Reconcile every workflow (start-up); returns how many schedules were touched."""
+        async with self._sessions() as session:
+            workflows = list((await session.execute(select(Workflow))).scalars())
+            plans = [await self._desired(session, w) for w in workflows]
+        existing = await self._existing(SCHEDULE_PREFIX)
+        touched = 0
+        wanted: set[str] = set()
+        for desired, paused in plans:
+            ids = {ref.schedule_id for ref in desired}
+            wanted |= ids
+            touched += await self._apply(
+                desired, paused, {k: v for k, v in existing.items() if k in ids}
+            )
+        for schedule_id in set(existing) - wanted:
+            await self._delete(schedule_id)
+            touched += 1
+        return touched
+
+    async def _existing(self, prefix: str) -> dict[str, bool]:
+        """Schedule id -> paused, for Maestro's schedules with this id prefix."""
+        found: dict[str, bool] = {}
+        try:
+            async for entry in await self._client.list_schedules():
+                if entry.id.startswith(prefix):
+                    found[entry.id] = bool(entry.info and entry.info.paused)
+        except RPCError as exc:
+            raise Unavailable(f"Temporal is unavailable: {exc}") from exc
+        return found
+
+    async def _apply(
+        self, desired: list[TimeTriggerRef], paused: bool, existing: dict[str, bool]
+    ) -> int:
+        touched = 0
+        for ref in desired:
+            schedule = self._schedule(ref, paused)
+            try:
+                await self._client.create_schedule(ref.schedule_id, schedule)
+                touched += 1
+                continue
+            except ScheduleAlreadyRunningError:
+                pass
+            handle = self._client.get_schedule_handle(ref.schedule_id)
+
+            def replace(
+                current: ScheduleUpdateInput, new: Schedule = schedule
+            ) -> ScheduleUpdate | None:
+                if current.description.schedule.state.note == new.state.note:
+                    return None
+                return ScheduleUpdate(schedule=new)
+
+            await handle.update(replace)
+            touched += 1
+        for schedule_id in set(existing) - {r.schedule_id for r in desired}:
+            await self._delete(schedule_id)
+            touched += 1
+        return touched
+
+    async def _delete(self, schedule_id: str) -> None:
+        try:
+            await self._client.get_schedule_handle(schedule_id).delete()
+        except RPCError as exc:
+            if exc.status != RPCStatusCode.NOT_FOUND:
+                raise
+
+    # -- fires and backfills ------------------------------------------------------------------
+
+    async def fire(self, request: FireRequest) -> Run | None:
+        """Create (once) and launch the run for one scheduled time of one trigger."""
+        async with self._sessions.begin() as session:
+            run = await self._create(
+                session, request.workflow_id, request.trigger_id, request.scheduled_at, kind="time"
+            )
+        if run is not None:
+            await self._runs.launch([run])
+        return run
+
+    async def _create(
+        self,
+        session: AsyncSession,
+        workflow_id: str,
+        trigger_id: str,
+        scheduled_at: datetime,
+        *,
+        kind: str,
+    ) -> Run | None:
+        workflow = await workflows_db.get_workflow(session, workflow_id)
+        desired, paused = await self._desired(session, workflow)
+        ref = next((r for r in desired if r.trigger_id == trigger_id), None)
+        if ref is None or (paused and kind == "time"):
+            logger.info(
+                "fire ignored",
+                extra={"workflow_id": workflow_id, "trigger_id": trigger_id, "paused": paused},
+            )
+            return None
+        at = scheduled_at.astimezone(UTC)
+        cause = Cause(
+            kind="time",
+            request_id=None,
+            detail={"trigger_id": trigger_id, "scheduled_at": at.isoformat(), "via": kind},
+        )
+        try:
+            run, _ = await self._runs.create_run(
+                session,
+                workflow_id,
+                {},
+                cause=cause,
+                trigger_id=trigger_id,
+                request_id=f"{trigger_id}:{at.isoformat()}",
+                system_params=run_params(at, ref),
+            )
+        except WorkflowInactive:
+            return None
+        return run
+
+    async def backfill(
+        self, workflow_id: str, start: datetime, end: datetime
+    ) -> tuple[list[Run], int]:
+        """One run per scheduled time in (start, end] of every time trigger, through the run
+        strategy; times that already have a run are not run again. Returns (new runs, total)."""
+        if end <= start:
+            raise InvalidInput("empty range", [Problem(("body", "end"), "end must be after start")])
+        async with self._sessions() as session:
+            workflow = await workflows_db.get_workflow(session, workflow_id)
+            desired, _ = await self._desired(session, workflow)
+        if not desired:
+            raise InvalidInput(
+                "no time triggers",
+                [
+                    Problem(
+                        ("workflow",), f"workflow {workflow_id!r} has no time trigger to backfill"
+                    )
+                ],
+            )
+        plan = [(ref, at) for ref in desired for at in ref.fire_times(start, end, MAX_BACKFILL + 1)]
+        if len(plan) > MAX_BACKFILL:
+            raise InvalidInput(
+                "backfill too large",
+                [
+                    Problem(
+                        ("body",),
+                        f"the range holds more than {MAX_BACKFILL} scheduled times; split it",
+                    )
+                ],
+            )
+        created: list[Run] = []
+        async with self._sessions.begin() as session:
+            for ref, at in sorted(plan, key=lambda p: p[1]):
+                before = await session.scalar(
+                    select(Run.run_id).where(
+                        Run.workflow_id == workflow_id,
+                        Run.request_id == f"{ref.trigger_id}:{at.isoformat()}",
+                    )
+                )
+                run = await self._create(session, workflow_id, ref.trigger_id, at, kind="backfill")
+                if run is not None and before is None:
+                    created.append(run)
+        await self._runs.launch(created)
+        return created, len(plan)
+
+    async def describe(self, ref: TimeTriggerRef) -> dict[str, Any]:
+        """What Temporal says of a trigger's schedule (best effort)."""
+        try:
+            description = await self._client.get_schedule_handle(ref.schedule_id).describe()
+        except RPCError:
+            return {"schedule_id": ref.schedule_id, "exists": False}
+        info = description.info
+        return {
+            "schedule_id": ref.schedule_id,
+            "exists": True,
+            "paused": description.schedule.state.paused,
+            "missed_catchup_window": info.num_actions_missed_catchup_window,
+            "fires": info.num_actions,
+        }

@@ -1,0 +1,124 @@
+"""Run strategies: whether a new run may start now, waits in the queue, or is dropped — and
+which queued runs start when a slot frees. Every decision is taken under the workflow's row
+lock, so concurrent starts from any number of processes never exceed the limit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from maestro.db.tables import Run, Workflow
+from maestro.definitions import RunStrategy, RunStrategyKind
+from maestro.runtime import RunStatus
+
+
+@dataclass
+class Admission:
+    """The decision for a new run."""
+
+    admit: bool
+    skip_reason: str | None = None
+    # last_only: the runs the newcomer replaces.
+    stop: list[Run] = field(default_factory=list)
+    drop: list[Run] = field(default_factory=list)
+
+
+def _limit(strategy: RunStrategy) -> int:
+    if strategy.kind is RunStrategyKind.parallel:
+        return strategy.max_concurrency
+    return 1
+
+
+async def _admitted(session: AsyncSession, workflow_id: str) -> list[Run]:
+    """Runs holding a slot: admitted and not ended."""
+    query = (
+        select(Run)
+        .where(
+            Run.workflow_id == workflow_id,
+            or_(
+                Run.status == RunStatus.running,
+                and_(Run.status == RunStatus.queued, Run.admitted_at.is_not(None)),
+            ),
+        )
+        .order_by(Run.run_number)
+    )
+    return list((await session.execute(query)).scalars())
+
+
+async def waiting(session: AsyncSession, workflow_id: str) -> list[Run]:
+    """Runs waiting for a slot, in arrival order."""
+    query = (
+        select(Run)
+        .where(
+            Run.workflow_id == workflow_id,
+            Run.status == RunStatus.queued,
+            Run.admitted_at.is_(None),
+        )
+        .order_by(Run.run_number)
+    )
+    return list((await session.execute(query)).scalars())
+
+
+async def decide(session: AsyncSession, workflow: Workflow, strategy: RunStrategy) -> Admission:
+    """What happens to a run that arrives now (the workflow row must be locked)."""
+    admitted = await _admitted(session, workflow.id)
+    queue = await waiting(session, workflow.id)
+    kind = strategy.kind
+    if kind is RunStrategyKind.first_only:
+        if admitted:
+            return Admission(False, f"first_only: run {admitted[0].run_number} is still running")
+        return Admission(True)
+    if kind is RunStrategyKind.last_only:
+        if not admitted:
+            return Admission(True)
+        # The newcomer waits for the runs it stops; older waiting runs are replaced by it.
+        return Admission(False, stop=admitted, drop=queue)
+    blocked = kind is RunStrategyKind.strict_sequential and workflow.blocked_by_run_id
+    if not blocked and not queue and len(admitted) < _limit(strategy):
+        return Admission(True)
+    if strategy.max_queued is not None and len(queue) >= strategy.max_queued:
+        return Admission(
+            False, f"{kind.value}: the queue is full (max_queued={strategy.max_queued})"
+        )
+    return Admission(False)
+
+
+async def admit_waiting(
+    session: AsyncSession, workflow: Workflow, strategy: RunStrategy
+) -> list[Run]:
+    """Admit queued runs into the free slots (the workflow row must be locked)."""
+    if strategy.kind is RunStrategyKind.strict_sequential and workflow.blocked_by_run_id:
+        return []
+    free = _limit(strategy) - len(await _admitted(session, workflow.id))
+    if free <= 0:
+        return []
+    queue = await waiting(session, workflow.id)
+    if strategy.kind is RunStrategyKind.last_only:
+        queue = queue[-1:]  # only the newest waits; older ones were dropped on arrival
+    chosen = queue[:free]
+    now = datetime.now(UTC)
+    for run in chosen:
+        run.admitted_at = now
+    await session.flush()
+    return chosen
+
+
+async def mark_skipped(session: AsyncSession, runs: list[Run], reason: str) -> None:
+    for run in runs:
+        run.status = RunStatus.skipped
+        run.error = reason
+        run.ended_at = datetime.now(UTC)
+    await session.flush()
+
+
+async def request_stop(session: AsyncSession, runs: list[Run]) -> None:
+    ids = [r.run_id for r in runs]
+    if ids:
+        await session.execute(
+            update(Run)
+            .where(Run.run_id.in_(ids), Run.stop_requested_at.is_(None))
+            .values(stop_requested_at=datetime.now(UTC))
+        )

@@ -1,0 +1,84 @@
+"""The workflows service: changes to a workflow that must reach both PostgreSQL (versions,
+signal-trigger registrations) and Temporal (the schedules of its time triggers)."""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from maestro.db import workflows as workflows_db
+from maestro.db.tables import Workflow, WorkflowVersion
+from maestro.definitions import WorkflowDefinition
+from maestro.runs import RunsService
+from maestro.schedules import Schedules
+from maestro.signals import SignalBus
+
+logger = logging.getLogger(__name__)
+
+
+class WorkflowsService:
+    """Push, activate, deactivate, pause and resume — then bring the schedules in step."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        runs: RunsService,
+        bus: SignalBus,
+        schedules: Schedules,
+    ) -> None:
+        self._sessions = sessions
+        self._runs = runs
+        self._bus = bus
+        self._schedules = schedules
+
+    async def push(self, definition: WorkflowDefinition) -> tuple[Workflow, WorkflowVersion, bool]:
+        """A new version, activated (its triggers take over) — or the identical one, as is."""
+        async with self._sessions.begin() as session:
+            workflow, version, created = await workflows_db.push_version(session, definition)
+            if created:
+                await self._bus.check_trigger_loop(session, definition)
+                await self._bus.sync_triggers(session, definition.id)
+        if created:
+            await self._reconcile(definition.id)
+        return workflow, version, created
+
+    async def activate(self, workflow_id: str, version: str | int) -> Workflow:
+        async with self._sessions.begin() as session:
+            workflow = await workflows_db.activate_version(session, workflow_id, version)
+            await self._bus.check_trigger_loop(
+                session, await self._runs.definition(session, workflow_id, workflow.active_version)
+            )
+            await self._bus.sync_triggers(session, workflow_id)
+        await self._reconcile(workflow_id)
+        return workflow
+
+    async def deactivate(self, workflow_id: str) -> Workflow:
+        return await self._set_flags(workflow_id, is_active=False)
+
+    async def pause(self, workflow_id: str) -> Workflow:
+        return await self._set_flags(workflow_id, paused=True)
+
+    async def resume(self, workflow_id: str) -> Workflow:
+        return await self._set_flags(workflow_id, paused=False)
+
+    async def _set_flags(self, workflow_id: str, **flags: bool) -> Workflow:
+        async with self._sessions.begin() as session:
+            workflow = await workflows_db.get_workflow(session, workflow_id, lock=True)
+            for name, value in flags.items():
+                setattr(workflow, name, value)
+            await session.flush()
+            await self._bus.sync_triggers(session, workflow_id)
+        await self._reconcile(workflow_id)
+        return workflow
+
+    async def _reconcile(self, workflow_id: str) -> None:
+        # The database already holds the truth; if Temporal is unreachable now, the periodic
+        # reconciliation of every API process catches up.
+        try:
+            await self._schedules.reconcile(workflow_id)
+        except Exception as exc:  # noqa: BLE001
+            logger.warning(
+                "schedule reconciliation failed; it will be retried",
+                extra={"workflow_id": workflow_id, "error": str(exc)},
+            )
