@@ -81,16 +81,25 @@ class TimeTriggerRef:
         return ZoneInfo(tz)
 
     def fire_times(self, start: datetime, end: datetime, limit: int) -> list[datetime]:
-        """Scheduled times in (start, end], at most `limit`, DST-correct in the trigger's zone."""
+        """Scheduled times in (start, end] (UTC), at most `limit`, DST-correct: the cron
+        matches wall-clock times in the trigger's zone; a wall-clock time that does not exist
+        (spring forward) does not fire, one that happens twice (fall back) fires once."""
         times: list[datetime] = []
         if isinstance(self.trigger, TimeTrigger):
+            zone = self.timezone
             cron = MACROS.get(self.trigger.cron, self.trigger.cron)
-            it = croniter(cron, start.astimezone(self.timezone))
+            # Iterate naive wall-clock times, then place each in the zone.
+            it = croniter(cron, start.astimezone(zone).replace(tzinfo=None))
             while len(times) < limit:
-                at = it.get_next(datetime).astimezone(UTC)
+                wall = it.get_next(datetime)
+                at = wall.replace(tzinfo=zone)
+                if at.astimezone(UTC).astimezone(zone).replace(tzinfo=None) != wall:
+                    continue  # in the spring-forward gap: this wall-clock time never happens
+                at = at.astimezone(UTC)
                 if at > end:
                     break
-                times.append(at)
+                if at > start:
+                    times.append(at)
         else:
             every = self.trigger.every.total_seconds()
             offset = self.trigger.offset.total_seconds()
@@ -189,8 +198,12 @@ class Schedules:
         async with self._sessions() as session:
             workflow = await workflows_db.get_workflow(session, workflow_id)
             desired, paused = await self._desired(session, workflow)
-        existing = await self._existing(f"{SCHEDULE_PREFIX}{workflow_id}:")
-        return await self._apply(desired, paused, existing)
+            # Any version may have left schedules behind; their ids are derivable.
+            former: set[str] = set()
+            for version in await workflows_db.list_versions(session, workflow_id):
+                definition = await self._runs.definition(session, workflow_id, version.version)
+                former |= {ref.schedule_id for ref in time_triggers(workflow_id, definition)}
+        return await self._apply(desired, paused, former)
 
     async def reconcile_all(self) -> int:
         """Reconcile every workflow (start-up); returns how many schedules were touched."""
@@ -203,28 +216,24 @@ class Schedules:
         for desired, paused in plans:
             ids = {ref.schedule_id for ref in desired}
             wanted |= ids
-            touched += await self._apply(
-                desired, paused, {k: v for k, v in existing.items() if k in ids}
-            )
+            touched += await self._apply(desired, paused, existing & ids)
         for schedule_id in set(existing) - wanted:
             await self._delete(schedule_id)
             touched += 1
         return touched
 
-    async def _existing(self, prefix: str) -> dict[str, bool]:
-        """Schedule id -> paused, for Maestro's schedules with this id prefix."""
-        found: dict[str, bool] = {}
+    async def _existing(self, prefix: str) -> set[str]:
+        """Ids of Maestro's schedules with this id prefix (Temporal's visibility listing)."""
         try:
-            async for entry in await self._client.list_schedules():
-                if entry.id.startswith(prefix):
-                    found[entry.id] = bool(entry.info and entry.info.paused)
+            return {
+                entry.id
+                async for entry in await self._client.list_schedules()
+                if entry.id.startswith(prefix)
+            }
         except RPCError as exc:
             raise Unavailable(f"Temporal is unavailable: {exc}") from exc
-        return found
 
-    async def _apply(
-        self, desired: list[TimeTriggerRef], paused: bool, existing: dict[str, bool]
-    ) -> int:
+    async def _apply(self, desired: list[TimeTriggerRef], paused: bool, existing: set[str]) -> int:
         touched = 0
         for ref in desired:
             schedule = self._schedule(ref, paused)

@@ -80,5 +80,6 @@ class WorkflowsService:
         except Exception as exc:  # noqa: BLE001
             logger.warning(
                 "schedule reconciliation failed; it will be retried",
+                exc_info=True,
                 extra={"workflow_id": workflow_id, "error": str(exc)},
             )

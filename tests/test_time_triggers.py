@@ -1,0 +1,245 @@
+"""Time triggers on real Temporal Schedules (dev server) with an in-process worker and the API:
+firing, run_ts, version changes, pause, backfill, duplicate fires, reconciliation, previews."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import select
+from temporalio.client import Client, Schedule, ScheduleActionStartWorkflow, ScheduleSpec
+from temporalio.service import RPCError
+
+from maestro.db.tables import Run
+from maestro.definitions import TimeTrigger
+from maestro.runtime import FireRequest
+from maestro.schedules import TimeTriggerRef
+from tests.conftest import unique_id
+
+pytestmark = pytest.mark.usefixtures("worker")
+
+
+def body(workflow_id: str, triggers: list, **extra) -> dict:
+    return {
+        "id": workflow_id,
+        "triggers": triggers,
+        "params": {
+            "run_ts": {"type": "string", "default": ""},
+            "run_date": {"type": "string", "default": ""},
+        },
+        "steps": [
+            {"id": "go", "type": "noop", "params": {"outputs": {"ts": {"expr": "params.run_ts"}}}}
+        ],
+        **extra,
+    }
+
+
+async def push(api, definition: dict) -> None:
+    response = await api.post("/api/v1/workflows", json=definition)
+    assert response.status_code in (200, 201), response.text
+
+
+async def triggers(api, workflow_id: str) -> list[dict]:
+    response = await api.get(f"/api/v1/workflows/{workflow_id}/triggers")
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+async def time_runs(sessions, workflow_id: str) -> list[Run]:
+    async with sessions() as session:
+        query = select(Run).where(Run.workflow_id == workflow_id).order_by(Run.run_number)
+        return [r for r in (await session.execute(query)).scalars() if r.cause["kind"] == "time"]
+
+
+async def schedule_exists(client: Client, schedule_id: str) -> bool:
+    try:
+        await client.get_schedule_handle(schedule_id).describe()
+    except RPCError:
+        return False
+    return True
+
+
+async def test_interval_schedule_fires_runs_with_the_scheduled_time(api, sessions, temporal_client):
+    wid = unique_id("every")
+    await push(api, body(wid, [{"every": "2s"}]))
+    [trigger] = await triggers(api, wid)
+    assert trigger["kind"] == "interval" and trigger["active"] is True
+    schedule_id = trigger["schedule"]["schedule_id"]
+    assert schedule_id == f"maestro:{wid}:{trigger['trigger_id']}"
+    assert trigger["schedule"]["exists"] is True
+    for _ in range(100):
+        runs = await time_runs(sessions, wid)
+        if len(runs) >= 2:
+            break
+        await asyncio.sleep(0.2)
+    assert len(runs) >= 2
+    for run in runs[:2]:
+        scheduled = datetime.fromisoformat(run.cause["detail"]["scheduled_at"])
+        assert scheduled.timestamp() % 2 == 0  # on the interval's grid, not when it ran
+        assert run.params["run_ts"] == scheduled.isoformat()
+        assert run.params["run_date"] == scheduled.date().isoformat()
+        assert run.trigger_id == trigger["trigger_id"]
+        assert run.request_id == f"{trigger['trigger_id']}:{scheduled.isoformat()}"
+    first = (await api.get(f"/api/v1/runs/{runs[0].run_id}")).json()
+    for _ in range(50):
+        if first["status"] == "succeeded":
+            break
+        await asyncio.sleep(0.2)
+        first = (await api.get(f"/api/v1/runs/{runs[0].run_id}")).json()
+    assert first["outputs"]["go"]["ts"] == runs[0].params["run_ts"]
+    listed = await triggers(api, wid)
+    assert listed[0]["last_fire"]["run_id"] in {r.run_id for r in await time_runs(sessions, wid)}
+
+    # Pausing stops fires; resuming starts them again.
+    paused = await api.post(f"/api/v1/workflows/{wid}/pause")
+    assert paused.json()["paused"] is True
+    description = await temporal_client.get_schedule_handle(schedule_id).describe()
+    assert description.schedule.state.paused is True
+    await asyncio.sleep(0.5)
+    count = len(await time_runs(sessions, wid))
+    await asyncio.sleep(4.5)
+    assert len(await time_runs(sessions, wid)) == count
+    await api.post(f"/api/v1/workflows/{wid}/resume")
+    description = await temporal_client.get_schedule_handle(schedule_id).describe()
+    assert description.schedule.state.paused is False
+
+    # A new version with another trigger moves the schedule; deactivating pauses it.
+    await push(api, body(wid, [{"cron": "0 3 * * *", "timezone": "Europe/Paris"}]))
+    [moved] = await triggers(api, wid)
+    assert moved["trigger_id"] != trigger["trigger_id"]
+    assert not await schedule_exists(temporal_client, schedule_id)
+    assert await schedule_exists(temporal_client, moved["schedule"]["schedule_id"])
+    await api.post(f"/api/v1/workflows/{wid}/deactivate")
+    description = await temporal_client.get_schedule_handle(
+        moved["schedule"]["schedule_id"]
+    ).describe()
+    assert description.schedule.state.paused is True
+
+
+async def test_previewed_fire_times_match_temporal(api, temporal_client):
+    wid = unique_id("preview")
+    await push(api, body(wid, [{"cron": "*/20 9-17 * * MON-FRI", "timezone": "America/New_York"}]))
+    [trigger] = await triggers(api, wid)
+    description = await temporal_client.get_schedule_handle(
+        trigger["schedule"]["schedule_id"]
+    ).describe()
+    temporal_times = [t.astimezone(UTC) for t in description.info.next_action_times[:5]]
+    ours = [datetime.fromisoformat(t) for t in trigger["next_fires"]]
+    assert ours == temporal_times
+
+
+def test_fire_times_are_dst_correct():
+    ref = TimeTriggerRef("w", 0, TimeTrigger(cron="30 2 * * *", timezone="Europe/Paris"))
+    # Spring forward (2027-03-28): 02:30 does not exist in Paris, so no fire that day.
+    spring = ref.fire_times(
+        datetime(2027, 3, 26, tzinfo=UTC), datetime(2027, 3, 31, tzinfo=UTC), 10
+    )
+    assert [t.strftime("%m-%d %H:%M") for t in spring] == [
+        "03-26 01:30",
+        "03-27 01:30",
+        "03-29 00:30",
+        "03-30 00:30",
+    ]
+    # Fall back (2026-10-25): 02:30 happens twice, but fires once.
+    autumn = ref.fire_times(
+        datetime(2026, 10, 23, tzinfo=UTC), datetime(2026, 10, 28, tzinfo=UTC), 10
+    )
+    assert [t.strftime("%m-%d") for t in autumn] == ["10-23", "10-24", "10-25", "10-26", "10-27"]
+    hourly = TimeTriggerRef("w", 0, TimeTrigger(cron="0 * * * *", timezone="Europe/Paris"))
+    times = hourly.fire_times(
+        datetime(2026, 10, 24, 22, tzinfo=UTC), datetime(2026, 10, 25, 4, tzinfo=UTC), 10
+    )
+    # 23 local hours that night have a 02:00... once: the repeated hour does not fire twice.
+    assert [t.strftime("%H") for t in times] == ["23", "00", "02", "03", "04"]
+    assert all(b > a for a, b in zip(times, times[1:], strict=False))
+
+
+async def test_backfill_counts_and_never_repeats_a_scheduled_time(api, sessions):
+    wid = unique_id("backfill")
+    await push(
+        api,
+        body(
+            wid, [{"cron": "0 * * * *"}], run_strategy={"kind": "parallel", "max_concurrency": 10}
+        ),
+    )
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    response = await api.post(
+        f"/api/v1/workflows/{wid}/backfill",
+        json={"start": start.isoformat(), "end": (start + timedelta(hours=5)).isoformat()},
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["scheduled_times"] == 5 and response.json()["created"] == 5
+    assert sorted(r["params"]["run_ts"] for r in response.json()["runs"]) == [
+        (start + timedelta(hours=h)).isoformat() for h in range(1, 6)
+    ]
+    overlap = await api.post(
+        f"/api/v1/workflows/{wid}/backfill",
+        json={
+            "start": (start + timedelta(hours=3)).isoformat(),
+            "end": (start + timedelta(hours=7)).isoformat(),
+        },
+    )
+    assert overlap.json() | {"runs": []} == {"scheduled_times": 4, "created": 2, "runs": []}
+    assert len(await time_runs(sessions, wid)) == 7
+    too_big = await api.post(
+        f"/api/v1/workflows/{wid}/backfill",
+        json={"start": start.isoformat(), "end": (start + timedelta(days=60)).isoformat()},
+    )
+    assert too_big.status_code == 422
+    naive = await api.post(
+        f"/api/v1/workflows/{wid}/backfill",
+        json={"start": "2026-01-01T00:00:00", "end": "2026-01-02T00:00:00"},
+    )
+    assert naive.status_code == 422
+
+
+async def test_a_fire_delivered_twice_makes_one_run(api, sessions, settings, temporal_client):
+    from maestro.db.engine import create_engine, session_factory
+    from maestro.runs import RunsService
+    from maestro.schedules import Schedules
+
+    wid = unique_id("twice")
+    await push(api, body(wid, [{"cron": "0 0 1 1 *"}]))
+    [trigger] = await triggers(api, wid)
+    engine = create_engine(settings.database_url)
+    try:
+        sessions2 = session_factory(engine)
+        schedules = Schedules(
+            sessions2,
+            RunsService(sessions2, temporal_client, settings.temporal),
+            temporal_client,
+            settings.temporal,
+        )
+        request = FireRequest(
+            workflow_id=wid,
+            trigger_id=trigger["trigger_id"],
+            scheduled_at=datetime(2027, 1, 1, tzinfo=UTC),
+        )
+        first, second = await asyncio.gather(schedules.fire(request), schedules.fire(request))
+    finally:
+        await engine.dispose()
+    assert first.run_id == second.run_id
+    assert len(await time_runs(sessions, wid)) == 1
+
+
+async def test_reconciliation_heals_missing_and_stray_schedules(api, temporal_client):
+    wid = unique_id("heal")
+    await push(api, body(wid, [{"cron": "15 4 * * *"}]))
+    [trigger] = await triggers(api, wid)
+    schedule_id = trigger["schedule"]["schedule_id"]
+    # A crash between the database and Temporal: the schedule is gone, and a stray is left.
+    await temporal_client.get_schedule_handle(schedule_id).delete()
+    stray = f"maestro:{unique_id('ghost')}:time-0000"
+    await temporal_client.create_schedule(
+        stray,
+        Schedule(
+            action=ScheduleActionStartWorkflow("FireScheduleWorkflow", id="x", task_queue="none"),
+            spec=ScheduleSpec(cron_expressions=["0 0 1 1 *"]),
+        ),
+    )
+    schedules = api._transport.app.state.schedules
+    await schedules.reconcile_all()
+    await schedules.reconcile_all()  # idempotent
+    assert await schedule_exists(temporal_client, schedule_id)
+    assert not await schedule_exists(temporal_client, stray)
