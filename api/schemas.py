@@ -18,7 +18,8 @@ class WorkflowOut(BaseModel):
     is_active: bool
     paused: bool = Field(description="Triggers are held (manual starts still work)")
     blocked_by_run_id: str | None = Field(
-        description="strict_sequential: the failed run holding the queue")
+        description="strict_sequential: the failed run holding the queue"
+    )
     run_count: int
     created_at: datetime
     updated_at: datetime

@@ -132,6 +132,7 @@ class RunsService:
         version: int | None = None,
         trigger_id: str | None = None,
         system_params: dict[str, Any] | None = None,
+        jump_queue: bool = False,
     ) -> tuple[Run, bool]:
         """In the caller's transaction: a new numbered run (admitted, queued or skipped by the
         run strategy), or the run this request id made before."""
@@ -150,7 +151,9 @@ class RunsService:
             version = workflow.active_version
         definition = await self.definition(session, workflow_id, version)
         resolved = resolve_run_params(definition, params) | (system_params or {})
-        decision = await strategies.decide(session, workflow, definition.run_strategy)
+        decision = await strategies.decide(
+            session, workflow, definition.run_strategy, jump_queue=jump_queue
+        )
         workflow.run_counter += 1
         now = datetime.now(UTC)
         run = Run(
@@ -452,8 +455,11 @@ class RunsService:
         )
         async with self._sessions.begin() as session:
             workflow = await workflows_db.get_workflow(session, original.workflow_id, lock=True)
-            if workflow.blocked_by_run_id == run_id:
-                workflow.blocked_by_run_id = None  # restarting the failed run unblocks
+            # Restarting the run that holds a strict_sequential queue releases it, and the
+            # restart goes first: it stands for the run the queue was waiting on.
+            retrying = workflow.blocked_by_run_id == run_id
+            if retrying:
+                workflow.blocked_by_run_id = None
             run, _ = await self.create_run(
                 session,
                 original.workflow_id,
@@ -461,6 +467,7 @@ class RunsService:
                 cause=cause,
                 version=original.version,
                 trigger_id=original.trigger_id,
+                jump_queue=retrying,
             )
         await self.launch([run])
         return run

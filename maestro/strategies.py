@@ -62,8 +62,11 @@ async def waiting(session: AsyncSession, workflow_id: str) -> list[Run]:
     return list((await session.execute(query)).scalars())
 
 
-async def decide(session: AsyncSession, workflow: Workflow, strategy: RunStrategy) -> Admission:
-    """What happens to a run that arrives now (the workflow row must be locked)."""
+async def decide(
+    session: AsyncSession, workflow: Workflow, strategy: RunStrategy, *, jump_queue: bool = False
+) -> Admission:
+    """What happens to a run that arrives now (the workflow row must be locked);
+    `jump_queue` admits it ahead of waiting runs if a slot is free."""
     admitted = await _admitted(session, workflow.id)
     queue = await waiting(session, workflow.id)
     kind = strategy.kind
@@ -77,7 +80,7 @@ async def decide(session: AsyncSession, workflow: Workflow, strategy: RunStrateg
         # The newcomer waits for the runs it stops; older waiting runs are replaced by it.
         return Admission(False, stop=admitted, drop=queue)
     blocked = kind is RunStrategyKind.strict_sequential and workflow.blocked_by_run_id
-    if not blocked and not queue and len(admitted) < _limit(strategy):
+    if not blocked and (jump_queue or not queue) and len(admitted) < _limit(strategy):
         return Admission(True)
     if strategy.max_queued is not None and len(queue) >= strategy.max_queued:
         return Admission(

@@ -127,7 +127,7 @@ async def wait_for_run(
     api: httpx.AsyncClient, run_id: str, *, statuses=None, timeout: float = 60
 ) -> dict:
     """Poll the API until the run ends (or reaches one of `statuses`)."""
-    wanted = set(statuses or ("succeeded", "failed", "stopped", "timed_out"))
+    wanted = set(statuses or ("succeeded", "failed", "stopped", "timed_out", "skipped"))
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         response = await api.get(f"/api/v1/runs/{run_id}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Response
 
@@ -138,11 +138,21 @@ async def list_runs(
     status: RunStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: str | None = None,
+    order: Annotated[
+        Literal["newest", "oldest"],
+        Query(description="`oldest` lists queued runs in the order they will start"),
+    ] = "newest",
 ) -> RunPage:
-    """Runs, newest first, filtered by workflow and status; page with `cursor`."""
-    before = _decode_cursor(cursor) if cursor else None
+    """Runs filtered by workflow and status, newest first (or oldest first: `status=queued`
+    with `order=oldest` is the queue in arrival order); page with `cursor`."""
+    after = _decode_cursor(cursor) if cursor else None
     rows = await runs_db.list_runs(
-        session, workflow_id=workflow_id, status=status, limit=limit, before=before
+        session,
+        workflow_id=workflow_id,
+        status=status,
+        limit=limit,
+        after=after,
+        oldest_first=order == "oldest",
     )
     next_cursor = _encode_cursor(rows[-1]) if len(rows) == limit else None
     return RunPage(items=[run_out(r, settings) for r in rows], next_cursor=next_cursor)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -34,17 +34,24 @@ async def list_runs(
     workflow_id: str | None,
     status: str | None,
     limit: int,
-    before: tuple[datetime, str] | None = None,
+    after: tuple[datetime, str] | None = None,
+    oldest_first: bool = False,
 ) -> Sequence[Run]:
-    """Newest first; `before` is the (created_at, run_id) of the last run of the previous page."""
+    """Newest (or oldest) first; `after` is the (created_at, run_id) of the last run of the
+    previous page."""
     query = select(Run)
     if workflow_id:
         query = query.where(Run.workflow_id == workflow_id)
     if status:
         query = query.where(Run.status == status)
-    if before:
-        query = query.where((Run.created_at, Run.run_id) < before)
-    query = query.order_by(Run.created_at.desc(), Run.run_id.desc()).limit(limit)
+    key = tuple_(Run.created_at, Run.run_id)
+    if after:
+        query = query.where(key > after if oldest_first else key < after)
+    if oldest_first:
+        query = query.order_by(Run.created_at, Run.run_id)
+    else:
+        query = query.order_by(Run.created_at.desc(), Run.run_id.desc())
+    query = query.limit(limit)
     return (await session.execute(query)).scalars().all()
 
 
