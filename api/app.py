@@ -14,10 +14,11 @@ from sqlalchemy import text
 
 from api.errors import install_error_handlers
 from api.limits import BodySizeLimit
-from api.routes import runs, signals, workflows
+from api.routes import models, runs, signals, workflows
 from maestro import __version__
 from maestro.db.engine import create_engine, session_factory
 from maestro.definitions import WorkflowDefinition
+from maestro.registry import Registry
 from maestro.runs import RunsService
 from maestro.schedules import Schedules
 from maestro.settings import Settings
@@ -79,6 +80,7 @@ def create_app(settings: Settings) -> FastAPI:
             sessions, client, settings.temporal, search_attributes=search_attributes
         )
         app.state.bus = SignalBus(sessions, app.state.runs, client)
+        app.state.registry = Registry(sessions, app.state.bus)
         app.state.schedules = Schedules(sessions, app.state.runs, client, settings.temporal)
         app.state.workflows = WorkflowsService(
             sessions, app.state.runs, app.state.bus, app.state.schedules
@@ -106,6 +108,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(workflows.router, prefix="/api/v1")
     app.include_router(runs.router, prefix="/api/v1")
     app.include_router(signals.router, prefix="/api/v1")
+    app.include_router(models.router, prefix="/api/v1")
 
     @app.get("/healthz", tags=["health"])
     async def health() -> dict[str, str]:

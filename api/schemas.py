@@ -219,3 +219,50 @@ class Lineage(BaseModel):
     root: str
     nodes: list[LineageNode]
     edges: list[LineageEdge]
+
+
+class ModelVersionOut(BaseModel):
+    model_name: str
+    version: int
+    stage: str = Field(description="none, staging, production or archived")
+    artifact_uri: str
+    metrics: dict[str, Any]
+    params: dict[str, Any]
+    data_ref: str | None
+    run_id: str
+    step_id: str
+    created_at: datetime
+    lineage: dict[str, Any] | None = Field(
+        default=None, description="The run that trained it and the signals that started that run"
+    )
+
+
+class StageChangeOut(BaseModel):
+    version: int
+    stage: str
+    previous_version: int | None
+    run_id: str | None
+    reason: str
+    changed_at: datetime
+
+
+class ModelOut(BaseModel):
+    name: str
+    latest_version: int
+    stages: dict[str, int] = Field(description="stage -> version holding it")
+    created_at: datetime
+    versions: list[ModelVersionOut] | None = None
+    history: list[StageChangeOut] | None = None
+
+
+class PromoteIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    stage: str = Field(description="staging or production")
+
+
+class PromoteOut(BaseModel):
+    version: ModelVersionOut
+    previous_version: int | None = Field(
+        description="The version that held the stage before (now archived)"
+    )

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 
 @dataclass
@@ -23,7 +24,19 @@ class StepContext:
     work_dir: Path
     # Details from the previous attempt's last heartbeat, to resume from a checkpoint.
     previous_progress: Any = None
+    # Where to write files that should become artifacts (`{"artifacts": {name: path}}`).
+    artifact_dir: Path | None = None
+    # train/evaluate: the input data reference; evaluate: the model version's files.
+    data: str | None = None
+    model_path: Path | None = None
     _report: Callable[[Any], None] = field(default=lambda details: None, repr=False)
+
+    def local_path(self, uri: str) -> Path:
+        """A local path for a `file://` artifact URI (as found in upstream outputs)."""
+        parsed = urlparse(uri)
+        if parsed.scheme not in ("file", ""):
+            raise ValueError(f"{uri!r} is not a local artifact")
+        return Path(unquote(parsed.path))
 
     def progress(self, details: Any) -> None:
         """Report progress (sent to Temporal as heartbeat details; thread-safe)."""

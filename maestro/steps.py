@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from maestro.errors import Problem
 from maestro.expressions import find_expressions
@@ -43,11 +44,77 @@ class ShellParams(_StepParams):
     tail_lines: int = Field(default=50, ge=1, le=10_000)
 
 
+GATE_PATTERN = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*(>=|<=|>|<|==|!=)\s*(-?[\d.]+(?:e-?\d+)?)\s*$")
+
+
+def parse_gate(gate: str) -> tuple[str, str, float]:
+    """`accuracy >= 0.95` -> ("accuracy", ">=", 0.95)."""
+    match = GATE_PATTERN.match(gate)
+    if not match:
+        raise ValueError(
+            f"gate {gate!r} is not `<metric> <op> <number>` (ops: >=, >, <=, <, ==, !=)"
+        )
+    return match.group(1), match.group(2), float(match.group(3))
+
+
+class TrainParams(_StepParams):
+    """Calls the training function `entrypoint` with a StepContext (`ctx.data` is the input data
+    reference, `ctx.artifact_dir` where to write the model); it returns `{"model": <path>,
+    "metrics": {...}}` and may return more outputs. The model becomes an artifact and a new
+    version of `model_name` in the registry."""
+
+    entrypoint: str = Field(pattern=ENTRYPOINT_PATTERN)
+    model_name: str = Field(min_length=1, max_length=200)
+    data: str | None = Field(default=None, max_length=1000)
+    args: dict[str, Any] = Field(default_factory=dict)
+
+
+class ChampionCheck(_StepParams):
+    """Compare with the version currently in `stage` on `metric`."""
+
+    stage: Literal["staging", "production"] = "production"
+    metric: str = Field(min_length=1)
+    higher_is_better: bool = True
+
+
+class EvaluateParams(_StepParams):
+    """Runs the evaluation function on a model version (`ctx.model_path`) and a dataset
+    (`ctx.data`); it returns `{"metrics": {...}}`. Gates (`accuracy >= 0.95`) and `better_than`
+    (champion/challenger) fail the step, naming metric, value and threshold."""
+
+    entrypoint: str = Field(pattern=ENTRYPOINT_PATTERN)
+    model_name: str = Field(min_length=1, max_length=200)
+    model_version: int = Field(ge=1)
+    data: str | None = Field(default=None, max_length=1000)
+    args: dict[str, Any] = Field(default_factory=dict)
+    gates: list[str] = Field(default_factory=list)
+    better_than: ChampionCheck | None = None
+
+    @field_validator("gates")
+    @classmethod
+    def _gates_parse(cls, gates: list[str]) -> list[str]:
+        for gate in gates:
+            parse_gate(gate)
+        return gates
+
+
+class DeployParams(_StepParams):
+    """Promotes a model version to a stage, archiving the previous holder, and publishes
+    `model.deployed`."""
+
+    model_name: str = Field(min_length=1, max_length=200)
+    model_version: int = Field(ge=1)
+    stage: Literal["staging", "production"] = "production"
+
+
 STEP_TYPES: dict[str, type[_StepParams]] = {
     "noop": NoopParams,
     "sleep": SleepParams,
     "python": PythonParams,
     "shell": ShellParams,
+    "train": TrainParams,
+    "evaluate": EvaluateParams,
+    "deploy": DeployParams,
 }
 
 
@@ -59,7 +126,11 @@ def check_step_params(step_type: str, params: dict[str, Any]) -> list[Problem]:
     except ValidationError as exc:
         dynamic = {loc[0] for loc, _ in find_expressions(params)}
         return [
-            Problem(loc=tuple(err["loc"]), msg=err["msg"], type=err["type"])
+            Problem(
+                loc=tuple(err["loc"]),
+                msg=err["msg"].removeprefix("Value error, "),
+                type=err["type"],
+            )
             for err in exc.errors(include_url=False)
             if err["type"] == "extra_forbidden" or err["loc"][0] not in dynamic
         ]

@@ -49,3 +49,27 @@ def slow(ctx: StepContext) -> dict:
         done += 0.1
         ctx.progress({"done": done})
     return {"resumed_from": start, "attempt": ctx.attempt, "pid": os.getpid()}
+
+
+def train_fixed(ctx: StepContext) -> dict:
+    """A 'model' whose quality is given: writes it, reports it as a metric."""
+    (ctx.artifact_dir / "model.txt").write_text(str(ctx.args["quality"]))
+    return {"model": "model.txt", "metrics": {"train_accuracy": ctx.args["quality"]}}
+
+
+def evaluate_fixed(ctx: StepContext) -> dict:
+    return {"metrics": {"accuracy": float(ctx.model_path.read_text())}}
+
+
+def train_interrupted(ctx: StepContext) -> dict:
+    """Reports progress, fails its first attempt, and shows what the retry received."""
+    if ctx.attempt == 1:
+        ctx.progress({"epoch": 3})
+        time.sleep(1.5)  # long enough for the heartbeat to carry the progress
+        raise RuntimeError("simulated crash after epoch 3")
+    (ctx.artifact_dir / "model.txt").write_text("1")
+    return {
+        "model": "model.txt",
+        "metrics": {"train_accuracy": 1.0},
+        "resumed_from": ctx.previous_progress,
+    }

@@ -270,3 +270,55 @@ async def test_the_readme_example_runs(http):
     steps = {s["step_id"]: s for s in done["steps"]}
     assert steps["count"]["outputs"] == {"letters": 8, "text": "hello ada"}
     assert steps["shout"]["status"] == "skipped"
+
+
+@pytest.mark.fault
+async def test_worker_killed_during_training_and_the_pipeline_still_succeeds(
+    http, processes: Processes, settings
+):
+    wid = unique_id("e2e-train-crash")
+    await register(
+        http,
+        {
+            "id": wid,
+            "steps": [
+                {
+                    "id": "train",
+                    "type": "train",
+                    "heartbeat_timeout": "2s",
+                    "retry": {"max_attempts": 3, "initial_backoff": "0.5s"},
+                    "params": {
+                        "entrypoint": "examples.ml.pipeline:train_digits",
+                        "model_name": unique_id("crash-model"),
+                        "data": "digits/crash",
+                        "args": {"epochs": 12, "epoch_seconds": 0.3},
+                    },
+                }
+            ],
+        },
+    )
+    worker = next(p for p in processes.procs if p.args[-1] == "worker" and p.poll() is None)
+    run = await start(http, wid)
+    await wait_for_step(http, run["run_id"], "train", "running")
+    checkpoint = (
+        Path(settings.data_dir).resolve()
+        / "runs"
+        / run["run_id"]
+        / "train"
+        / "artifacts"
+        / "checkpoint.pkl"
+    )
+    for _ in range(100):
+        if checkpoint.exists():
+            break
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(1.5)  # a few more epochs, checkpointed and reported
+    worker.send_signal(signal.SIGKILL)
+    worker.wait(10)
+    processes.start("worker")
+    done = await wait_for_run(http, run["run_id"], timeout=90)
+    assert done["status"] == "succeeded", done
+    train = done["steps"][0]
+    assert train["attempt"] == 2
+    assert train["outputs"]["resumed_from_epoch"] > 0, "training resumed from its checkpoint"
+    assert train["outputs"]["model_version"] == 1

@@ -15,9 +15,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from maestro.artifacts import ArtifactStore, LocalArtifactStore
 from maestro.context import StepContext
 from maestro.db import runs as runs_db
 from maestro.expressions import ExpressionError, resolve_values
+from maestro.registry import Registry
 from maestro.runtime import (
     FINISH_RUN_ACTIVITY,
     FIRE_TIME_TRIGGER_ACTIVITY,
@@ -36,7 +38,7 @@ from maestro.schedules import Schedules
 from maestro.signals import Producer, SignalBus, SignalIn
 from maestro.steps import STEP_TYPES
 from maestro.triggers import completion_signal_name
-from workers.executors import EXECUTORS
+from workers.executors import EXECUTORS, Services
 
 logger = logging.getLogger(__name__)
 
@@ -65,10 +67,13 @@ class StepActivities:
         sessions: async_sessionmaker[AsyncSession],
         runs_dir: Path,
         bus: SignalBus,
+        artifacts: ArtifactStore | None = None,
     ) -> None:
         self._sessions = sessions
         self._runs_dir = runs_dir
         self._bus = bus
+        store = artifacts or LocalArtifactStore(runs_dir.parent / "artifacts")
+        self._services = Services(sessions, store, Registry(sessions, bus))
 
     @activity.defn(name=RUN_STEP_ACTIVITY)
     async def run_step(self, step_input: StepInput) -> StepResult:
@@ -115,12 +120,14 @@ class StepActivities:
             upstream=step_input.upstream,
             work_dir=work_dir,
             previous_progress=previous,
+            artifact_dir=work_dir / step.id / "artifacts",
             _report=progress.report,
         )
+        ctx.artifact_dir.mkdir(parents=True, exist_ok=True)
         activity.logger.info("step attempt started", extra=log_extra)
         heartbeats = asyncio.create_task(self._heartbeat(progress, info.heartbeat_timeout))
         try:
-            result = await executor(ctx, spec)
+            result = await executor(ctx, spec, self._services)
         except asyncio.CancelledError:
             activity.logger.info("step attempt cancelled", extra=log_extra)
             raise

@@ -251,3 +251,73 @@ class SignalWait(Base):
             postgresql_where=text("matched_signal_id IS NOT NULL AND delivered_at IS NULL"),
         ),
     )
+
+
+class Artifact(Base):
+    """A stored file or directory a step produced: where it is, how big, its content hash."""
+
+    __tablename__ = "artifacts"
+
+    uri: Mapped[str] = mapped_column(String(1000), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    run_id: Mapped[str] = mapped_column(String(64))
+    step_id: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+    __table_args__ = (Index("ix_artifacts_run_id", "run_id"),)
+
+
+class Model(Base):
+    """A registered model name."""
+
+    __tablename__ = "models"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    latest_version: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class ModelVersion(Base):
+    """One trained model: its artifact, metrics, params, the run that made it, its stage."""
+
+    __tablename__ = "model_versions"
+
+    model_name: Mapped[str] = mapped_column(ForeignKey("models.name"), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    artifact_uri: Mapped[str] = mapped_column(String(1000))
+    metrics: Mapped[dict[str, Any]]
+    params: Mapped[dict[str, Any]]
+    data_ref: Mapped[str | None] = mapped_column(String(1000))
+    run_id: Mapped[str] = mapped_column(String(64))
+    step_id: Mapped[str] = mapped_column(String(64))
+    stage: Mapped[str] = mapped_column(String(32), default="none")
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+    __table_args__ = (
+        UniqueConstraint("run_id", "step_id"),  # one version per training step of a run
+        Index("ix_model_versions_stage", "model_name", "stage"),
+    )
+
+
+class StageChange(Base):
+    """History of stage changes: who moved which version where, replacing which."""
+
+    __tablename__ = "model_stage_changes"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    model_name: Mapped[str] = mapped_column(String(200))
+    version: Mapped[int] = mapped_column(Integer)
+    stage: Mapped[str] = mapped_column(String(32))
+    previous_version: Mapped[int | None] = mapped_column(Integer)
+    run_id: Mapped[str | None] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(String(200), default="")
+    # Makes a retried deploy step find its earlier change instead of making another.
+    request_key: Mapped[str | None] = mapped_column(String(300))
+    changed_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+    __table_args__ = (
+        Index("ix_model_stage_changes_model", "model_name", "id"),
+        UniqueConstraint("request_key"),
+    )

@@ -12,6 +12,7 @@ from temporalio.exceptions import ApplicationError
 from maestro.context import StepContext
 from maestro.runtime import StepResult
 from maestro.steps import PythonParams
+from workers.executors.services import Services
 
 
 def load_entrypoint(entrypoint: str) -> Any:
@@ -35,20 +36,31 @@ def load_entrypoint(entrypoint: str) -> Any:
     return function
 
 
-async def run_python(ctx: StepContext, spec: PythonParams) -> StepResult:
-    function = load_entrypoint(spec.entrypoint)
-    ctx.args = spec.args
+async def call_user_function(function: Any, ctx: StepContext, entrypoint: str) -> dict:
+    """Call a step function: coroutines on the loop, sync (often CPU-bound) code in a thread.
+    It must return a dict (or None)."""
     if inspect.iscoroutinefunction(function):
         result = await function(ctx)
     else:
-        # Sync user code (often CPU-bound) runs off the event loop.
         result = await asyncio.to_thread(function, ctx)
     if result is None:
-        result = {}
+        return {}
     if not isinstance(result, dict):
         raise ApplicationError(
-            f"{spec.entrypoint} returned {type(result).__name__}; a step returns a dict of outputs",
+            f"{entrypoint} returned {type(result).__name__}; a step returns a dict of outputs",
             type="InvalidOutputs",
             non_retryable=True,
         )
+    return result
+
+
+async def run_python(ctx: StepContext, spec: PythonParams, services: Services) -> StepResult:
+    ctx.args = spec.args
+    result = await call_user_function(load_entrypoint(spec.entrypoint), ctx, spec.entrypoint)
+    if "artifacts" in result:
+        if not isinstance(result["artifacts"], dict):
+            raise ApplicationError(
+                "'artifacts' must map names to paths", type="InvalidOutputs", non_retryable=True
+            )
+        result["artifacts"] = await services.store_artifacts(ctx, result["artifacts"])
     return StepResult(outputs=result)

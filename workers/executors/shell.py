@@ -49,7 +49,7 @@ def _kill_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
 
 
-async def run_shell(ctx: StepContext, spec: ShellParams) -> StepResult:
+async def run_shell(ctx: StepContext, spec: ShellParams, services: object) -> StepResult:
     env = step_environment(ctx, spec.env)
     outputs_file = ctx.work_dir / f"{ctx.step_id}.outputs.json"
     outputs_file.unlink(missing_ok=True)

@@ -1,0 +1,102 @@
+"""Model registry routes: models, versions (with lineage), promotion and rollback."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from api.deps import SessionDep
+from api.schemas import ModelOut, ModelVersionOut, PromoteIn, PromoteOut, StageChangeOut
+from maestro.db import models as models_db
+from maestro.db import runs as runs_db
+from maestro.db import signals as signals_db
+from maestro.db.tables import Model, ModelVersion
+from maestro.errors import NotFound
+
+router = APIRouter(prefix="/models", tags=["models"])
+
+
+def version_out(version: ModelVersion, lineage: dict | None = None) -> ModelVersionOut:
+    return ModelVersionOut(
+        model_name=version.model_name,
+        version=version.version,
+        stage=version.stage,
+        artifact_uri=version.artifact_uri,
+        metrics=version.metrics,
+        params=version.params,
+        data_ref=version.data_ref,
+        run_id=version.run_id,
+        step_id=version.step_id,
+        created_at=version.created_at,
+        lineage=lineage,
+    )
+
+
+def model_out(model: Model, rows: list[ModelVersion], **extra) -> ModelOut:
+    stages = {v.stage: v.version for v in rows if v.stage in ("staging", "production")}
+    return ModelOut(
+        name=model.name,
+        latest_version=model.latest_version,
+        stages=stages,
+        created_at=model.created_at,
+        **extra,
+    )
+
+
+@router.get("", response_model=list[ModelOut])
+async def list_models(session: SessionDep) -> list[ModelOut]:
+    """Registered models with the versions holding each stage."""
+    return [
+        model_out(m, list(await models_db.list_versions(session, m.name)))
+        for m in await models_db.list_models(session)
+    ]
+
+
+@router.get("/{name}", response_model=ModelOut)
+async def get_model(name: str, session: SessionDep) -> ModelOut:
+    """A model with every version and its stage history."""
+    model = await models_db.get_model(session, name)
+    versions = list(await models_db.list_versions(session, name))
+    history = [
+        StageChangeOut(
+            version=c.version,
+            stage=c.stage,
+            previous_version=c.previous_version,
+            run_id=c.run_id,
+            reason=c.reason,
+            changed_at=c.changed_at,
+        )
+        for c in await models_db.stage_history(session, name)
+    ]
+    return model_out(model, versions, versions=[version_out(v) for v in versions], history=history)
+
+
+@router.get("/{name}/versions/{version}", response_model=ModelVersionOut)
+async def get_model_version(name: str, version: int, session: SessionDep) -> ModelVersionOut:
+    """A version with its lineage: the run that trained it and the signals that started it."""
+    found = await models_db.get_version(session, name, version)
+    lineage: dict = {"run_id": found.run_id}
+    try:
+        run = await runs_db.get_run(session, found.run_id)
+    except NotFound:
+        run = None
+    if run is not None:
+        signals = await signals_db.signals_consumed_by_run(session, run.run_id)
+        lineage.update(
+            workflow_id=run.workflow_id,
+            run_number=run.run_number,
+            cause=run.cause.get("kind"),
+            signals=[{"id": s.id, "name": s.name, "params": s.params} for s in signals],
+        )
+    return version_out(found, lineage)
+
+
+@router.post("/{name}/versions/{version}/promote", response_model=PromoteOut)
+async def promote_model_version(
+    name: str, version: int, body: PromoteIn, request: Request
+) -> PromoteOut:
+    """Move a version to `staging` or `production`; the previous holder is archived and
+    `model.deployed` is published. Promoting an older version is a rollback."""
+    promotion = await request.app.state.registry.promote(name, version, body.stage)
+    return PromoteOut(
+        version=version_out(promotion.version), previous_version=promotion.previous_version
+    )

@@ -1,0 +1,110 @@
+"""The model registry service: promoting a version to a stage archives the previous holder and
+publishes `model.deployed` in the same transaction (so downstream workflows can react)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from maestro.db import models as models_db
+from maestro.db.tables import Model, ModelVersion, StageChange
+from maestro.errors import InvalidInput, Problem
+from maestro.signals import Producer, SignalBus, SignalIn
+
+STAGES = ("staging", "production")
+DEPLOYED_SIGNAL = "model.deployed"
+
+
+@dataclass
+class Promotion:
+    version: ModelVersion
+    previous_version: int | None
+    change: StageChange
+    pending: Any = None
+
+
+class Registry:
+    """Stage changes of model versions."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], bus: SignalBus) -> None:
+        self._sessions = sessions
+        self._bus = bus
+
+    async def promote(
+        self, name: str, version: int, stage: str, *, reason: str = "api"
+    ) -> Promotion:
+        """Promote (or roll back to) a version; publishes `model.deployed`."""
+        async with self._sessions.begin() as session:
+            promotion = await self.promote_in(
+                session, name, version, stage, reason=reason, producer=Producer(kind="outside")
+            )
+        await self._bus.after_commit(promotion.pending)
+        return promotion
+
+    async def after_commit(self, pending: Any) -> None:
+        await self._bus.after_commit(pending)
+
+    async def promote_in(
+        self,
+        session: AsyncSession,
+        name: str,
+        version: int,
+        stage: str,
+        *,
+        reason: str,
+        producer: Producer,
+        run_id: str | None = None,
+        request_key: str | None = None,
+    ) -> Promotion:
+        """Promote inside the caller's transaction; `request_key` makes a retry a no-op."""
+        if stage not in STAGES:
+            raise InvalidInput(
+                "unknown stage",
+                [
+                    Problem(
+                        ("body", "stage"),
+                        f"unknown stage {stage!r}; use one of {', '.join(STAGES)}",
+                        "stage",
+                    )
+                ],
+            )
+        # The model row lock orders stage changes of one model.
+        await session.execute(select(Model).where(Model.name == name).with_for_update())
+        target = await models_db.get_version(session, name, version, lock=True)
+        if request_key is not None:
+            earlier = await models_db.change_by_key(session, request_key)
+            if earlier is not None:
+                return Promotion(target, earlier.previous_version, earlier)
+        holder = await models_db.holder_of(session, name, stage)
+        previous = holder.version if holder is not None else None
+        if holder is not None and holder.version != version:
+            holder.stage = "archived"
+        target.stage = stage
+        change = StageChange(
+            model_name=name,
+            version=version,
+            stage=stage,
+            previous_version=previous,
+            run_id=run_id,
+            reason=reason,
+            request_key=request_key,
+        )
+        session.add(change)
+        await session.flush()
+        deployed = SignalIn(
+            name=DEPLOYED_SIGNAL,
+            params={
+                "model": name,
+                "version": version,
+                "stage": stage,
+                "previous_version": previous if previous is not None else 0,
+                "run_id": run_id or "",
+                "artifact_uri": target.artifact_uri,
+            },
+            request_id=f"stage-change:{change.id}",
+        )
+        pending = await self._bus.publish_in(session, [deployed], producer)
+        return Promotion(target, previous, change, pending)

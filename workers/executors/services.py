@@ -1,0 +1,43 @@
+"""What executors that record things (artifacts, model versions, stage changes) are given."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from maestro.artifacts import ArtifactStore
+from maestro.context import StepContext
+from maestro.db import models as models_db
+from maestro.registry import Registry
+
+
+@dataclass
+class Services:
+    sessions: async_sessionmaker[AsyncSession]
+    artifacts: ArtifactStore
+    registry: Registry
+
+    async def store_artifacts(self, ctx: StepContext, artifacts: dict[str, Any]) -> dict[str, str]:
+        """Store `{name: path}` (paths relative to the artifact dir or absolute) and record
+        them; returns `{name: uri}`."""
+        stored: dict[str, str] = {}
+        for name, path in artifacts.items():
+            source = Path(path)
+            if not source.is_absolute() and ctx.artifact_dir is not None:
+                source = ctx.artifact_dir / source
+            artifact = self.artifacts.put(source, run_id=ctx.run_id, step_id=ctx.step_id, name=name)
+            async with self.sessions.begin() as session:
+                await models_db.record_artifact(
+                    session,
+                    uri=artifact.uri,
+                    name=name,
+                    run_id=ctx.run_id,
+                    step_id=ctx.step_id,
+                    size=artifact.size,
+                    sha256=artifact.sha256,
+                )
+            stored[name] = artifact.uri
+        return stored
