@@ -12,12 +12,14 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from sqlalchemy import text
 
+from api.auth import guard
 from api.errors import install_error_handlers
 from api.limits import BodySizeLimit
-from api.routes import models, runs, signals, workflows
+from api.routes import keys, models, runs, signals, workflows
 from maestro import __version__
 from maestro.db.engine import create_engine, session_factory
 from maestro.definitions import WorkflowDefinition
+from maestro.keys import Scope
 from maestro.registry import Registry
 from maestro.runs import RunsService
 from maestro.schedules import Schedules
@@ -105,10 +107,13 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=settings.api.max_body_bytes)
     install_error_handlers(app)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
-    app.include_router(workflows.router, prefix="/api/v1")
-    app.include_router(runs.router, prefix="/api/v1")
-    app.include_router(signals.router, prefix="/api/v1")
-    app.include_router(models.router, prefix="/api/v1")
+    app.include_router(workflows.router, prefix="/api/v1", dependencies=[guard(Scope.write)])
+    app.include_router(runs.router, prefix="/api/v1", dependencies=[guard(Scope.write)])
+    app.include_router(signals.router, prefix="/api/v1", dependencies=[guard(Scope.publish)])
+    app.include_router(models.router, prefix="/api/v1", dependencies=[guard(Scope.write)])
+    app.include_router(
+        keys.router, prefix="/api/v1", dependencies=[guard(Scope.admin, read_scope=Scope.admin)]
+    )
 
     @app.get("/healthz", tags=["health"])
     async def health() -> dict[str, str]:

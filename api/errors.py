@@ -13,9 +13,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from maestro.errors import (
     ConfigurationError,
     Conflict,
+    Forbidden,
     InvalidInput,
     MaestroError,
     NotFound,
+    Unauthorized,
     Unavailable,
 )
 
@@ -23,6 +25,8 @@ logger = logging.getLogger(__name__)
 
 STATUS_BY_ERROR: list[tuple[type[MaestroError], int]] = [
     (InvalidInput, 422),
+    (Unauthorized, 401),
+    (Forbidden, 403),
     (NotFound, 404),
     (Conflict, 409),
     (Unavailable, 503),
@@ -39,6 +43,8 @@ def _maestro_error(request: Request, exc: Exception) -> JSONResponse:
     status = next((s for kind, s in STATUS_BY_ERROR if isinstance(exc, kind)), 500)
     detail = [p.as_dict() for p in exc.problems] if isinstance(exc, InvalidInput) else []
     headers = {"Retry-After": "5"} if status == 503 else None
+    if status == 401:
+        headers = {"WWW-Authenticate": "Bearer"}
     return JSONResponse(error_body(exc.code, exc.message, detail), status, headers=headers)
 
 

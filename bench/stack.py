@@ -53,6 +53,33 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+def _cpu(pid: int, *, reaped: bool = False) -> float:
+    """CPU seconds of a process (with its exited, reaped children when `reaped`)."""
+    try:
+        fields = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    ticks = int(fields[11]) + int(fields[12])
+    if reaped:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _machine_busy() -> float:
+    """CPU seconds the whole machine has been busy (all processes, all cores)."""
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (
+        int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
+    )
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
 class Stack:
     """`maestro up` plus the raw worker, in `work_dir`; `stop()` ends exactly what it started."""
 
@@ -127,6 +154,32 @@ class Stack:
                 RAW_TASK_QUEUE,
             ],
         )
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds used so far by each part of the stack (PostgreSQL: the postmaster, its
+        live backends and those that exited)."""
+        out: dict[str, float] = {"bench": sum(os.times()[:2]), "machine": _machine_busy()}
+        if self.raw is not None:
+            out["raw_worker"] = _cpu(self.raw.pid)
+        if self.up is not None:
+            out["maestro_up"] = _cpu(self.up.pid)
+            for pid in _children(self.up.pid):
+                command = _cmdline(pid)
+                if "maestro.cli api" in command:
+                    out["api"] = _cpu(pid)
+                elif "maestro.cli worker" in command:
+                    out["worker"] = _cpu(pid)
+                elif "temporal" in command:
+                    out["temporal_server"] = _cpu(pid)
+        pid_file = self.data_dir / "postgres" / "postmaster.pid"
+        try:
+            postmaster = int(pid_file.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return out
+        out["postgres"] = _cpu(postmaster, reaped=True) + sum(
+            _cpu(pid) for pid in _children(postmaster)
+        )
+        return out
 
     def check(self) -> None:
         """Fail fast if a process we started has died."""

@@ -13,11 +13,15 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from maestro.client_cli import run_app, signal_app, workflow_app
 from maestro.settings import Settings
 
 app = typer.Typer(help="Maestro: event-triggered workflows on Temporal.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(workflow_app, name="workflow")
+app.add_typer(run_app, name="run")
+app.add_typer(signal_app, name="signal")
 console = Console(stderr=True)
 
 
@@ -110,6 +114,7 @@ def up(
     Ctrl-C stops all."""
     from maestro.db.engine import upgrade
     from maestro.embedded import EmbeddedPostgres, temporal_dev_server_command, wait_for_port
+    from maestro.keys import create_admin_key
 
     settings = _settings()
     data_dir = settings.data_dir.resolve()
@@ -133,6 +138,12 @@ def up(
             database_url = postgres.start()
         env["MAESTRO_DATABASE_URL"] = database_url
         upgrade(database_url)
+        key_file = data_dir / "api-key"
+        new_key = None
+        if not key_file.exists():  # first start: a local admin key for the CLI
+            new_key = asyncio.run(create_admin_key(database_url, "local admin (maestro up)"))
+            key_file.touch(mode=0o600)
+            key_file.write_text(new_key + "\n")
         host, _, port = settings.temporal.address.rpartition(":")
         if not external_temporal:
             console.print("starting Temporal dev server ...")
@@ -163,6 +174,13 @@ def up(
   PostgreSQL {database_url}
   data       {data_dir}   (logs in {data_dir / "logs"})
 Press Ctrl-C to stop.""")
+        if new_key:
+            console.print(
+                f"[bold]admin API key[/]: {new_key}\n  (kept in {key_file}; the CLI "
+                "and `maestro demo` use it)"
+            )
+        else:
+            console.print(f"admin API key: in {key_file}")
         while not stopping:
             dead = children.dead()
             if dead:
@@ -175,6 +193,34 @@ Press Ctrl-C to stop.""")
         if postgres is not None:
             postgres.stop()
         console.print("stopped")
+
+
+@app.command()
+def demo(
+    api_url: str = typer.Option(
+        "http://127.0.0.1:8000",
+        envvar="MAESTRO_API_URL",
+        help="The Maestro API (as started by `maestro up`).",
+    ),
+    api_key: str | None = typer.Option(
+        None,
+        envvar="MAESTRO_API_KEY",
+        help="Default: the key `maestro up` keeps in the data directory.",
+    ),
+) -> None:
+    """Run the reference ML pipeline on a running stack: register it, publish a data-arrival
+    signal, follow training, evaluation, deployment and batch scoring live."""
+    from maestro.demo import DemoError, run_demo
+
+    key_file = _settings().data_dir / "api-key"
+    key = api_key or (key_file.read_text().strip() if key_file.exists() else None)
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    try:
+        code = run_demo(api_url.rstrip("/"), headers, Console())
+    except DemoError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+    raise typer.Exit(code)
 
 
 if __name__ == "__main__":

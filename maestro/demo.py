@@ -13,9 +13,17 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-STATUS_STYLE = {"succeeded": "green", "failed": "red", "running": "yellow",
-                "waiting_for_signal": "cyan", "skipped": "dim", "stopped": "magenta",
-                "timed_out": "red", "queued": "blue", "pending": "dim"}
+STATUS_STYLE = {
+    "succeeded": "green",
+    "failed": "red",
+    "running": "yellow",
+    "waiting_for_signal": "cyan",
+    "skipped": "dim",
+    "stopped": "magenta",
+    "timed_out": "red",
+    "queued": "blue",
+    "pending": "dim",
+}
 
 
 class DemoError(Exception):
@@ -24,10 +32,15 @@ class DemoError(Exception):
 
 def _check(response: httpx.Response) -> Any:
     if response.status_code >= 400:
-        body = response.json() if response.headers.get("content-type", "").startswith(
-            "application/json") else {"message": response.text}
-        raise DemoError(f"{response.request.method} {response.request.url.path}: "
-                        f"{response.status_code} {body.get('message')}")
+        body = (
+            response.json()
+            if response.headers.get("content-type", "").startswith("application/json")
+            else {"message": response.text}
+        )
+        raise DemoError(
+            f"{response.request.method} {response.request.url.path}: "
+            f"{response.status_code} {body.get('message')}"
+        )
     return response.json()
 
 
@@ -42,8 +55,10 @@ def _table(title: str, run: dict | None) -> Table:
         note = ""
         outputs = step.get("outputs") or {}
         if step["step_id"] == "train" and "metrics" in outputs:
-            note = f"v{outputs.get('model_version')} train_accuracy " \
-                   f"{outputs['metrics'].get('train_accuracy', 0):.3f}"
+            note = (
+                f"v{outputs.get('model_version')} train_accuracy "
+                f"{outputs['metrics'].get('train_accuracy', 0):.3f}"
+            )
         elif "metrics" in outputs:
             note = ", ".join(f"{k} {v:.3f}" for k, v in outputs["metrics"].items())
         elif step.get("error"):
@@ -51,35 +66,53 @@ def _table(title: str, run: dict | None) -> Table:
         elif "rows" in outputs:
             note = f"{outputs['rows']} predictions"
         style = STATUS_STYLE.get(step["status"], "")
-        table.add_row(step["step_id"], step["type"], f"[{style}]{step['status']}[/]",
-                      str(step["attempt"]), note)
+        table.add_row(
+            step["step_id"],
+            step["type"],
+            f"[{style}]{step['status']}[/]",
+            str(step["attempt"]),
+            note,
+        )
     table.caption = f"run {run['run_number']} · {run['status']} · {run['temporal_ui_url']}"
     return table
 
 
-def run_demo(api_url: str, headers: dict[str, str], console: Console,
-             timeout: float = 300) -> int:
+def run_demo(api_url: str, headers: dict[str, str], console: Console, timeout: float = 300) -> int:
     """Register the pipeline, publish a data-arrival signal, follow the runs; 0 on success."""
     started = time.monotonic()
     with httpx.Client(base_url=api_url, headers=headers, timeout=30) as http:
         try:
             http.get("/healthz").raise_for_status()
         except httpx.HTTPError as exc:
-            raise DemoError(f"cannot reach the API at {api_url} ({exc}); start the stack "
-                            "with `maestro up`") from None
+            raise DemoError(
+                f"cannot reach the API at {api_url} ({exc}); start the stack with `maestro up`"
+            ) from None
         for name in ("train.yaml", "score.yaml"):
             text = (files("examples.ml") / name).read_text()
-            pushed = _check(http.post("/api/v1/workflows", content=text,
-                                      headers={"content-type": "application/yaml"}))
+            pushed = _check(
+                http.post(
+                    "/api/v1/workflows", content=text, headers={"content-type": "application/yaml"}
+                )
+            )
             state = "registered" if pushed["created"] else "unchanged"
-            console.print(f"workflow [bold]{pushed['workflow']['id']}[/] v{pushed['version']} "
-                          f"({state})")
+            console.print(
+                f"workflow [bold]{pushed['workflow']['id']}[/] v{pushed['version']} ({state})"
+            )
         dt = datetime.now(UTC).strftime("%Y-%m-%dT%H%M%S")
-        published = _check(http.post("/api/v1/signals", json={
-            "name": "table.partition.ready", "params": {"table": "digits", "dt": dt},
-            "request_id": f"demo-{uuid.uuid4()}"}))
-        console.print(f"published [bold]table.partition.ready[/] table=digits dt={dt} "
-                      f"(signal {published['signal']['id']})")
+        published = _check(
+            http.post(
+                "/api/v1/signals",
+                json={
+                    "name": "table.partition.ready",
+                    "params": {"table": "digits", "dt": dt},
+                    "request_id": f"demo-{uuid.uuid4()}",
+                },
+            )
+        )
+        console.print(
+            f"published [bold]table.partition.ready[/] table=digits dt={dt} "
+            f"(signal {published['signal']['id']})"
+        )
         if not published["runs"]:
             raise DemoError("the signal started no run; is digits-train active?")
         train_id = published["runs"][0]["run_id"]
@@ -93,11 +126,14 @@ def run_demo(api_url: str, headers: dict[str, str], console: Console,
                     score_run = _find_scoring(http, deployed)
                 elif score_run is not None:
                     score_run = _check(http.get(f"/api/v1/runs/{score_run['run_id']}"))
-                live.update(Group(_table("digits-train", train_run),
-                                  _table("digits-score", score_run)))
+                live.update(
+                    Group(_table("digits-train", train_run), _table("digits-score", score_run))
+                )
                 train_done = train_run["status"] not in ("queued", "running")
-                if train_done and (deployed is None or (
-                        score_run and score_run["status"] not in ("queued", "running"))):
+                if train_done and (
+                    deployed is None
+                    or (score_run and score_run["status"] not in ("queued", "running"))
+                ):
                     break
                 time.sleep(0.5)
         return _summary(http, console, train_run, score_run, time.monotonic() - started)
@@ -118,8 +154,13 @@ def _find_scoring(http: httpx.Client, version: int) -> dict | None:
     return None
 
 
-def _summary(http: httpx.Client, console: Console, train_run: dict | None,
-             score_run: dict | None, elapsed: float) -> int:
+def _summary(
+    http: httpx.Client,
+    console: Console,
+    train_run: dict | None,
+    score_run: dict | None,
+    elapsed: float,
+) -> int:
     if train_run is None:
         raise DemoError("the training run never appeared")
     steps = {s["step_id"]: s for s in train_run["steps"]}
@@ -141,13 +182,14 @@ def _summary(http: httpx.Client, console: Console, train_run: dict | None,
         console.print(f"[yellow]not deployed[/]: {reason}")
     console.print(f"training run  {train_run['temporal_ui_url']}")
     if score_run is not None:
-        outputs = (score_run["steps"][0].get("outputs") or {})
+        outputs = score_run["steps"][0].get("outputs") or {}
         console.print(f"scoring run   {score_run['temporal_ui_url']}")
         if outputs.get("artifacts"):
             console.print(f"predictions   {outputs['artifacts']['predictions']}")
     console.print(f"done in {elapsed:.1f}s")
-    ok = train_run["status"] == "succeeded" and (score_run is None
-                                                 or score_run["status"] == "succeeded")
+    ok = train_run["status"] == "succeeded" and (
+        score_run is None or score_run["status"] == "succeeded"
+    )
     # A better production model refusing the new one is an outcome, not an error.
     refused = steps["evaluate"]["status"] == "failed" and steps["train"]["status"] == "succeeded"
     return 0 if ok or refused else 1

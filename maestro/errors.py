@@ -5,6 +5,8 @@ MaestroError
 ├── InvalidInput              the caller sent something wrong            -> 422
 │   ├── DefinitionInvalid     a workflow definition breaks a rule
 │   └── ParamsInvalid         run params do not fit the workflow's params
+├── Unauthorized              no key, or an unknown or revoked one         -> 401
+├── Forbidden                 the key lacks the scope or the ownership     -> 403
 ├── NotFound                  no such workflow, version or run            -> 404
 ├── Conflict                  the thing exists but is in the wrong state  -> 409
 │   ├── WorkflowInactive
@@ -62,6 +64,14 @@ class DefinitionInvalid(InvalidInput):
 
 class ParamsInvalid(InvalidInput):
     code = "params_invalid"
+
+
+class Unauthorized(MaestroError):
+    code = "unauthorized"
+
+
+class Forbidden(MaestroError):
+    code = "forbidden"
 
 
 class NotFound(MaestroError):

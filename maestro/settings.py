@@ -25,6 +25,8 @@ class ApiSettings(BaseModel):
 
     host: str = "127.0.0.1"
     port: int = 8000
+    # Require `Authorization: Bearer <key>` on every endpoint but health and the OpenAPI page.
+    auth: bool = True
     max_body_bytes: int = 1_048_576
     page_size_max: int = 500
     # How often each API process finishes launches and deliveries a dead process left undone.

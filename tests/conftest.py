@@ -18,6 +18,7 @@ from temporalio.client import Client
 from api.app import create_app
 from maestro.db.engine import create_engine, session_factory, upgrade
 from maestro.embedded import EmbeddedPostgres, free_port, temporal_dev_server_command, wait_for_port
+from maestro.keys import create_key
 from maestro.settings import Settings, TemporalSettings
 from maestro.temporal_client import connect
 from workers.main import run_worker
@@ -109,12 +110,27 @@ async def worker(settings: Settings) -> AsyncIterator[None]:
 
 
 @pytest.fixture(scope="session")
-async def api(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """The API in-process over ASGI, with its lifespan running."""
+async def admin_key(sessions) -> str:
+    """An admin API key for the session's clients."""
+    async with sessions.begin() as session:
+        _, secret = await create_key(session, "tests-admin", ["admin"])
+    return secret
+
+
+@pytest.fixture(scope="session")
+def auth_headers(admin_key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {admin_key}"}
+
+
+@pytest.fixture(scope="session")
+async def api(settings: Settings, auth_headers) -> AsyncIterator[httpx.AsyncClient]:
+    """The API in-process over ASGI, with its lifespan running, authenticated as admin."""
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://maestro") as client:
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://maestro", headers=auth_headers
+        ) as client:
             yield client
 
 

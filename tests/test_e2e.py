@@ -32,9 +32,9 @@ def processes(settings: Settings, tmp_path_factory) -> Iterator[Processes]:
 
 
 @pytest.fixture
-async def http(processes: Processes) -> AsyncIterator[httpx.AsyncClient]:
+async def http(processes: Processes, auth_headers) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(
-        base_url=f"http://127.0.0.1:{processes.api_port}", timeout=30
+        base_url=f"http://127.0.0.1:{processes.api_port}", timeout=30, headers=auth_headers
     ) as client:
         yield client
 

@@ -39,8 +39,8 @@ def start_api(stack: Processes) -> tuple[object, str]:
     return proc, f"http://127.0.0.1:{port}"
 
 
-async def push(url: str, body: dict) -> None:
-    async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+async def push(url: str, body: dict, headers: dict) -> None:
+    async with httpx.AsyncClient(base_url=url, timeout=30, headers=headers) as http:
         response = await http.post("/api/v1/workflows", json=body)
         assert response.status_code == 201, response.text
 
@@ -57,7 +57,9 @@ async def temporal_count(client: Client, workflow_id: str) -> int:
     return count.count
 
 
-async def test_api_killed_mid_burst_loses_no_acknowledged_signal(stack, sessions, temporal_client):
+async def test_api_killed_mid_burst_loses_no_acknowledged_signal(
+    stack, sessions, temporal_client, auth_headers
+):
     topic = f"burst.{uuid.uuid4().hex[:8]}"
     wid = unique_id("fault-kill")
     proc, url = start_api(stack)
@@ -68,6 +70,7 @@ async def test_api_killed_mid_burst_loses_no_acknowledged_signal(stack, sessions
             "triggers": [{"signal": {"all_of": [{"name": topic}]}}],
             "steps": [{"id": "go", "type": "noop"}],
         },
+        auth_headers,
     )
     acked: list[int] = []
     total = 300
@@ -80,7 +83,7 @@ async def test_api_killed_mid_burst_loses_no_acknowledged_signal(stack, sessions
         if response.status_code == 201:
             acked.append(response.json()["signal"]["id"])
 
-    async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+    async with httpx.AsyncClient(base_url=url, timeout=30, headers=auth_headers) as http:
         tasks = [asyncio.create_task(send(http, i)) for i in range(total)]
         while len(acked) < total // 3:
             await asyncio.sleep(0.005)
@@ -139,7 +142,7 @@ async def all_succeeded(sessions, workflow_id: str, expected: int) -> bool:
 
 
 async def test_duplicate_bursts_through_two_apis_start_one_run_each(
-    stack, sessions, temporal_client
+    stack, sessions, temporal_client, auth_headers
 ):
     plain, orders, fx = (f"{p}.{uuid.uuid4().hex[:8]}" for p in ("plain", "orders", "fx"))
     plain_wf, join_wf = unique_id("fault-plain"), unique_id("fault-join")
@@ -152,6 +155,7 @@ async def test_duplicate_bursts_through_two_apis_start_one_run_each(
             "steps": [{"id": "go", "type": "noop"}],
             "triggers": [{"signal": {"all_of": [{"name": plain}]}}],
         },
+        auth_headers,
     )
     await push(
         url_a,
@@ -162,6 +166,7 @@ async def test_duplicate_bursts_through_two_apis_start_one_run_each(
                 {"signal": {"all_of": [{"name": orders}, {"name": fx}], "join_on": ["dt"]}}
             ],
         },
+        auth_headers,
     )
     n = 60
     burst = (
@@ -171,8 +176,8 @@ async def test_duplicate_bursts_through_two_apis_start_one_run_each(
     )
 
     async with (
-        httpx.AsyncClient(base_url=url_a, timeout=60) as a,
-        httpx.AsyncClient(base_url=url_b, timeout=60) as b,
+        httpx.AsyncClient(base_url=url_a, timeout=60, headers=auth_headers) as a,
+        httpx.AsyncClient(base_url=url_b, timeout=60, headers=auth_headers) as b,
     ):
 
         async def send(http: httpx.AsyncClient, body: dict) -> int:

@@ -97,7 +97,7 @@ async def test_sequential_queues_in_arrival_order_across_sources(api, sessions):
 
 
 async def test_parallel_limit_holds_for_50_starts_from_two_apis_and_a_schedule(
-    settings, sessions, tmp_path
+    settings, sessions, tmp_path, auth_headers
 ):
     wid = unique_id("parallel")
     stack = Processes(settings, tmp_path, task_queue="maestro-parallel")
@@ -109,7 +109,7 @@ async def test_parallel_limit_holds_for_50_starts_from_two_apis_and_a_schedule(
         for port in ports:
             wait_for_port("127.0.0.1", port, timeout=60)
         urls = [f"http://127.0.0.1:{p}" for p in ports]
-        async with httpx.AsyncClient(timeout=60) as http:
+        async with httpx.AsyncClient(timeout=60, headers=auth_headers) as http:
             response = await http.post(
                 f"{urls[0]}/api/v1/workflows",
                 json=sleeper(

@@ -69,6 +69,10 @@ async def test_up_restart_keeps_data_and_resumes_in_flight_run(tmp_path: Path):
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}", timeout=30) as api:
         proc = start_up(env, log)
         await wait_until_up(api, proc, log)
+        assert (await api.get("/api/v1/workflows")).status_code == 401, "keys are required"
+        key = (data_dir / "api-key").read_text().strip()
+        assert "admin API key" in log.read_text() and key in log.read_text()
+        api.headers["Authorization"] = f"Bearer {key}"
         ui = await api.get(f"http://127.0.0.1:{ui_port}/")
         assert ui.status_code == 200, "the Temporal Web UI is served"
         pushed = await api.post(

@@ -6,8 +6,9 @@ import base64
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 
+from api.auth import owners_filter
 from api.deps import RunsDep, SessionDep, SettingsDep
 from api.schemas import (
     Lineage,
@@ -132,6 +133,7 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
 
 @router.get("/runs", response_model=RunPage)
 async def list_runs(
+    request: Request,
     session: SessionDep,
     settings: SettingsDep,
     workflow_id: str | None = None,
@@ -153,6 +155,7 @@ async def list_runs(
         limit=limit,
         after=after,
         oldest_first=order == "oldest",
+        owners=owners_filter(request),
     )
     next_cursor = _encode_cursor(rows[-1]) if len(rows) == limit else None
     return RunPage(items=[run_out(r, settings) for r in rows], next_cursor=next_cursor)

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import yaml
 from fastapi import APIRouter, Query, Request, Response
 
+from api.auth import owners_filter
 from api.deps import RunsDep, SchedulesDep, SessionDep, SettingsDep, WorkflowsDep
 from api.routes.runs import run_out
 from api.schemas import (
@@ -113,6 +114,9 @@ async def push_workflow(
     unchanged (200, nothing written, even if another version is active or the workflow is
     deactivated)."""
     definition = parse_definition(await read_definition_body(request))
+    principal = getattr(request.state, "principal", None)
+    if principal is not None:
+        principal.check_owner(definition.owner)
     workflow, version, created = await workflows.push(definition)
     if not created:
         response.status_code = 200
@@ -129,12 +133,15 @@ async def validate_workflow(request: Request) -> ValidationResult:
 
 @router.get("", response_model=WorkflowPage)
 async def list_workflows(
+    request: Request,
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> WorkflowPage:
-    """List workflows by id."""
-    rows = await workflows_db.list_workflows(session, limit=limit, offset=offset)
+    """List workflows by id (those of the key's owners, for an owner-limited key)."""
+    rows = await workflows_db.list_workflows(
+        session, limit=limit, offset=offset, owners=owners_filter(request)
+    )
     return WorkflowPage(items=[workflow_out(w) for w in rows], limit=limit, offset=offset)
 
 

@@ -9,7 +9,7 @@ from sqlalchemy import func, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from maestro.db.tables import Run, StepRun
+from maestro.db.tables import Run, StepRun, Workflow
 from maestro.errors import NotFound
 from maestro.runtime import RunStatus, StepState, StepStatus
 
@@ -36,6 +36,7 @@ async def list_runs(
     limit: int,
     after: tuple[datetime, str] | None = None,
     oldest_first: bool = False,
+    owners: list[str] | None = None,
 ) -> Sequence[Run]:
     """Newest (or oldest) first; `after` is the (created_at, run_id) of the last run of the
     previous page."""
@@ -44,6 +45,10 @@ async def list_runs(
         query = query.where(Run.workflow_id == workflow_id)
     if status:
         query = query.where(Run.status == status)
+    if owners is not None:
+        query = query.where(
+            Run.workflow_id.in_(select(Workflow.id).where(Workflow.owner.in_(owners)))
+        )
     key = tuple_(Run.created_at, Run.run_id)
     if after:
         query = query.where(key > after if oldest_first else key < after)

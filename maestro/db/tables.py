@@ -321,3 +321,20 @@ class StageChange(Base):
         Index("ix_model_stage_changes_model", "model_name", "id"),
         UniqueConstraint("request_key"),
     )
+
+
+class ApiKey(Base):
+    """An API key: only its hash is kept; scopes and, optionally, the owners it may act for."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    key_hash: Mapped[str] = mapped_column(String(64))
+    prefix: Mapped[str] = mapped_column(String(16))
+    scopes: Mapped[list[str]] = mapped_column(ARRAY(String(16)))
+    owners: Mapped[list[str]] = mapped_column(ARRAY(String(200)))
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    revoked_at: Mapped[datetime | None]
+
+    __table_args__ = (UniqueConstraint("key_hash"),)

@@ -24,8 +24,12 @@ async def get_workflow(session: AsyncSession, workflow_id: str, *, lock: bool = 
     return workflow
 
 
-async def list_workflows(session: AsyncSession, *, limit: int, offset: int) -> Sequence[Workflow]:
+async def list_workflows(
+    session: AsyncSession, *, limit: int, offset: int, owners: list[str] | None = None
+) -> Sequence[Workflow]:
     query = select(Workflow).order_by(Workflow.id).limit(limit).offset(offset)
+    if owners is not None:
+        query = query.where(Workflow.owner.in_(owners))
     return (await session.execute(query)).scalars().all()
 
 

@@ -1,0 +1,120 @@
+"""API keys: creation (the secret is shown once, only its hash is stored), lookup, scopes.
+
+Scopes: `read` (every GET), `write` (register and activate workflows, start and act on runs,
+promote models; includes read), `publish` (publish signals only), `admin` (everything, and
+keys). A key may be limited to workflows of some owners (teams).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from maestro.db.tables import ApiKey
+from maestro.errors import Forbidden, InvalidInput, NotFound, Problem
+
+KEY_PREFIX = "mst_"
+
+
+class Scope(StrEnum):
+    read = "read"
+    write = "write"
+    publish = "publish"
+    admin = "admin"
+
+
+# What each scope also grants.
+_GRANTS = {
+    Scope.admin: {Scope.admin, Scope.write, Scope.read, Scope.publish},
+    Scope.write: {Scope.write, Scope.read},
+    Scope.read: {Scope.read},
+    Scope.publish: {Scope.publish},
+}
+
+
+def hash_key(secret: str) -> str:
+    # Keys are long and random: a fast hash is enough to make a stolen table useless.
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def allows(scopes: Sequence[str], needed: Scope) -> bool:
+    return any(needed in _GRANTS[Scope(s)] for s in scopes)
+
+
+def check_owner(owners: Sequence[str], owner: str) -> None:
+    """A key limited to owners may act only on their workflows."""
+    if owners and owner not in owners:
+        raise Forbidden(
+            f"this key is limited to owners {', '.join(owners)}; "
+            f"the workflow belongs to {owner or 'no owner'!r}"
+        )
+
+
+async def create_key(
+    session: AsyncSession, name: str, scopes: Sequence[str], owners: Sequence[str] = ()
+) -> tuple[ApiKey, str]:
+    """A new key; returns the row and the secret (shown once)."""
+    unknown = [s for s in scopes if s not in Scope.__members__]
+    if not scopes or unknown:
+        raise InvalidInput(
+            "invalid scopes",
+            [
+                Problem(
+                    ("body", "scopes"),
+                    f"unknown scopes {unknown}; use {', '.join(Scope)}"
+                    if unknown
+                    else "give at least one scope",
+                    "scope",
+                )
+            ],
+        )
+    secret = KEY_PREFIX + secrets.token_urlsafe(32)
+    row = ApiKey(
+        id=str(uuid.uuid4()),
+        name=name,
+        key_hash=hash_key(secret),
+        prefix=secret[:10],
+        scopes=list(dict.fromkeys(scopes)),
+        owners=list(owners),
+    )
+    session.add(row)
+    await session.flush()
+    return row, secret
+
+
+async def find_key(session: AsyncSession, secret: str) -> ApiKey | None:
+    query = select(ApiKey).where(ApiKey.key_hash == hash_key(secret), ApiKey.revoked_at.is_(None))
+    return (await session.execute(query)).scalar_one_or_none()
+
+
+async def list_keys(session: AsyncSession) -> Sequence[ApiKey]:
+    return (await session.execute(select(ApiKey).order_by(ApiKey.created_at))).scalars().all()
+
+
+async def revoke_key(session: AsyncSession, key_id: str) -> ApiKey:
+    row = await session.get(ApiKey, key_id, with_for_update=True)
+    if row is None:
+        raise NotFound(f"key {key_id!r} not found")
+    row.revoked_at = row.revoked_at or datetime.now(UTC)
+    await session.flush()
+    return row
+
+
+async def create_admin_key(database_url: str, name: str) -> str:
+    """Create an admin key straight in the database (bootstrap); returns its secret."""
+    from maestro.db.engine import create_engine, session_factory
+
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        async with session_factory(engine).begin() as session:
+            _, secret = await create_key(session, name, [Scope.admin])
+    finally:
+        await engine.dispose()
+    return secret
