@@ -13,7 +13,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from maestro.client_cli import run_app, signal_app, workflow_app
+from maestro.client_cli import keys_app, run_app, signal_app, workflow_app
 from maestro.settings import Settings
 
 app = typer.Typer(help="Maestro: event-triggered workflows on Temporal.", no_args_is_help=True)
@@ -22,6 +22,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(workflow_app, name="workflow")
 app.add_typer(run_app, name="run")
 app.add_typer(signal_app, name="signal")
+app.add_typer(keys_app, name="keys")
 console = Console(stderr=True)
 
 

@@ -310,6 +310,20 @@ class MaestroClient:
             query[f"param.{key}"] = value
         return self._request("GET", "/signals", params=query)
 
+    def create_key(
+        self, name: str, scopes: list[str], owners: list[str] | None = None
+    ) -> dict[str, Any]:
+        """A new API key (admin); the response holds the secret, shown only once."""
+        return self._request(
+            "POST", "/keys", json={"name": name, "scopes": scopes, "owners": owners or []}
+        )
+
+    def list_keys(self) -> list[dict[str, Any]]:
+        return self._request("GET", "/keys")
+
+    def revoke_key(self, key_id: str) -> dict[str, Any]:
+        return self._request("POST", f"/keys/{_segment(key_id)}/revoke")
+
     def get_signal(self, signal_id: int) -> dict[str, Any]:
         """A signal and what it did to every trigger it reached."""
         return self._request("GET", f"/signals/{_segment(signal_id)}")

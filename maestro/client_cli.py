@@ -41,6 +41,7 @@ EXIT_RUN_NOT_SUCCEEDED = 4
 workflow_app = typer.Typer(help="Register and manage workflows.", no_args_is_help=True)
 run_app = typer.Typer(help="Start, watch, stop and restart runs.", no_args_is_help=True)
 signal_app = typer.Typer(help="Publish and inspect signals.", no_args_is_help=True)
+keys_app = typer.Typer(help="Manage API keys (needs an admin key).", no_args_is_help=True)
 
 # Markup off: names, params and error texts come from users and must print as they are.
 out = Console(markup=False, highlight=False)
@@ -97,7 +98,7 @@ def _target(
     ctx.obj = Target(api_url, api_key or _key_from_file())
 
 
-for _app in (workflow_app, run_app, signal_app):
+for _app in (workflow_app, run_app, signal_app, keys_app):
     _app.callback()(_target)
 
 
@@ -697,3 +698,50 @@ def signal_show(ctx: typer.Context, signal_id: int) -> None:
             _time(m["updated_at"]),
         )
     out.print(table)
+
+
+@keys_app.command("create")
+def keys_create(
+    ctx: typer.Context,
+    name: str,
+    scope: Annotated[list[str], typer.Option("--scope", help="read, write, publish, admin")],
+    owner: Annotated[
+        list[str] | None,
+        typer.Option("--owner", help="Limit the key to workflows of this owner (repeatable)"),
+    ] = None,
+) -> None:
+    """Create a key and print its secret (shown only this once)."""
+    with _client(ctx) as client:
+        created = client.create_key(name, scope, owner or [])
+    out.print(
+        f"key {created['id']} ({', '.join(created['scopes'])}"
+        f"{'; owners ' + ', '.join(created['owners']) if created['owners'] else ''})"
+    )
+    typer.echo(created["key"])
+
+
+@keys_app.command("list")
+def keys_list(ctx: typer.Context) -> None:
+    """Every key (never their secrets)."""
+    with _client(ctx) as client:
+        rows = client.list_keys()
+    table = _table("ID", "NAME", "PREFIX", "SCOPES", "OWNERS", "CREATED", "REVOKED")
+    for k in rows:
+        table.add_row(
+            k["id"],
+            k["name"],
+            k["prefix"],
+            ", ".join(k["scopes"]),
+            ", ".join(k["owners"]) or "all",
+            _time(k["created_at"]),
+            _time(k["revoked_at"]) if k["revoked_at"] else "-",
+        )
+    out.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(ctx: typer.Context, key_id: str) -> None:
+    """Revoke a key; it stops working at once."""
+    with _client(ctx) as client:
+        client.revoke_key(key_id)
+    out.print(f"key {key_id} revoked")

@@ -351,3 +351,25 @@ def test_api_error_formats_every_detail_item():
     )
     assert str(error) == "422 definition_invalid: steps.1.id: bad; owner: worse"
     assert str(MaestroAPIError(404, "not_found", "no run x")) == "404 not_found: no run x"
+
+
+def test_keys_create_list_revoke(cli):
+    created = ok(cli("keys", "create", "ci-reader", "--scope", "read", "--owner", "team-x"))
+    secret = created.strip().splitlines()[-1]
+    assert secret.startswith("mst_")
+    listed = ok(cli("keys", "list"))
+    assert "ci-reader" in listed and "team-x" in listed
+    key_id = next(line.split()[0] for line in listed.splitlines() if "ci-reader" in line)
+    assert "revoked" in ok(cli("keys", "revoke", key_id))
+
+
+def test_demo_runs_the_reference_pipeline(api_url: str, admin_key: str):
+    result = CliRunner().invoke(
+        app, ["demo", "--api-url", api_url], env={"MAESTRO_API_KEY": admin_key, "COLUMNS": "200"}
+    )
+    assert result.exit_code == 0, (result.output, result.exception)
+    output = result.stdout
+    assert "workflow digits-train" in output and "published table.partition.ready" in output
+    assert re.search(r"model digits-classifier version \d+: accuracy=0\.\d+", output)
+    assert ("-> production" in output) or ("not deployed" in output)
+    assert "training run  http://" in output
