@@ -15,7 +15,7 @@ from sqlalchemy import text
 from api.auth import guard
 from api.errors import install_error_handlers
 from api.limits import BodySizeLimit
-from api.routes import keys, models, runs, signals, workflows
+from api.routes import keys, metrics, models, runs, signals, workflows
 from maestro import __version__
 from maestro.db.engine import create_engine, session_factory
 from maestro.definitions import WorkflowDefinition
@@ -111,6 +111,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(runs.router, prefix="/api/v1", dependencies=[guard(Scope.write)])
     app.include_router(signals.router, prefix="/api/v1", dependencies=[guard(Scope.publish)])
     app.include_router(models.router, prefix="/api/v1", dependencies=[guard(Scope.write)])
+    app.include_router(metrics.router, dependencies=[guard(Scope.read)])
     app.include_router(
         keys.router, prefix="/api/v1", dependencies=[guard(Scope.admin, read_scope=Scope.admin)]
     )

@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from maestro.errors import (
@@ -75,8 +77,50 @@ def _http_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+_CONNECTION_ERRORS = (
+    OperationalError,
+    InterfaceError,
+    ConnectionError,
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.InterfaceError,
+)
+
+
+def _is_connection_problem(exc: BaseException) -> bool:
+    if isinstance(exc, DBAPIError):
+        return (
+            exc.connection_invalidated
+            or isinstance(exc, OperationalError | InterfaceError)
+            or isinstance(exc.orig, _CONNECTION_ERRORS)
+        )
+    return isinstance(exc, _CONNECTION_ERRORS)
+
+
+def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    if _is_connection_problem(exc):
+        logger.warning(
+            "database unavailable", extra={"error": str(exc)[:500], "path": request.url.path}
+        )
+        return JSONResponse(
+            error_body(
+                "database_unavailable", "the database cannot be reached; retry in a few seconds"
+            ),
+            503,
+            headers={"Retry-After": "5"},
+        )
+    logger.exception("unexpected error", extra={"path": request.url.path})
+    return JSONResponse(error_body("internal_error", "unexpected error; see the API's logs"), 500)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Map core errors and request errors to HTTP in this one place."""
+    # A lost or refused database connection is a 503 with a retry hint, never a 500 with a
+    # traceback; the engine's pre-ping replaces dead connections, so the API recovers alone.
+    for kind in (DBAPIError, *_CONNECTION_ERRORS):
+        app.add_exception_handler(kind, _unexpected)
+    app.add_exception_handler(Exception, _unexpected)
     app.add_exception_handler(MaestroError, _maestro_error)
     app.add_exception_handler(RequestValidationError, _request_invalid)
     app.add_exception_handler(StarletteHTTPException, _http_error)

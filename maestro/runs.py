@@ -26,7 +26,7 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes, Workfl
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from maestro import strategies
+from maestro import metrics, strategies
 from maestro.db import runs as runs_db
 from maestro.db import workflows as workflows_db
 from maestro.db.tables import Run, StepRun, Workflow
@@ -222,6 +222,7 @@ class RunsService:
                     for run, temporal_run_id in started:
                         run.temporal_run_id = temporal_run_id
                         await runs_db.set_temporal_run_id(session, run.run_id, temporal_run_id)
+                _observe_lag([r for r, _ in started])
             failures = [e for e in results if isinstance(e, BaseException)]
         await self._send_stops({r.workflow_id for r in runs})
         if failures:
@@ -557,3 +558,19 @@ def _descendants(definition: WorkflowDefinition, step_id: str) -> set[str]:
                 found.add(step.id)
                 changed = True
     return found
+
+
+def _observe_lag(runs: list[Run]) -> None:
+    """Trigger lag: signal accepted (the run was created with it) or scheduled time -> run
+    launched on Temporal."""
+    now = datetime.now(UTC)
+    for run in runs:
+        kind = run.cause.get("kind")
+        if kind == "signal" and run.created_at is not None:
+            start = run.created_at
+        elif kind == "time" and "scheduled_at" in run.cause.get("detail", {}):
+            start = datetime.fromisoformat(run.cause["detail"]["scheduled_at"])
+        else:
+            continue
+        metrics.TRIGGER_FIRES.labels(kind).inc()
+        metrics.TRIGGER_LAG.labels(kind).observe(max(0.0, (now - start).total_seconds()))

@@ -41,6 +41,9 @@ class WorkerSettings(BaseModel):
     # Extra task queues this worker polls for step activities (e.g. "gpu").
     task_queues: list[str] = Field(default_factory=list)
     max_concurrent_activities: int = 100
+    # Serve Prometheus metrics (step durations, run ends) on <metrics_host>:<port>; 0 = off.
+    metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
 
 
 class Settings(BaseSettings):

@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
+from maestro import metrics
 from maestro.db import signals as signals_db
 from maestro.db import workflows as workflows_db
 from maestro.db.runs import set_step_waiting
@@ -220,6 +221,8 @@ class SignalBus:
             existing.update(await signals_db.find_by_dedupe_keys(session, raced))
             new_signals = sorted(inserted.values(), key=lambda s: s.id)
             await self._dispatch(session, new_signals, pending)
+        metrics.SIGNALS.labels("new").inc(len(inserted))
+        metrics.SIGNALS.labels("duplicate").inc(len(keys) - len(inserted))
         runs_by_signal: dict[int, list[Run]] = {}
         for run in pending.runs:
             for signal_id in run.cause.get("detail", {}).get("signal_ids", []):
@@ -263,6 +266,7 @@ class SignalBus:
         async def record(
             outcome: str, ids: list[int], run: Run | None = None, detail: str | None = None
         ) -> None:
+            metrics.TRIGGER_EVALUATIONS.labels(outcome).inc(len(ids))
             await signals_db.record_matches(
                 session,
                 [

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+import httpx
 import pytest
 import yaml
 from sqlalchemy import func, select
@@ -314,3 +315,28 @@ async def test_openapi_documents_the_definition_schema(api):
     assert set(body) == {"application/json", "application/yaml"}
     assert "WorkflowDefinition" in spec["components"]["schemas"]
     assert "steps" in spec["components"]["schemas"]["WorkflowDefinition"]["properties"]
+
+
+async def test_metrics_expose_signals_triggers_runs_and_queues(api):
+    wid = unique_id("metrics")
+    topic = f"metrics.{wid}"
+    await api.post(
+        "/api/v1/workflows",
+        json=definition(
+            wid, run_strategy="sequential", triggers=[{"signal": {"all_of": [{"name": topic}]}}]
+        ),
+    )
+    await api.post("/api/v1/signals", json={"name": topic, "params": {"n": 1}})
+    await api.post("/api/v1/signals", json={"name": topic, "params": {"n": 1}})  # duplicate
+    await api.post("/api/v1/signals", json={"name": topic, "params": {"n": 2}})  # queued
+    response = await api.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    text = response.text
+    assert 'maestro_signals_received_total{outcome="duplicate"}' in text
+    assert 'maestro_trigger_evaluations_total{outcome="started_run"}' in text
+    assert 'maestro_trigger_lag_seconds_bucket{kind="signal"' in text
+    assert 'maestro_runs{status="succeeded"}' in text
+    assert f'maestro_queue_depth{{workflow_id="{wid}"}} 1.0' in text
+    async with httpx.AsyncClient(transport=api._transport, base_url="http://maestro") as anon:
+        assert (await anon.get("/metrics")).status_code == 401

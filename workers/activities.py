@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from maestro import metrics
 from maestro.artifacts import ArtifactStore, LocalArtifactStore
 from maestro.context import StepContext
 from maestro.db import runs as runs_db
@@ -126,18 +128,22 @@ class StepActivities:
         ctx.artifact_dir.mkdir(parents=True, exist_ok=True)
         activity.logger.info("step attempt started", extra=log_extra)
         heartbeats = asyncio.create_task(self._heartbeat(progress, info.heartbeat_timeout))
+        began = time.monotonic()
         try:
             result = await executor(ctx, spec, self._services)
         except asyncio.CancelledError:
             activity.logger.info("step attempt cancelled", extra=log_extra)
+            metrics.STEP_DURATION.labels(step.type, "cancelled").observe(time.monotonic() - began)
             raise
         except Exception as exc:
+            metrics.STEP_DURATION.labels(step.type, "failed").observe(time.monotonic() - began)
             await self._record_failed_attempt(step_input, info.attempt, exc)
             if isinstance(exc, ApplicationError):
                 raise
             raise ApplicationError(f"{type(exc).__name__}: {exc}", type=type(exc).__name__) from exc
         finally:
             heartbeats.cancel()
+        metrics.STEP_DURATION.labels(step.type, "succeeded").observe(time.monotonic() - began)
         emitted = self._emitted(step_input, result)
         async with self._sessions.begin() as session:
             await runs_db.mark_step_succeeded(
@@ -253,6 +259,7 @@ class StepActivities:
             )
             producer = Producer(kind="run", workflow_id=finish.workflow_id, run_id=finish.run_id)
             pending = await self._bus.publish_in(session, [completion], producer)
+        metrics.RUNS_ENDED.labels(finish.status.value).inc()
         await self._bus.runs.launch(admitted)
         await self._bus.after_commit(pending)
         activity.logger.info(

@@ -8,6 +8,7 @@ import logging
 import signal
 from datetime import timedelta
 
+from prometheus_client import start_http_server
 from temporalio.client import Client
 from temporalio.worker import Worker
 
@@ -67,6 +68,8 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
     activities = StepActivities(sessions, settings.runs_dir.resolve(), bus)
     schedule_activities = ScheduleActivities(Schedules(sessions, runs, client, settings.temporal))
     limit = settings.worker.max_concurrent_activities
+    if settings.worker.metrics_port:
+        start_http_server(settings.worker.metrics_port, addr=settings.worker.metrics_host)
     if stop is None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

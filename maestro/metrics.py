@@ -1,0 +1,34 @@
+"""Prometheus metrics of a Maestro process (API or worker); each process exports its own."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+SIGNALS = Counter(
+    "maestro_signals_received_total", "Signals published, by outcome", ["outcome"]
+)  # new | duplicate
+TRIGGER_EVALUATIONS = Counter(
+    "maestro_trigger_evaluations_total", "What signals did to triggers, by outcome", ["outcome"]
+)
+TRIGGER_FIRES = Counter(
+    "maestro_trigger_fires_total", "Runs started by triggers, by kind", ["kind"]
+)  # signal | time
+TRIGGER_LAG = Histogram(
+    "maestro_trigger_lag_seconds",
+    "From the cause (signal accepted, scheduled time) to the run launched on Temporal",
+    ["kind"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+RUNS_ENDED = Counter("maestro_runs_ended_total", "Runs that ended, by status", ["status"])
+RUNS = Gauge("maestro_runs", "Runs by status (from the database, at scrape time)", ["status"])
+QUEUE_DEPTH = Gauge(
+    "maestro_queue_depth",
+    "Runs waiting for their run strategy, per workflow (at scrape time)",
+    ["workflow_id"],
+)
+STEP_DURATION = Histogram(
+    "maestro_step_duration_seconds",
+    "Step attempt durations, by step type and outcome",
+    ["type", "outcome"],
+    buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 1800, 7200),
+)

@@ -1,0 +1,47 @@
+"""The API on a PostgreSQL that stops and comes back: 503 with a retry hint meanwhile, then it
+recovers by itself. Uses its own embedded server, so the shared test database stays up."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+from api.app import create_app
+from maestro.db.engine import upgrade
+from maestro.embedded import EmbeddedPostgres, free_port
+from maestro.keys import create_admin_key
+
+pytestmark = [pytest.mark.e2e, pytest.mark.fault, pytest.mark.timeout(180)]
+
+
+async def test_database_down_gives_503_then_the_api_recovers(settings, tmp_path):
+    server = EmbeddedPostgres(tmp_path / "pg", free_port())
+    url = server.start()
+    try:
+        await asyncio.to_thread(upgrade, url)
+        key = await create_admin_key(url, "db-down test")
+        app = create_app(settings.model_copy(update={"database_url": url}))
+        async with app.router.lifespan_context(app):
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app),
+                base_url="http://maestro",
+                headers={"Authorization": f"Bearer {key}"},
+            ) as api:
+                assert (await api.get("/api/v1/workflows")).status_code == 200
+                await asyncio.to_thread(server.stop)
+                for path in ("/api/v1/workflows", "/api/v1/runs", "/healthz"):
+                    down = await api.get(path)
+                    assert down.status_code == 503, down.text
+                    assert down.headers["retry-after"] == "5"
+                    assert down.json()["error"] == "database_unavailable"
+                await asyncio.to_thread(server.start)
+                for _ in range(50):
+                    back = await api.get("/api/v1/workflows")
+                    if back.status_code == 200:
+                        break
+                    await asyncio.sleep(0.2)
+                assert back.status_code == 200
+    finally:
+        await asyncio.to_thread(server.stop)
