@@ -41,6 +41,11 @@ class WorkerSettings(BaseModel):
     # Extra task queues this worker polls for step activities (e.g. "gpu").
     task_queues: list[str] = Field(default_factory=list)
     max_concurrent_activities: int = 100
+    # Step types this worker runs (others fail non-retryably); empty = all.
+    step_types: list[str] = Field(default_factory=list)
+    # Module prefixes `python`/`train`/`evaluate` entrypoints may come from ("examples",
+    # "mycompany.ml"); empty = any module. Restrict this in production.
+    allowed_modules: list[str] = Field(default_factory=list)
     # Serve Prometheus metrics (step durations, run ends) on <metrics_host>:<port>; 0 = off.
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"

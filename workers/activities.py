@@ -37,12 +37,18 @@ from maestro.runtime import (
     StepResult,
 )
 from maestro.schedules import Schedules
+from maestro.settings import WorkerSettings
 from maestro.signals import Producer, SignalBus, SignalIn
 from maestro.steps import STEP_TYPES
 from maestro.triggers import completion_signal_name
 from workers.executors import EXECUTORS, Services
 
 logger = logging.getLogger(__name__)
+
+
+def _module_allowed(entrypoint: str, allowed: list[str]) -> bool:
+    module = entrypoint.partition(":")[0]
+    return not allowed or any(module == a or module.startswith(a + ".") for a in allowed)
 
 
 class _Progress:
@@ -70,7 +76,9 @@ class StepActivities:
         runs_dir: Path,
         bus: SignalBus,
         artifacts: ArtifactStore | None = None,
+        policy: WorkerSettings | None = None,
     ) -> None:
+        self._policy = policy or WorkerSettings()
         self._sessions = sessions
         self._runs_dir = runs_dir
         self._bus = bus
@@ -89,6 +97,23 @@ class StepActivities:
             "attempt": info.attempt,
         }
         executor = EXECUTORS.get(step.type)
+        if self._policy.step_types and step.type not in self._policy.step_types:
+            raise ApplicationError(
+                f"this worker does not run {step.type!r} steps (it runs "
+                f"{', '.join(self._policy.step_types)}); route the step with task_queue",
+                type="StepTypeNotAllowed",
+                non_retryable=True,
+            )
+        entrypoint = step_input.params.get("entrypoint")
+        if isinstance(entrypoint, str) and not _module_allowed(
+            entrypoint, self._policy.allowed_modules
+        ):
+            raise ApplicationError(
+                f"entrypoint {entrypoint!r} is outside this worker's allowed modules "
+                f"({', '.join(self._policy.allowed_modules)})",
+                type="EntrypointNotAllowed",
+                non_retryable=True,
+            )
         if executor is None:
             raise ApplicationError(
                 f"this worker cannot run step type {step.type!r}",

@@ -65,7 +65,7 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
     search_attributes = await register_search_attributes(client, settings.temporal)
     runs = RunsService(sessions, client, settings.temporal, search_attributes=search_attributes)
     bus = SignalBus(sessions, runs, client)
-    activities = StepActivities(sessions, settings.runs_dir.resolve(), bus)
+    activities = StepActivities(sessions, settings.runs_dir.resolve(), bus, policy=settings.worker)
     schedule_activities = ScheduleActivities(Schedules(sessions, runs, client, settings.temporal))
     limit = settings.worker.max_concurrent_activities
     if settings.worker.metrics_port:
