@@ -73,3 +73,9 @@ def train_interrupted(ctx: StepContext) -> dict:
         "metrics": {"train_accuracy": 1.0},
         "resumed_from": ctx.previous_progress,
     }
+
+
+def whoami(ctx: StepContext) -> dict:
+    """Which worker process ran this step."""
+    time.sleep(ctx.args.get("seconds", 0.2))
+    return {"pid": os.getpid()}
