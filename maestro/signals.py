@@ -169,6 +169,16 @@ class SignalBus:
         async with self._sessions.begin() as session:
             pending = await self.publish_in(session, signals, producer or Producer())
         await self.after_commit(pending)
+        for result in pending.results:
+            logger.debug(
+                "signal published",
+                extra={
+                    "signal_id": result.signal.id,
+                    "signal": result.signal.name,
+                    "duplicate": result.duplicate,
+                    "run_ids": [r.run_id for r in result.runs],
+                },
+            )
         return pending.results
 
     async def after_commit(self, pending: _Pending) -> None:

@@ -126,6 +126,13 @@ class RunWorkflow:
                 )
                 self._unrecorded.append(step_id)
         self._status = RunStatus.running
+        fields = {
+            "workflow_id": run_input.workflow_id,
+            "run_id": run_input.run_id,
+            "run_number": run_input.run_number,
+            "version": run_input.version,
+        }
+        workflow.logger.info("run started", extra=fields)
         cancelled = False
         try:
             timeout = definition.timeout.total_seconds() if definition.timeout else None
@@ -167,6 +174,7 @@ class RunWorkflow:
             start_to_close_timeout=timedelta(seconds=30),
             retry_policy=_RECORD_RETRY,
         )
+        workflow.logger.info("run ended", extra={**fields, "status": self._status.value})
         if cancelled:
             raise asyncio.CancelledError()  # shows the run as Canceled in the Temporal UI
         if self._status is not RunStatus.succeeded:
