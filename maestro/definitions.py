@@ -308,12 +308,10 @@ def _check_trigger_expression(source: str | None) -> str | None:
     return source
 
 
-class SignalTriggerSpec(_Model):
-    """All of these signals (agreeing on `join_on` params, at most `within` apart) start a run."""
+class _TriggerRun(_Model):
+    """What every signal trigger may add: a condition and the run params, both CEL over the
+    triggering signals."""
 
-    all_of: list[SignalCondition] = Field(min_length=1, max_length=10)
-    join_on: list[ParamName] = Field(default_factory=list, max_length=10)
-    within: Duration | None = None
     when: str | None = None
     params: dict[str, str] = Field(default_factory=dict)
 
@@ -327,6 +325,14 @@ class SignalTriggerSpec(_Model):
         for source in params.values():
             _check_trigger_expression(source)
         return params
+
+
+class SignalTriggerSpec(_TriggerRun):
+    """All of these signals (agreeing on `join_on` params, at most `within` apart) start a run."""
+
+    all_of: list[SignalCondition] = Field(min_length=1, max_length=10)
+    join_on: list[ParamName] = Field(default_factory=list, max_length=10)
+    within: Duration | None = None
 
     @model_validator(mode="after")
     def _distinct_names(self) -> SignalTriggerSpec:
@@ -345,26 +351,13 @@ class SignalTrigger(_Model):
 FINISH_STATUSES = ("succeeded", "failed", "stopped", "timed_out")
 
 
-class OnFinishSpec(_Model):
+class OnFinishSpec(_TriggerRun):
     """Start a run when a run of `workflow` ends in one of `status`."""
 
     workflow: str = Field(pattern=WORKFLOW_ID_PATTERN)
     status: list[Literal["succeeded", "failed", "stopped", "timed_out"]] = Field(
         default_factory=lambda: ["succeeded"], min_length=1
     )
-    when: str | None = None
-    params: dict[str, str] = Field(default_factory=dict)
-
-    _when_compiles = field_validator("when")(
-        classmethod(lambda cls, v: _check_trigger_expression(v))
-    )
-
-    @field_validator("params")
-    @classmethod
-    def _params_compile(cls, params: dict[str, str]) -> dict[str, str]:
-        for source in params.values():
-            _check_trigger_expression(source)
-        return params
 
 
 class OnFinishTrigger(_Model):
