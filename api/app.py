@@ -16,6 +16,7 @@ from api.auth import guard
 from api.errors import install_error_handlers
 from api.limits import BodySizeLimit
 from api.routes import keys, metrics, models, runs, signals, workflows
+from api.schemas import ErrorBody
 from maestro import __version__
 from maestro.db.engine import create_engine, session_factory
 from maestro.definitions import WorkflowDefinition
@@ -55,14 +56,17 @@ async def _sweep(app: FastAPI, interval: float, reconcile_every: float) -> None:
     next_reconcile = 0.0
     loop = asyncio.get_running_loop()
     while True:
-        try:
-            if loop.time() >= next_reconcile:
-                next_reconcile = loop.time() + reconcile_every
-                await app.state.schedules.reconcile_all()
-            await app.state.runs.sweep()
-            await app.state.bus.deliver_pending()
-        except Exception as exc:  # noqa: BLE001 - the next sweep tries again
-            logger.warning("sweep failed", extra={"error": str(exc)})
+        tasks = [app.state.runs.sweep, app.state.bus.deliver_pending]
+        if loop.time() >= next_reconcile:
+            next_reconcile = loop.time() + reconcile_every
+            tasks.insert(0, app.state.schedules.reconcile_all)
+        for task in tasks:  # one failing does not hold back the others
+            try:
+                await task()
+            except Exception as exc:  # noqa: BLE001 - the next sweep tries again
+                logger.warning(
+                    "sweep step failed", extra={"step": task.__name__, "error": str(exc)}
+                )
         await asyncio.sleep(interval)
 
 
@@ -107,14 +111,32 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=settings.api.max_body_bytes)
     install_error_handlers(app)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
-    app.include_router(workflows.router, prefix="/api/v1", dependencies=[guard(Scope.write)])
-    app.include_router(runs.router, prefix="/api/v1", dependencies=[guard(Scope.write)])
-    app.include_router(signals.router, prefix="/api/v1", dependencies=[guard(Scope.publish)])
-    app.include_router(models.router, prefix="/api/v1", dependencies=[guard(Scope.write)])
-    app.include_router(metrics.router, dependencies=[guard(Scope.read)])
-    app.include_router(
-        keys.router, prefix="/api/v1", dependencies=[guard(Scope.admin, read_scope=Scope.admin)]
-    )
+    errors = {
+        status: {"model": ErrorBody, "description": text}
+        for status, text in (
+            (401, "Missing, unknown or revoked API key"),
+            (403, "The key lacks the scope or the ownership"),
+            (404, "Not found"),
+            (409, "Not allowed in the current state"),
+            (413, "Body too large"),
+            (422, "Invalid input: every problem with its location"),
+            (503, "PostgreSQL or Temporal unavailable; retry after Retry-After seconds"),
+        )
+    }
+    for router, scope, read_scope, prefix in (
+        (workflows.router, Scope.write, Scope.read, "/api/v1"),
+        (runs.router, Scope.write, Scope.read, "/api/v1"),
+        (signals.router, Scope.publish, Scope.read, "/api/v1"),
+        (models.router, Scope.write, Scope.read, "/api/v1"),
+        (keys.router, Scope.admin, Scope.admin, "/api/v1"),
+        (metrics.router, Scope.read, Scope.read, ""),
+    ):
+        app.include_router(
+            router,
+            prefix=prefix,
+            responses=errors,
+            dependencies=[guard(scope, read_scope=read_scope)],
+        )
 
     @app.get("/healthz", tags=["health"])
     async def health() -> dict[str, str]:

@@ -9,6 +9,7 @@ import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError as SQLDataError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -98,7 +99,30 @@ def _is_connection_problem(exc: BaseException) -> bool:
     return isinstance(exc, _CONNECTION_ERRORS)
 
 
-def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+def _bad_value(exc: BaseException) -> BaseException | None:
+    """The database's complaint about a value (out of range, a NUL character, ...), if any."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, SQLDataError | asyncpg.DataError | OverflowError):
+            return seen
+        seen = getattr(seen, "orig", None) or seen.__cause__
+    return None
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    bad = _bad_value(exc)
+    if bad is not None:
+        # A value the database cannot hold (an id beyond its integer range, a NUL byte): the
+        # caller's mistake, not ours.
+        reason = str(bad).split("\n")[0][:300]
+        return JSONResponse(
+            error_body(
+                "invalid_value",
+                f"a value cannot be stored or looked up: {reason}",
+                [{"loc": ["request"], "msg": reason, "type": "invalid_value"}],
+            ),
+            422,
+        )
     if _is_connection_problem(exc):
         logger.warning(
             "database unavailable", extra={"error": str(exc)[:500], "path": request.url.path}
@@ -110,7 +134,7 @@ def _unexpected(request: Request, exc: Exception) -> JSONResponse:
             503,
             headers={"Retry-After": "5"},
         )
-    logger.exception("unexpected error", extra={"path": request.url.path})
+    logger.error("unexpected error", exc_info=exc, extra={"path": request.url.path})
     return JSONResponse(error_body("internal_error", "unexpected error; see the API's logs"), 500)
 
 
@@ -118,7 +142,7 @@ def install_error_handlers(app: FastAPI) -> None:
     """Map core errors and request errors to HTTP in this one place."""
     # A lost or refused database connection is a 503 with a retry hint, never a 500 with a
     # traceback; the engine's pre-ping replaces dead connections, so the API recovers alone.
-    for kind in (DBAPIError, *_CONNECTION_ERRORS):
+    for kind in (DBAPIError, OverflowError, asyncpg.DataError, *_CONNECTION_ERRORS):
         app.add_exception_handler(kind, _unexpected)
     app.add_exception_handler(Exception, _unexpected)
     app.add_exception_handler(MaestroError, _maestro_error)

@@ -266,3 +266,17 @@ class PromoteOut(BaseModel):
     previous_version: int | None = Field(
         description="The version that held the stage before (now archived)"
     )
+
+
+class ErrorDetail(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ErrorBody(BaseModel):
+    """Every error the API returns."""
+
+    error: str = Field(description="A stable code, e.g. definition_invalid, not_found")
+    message: str
+    detail: list[ErrorDetail] = Field(description="Each problem with its location")

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
@@ -29,7 +29,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from maestro import metrics, strategies
 from maestro.db import runs as runs_db
 from maestro.db import workflows as workflows_db
-from maestro.db.tables import Run, StepRun, Workflow
+from maestro.db.tables import Run, SignalWait, StepRun, Workflow
 from maestro.definitions import RunStrategyKind, WorkflowDefinition, resolve_run_params
 from maestro.errors import (
     InvalidInput,
@@ -103,6 +103,11 @@ class RunsService:
         self._settings = settings
         self._search_attributes = search_attributes
         self._definitions: dict[tuple[str, int], WorkflowDefinition] = {}
+        # Set by the signal bus: (publish a run's completion signal in a transaction, finish
+        # what that publication left to do after the commit).
+        self.completion_hooks: (
+            tuple[Callable[..., Awaitable[Any]], Callable[[Any], Awaitable[None]]] | None
+        ) = None
 
     async def definition(
         self, session: AsyncSession, workflow_id: str, version: int
@@ -360,9 +365,11 @@ class RunsService:
         if run.admitted_at is None or not await self._on_temporal(run):
             async with self._sessions.begin() as session:
                 run = await runs_db.get_run(session, run_id, lock=True)
-                to_launch = []
+                to_launch, published = [], None
                 if RunStatus(run.status) in LIVE:
                     to_launch = await self._end_without_temporal(session, run, "stopped")
+                    published = await self._publish_end(session, run)
+            await self._after_end(published)
             await self.launch(to_launch)
             return run
         async with self._sessions.begin() as session:
@@ -414,9 +421,23 @@ class RunsService:
                 if not StepStatus(step.status).is_terminal:
                     step.status, step.ended_at, step.error = StepStatus.stopped, now, "killed"
             await session.flush()
+            await session.execute(
+                delete(SignalWait).where(
+                    SignalWait.run_id == run_id, SignalWait.matched_signal_id.is_(None)
+                )
+            )
             to_launch = await self.run_ended(session, run)
+            published = await self._publish_end(session, run)
+        await self._after_end(published)
         await self.launch(to_launch)
         return run
+
+    async def _publish_end(self, session: AsyncSession, run: Run) -> Any:
+        return await self.completion_hooks[0](session, run) if self.completion_hooks else None
+
+    async def _after_end(self, published: Any) -> None:
+        if published is not None and self.completion_hooks:
+            await self.completion_hooks[1](published)
 
     async def restart_run(self, run_id: str, start_from: str) -> Run:
         """A new run of the same version and params. `failed`: reuse the outputs of steps that
@@ -487,10 +508,15 @@ class RunsService:
                 ).scalars()
             )
             now = datetime.now(UTC)
+            published = []
             for run in live:
                 if run.admitted_at is None:  # waiting in the queue: it ends here
                     run.status, run.error, run.ended_at = RunStatus.stopped, "workflow stopped", now
+                    await session.flush()
+                    published.append(await self._publish_end(session, run))
             await strategies.request_stop(session, [r for r in live if r.admitted_at])
+        for item in published:
+            await self._after_end(item)
         await self._send_stops({workflow_id})
         return live
 

@@ -40,7 +40,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from maestro.db import workflows as workflows_db
 from maestro.db.tables import Run, Workflow
 from maestro.definitions import IntervalTrigger, TimeTrigger, WorkflowDefinition
-from maestro.errors import InvalidInput, Problem, Unavailable, WorkflowInactive
+from maestro.errors import InvalidInput, ParamsInvalid, Problem, Unavailable, WorkflowInactive
 from maestro.runs import RunsService
 from maestro.runtime import FIRE_SCHEDULE_WORKFLOW, Cause, FireInput, FireRequest
 from maestro.settings import TemporalSettings
@@ -313,6 +313,19 @@ class Schedules:
                 system_params=run_params(at, ref),
             )
         except WorkflowInactive:
+            return None
+        except ParamsInvalid as exc:
+            # A required param without a default cannot come from a schedule; retrying would
+            # not help, so the fire is dropped (visible in the log) instead of retried forever.
+            logger.warning(
+                "fire dropped: the workflow's params do not fit a timed run",
+                extra={
+                    "workflow_id": workflow_id,
+                    "trigger_id": trigger_id,
+                    "error": exc.message,
+                    "problems": [p.msg for p in exc.problems],
+                },
+            )
             return None
         return run
 

@@ -28,7 +28,6 @@ class ApiSettings(BaseModel):
     # Require `Authorization: Bearer <key>` on every endpoint but health and the OpenAPI page.
     auth: bool = True
     max_body_bytes: int = 1_048_576
-    page_size_max: int = 500
     # How often each API process finishes launches and deliveries a dead process left undone.
     sweep_interval_seconds: float = 1.0
     # How often each API process reconciles every schedule (also once at start-up).

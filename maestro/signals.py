@@ -155,6 +155,8 @@ class SignalBus:
         self._sessions = sessions
         self._runs = runs
         self._client = client
+        # Runs the API ends itself (killed, stopped while queued) publish completion too.
+        runs.completion_hooks = (self.publish_completion_in, self.after_commit)
 
     @property
     def runs(self) -> RunsService:
@@ -180,6 +182,30 @@ class SignalBus:
                 },
             )
         return pending.results
+
+    async def publish_completion_in(self, session: AsyncSession, run: Run) -> _Pending:
+        """In the transaction that records a run's end: its `maestro.run.<status>` signal, with
+        the run's ids and its own scalar params (those that fit a signal's limits)."""
+        own = {
+            k: v
+            for k, v in run.params.items()
+            if isinstance(v, int | float | bool)
+            or (isinstance(v, str) and len(v) <= MAX_PARAM_STRING)
+        }
+        params = dict(list(own.items())[: MAX_PARAMS - 4])
+        params.update(
+            workflow_id=run.workflow_id,
+            run_id=run.run_id,
+            run_number=run.run_number,
+            version=run.version,
+        )
+        completion = SignalIn(
+            name=completion_signal_name(run.status),
+            params=params,
+            request_id=f"run-end:{run.run_id}",
+        )
+        producer = Producer(kind="run", workflow_id=run.workflow_id, run_id=run.run_id)
+        return await self.publish_in(session, [completion], producer)
 
     async def after_commit(self, pending: _Pending) -> None:
         """Launch the runs and deliver the waits a committed publish produced; failures are
@@ -367,7 +393,12 @@ class SignalBus:
         )
         try:
             run, created = await self._runs.create_run(
-                session, row.workflow_id, params, cause=cause, request_id=request_id
+                session,
+                row.workflow_id,
+                params,
+                cause=cause,
+                request_id=request_id,
+                trigger_id=row.trigger_id,
             )
         except ParamsInvalid as exc:
             problems = "; ".join(f"{'.'.join(map(str, p.loc))}: {p.msg}" for p in exc.problems)

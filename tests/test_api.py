@@ -340,3 +340,21 @@ async def test_metrics_expose_signals_triggers_runs_and_queues(api):
     assert f'maestro_queue_depth{{workflow_id="{wid}"}} 1.0' in text
     async with httpx.AsyncClient(transport=api._transport, base_url="http://maestro") as anon:
         assert (await anon.get("/metrics")).status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("GET", "/api/v1/runs/a%00b", None),
+        ("GET", "/api/v1/workflows/a%00b", None),
+        ("GET", "/api/v1/signals?name=a%00b", None),
+        ("POST", "/api/v1/signals", {"name": "x", "params": {"k": "a\u0000b"}}),
+        ("GET", "/api/v1/signals/9223372036854775808", None),
+        ("GET", "/api/v1/models/m/versions/2147483648", None),
+        ("GET", "/api/v1/signals?cursor=9223372036854775808", None),
+    ],
+)
+async def test_values_the_database_cannot_hold_are_422_not_500(api, method, path, body):
+    response = await api.request(method, path, json=body)
+    assert response.status_code == 422, response.text
+    assert set(response.json()) == {"error", "message", "detail"}

@@ -90,11 +90,20 @@ async def train(api, workflow_id: str, quality: float) -> dict:
 
 
 async def test_reference_pipeline_from_signal_to_scored_predictions(api, sessions):
+    # The example files as shipped, under names no other test (or the demo) uses.
+    model, train_id, score_id, table = (unique_id(p) for p in ("digits", "train", "score", "t"))
+    renames = {
+        "digits-classifier": model,
+        "digits-train": train_id,
+        "digits-score": score_id,
+        "table: digits": f"table: {table}",
+    }
     for name in ("train.yaml", "score.yaml"):
+        text = (EXAMPLES / "ml" / name).read_text()
+        for old, new in renames.items():
+            text = text.replace(old, new)
         response = await api.post(
-            "/api/v1/workflows",
-            content=(EXAMPLES / "ml" / name).read_text(),
-            headers={"content-type": "application/yaml"},
+            "/api/v1/workflows", content=text, headers={"content-type": "application/yaml"}
         )
         assert response.status_code in (200, 201), response.text
     signal = (
@@ -102,7 +111,7 @@ async def test_reference_pipeline_from_signal_to_scored_predictions(api, session
             "/api/v1/signals",
             json={
                 "name": "table.partition.ready",
-                "params": {"table": "digits", "dt": f"2026-11-{uuid.uuid4().int % 28 + 1:02d}"},
+                "params": {"table": table, "dt": f"2026-11-{uuid.uuid4().int % 28 + 1:02d}"},
                 "request_id": unique_id("arrival"),
             },
         )
@@ -115,9 +124,9 @@ async def test_reference_pipeline_from_signal_to_scored_predictions(api, session
     assert steps["evaluate"]["outputs"]["metrics"]["accuracy"] >= 0.85
     assert steps["deploy"]["outputs"]["stage"] == "production"
 
-    model = (await api.get("/api/v1/models/digits-classifier")).json()
-    assert model["stages"]["production"] == version
-    detail = (await api.get(f"/api/v1/models/digits-classifier/versions/{version}")).json()
+    registered = (await api.get(f"/api/v1/models/{model}")).json()
+    assert registered["stages"]["production"] == version
+    detail = (await api.get(f"/api/v1/models/{model}/versions/{version}")).json()
     assert detail["metrics"]["accuracy"] >= 0.85 and "train_accuracy" in detail["metrics"]
     assert detail["lineage"]["run_id"] == training["run_id"]
     assert [s["id"] for s in detail["lineage"]["signals"]] == [signal["signal"]["id"]]
@@ -125,7 +134,7 @@ async def test_reference_pipeline_from_signal_to_scored_predictions(api, session
 
     scoring = [
         r
-        for r in await wait_for_runs(sessions, "digits-score", 1)
+        for r in await wait_for_runs(sessions, score_id, 1)
         if r.params["model_version"] == version
     ]
     assert scoring, "the deployment started a scoring run"

@@ -52,20 +52,21 @@ async def runs_of(sessions, workflow_id: str) -> list[Run]:
 
 async def test_publish_stores_with_sequence_and_dedupes(api, sessions):
     topic = name("table.partition.ready")
+    load = unique_id("load")
     first = await api.post(
         "/api/v1/signals",
         json={
             "name": topic,
             "params": {"table": "events", "dt": "2026-11-26"},
             "payload": {"rows": 10},
-            "request_id": "load-1",
+            "request_id": load,
         },
     )
     assert first.status_code == 201
     body = first.json()
     assert body["duplicate"] is False and body["runs"] == []
     assert body["signal"]["seq"] == 1 and body["signal"]["producer"] == {"kind": "outside"}
-    again = await api.post("/api/v1/signals", json={"name": topic, "request_id": "load-1"})
+    again = await api.post("/api/v1/signals", json={"name": topic, "request_id": load})
     assert again.status_code == 200
     assert again.json()["duplicate"] is True
     assert again.json()["signal"]["id"] == body["signal"]["id"]

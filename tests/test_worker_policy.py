@@ -15,21 +15,40 @@ from workers.activities import StepActivities
 
 
 def step_input(step_type: str, params: dict) -> StepInput:
-    return StepInput(run_id="r", workflow_id="w", run_number=1,
-                     step=Step(id="s", type=step_type, params=params), params=params,
-                     run_params={})
+    return StepInput(
+        run_id="r",
+        workflow_id="w",
+        run_number=1,
+        step=Step(id="s", type=step_type, params=params),
+        params=params,
+        run_params={},
+    )
 
 
 @pytest.mark.parametrize(
     ("policy", "step_type", "params", "error_type", "fragment"),
     [
-        (WorkerSettings(step_types=["python"]), "shell", {"command": "true"},
-         "StepTypeNotAllowed", "does not run 'shell' steps"),
-        (WorkerSettings(allowed_modules=["examples"]), "python",
-         {"entrypoint": "os:system"}, "EntrypointNotAllowed", "outside this worker's allowed"),
-        (WorkerSettings(allowed_modules=["examples"]), "train",
-         {"entrypoint": "examplesx.evil:run", "model_name": "m"}, "EntrypointNotAllowed",
-         "'examplesx.evil:run'"),
+        (
+            WorkerSettings(step_types=["python"]),
+            "shell",
+            {"command": "true"},
+            "StepTypeNotAllowed",
+            "does not run 'shell' steps",
+        ),
+        (
+            WorkerSettings(allowed_modules=["examples"]),
+            "python",
+            {"entrypoint": "os:system"},
+            "EntrypointNotAllowed",
+            "outside this worker's allowed",
+        ),
+        (
+            WorkerSettings(allowed_modules=["examples"]),
+            "train",
+            {"entrypoint": "examplesx.evil:run", "model_name": "m"},
+            "EntrypointNotAllowed",
+            "'examplesx.evil:run'",
+        ),
     ],
 )
 async def test_worker_policy_refuses(policy, step_type, params, error_type, fragment, tmp_path):

@@ -40,7 +40,6 @@ from maestro.schedules import Schedules
 from maestro.settings import WorkerSettings
 from maestro.signals import Producer, SignalBus, SignalIn
 from maestro.steps import STEP_TYPES
-from maestro.triggers import completion_signal_name
 from workers.executors import EXECUTORS, Services
 
 logger = logging.getLogger(__name__)
@@ -268,22 +267,7 @@ class StepActivities:
             )
             run = await runs_db.get_run(session, finish.run_id)
             admitted = await self._bus.runs.run_ended(session, run)
-            scalars = {
-                k: v for k, v in finish.params.items() if isinstance(v, str | int | float | bool)
-            }
-            completion = SignalIn(
-                name=completion_signal_name(finish.status.value),
-                params={
-                    **scalars,
-                    "workflow_id": finish.workflow_id,
-                    "run_id": finish.run_id,
-                    "run_number": finish.run_number,
-                    "version": finish.version,
-                },
-                request_id=f"run-end:{finish.run_id}",
-            )
-            producer = Producer(kind="run", workflow_id=finish.workflow_id, run_id=finish.run_id)
-            pending = await self._bus.publish_in(session, [completion], producer)
+            pending = await self._bus.publish_completion_in(session, run)
         metrics.RUNS_ENDED.labels(finish.status.value).inc()
         await self._bus.runs.launch(admitted)
         await self._bus.after_commit(pending)

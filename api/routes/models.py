@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request
 
 from api.deps import SessionDep
 from api.schemas import ModelOut, ModelVersionOut, PromoteIn, PromoteOut, StageChangeOut
@@ -13,6 +15,7 @@ from maestro.db.tables import Model, ModelVersion
 from maestro.errors import NotFound
 
 router = APIRouter(prefix="/models", tags=["models"])
+VersionNumber = Annotated[int, Path(ge=1, le=2**31 - 1)]
 
 
 def version_out(version: ModelVersion, lineage: dict | None = None) -> ModelVersionOut:
@@ -71,7 +74,9 @@ async def get_model(name: str, session: SessionDep) -> ModelOut:
 
 
 @router.get("/{name}/versions/{version}", response_model=ModelVersionOut)
-async def get_model_version(name: str, version: int, session: SessionDep) -> ModelVersionOut:
+async def get_model_version(
+    name: str, version: VersionNumber, session: SessionDep
+) -> ModelVersionOut:
     """A version with its lineage: the run that trained it and the signals that started it."""
     found = await models_db.get_version(session, name, version)
     lineage: dict = {"run_id": found.run_id}

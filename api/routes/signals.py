@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import ValidationError
 
 from api.deps import BusDep, SessionDep, SettingsDep
@@ -19,6 +19,7 @@ from maestro.settings import Settings
 from maestro.signals import MAX_BATCH, Published, SignalIn
 
 router = APIRouter(prefix="/signals", tags=["signals"])
+BIGINT_MAX = 2**63 - 1
 
 
 def signal_out(signal: Signal) -> SignalOut:
@@ -99,7 +100,9 @@ async def list_signals(
     name: str | None = None,
     since: datetime | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    cursor: Annotated[int | None, Query(description="`next_cursor` of the previous page")] = None,
+    cursor: Annotated[
+        int | None, Query(ge=1, le=BIGINT_MAX, description="`next_cursor` of the previous page")
+    ] = None,
 ) -> SignalPage:
     """The signal log, newest first. Filter by `name`, `since` (ISO time) and params with
     `param.<key>=<value>` (equality; `5` matches both the number and the string)."""
@@ -115,7 +118,9 @@ async def list_signals(
 
 
 @router.get("/{signal_id}", response_model=SignalDetail)
-async def get_signal(signal_id: int, session: SessionDep) -> SignalDetail:
+async def get_signal(
+    signal_id: Annotated[int, Path(ge=1, le=BIGINT_MAX)], session: SessionDep
+) -> SignalDetail:
     """A signal, who produced it, and for every trigger it reached: the run it started or why
     not (condition false, join incomplete, workflow inactive, duplicate run, ...)."""
     signal = await signals_db.get_signal(session, signal_id)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import func, select, tuple_, update
+from sqlalchemy import delete, func, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from maestro.db.tables import Run, StepRun, Workflow
+from maestro.db.tables import Run, SignalWait, StepRun, Workflow
 from maestro.errors import NotFound
 from maestro.runtime import RunStatus, StepState, StepStatus
 
@@ -149,6 +149,12 @@ async def finish_run(
     temporal_run_id: str,
 ) -> None:
     """The run ended: its final status and every step's final state."""
+    # Waits the run no longer needs must not catch later signals.
+    await session.execute(
+        delete(SignalWait).where(
+            SignalWait.run_id == run_id, SignalWait.matched_signal_id.is_(None)
+        )
+    )
     await record_step_states(session, run_id, [s for s in steps if s.status.is_terminal])
     await session.execute(
         update(Run)
@@ -165,7 +171,12 @@ async def finish_run(
 
 
 async def set_step_waiting(session: AsyncSession, run_id: str, step_id: str) -> None:
-    """The step waits for a signal (`wait_for`)."""
+    """The step waits for a signal (`wait_for`); its run has started."""
+    await session.execute(
+        update(Run)
+        .where(Run.run_id == run_id, Run.status == RunStatus.queued)
+        .values(status=RunStatus.running, started_at=func.now())
+    )
     values = {"status": StepStatus.waiting_for_signal}
     await session.execute(
         insert(StepRun)
