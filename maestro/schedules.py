@@ -188,9 +188,7 @@ class Schedules:
 
     def _note(self, ref: TimeTriggerRef, paused: bool) -> str:
         """Names the desired state, so an unchanged schedule is left alone."""
-        digest = hashlib.sha256(
-            f"{ref.trigger_id}/{self._settings.task_queue}/{paused}".encode()
-        ).hexdigest()[:12]
+        digest = hashlib.sha256(f"{ref.trigger_id}/{paused}".encode()).hexdigest()[:12]
         return f"{'paused' if paused else 'managed'} by Maestro [{digest}]"
 
     async def reconcile(self, workflow_id: str) -> int:
@@ -217,9 +215,14 @@ class Schedules:
             ids = {ref.schedule_id for ref in desired}
             wanted |= ids
             touched += await self._apply(desired, paused, existing & ids)
-        for schedule_id in set(existing) - wanted:
-            await self._delete(schedule_id)
-            touched += 1
+        # Only schedules of workflows this database knows are ours to remove: another
+        # installation may share the Temporal namespace.
+        known = {w.id for w in workflows}
+        for schedule_id in existing - wanted:
+            if schedule_id.removeprefix(SCHEDULE_PREFIX).rpartition(":")[0] in known:
+                await self._delete(schedule_id)
+                logger.info("schedule deleted", extra={"schedule_id": schedule_id})
+                touched += 1
         return touched
 
     async def _existing(self, prefix: str) -> set[str]:
@@ -239,6 +242,9 @@ class Schedules:
             schedule = self._schedule(ref, paused)
             try:
                 await self._client.create_schedule(ref.schedule_id, schedule)
+                logger.info(
+                    "schedule created", extra={"schedule_id": ref.schedule_id, "paused": paused}
+                )
                 touched += 1
                 continue
             except ScheduleAlreadyRunningError:
@@ -248,14 +254,19 @@ class Schedules:
             def replace(
                 current: ScheduleUpdateInput, new: Schedule = schedule
             ) -> ScheduleUpdate | None:
-                if current.description.schedule.state.note == new.state.note:
+                old = current.description.schedule
+                if old.state.note == new.state.note:
                     return None
+                # The fires keep going to the task queue the schedule was made for.
+                if isinstance(old.action, ScheduleActionStartWorkflow):
+                    new.action.task_queue = old.action.task_queue
                 return ScheduleUpdate(schedule=new)
 
             await handle.update(replace)
             touched += 1
         for schedule_id in set(existing) - {r.schedule_id for r in desired}:
             await self._delete(schedule_id)
+            logger.info("schedule deleted", extra={"schedule_id": schedule_id})
             touched += 1
         return touched
 

@@ -172,3 +172,40 @@ async def wait_for_step(
 
 def python_exe() -> str:
     return sys.executable
+
+
+async def wait_for_time_runs(
+    sessions, temporal_client, workflow_id: str, count: int, timeout: float = 90
+) -> None:
+    """Wait until a workflow's schedule has made `count` runs; on timeout, fail with what
+    Temporal says of its schedules (to diagnose a schedule that does not fire)."""
+    from sqlalchemy import func, select
+
+    from maestro.db.tables import Run
+
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        async with sessions() as session:
+            made = await session.scalar(
+                select(func.count())
+                .select_from(Run)
+                .where(Run.workflow_id == workflow_id, Run.cause["kind"].astext == "time")
+            )
+        if made >= count:
+            return
+        await asyncio.sleep(0.3)
+    found = []
+    async for entry in await temporal_client.list_schedules():
+        if entry.id.startswith(f"maestro:{workflow_id}:"):
+            description = await temporal_client.get_schedule_handle(entry.id).describe()
+            found.append(
+                {
+                    "id": entry.id,
+                    "paused": description.schedule.state.paused,
+                    "note": description.schedule.state.note,
+                    "task_queue": description.schedule.action.task_queue,
+                    "actions": description.info.num_actions,
+                    "recent": [str(a) for a in description.info.recent_actions[-3:]],
+                }
+            )
+    raise AssertionError(f"{workflow_id}: {made} timed runs after {timeout}s; schedules: {found}")

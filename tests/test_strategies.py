@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from maestro.db.tables import Run
 from maestro.embedded import free_port, wait_for_port
-from tests.conftest import unique_id, wait_for_run, wait_for_step
+from tests.conftest import unique_id, wait_for_run, wait_for_step, wait_for_time_runs
 from tests.processes import Processes
 
 pytestmark = pytest.mark.usefixtures("worker")
@@ -97,7 +97,7 @@ async def test_sequential_queues_in_arrival_order_across_sources(api, sessions):
 
 
 async def test_parallel_limit_holds_for_50_starts_from_two_apis_and_a_schedule(
-    settings, sessions, tmp_path, auth_headers
+    settings, sessions, tmp_path, auth_headers, temporal_client
 ):
     wid = unique_id("parallel")
     stack = Processes(settings, tmp_path, task_queue="maestro-parallel")
@@ -131,7 +131,7 @@ async def test_parallel_limit_holds_for_50_starts_from_two_apis_and_a_schedule(
                 ]
             )
             assert [c.status_code for c in codes] == [201] * 50
-            await asyncio.sleep(2)  # let the schedule fire into the queue too
+            await wait_for_time_runs(sessions, temporal_client, wid, 1)  # the schedule too
             await http.post(f"{urls[1]}/api/v1/workflows/{wid}/pause")
         runs = await wait_all_ended(sessions, wid, 50, timeout=180)
     finally:

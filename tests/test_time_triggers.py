@@ -230,11 +230,19 @@ async def test_reconciliation_heals_missing_and_stray_schedules(api, temporal_cl
     schedule_id = trigger["schedule"]["schedule_id"]
     # A crash between the database and Temporal: the schedule is gone, and a stray is left.
     await temporal_client.get_schedule_handle(schedule_id).delete()
-    stray = f"maestro:{unique_id('ghost')}:time-0000"
+    stray = f"maestro:{wid}:time-0000"  # a trigger this workflow no longer has
+    foreign = f"maestro:{unique_id('other-install')}:time-0000"  # not this database's
     await temporal_client.create_schedule(
         stray,
         Schedule(
             action=ScheduleActionStartWorkflow("FireScheduleWorkflow", id="x", task_queue="none"),
+            spec=ScheduleSpec(cron_expressions=["0 0 1 1 *"]),
+        ),
+    )
+    await temporal_client.create_schedule(
+        foreign,
+        Schedule(
+            action=ScheduleActionStartWorkflow("FireScheduleWorkflow", id="y", task_queue="none"),
             spec=ScheduleSpec(cron_expressions=["0 0 1 1 *"]),
         ),
     )
@@ -243,3 +251,39 @@ async def test_reconciliation_heals_missing_and_stray_schedules(api, temporal_cl
     await schedules.reconcile_all()  # idempotent
     assert await schedule_exists(temporal_client, schedule_id)
     assert not await schedule_exists(temporal_client, stray)
+    assert await schedule_exists(temporal_client, foreign), "another installation's is kept"
+    await temporal_client.get_schedule_handle(foreign).delete()
+
+
+async def test_reconciling_from_another_task_queue_keeps_the_schedules_queue(
+    api, sessions, settings, temporal_client
+):
+    from sqlalchemy import update
+
+    from maestro.db.engine import create_engine, session_factory
+    from maestro.db.tables import Workflow
+    from maestro.runs import RunsService
+    from maestro.schedules import Schedules
+
+    wid = unique_id("queue")
+    await push(api, body(wid, [{"cron": "45 5 * * *"}]))
+    [trigger] = await triggers(api, wid)
+    handle = temporal_client.get_schedule_handle(trigger["schedule"]["schedule_id"])
+    assert (await handle.describe()).schedule.action.task_queue == settings.temporal.task_queue
+    # The database says paused, the schedule does not yet: a process configured for another
+    # queue reconciles it.
+    async with sessions.begin() as session:
+        await session.execute(update(Workflow).where(Workflow.id == wid).values(paused=True))
+    other = settings.temporal.model_copy(update={"task_queue": "some-other-queue"})
+    engine = create_engine(settings.database_url)
+    try:
+        sessions2 = session_factory(engine)
+        elsewhere = Schedules(
+            sessions2, RunsService(sessions2, temporal_client, other), temporal_client, other
+        )
+        await elsewhere.reconcile_all()
+    finally:
+        await engine.dispose()
+    description = await handle.describe()
+    assert description.schedule.state.paused is True
+    assert description.schedule.action.task_queue == settings.temporal.task_queue

@@ -10,18 +10,18 @@ from collections import Counter
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from maestro.db.tables import Run, StepRun
 from maestro.embedded import free_port, wait_for_port
-from tests.conftest import unique_id
+from tests.conftest import unique_id, wait_for_time_runs
 from tests.processes import Processes
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 
 async def test_two_apis_two_workers_fire_once_and_share_the_work(
-    settings, sessions, tmp_path, auth_headers
+    settings, sessions, tmp_path, auth_headers, temporal_client
 ):
     stack = Processes(settings, tmp_path, task_queue="maestro-topology")
     workers = [stack.start("worker"), stack.start("worker")]
@@ -64,16 +64,7 @@ async def test_two_apis_two_workers_fire_once_and_share_the_work(
                 ]
             )
             assert {r.status_code for r in replies} <= {200, 201}
-            for _ in range(200):  # let the schedule fire a few times (slower under load)
-                async with sessions() as session:
-                    timed = await session.scalar(
-                        select(func.count())
-                        .select_from(Run)
-                        .where(Run.workflow_id == wid, Run.cause["kind"].astext == "time")
-                    )
-                if timed >= 3:
-                    break
-                await asyncio.sleep(0.3)
+            await wait_for_time_runs(sessions, temporal_client, wid, 3)
             await http.post(f"{urls[1]}/api/v1/workflows/{wid}/pause")
         for _ in range(300):
             async with sessions() as session:
