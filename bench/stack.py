@@ -155,6 +155,13 @@ class Stack:
             ],
         )
 
+    def api_headers(self) -> dict[str, str]:
+        """The admin key `maestro up` keeps in its data directory, when the API wants keys."""
+        key_file = self.data_dir / "api-key"
+        if not key_file.exists():
+            return {}
+        return {"Authorization": f"Bearer {key_file.read_text().strip()}"}
+
     def cpu_seconds(self) -> dict[str, float]:
         """CPU seconds used so far by each part of the stack (PostgreSQL: the postmaster, its
         live backends and those that exited)."""

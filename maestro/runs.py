@@ -103,6 +103,9 @@ class RunsService:
         self._settings = settings
         self._search_attributes = search_attributes
         self._definitions: dict[tuple[str, int], WorkflowDefinition] = {}
+        # Workflows whose strategy asked this process to stop runs (sent after the commit;
+        # the sweeper covers a process that dies first).
+        self._stops_due: set[str] = set()
         # Set by the signal bus: (publish a run's completion signal in a transaction, finish
         # what that publication left to do after the commit).
         self.completion_hooks: (
@@ -178,6 +181,8 @@ class RunsService:
             run.status, run.error, run.ended_at = RunStatus.skipped, decision.skip_reason, now
         session.add(run)
         await strategies.request_stop(session, decision.stop)
+        if decision.stop:
+            self._stops_due.add(workflow_id)
         await strategies.mark_skipped(
             session, decision.drop, f"last_only: replaced by run {run.run_number}"
         )
@@ -229,7 +234,10 @@ class RunsService:
                         await runs_db.set_temporal_run_id(session, run.run_id, temporal_run_id)
                 _observe_lag([r for r, _ in started])
             failures = [e for e in results if isinstance(e, BaseException)]
-        await self._send_stops({r.workflow_id for r in runs})
+        due = {r.workflow_id for r in runs} & self._stops_due
+        if due:
+            self._stops_due -= due
+            await self._send_stops(due)
         if failures:
             # The runs exist; the sweeper retries them. The caller learns Temporal is down.
             raise Unavailable(f"Temporal is unavailable: {failures[0]}") from failures[0]

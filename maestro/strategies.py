@@ -1,13 +1,14 @@
 """Run strategies: whether a new run may start now, waits in the queue, or is dropped — and
 which queued runs start when a slot frees. Every decision is taken under the workflow's row
-lock, so concurrent starts from any number of processes never exceed the limit."""
+lock, so concurrent starts from any number of processes never exceed the limit. Decisions
+count rows; runs are loaded only where a strategy acts on them."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from maestro.db.tables import Run, Workflow
@@ -32,33 +33,30 @@ def _limit(strategy: RunStrategy) -> int:
     return 1
 
 
-async def _admitted(session: AsyncSession, workflow_id: str) -> list[Run]:
+def _holding_slot(workflow_id: str):
     """Runs holding a slot: admitted and not ended."""
-    query = (
-        select(Run)
-        .where(
-            Run.workflow_id == workflow_id,
-            or_(
-                Run.status == RunStatus.running,
-                and_(Run.status == RunStatus.queued, Run.admitted_at.is_not(None)),
-            ),
-        )
-        .order_by(Run.run_number)
+    return and_(
+        Run.workflow_id == workflow_id,
+        or_(
+            Run.status == RunStatus.running,
+            and_(Run.status == RunStatus.queued, Run.admitted_at.is_not(None)),
+        ),
     )
-    return list((await session.execute(query)).scalars())
 
 
-async def waiting(session: AsyncSession, workflow_id: str) -> list[Run]:
-    """Runs waiting for a slot, in arrival order."""
-    query = (
-        select(Run)
-        .where(
-            Run.workflow_id == workflow_id,
-            Run.status == RunStatus.queued,
-            Run.admitted_at.is_(None),
-        )
-        .order_by(Run.run_number)
+def _waiting(workflow_id: str):
+    """Runs waiting for a slot."""
+    return and_(
+        Run.workflow_id == workflow_id, Run.status == RunStatus.queued, Run.admitted_at.is_(None)
     )
+
+
+async def _count(session: AsyncSession, condition) -> int:
+    return await session.scalar(select(func.count()).select_from(Run).where(condition)) or 0
+
+
+async def _runs(session: AsyncSession, condition, limit: int | None = None) -> list[Run]:
+    query = select(Run).where(condition).order_by(Run.run_number).limit(limit)
     return list((await session.execute(query)).scalars())
 
 
@@ -67,22 +65,27 @@ async def decide(
 ) -> Admission:
     """What happens to a run that arrives now (the workflow row must be locked);
     `jump_queue` admits it ahead of waiting runs if a slot is free."""
-    admitted = await _admitted(session, workflow.id)
-    queue = await waiting(session, workflow.id)
     kind = strategy.kind
     if kind is RunStrategyKind.first_only:
-        if admitted:
-            return Admission(False, f"first_only: run {admitted[0].run_number} is still running")
+        [first] = await _runs(session, _holding_slot(workflow.id), 1) or [None]
+        if first is not None:
+            return Admission(False, f"first_only: run {first.run_number} is still running")
         return Admission(True)
     if kind is RunStrategyKind.last_only:
+        admitted = await _runs(session, _holding_slot(workflow.id))
         if not admitted:
             return Admission(True)
         # The newcomer waits for the runs it stops; older waiting runs are replaced by it.
-        return Admission(False, stop=admitted, drop=queue)
+        return Admission(False, stop=admitted, drop=await _runs(session, _waiting(workflow.id)))
     blocked = kind is RunStrategyKind.strict_sequential and workflow.blocked_by_run_id
-    if not blocked and (jump_queue or not queue) and len(admitted) < _limit(strategy):
+    queued = await _count(session, _waiting(workflow.id))
+    if (
+        not blocked
+        and (jump_queue or not queued)
+        and await _count(session, _holding_slot(workflow.id)) < _limit(strategy)
+    ):
         return Admission(True)
-    if strategy.max_queued is not None and len(queue) >= strategy.max_queued:
+    if strategy.max_queued is not None and queued >= strategy.max_queued:
         return Admission(
             False, f"{kind.value}: the queue is full (max_queued={strategy.max_queued})"
         )
@@ -95,13 +98,15 @@ async def admit_waiting(
     """Admit queued runs into the free slots (the workflow row must be locked)."""
     if strategy.kind is RunStrategyKind.strict_sequential and workflow.blocked_by_run_id:
         return []
-    free = _limit(strategy) - len(await _admitted(session, workflow.id))
+    free = _limit(strategy) - await _count(session, _holding_slot(workflow.id))
     if free <= 0:
         return []
-    queue = await waiting(session, workflow.id)
     if strategy.kind is RunStrategyKind.last_only:
-        queue = queue[-1:]  # only the newest waits; older ones were dropped on arrival
-    chosen = queue[:free]
+        # Only the newest waits; older ones were dropped on arrival.
+        query = select(Run).where(_waiting(workflow.id)).order_by(Run.run_number.desc())
+        chosen = list((await session.execute(query.limit(1))).scalars())
+    else:
+        chosen = await _runs(session, _waiting(workflow.id), free)
     now = datetime.now(UTC)
     for run in chosen:
         run.admitted_at = now

@@ -545,3 +545,38 @@ async def test_invalid_signal_triggers_are_rejected(api, sessions, trigger, frag
             .where(WorkflowVersion.workflow_id == wid)
         )
     assert count == 0
+
+
+async def test_concurrent_run_ends_along_an_on_finish_chain_do_not_deadlock(api, sessions):
+    from sqlalchemy import text
+
+    upstream, downstream = unique_id("chain-up"), unique_id("chain-down")
+    parallel = {"kind": "parallel", "max_concurrency": 50}
+    await push(api, {**noop_workflow(upstream, []), "run_strategy": parallel})
+    await push(
+        api,
+        {
+            **noop_workflow(downstream, [{"on_finish": {"workflow": upstream}}]),
+            "run_strategy": parallel,
+        },
+    )
+
+    async def deadlocks() -> int:
+        async with sessions() as session:
+            return await session.scalar(
+                text("select deadlocks from pg_stat_database where datname = current_database()")
+            )
+
+    before = await deadlocks()
+    starts = await asyncio.gather(
+        *[api.post(f"/api/v1/workflows/{upstream}/runs", json={}) for _ in range(30)]
+    )
+    assert {r.status_code for r in starts} == {201}
+    for _ in range(300):
+        down = await runs_of(sessions, downstream)
+        if len(down) == 30 and all(r.status == "succeeded" for r in down):
+            break
+        await asyncio.sleep(0.2)
+    assert len(down) == 30 and {r.status for r in down} == {"succeeded"}
+    await asyncio.sleep(1)  # pg_stat counters are flushed asynchronously
+    assert await deadlocks() == before

@@ -253,8 +253,8 @@ class StepActivities:
 
     @activity.defn(name=FINISH_RUN_ACTIVITY)
     async def finish_run(self, finish: FinishRunInput) -> None:
-        """Persist the run's end (status, error, outputs, every step's final state), admit the
-        next queued runs and publish its completion signal — all in one transaction."""
+        """Persist the run's end (status, error, outputs, every step's final state) and admit
+        the next queued runs; then publish its completion signal."""
         async with self._sessions.begin() as session:
             await runs_db.finish_run(
                 session,
@@ -267,6 +267,11 @@ class StepActivities:
             )
             run = await runs_db.get_run(session, finish.run_id)
             admitted = await self._bus.runs.run_ended(session, run)
+        # The completion signal has its own transaction: publishing it takes the signal name's
+        # lock before the downstream workflows' locks, and taking that after this workflow's
+        # row lock would deadlock with a downstream run ending at the same moment. A crash
+        # between the two commits retries this activity; both halves are idempotent.
+        async with self._sessions.begin() as session:
             pending = await self._bus.publish_completion_in(session, run)
         metrics.RUNS_ENDED.labels(finish.status.value).inc()
         await self._bus.runs.launch(admitted)
