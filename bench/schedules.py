@@ -1,0 +1,130 @@
+"""Time-trigger benchmark: N workflows, each with a `* * * * *` trigger, for M minutes.
+
+Every fire must make exactly one run; reports fire lateness (the run's first step started −
+its scheduled time, and run created − scheduled time) and the time to create N schedules.
+
+    python -m bench.schedules [--workflows 1000] [--minutes 3] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import tempfile
+import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import httpx
+
+from bench.run import Api, machine, percentile
+from bench.stack import Stack
+
+
+def _ms(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"n": 0}
+    return {
+        "n": len(values),
+        "p50": round(percentile(values, 50) * 1000, 1),
+        "p99": round(percentile(values, 99) * 1000, 1),
+        "max": round(max(values) * 1000, 1),
+    }
+
+
+async def scenario(stack: Stack, workflows: int, minutes: int) -> dict:
+    nonce = f"{int(time.time())}"
+    async with httpx.AsyncClient(
+        base_url=f"{stack.api_url}/api/v1", headers=stack.api_headers(), timeout=120
+    ) as http:
+        api = Api(http)
+        gate = asyncio.Semaphore(16)
+
+        async def push(i: int) -> None:
+            async with gate:
+                await api.push(
+                    {
+                        "id": f"cron-{nonce}-{i:04d}",
+                        "triggers": [{"cron": "* * * * *"}],
+                        "params": {
+                            "run_ts": {"type": "string", "default": ""},
+                            "run_date": {"type": "string", "default": ""},
+                        },
+                        "steps": [{"id": "go", "type": "noop"}],
+                    }
+                )
+
+        began = time.monotonic()
+        await asyncio.gather(*(push(i) for i in range(workflows)))
+        register_s = time.monotonic() - began  # each push also creates its schedule
+    # Count whole minutes that start after every schedule exists.
+    now = datetime.now(UTC)
+    first = (now + timedelta(minutes=1)).replace(second=0, microsecond=0)
+    window = [first + timedelta(minutes=k) for k in range(minutes)]
+    settle = (window[-1] - datetime.now(UTC)).total_seconds() + 60
+    await asyncio.sleep(max(settle, 0))
+    url = f"postgresql://postgres@127.0.0.1:{stack.pg_port}/postgres"
+    connection = await asyncpg.connect(url)
+    try:
+        rows = await connection.fetch(
+            "select workflow_id, cause->'detail'->>'scheduled_at' as at, created_at, "
+            "started_at, status from runs where workflow_id like $1 "
+            "and cause->>'kind' = 'time'",
+            f"cron-{nonce}-%",
+        )
+    finally:
+        await connection.close()
+    wanted = {t.isoformat() for t in window}
+    counted = Counter((r["workflow_id"], r["at"]) for r in rows if r["at"] in wanted)
+    created_late, started_late = [], []
+    for r in rows:
+        if r["at"] not in wanted:
+            continue
+        at = datetime.fromisoformat(r["at"])
+        created_late.append((r["created_at"] - at).total_seconds())
+        if r["started_at"] is not None:
+            started_late.append((r["started_at"] - at).total_seconds())
+    expected = workflows * minutes
+    return {
+        "workflows": workflows,
+        "minutes": minutes,
+        "register_and_schedule_seconds": round(register_s, 1),
+        "expected_fires": expected,
+        "runs": sum(counted.values()),
+        "missed": expected - len(counted),
+        "doubled": sum(1 for c in counted.values() if c > 1),
+        "not_started": sum(1 for r in rows if r["at"] in wanted and r["started_at"] is None),
+        "created_lateness_ms": _ms(created_late),
+        "started_lateness_ms": _ms(started_late),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workflows", type=int, default=1000)
+    parser.add_argument("--minutes", type=int, default=3)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="maestro-sched-bench-") as work:
+        stack = Stack(Path(work))
+        stack.start()
+        try:
+            result = asyncio.run(scenario(stack, args.workflows, args.minutes))
+        finally:
+            stack.stop()
+    result = {
+        "machine": machine(),
+        "command": f"python -m bench.schedules --workflows "
+        f"{args.workflows} --minutes {args.minutes}",
+        "results": result,
+    }
+    print(json.dumps(result, indent=2, default=str))
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
