@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowFailureError, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError
@@ -23,9 +24,11 @@ from maestro.settings import TemporalSettings
 from maestro.signals import SignalBus
 from workers.activities import StepActivities
 from workers.main import new_worker
+from workers.schedules import FireScheduleWorkflow
 from workers.workflow import RunWorkflow
 
 TASK_QUEUE = "maestro-workflow-tests"
+HISTORIES = Path(__file__).parent / "histories"  # recorded by earlier versions of the code
 
 
 def _test_server_path() -> str:
@@ -401,3 +404,31 @@ async def test_history_replays_deterministically(env, sessions):
     await Replayer(workflows=[RunWorkflow], data_converter=pydantic_data_converter).replay_workflow(
         history
     )
+    # Recording is local: the server scheduled activity tasks for the two steps only, and the
+    # run's end (and c's skip) are markers in the workflow tasks that decided them.
+    types = [e.event_type for e in history.events]
+    assert types.count(EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED) == 2
+    assert types.count(EventType.EVENT_TYPE_MARKER_RECORDED) >= 2
+
+
+@pytest.mark.parametrize("name", ["run_succeeded", "run_failed"])
+async def test_runs_started_before_local_recording_still_replay(name):
+    """Histories recorded before LOCAL_RECORDING_PATCH (finish_run and record_steps as regular
+    activities) replay without nondeterminism under the current code."""
+    history = WorkflowHistory.from_json(
+        name, (HISTORIES / f"{name}.json").read_text(encoding="utf-8")
+    )
+    types = [e.event_type for e in history.events]
+    assert EventType.EVENT_TYPE_MARKER_RECORDED not in types  # really the old command order
+    await Replayer(workflows=[RunWorkflow], data_converter=pydantic_data_converter).replay_workflow(
+        history
+    )
+
+
+async def test_fires_started_before_the_local_fire_still_replay():
+    history = WorkflowHistory.from_json(
+        "fire", (HISTORIES / "fire_schedule.json").read_text(encoding="utf-8")
+    )
+    await Replayer(
+        workflows=[FireScheduleWorkflow], data_converter=pydantic_data_converter
+    ).replay_workflow(history)

@@ -46,6 +46,10 @@ with workflow.unsafe.imports_passed_through():
 _RECORD_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=10)
 )
+# Since this patch, recording (finish_run, record_steps) runs as local activities: in the
+# workflow task that decided it, with no activity task or extra workflow task on the server.
+# Runs started before it replay their recorded (regular) activities.
+LOCAL_RECORDING_PATCH = "local-recording"
 
 
 class _FailFast(Exception):
@@ -158,7 +162,7 @@ class RunWorkflow:
             if not state.status.is_terminal:
                 self._set(state.step_id, StepStatus.stopped, error="run ended before this step")
         outputs = {sid: s.outputs for sid, s in self._states.items() if s.outputs}
-        await workflow.execute_activity(
+        await _record(
             FINISH_RUN_ACTIVITY,
             FinishRunInput(
                 run_id=run_input.run_id,
@@ -171,8 +175,6 @@ class RunWorkflow:
                 steps=list(self._states.values()),
                 outputs=outputs,
             ),
-            start_to_close_timeout=timedelta(seconds=30),
-            retry_policy=_RECORD_RETRY,
         )
         workflow.logger.info("run ended", extra={**fields, "status": self._status.value})
         if cancelled:
@@ -447,9 +449,18 @@ class RunWorkflow:
         assert self._input is not None
         states = [self._states[sid].model_copy() for sid in dict.fromkeys(self._unrecorded)]
         self._unrecorded.clear()
-        await workflow.execute_activity(
-            RECORD_STEPS_ACTIVITY,
-            RecordStepsInput(run_id=self._input.run_id, steps=states),
-            start_to_close_timeout=timedelta(seconds=30),
-            retry_policy=_RECORD_RETRY,
+        await _record(
+            RECORD_STEPS_ACTIVITY, RecordStepsInput(run_id=self._input.run_id, steps=states)
         )
+
+
+async def _record(activity: str, arg: Any) -> None:
+    """Run an idempotent recording activity: local since LOCAL_RECORDING_PATCH, else regular."""
+    execute = (
+        workflow.execute_local_activity
+        if workflow.patched(LOCAL_RECORDING_PATCH)
+        else workflow.execute_activity
+    )
+    await execute(
+        activity, arg, start_to_close_timeout=timedelta(seconds=30), retry_policy=_RECORD_RETRY
+    )

@@ -13,7 +13,7 @@ from maestro.db import models as models_db
 from maestro.runtime import StepResult
 from maestro.signals import Producer
 from maestro.steps import DeployParams, EvaluateParams, TrainParams, parse_gate
-from workers.executors.python import call_user_function, load_entrypoint
+from workers.executors.python import call_entrypoint
 from workers.executors.services import Services
 
 _OPS = {
@@ -41,7 +41,7 @@ def _metrics(result: dict[str, Any], entrypoint: str) -> dict[str, float]:
 
 async def run_train(ctx: StepContext, spec: TrainParams, services: Services) -> StepResult:
     ctx.args, ctx.data = spec.args, spec.data
-    result = await call_user_function(load_entrypoint(spec.entrypoint), ctx, spec.entrypoint)
+    result = await call_entrypoint(spec.entrypoint, ctx)
     if "model" not in result:
         raise ApplicationError(
             f"{spec.entrypoint} must return the model's path as 'model'",
@@ -84,7 +84,7 @@ async def run_evaluate(ctx: StepContext, spec: EvaluateParams, services: Service
             champion = await models_db.holder_of(session, spec.model_name, spec.better_than.stage)
     ctx.args, ctx.data = spec.args, spec.data
     ctx.model_path = services.artifacts.local_path(candidate.artifact_uri)
-    result = await call_user_function(load_entrypoint(spec.entrypoint), ctx, spec.entrypoint)
+    result = await call_entrypoint(spec.entrypoint, ctx)
     metrics = _metrics(result, spec.entrypoint)
     async with services.sessions.begin() as session:
         version = await models_db.get_version(

@@ -36,9 +36,11 @@ def load_entrypoint(entrypoint: str) -> Any:
     return function
 
 
-async def call_user_function(function: Any, ctx: StepContext, entrypoint: str) -> dict:
-    """Call a step function: coroutines on the loop, sync (often CPU-bound) code in a thread.
-    It must return a dict (or None)."""
+async def call_entrypoint(entrypoint: str, ctx: StepContext) -> dict:
+    """Import and call a step function: coroutines on the loop, sync (often CPU-bound) code in
+    a thread. It must return a dict (or None). The import runs in a thread too: a first import
+    of a heavy library takes seconds, and the loop must keep heartbeating meanwhile."""
+    function = await asyncio.to_thread(load_entrypoint, entrypoint)
     if inspect.iscoroutinefunction(function):
         result = await function(ctx)
     else:
@@ -56,7 +58,7 @@ async def call_user_function(function: Any, ctx: StepContext, entrypoint: str) -
 
 async def run_python(ctx: StepContext, spec: PythonParams, services: Services) -> StepResult:
     ctx.args = spec.args
-    result = await call_user_function(load_entrypoint(spec.entrypoint), ctx, spec.entrypoint)
+    result = await call_entrypoint(spec.entrypoint, ctx)
     if "artifacts" in result:
         if not isinstance(result["artifacts"], dict):
             raise ApplicationError(
