@@ -10,7 +10,8 @@ from datetime import timedelta
 
 from prometheus_client import start_http_server
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from maestro.db.engine import create_engine, session_factory
 from maestro.runs import RunsService
@@ -33,9 +34,11 @@ def new_worker(
     *,
     limit: int = 100,
     workflows: bool = True,
+    sandbox: bool = True,
 ) -> Worker:
     """A worker for one task queue: the workflows (unless `workflows` is false) and the step
-    activities, plus the schedule-fire activity where given."""
+    activities, plus the schedule-fire activity where given. `sandbox` runs the workflows in
+    Temporal's sandbox (tests always do; see WorkerSettings.workflow_sandbox)."""
     activity_list = [
         activities.run_step,
         activities.record_steps,
@@ -50,6 +53,7 @@ def new_worker(
         workflows=[RunWorkflow, FireScheduleWorkflow] if workflows else [],
         activities=activity_list,
         max_concurrent_activities=limit,
+        workflow_runner=SandboxedWorkflowRunner() if sandbox else UnsandboxedWorkflowRunner(),
         # Cancellation reaches an activity only with a heartbeat; send them often enough that
         # stopping a run takes about a second, whatever the step's heartbeat timeout.
         max_heartbeat_throttle_interval=timedelta(seconds=1),
@@ -77,7 +81,12 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
             loop.add_signal_handler(sig, stop.set)
     workers = [
         new_worker(
-            client, settings.temporal.task_queue, activities, schedule_activities, limit=limit
+            client,
+            settings.temporal.task_queue,
+            activities,
+            schedule_activities,
+            limit=limit,
+            sandbox=settings.worker.workflow_sandbox,
         )
     ]
     workers += [
