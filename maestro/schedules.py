@@ -40,7 +40,14 @@ from temporalio.service import RPCError, RPCStatusCode
 from maestro.db import workflows as workflows_db
 from maestro.db.tables import Run, Workflow
 from maestro.definitions import IntervalTrigger, TimeTrigger, WorkflowDefinition
-from maestro.errors import InvalidInput, ParamsInvalid, Problem, Unavailable, WorkflowInactive
+from maestro.errors import (
+    InvalidInput,
+    NotFound,
+    ParamsInvalid,
+    Problem,
+    Unavailable,
+    WorkflowInactive,
+)
 from maestro.runs import RunsService
 from maestro.runtime import FIRE_SCHEDULE_WORKFLOW, Cause, FireInput, FireRequest
 from maestro.settings import TemporalSettings
@@ -196,12 +203,26 @@ class Schedules:
         async with self._sessions() as session:
             workflow = await workflows_db.get_workflow(session, workflow_id)
             desired, paused = await self._desired(session, workflow)
-            # Any version may have left schedules behind; their ids are derivable.
-            former: set[str] = set()
-            for version in await workflows_db.list_versions(session, workflow_id):
-                definition = await self._runs.definition(session, workflow_id, version.version)
-                former |= {ref.schedule_id for ref in time_triggers(workflow_id, definition)}
+            former = await self.schedule_ids(session, workflow_id)
         return await self._apply(desired, paused, former)
+
+    async def schedule_ids(self, session: AsyncSession, workflow_id: str) -> set[str]:
+        """The ids of every schedule any version of the workflow may have left behind (they
+        are derivable from the definitions)."""
+        ids: set[str] = set()
+        for version in await workflows_db.list_versions(session, workflow_id):
+            definition = await self._runs.definition(session, workflow_id, version.version)
+            ids |= {ref.schedule_id for ref in time_triggers(workflow_id, definition)}
+        return ids
+
+    async def delete_schedules(self, schedule_ids: set[str]) -> None:
+        """Delete these schedules (absent ones are fine); Unavailable if Temporal is down."""
+        try:
+            for schedule_id in sorted(schedule_ids):
+                await self._delete(schedule_id)
+                logger.info("schedule deleted", extra={"schedule_id": schedule_id})
+        except RPCError as exc:
+            raise Unavailable(f"Temporal is unavailable: {exc}") from exc
 
     async def reconcile_all(self) -> int:
         """Reconcile every workflow (start-up); returns how many schedules were touched."""
@@ -282,9 +303,20 @@ class Schedules:
     async def fire(self, request: FireRequest) -> Run | None:
         """Create (once) and launch the run for one scheduled time of one trigger."""
         async with self._sessions.begin() as session:
-            run = await self._create(
-                session, request.workflow_id, request.trigger_id, request.scheduled_at, kind="time"
-            )
+            try:
+                run = await self._create(
+                    session,
+                    request.workflow_id,
+                    request.trigger_id,
+                    request.scheduled_at,
+                    kind="time",
+                )
+            except NotFound:
+                # The workflow was deleted after Temporal started this fire.
+                logger.info(
+                    "fire ignored: no such workflow", extra={"workflow_id": request.workflow_id}
+                )
+                return None
         if run is not None:
             await self._runs.launch([run])
         return run

@@ -10,7 +10,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from maestro.db import workflows as workflows_db
 from maestro.db.tables import Workflow, WorkflowVersion
 from maestro.definitions import WorkflowDefinition
-from maestro.runs import RunsService
+from maestro.errors import Conflict
+from maestro.runs import LIVE, RunsService
 from maestro.schedules import Schedules
 from maestro.signals import SignalBus
 
@@ -61,6 +62,35 @@ class WorkflowsService:
 
     async def resume(self, workflow_id: str) -> Workflow:
         return await self._set_flags(workflow_id, paused=False)
+
+    async def delete(self, workflow_id: str) -> None:
+        """Delete a workflow that has no queued or running runs: its schedules first (so a
+        failure leaves the database whole, and reconciliation would restore them), then its
+        rows. Conflict while runs are live; Unavailable if Temporal cannot be reached."""
+        async with self._sessions() as session:
+            await workflows_db.get_workflow(session, workflow_id)
+            await self._refuse_live_runs(session, workflow_id)
+            schedule_ids = await self._schedules.schedule_ids(session, workflow_id)
+        await self._schedules.delete_schedules(schedule_ids)
+        async with self._sessions.begin() as session:
+            await workflows_db.get_workflow(session, workflow_id, lock=True)
+            try:
+                # A start may have slipped in after the first check (starts lock this row).
+                await self._refuse_live_runs(session, workflow_id)
+            except Conflict:
+                await self._reconcile(workflow_id)
+                raise
+            await workflows_db.delete_workflow(session, workflow_id)
+        logger.info("workflow deleted", extra={"workflow_id": workflow_id})
+
+    @staticmethod
+    async def _refuse_live_runs(session: AsyncSession, workflow_id: str) -> None:
+        live = await workflows_db.count_runs(session, workflow_id, [s.value for s in LIVE])
+        if live:
+            raise Conflict(
+                f"workflow {workflow_id!r} has {live} queued or running run(s); stop them "
+                f"first (POST /api/v1/workflows/{workflow_id}/stop) or let them end"
+            )
 
     async def _set_flags(self, workflow_id: str, **flags: bool) -> Workflow:
         async with self._sessions.begin() as session:

@@ -7,7 +7,7 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 from temporalio.client import Client, Schedule, ScheduleActionStartWorkflow, ScheduleSpec
 from temporalio.service import RPCError
 
@@ -15,7 +15,7 @@ from maestro.db.tables import Run
 from maestro.definitions import TimeTrigger
 from maestro.runtime import FireRequest
 from maestro.schedules import TimeTriggerRef
-from tests.conftest import unique_id
+from tests.conftest import unique_id, wait_for_run, wait_for_step
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -287,3 +287,53 @@ async def test_reconciling_from_another_task_queue_keeps_the_schedules_queue(
     description = await handle.describe()
     assert description.schedule.state.paused is True
     assert description.schedule.action.task_queue == settings.temporal.task_queue
+
+
+async def test_deleting_a_workflow_removes_its_schedules_and_rows_and_its_id_carries_on(
+    api, sessions, temporal_client
+):
+    wid = unique_id("delete")
+    definition = body(wid, [{"cron": "15 4 * * *"}, {"signal": {"all_of": [{"name": wid}]}}])
+    definition["steps"] = [{"id": "nap", "type": "sleep", "params": {"seconds": 60}}]
+    await push(api, definition)
+    listed = {t["kind"]: t for t in await triggers(api, wid)}
+    schedule_id = listed["time"]["schedule"]["schedule_id"]
+    run = (await api.post(f"/api/v1/workflows/{wid}/runs", json={})).json()
+    await wait_for_step(api, run["run_id"], "nap", "running")
+
+    # A live run: refused, and nothing is removed.
+    refused = await api.delete(f"/api/v1/workflows/{wid}")
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["error"] == "conflict"
+    assert "stop them first" in refused.json()["message"]
+    assert await schedule_exists(temporal_client, schedule_id)
+    assert (await api.get(f"/api/v1/workflows/{wid}")).status_code == 200
+
+    assert (await api.post(f"/api/v1/workflows/{wid}/stop")).status_code == 202
+    assert (await wait_for_run(api, run["run_id"]))["status"] == "stopped"
+    deleted = await api.delete(f"/api/v1/workflows/{wid}")
+    assert deleted.status_code == 204, deleted.text
+    assert not await schedule_exists(temporal_client, schedule_id)
+    assert (await api.get(f"/api/v1/workflows/{wid}")).status_code == 404
+    assert (await api.get(f"/api/v1/runs/{run['run_id']}")).status_code == 404
+    assert (await api.delete(f"/api/v1/workflows/{wid}")).status_code == 404
+    async with sessions() as session:
+        for table in ("runs", "workflow_versions", "signal_triggers", "step_runs"):
+            column = "workflow_id" if table != "step_runs" else "run_id"
+            value = wid if table != "step_runs" else run["run_id"]
+            count = await session.scalar(
+                text(f"SELECT count(*) FROM {table} WHERE {column} = :v"), {"v": value}
+            )
+            assert count == 0, table
+    # The signal trigger is gone too: its signal starts nothing now.
+    published = await api.post("/api/v1/signals", json={"name": wid})
+    assert published.status_code == 201 and published.json()["runs"] == []
+
+    # The same id again: versions and run numbers carry on, so the Temporal id is new and runs.
+    await push(api, body(wid, []))
+    again = (await api.get(f"/api/v1/workflows/{wid}")).json()
+    assert again["active_version"] == 2
+    second = (await api.post(f"/api/v1/workflows/{wid}/runs", json={})).json()
+    assert second["run_number"] == 2
+    assert second["temporal_workflow_id"] != run["temporal_workflow_id"]
+    assert (await wait_for_run(api, second["run_id"]))["status"] == "succeeded"

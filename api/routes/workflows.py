@@ -190,6 +190,21 @@ async def deactivate_workflow(workflow_id: str, workflows: WorkflowsDep) -> Work
     return workflow_out(await workflows.deactivate(workflow_id))
 
 
+@router.delete(
+    "/{workflow_id}",
+    status_code=204,
+    responses={409: {"description": "the workflow has queued or running runs"}},
+)
+async def delete_workflow(workflow_id: str, workflows: WorkflowsDep) -> Response:
+    """Delete a workflow: its Temporal schedules, versions, signal-trigger registrations and
+    partial joins, its runs and their steps. Signals stay in the log. 409 while it has queued
+    or running runs (stop them first with POST /workflows/{id}/stop). Pushing the same id
+    again creates a new workflow whose versions and run numbers carry on after the old ones,
+    so Temporal workflow ids never repeat."""
+    await workflows.delete(workflow_id)
+    return Response(status_code=204)
+
+
 @router.post("/{workflow_id}/pause", response_model=WorkflowOut)
 async def pause_workflow(workflow_id: str, workflows: WorkflowsDep) -> WorkflowOut:
     """Pause every trigger (schedules and signal triggers); manual starts still work."""

@@ -55,6 +55,18 @@ class Workflow(Base):
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
 
 
+class DeletedWorkflow(Base):
+    """What a deleted workflow's id had used: a workflow created again under that id carries on
+    from here, so (workflow, version) and Temporal's `<workflow>-run-<n>` ids never repeat."""
+
+    __tablename__ = "deleted_workflows"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    latest_version: Mapped[int] = mapped_column(Integer)
+    run_counter: Mapped[int] = mapped_column(BigInteger)
+    deleted_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
+
+
 class WorkflowVersion(Base):
     """One immutable version of a workflow definition."""
 

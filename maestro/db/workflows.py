@@ -4,11 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import select
+from sqlalchemy import delete, func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from maestro.db.tables import Workflow, WorkflowVersion
+from maestro.db.tables import (
+    DeletedWorkflow,
+    Run,
+    SignalMatch,
+    SignalTriggerRow,
+    Workflow,
+    WorkflowVersion,
+)
 from maestro.definitions import WorkflowDefinition
 from maestro.errors import NotFound
 
@@ -37,13 +44,15 @@ async def push_version(
     session: AsyncSession, definition: WorkflowDefinition
 ) -> tuple[Workflow, WorkflowVersion, bool]:
     """Store a definition: a new version (activated) unless an identical one exists."""
+    # A workflow created again after a delete carries on its former counters.
+    former = await session.get(DeletedWorkflow, definition.id)
     await session.execute(
         insert(Workflow)
         .values(
             id=definition.id,
             owner=definition.owner,
-            latest_version=0,
-            run_counter=0,
+            latest_version=former.latest_version if former else 0,
+            run_counter=former.run_counter if former else 0,
             is_active=True,
         )
         .on_conflict_do_nothing()
@@ -115,3 +124,29 @@ async def activate_version(session: AsyncSession, workflow_id: str, ref: str | i
     workflow.is_active = True
     await session.flush()
     return workflow
+
+
+async def count_runs(session: AsyncSession, workflow_id: str, statuses: Sequence[str]) -> int:
+    query = select(func.count()).where(Run.workflow_id == workflow_id, Run.status.in_(statuses))
+    return (await session.execute(query)).scalar_one()
+
+
+async def delete_workflow(session: AsyncSession, workflow_id: str) -> None:
+    """Remove a workflow with its versions, runs (steps and waits cascade), signal-trigger
+    registrations (partial joins cascade) and its record of consumed signals. Signals stay:
+    the log is append-only. Its counters are kept (see DeletedWorkflow); the caller holds the
+    workflow's row lock."""
+    workflow = await get_workflow(session, workflow_id)
+    counters = {"latest_version": workflow.latest_version, "run_counter": workflow.run_counter}
+    await session.execute(
+        insert(DeletedWorkflow)
+        .values(id=workflow_id, **counters)
+        .on_conflict_do_update(index_elements=["id"], set_={**counters, "deleted_at": func.now()})
+    )
+    await session.execute(delete(SignalMatch).where(SignalMatch.workflow_id == workflow_id))
+    await session.execute(
+        delete(SignalTriggerRow).where(SignalTriggerRow.workflow_id == workflow_id)
+    )
+    await session.execute(delete(Run).where(Run.workflow_id == workflow_id))
+    await session.execute(delete(WorkflowVersion).where(WorkflowVersion.workflow_id == workflow_id))
+    await session.execute(delete(Workflow).where(Workflow.id == workflow_id))
