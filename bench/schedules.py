@@ -2,6 +2,9 @@
 
 Every fire must make exactly one run; reports fire lateness (the run's first step started −
 its scheduled time, and run created − scheduled time) and the time to create N schedules.
+Then, in the same stack, the raw-Temporal floor: N plain Temporal schedules, each starting the
+one-activity RawWorkflow every minute, for M minutes (workflow started − scheduled time, and
+activity code started − scheduled time).
 
     python -m bench.schedules [--workflows 1000] [--minutes 3] [--out FILE]
 """
@@ -19,9 +22,22 @@ from pathlib import Path
 
 import asyncpg
 import httpx
+from temporalio.client import (
+    Client,
+    Schedule,
+    ScheduleActionStartWorkflow,
+    ScheduleOverlapPolicy,
+    SchedulePolicy,
+    ScheduleSpec,
+)
+from temporalio.common import SearchAttributeKey
 
+from bench.raw import RAW_TASK_QUEUE, RAW_WORKFLOW
 from bench.run import Api, machine, percentile
 from bench.stack import Stack
+
+# Temporal sets this on every workflow a schedule starts: the time it was scheduled for.
+SCHEDULED_START = SearchAttributeKey.for_datetime("TemporalScheduledStartTime")
 
 
 def _ms(values: list[float]) -> dict[str, float]:
@@ -60,12 +76,7 @@ async def scenario(stack: Stack, workflows: int, minutes: int) -> dict:
         began = time.monotonic()
         await asyncio.gather(*(push(i) for i in range(workflows)))
         register_s = time.monotonic() - began  # each push also creates its schedule
-    # Count whole minutes that start after every schedule exists.
-    now = datetime.now(UTC)
-    first = (now + timedelta(minutes=1)).replace(second=0, microsecond=0)
-    window = [first + timedelta(minutes=k) for k in range(minutes)]
-    settle = (window[-1] - datetime.now(UTC)).total_seconds() + 60
-    await asyncio.sleep(max(settle, 0))
+    window = await _window(minutes)
     url = f"postgresql://postgres@127.0.0.1:{stack.pg_port}/postgres"
     connection = await asyncpg.connect(url)
     try:
@@ -102,17 +113,90 @@ async def scenario(stack: Stack, workflows: int, minutes: int) -> dict:
     }
 
 
+async def _window(minutes: int) -> list[datetime]:
+    """Whole minutes that start after every schedule exists; returns once the last of them is
+    a minute past (time for late fires to arrive)."""
+    first = (datetime.now(UTC) + timedelta(minutes=1)).replace(second=0, microsecond=0)
+    window = [first + timedelta(minutes=k) for k in range(minutes)]
+    settle = (window[-1] - datetime.now(UTC)).total_seconds() + 60
+    await asyncio.sleep(max(settle, 0))
+    return window
+
+
+async def raw_floor(stack: Stack, schedules: int, minutes: int) -> dict:
+    """The same load on plain Temporal: no Maestro code, the raw worker runs the workflows."""
+    client = await Client.connect(stack.temporal_address)
+    nonce = f"{int(time.time())}"
+    ids = [f"bench-raw-{nonce}-{i:04d}" for i in range(schedules)]
+    gate = asyncio.Semaphore(16)
+
+    async def create(schedule_id: str) -> None:
+        async with gate:
+            await client.create_schedule(
+                schedule_id,
+                Schedule(
+                    action=ScheduleActionStartWorkflow(
+                        RAW_WORKFLOW, id=f"{schedule_id}-wf", task_queue=RAW_TASK_QUEUE
+                    ),
+                    spec=ScheduleSpec(cron_expressions=["* * * * *"]),
+                    policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.ALLOW_ALL),
+                ),
+            )
+
+    began = time.monotonic()
+    await asyncio.gather(*(create(i) for i in ids))
+    create_s = time.monotonic() - began
+    window = await _window(minutes)
+    for schedule_id in ids:
+        await client.get_schedule_handle(schedule_id).delete()
+    wanted = set(window)
+    counted: Counter[tuple[str, datetime]] = Counter()
+    started_late, activity_late, not_done = [], [], 0
+    query = f"WorkflowType = '{RAW_WORKFLOW}' AND WorkflowId STARTS_WITH 'bench-raw-{nonce}-'"
+    async for execution in client.list_workflows(query):
+        at = execution.typed_search_attributes.get(SCHEDULED_START)
+        if at is None or at.astimezone(UTC) not in wanted:
+            continue
+        at = at.astimezone(UTC)
+        counted[(execution.id.rsplit("-wf-", 1)[0], at)] += 1
+        started_late.append((execution.start_time - at).total_seconds())
+        try:
+            entered = await asyncio.wait_for(
+                client.get_workflow_handle(execution.id, run_id=execution.run_id).result(), 1
+            )
+            activity_late.append(entered - at.timestamp())
+        except Exception:  # noqa: BLE001 - still running a minute after the window
+            not_done += 1
+    expected = schedules * minutes
+    return {
+        "schedules": schedules,
+        "minutes": minutes,
+        "create_schedules_seconds": round(create_s, 1),
+        "expected_fires": expected,
+        "workflows": sum(counted.values()),
+        "missed": expected - len(counted),
+        "doubled": sum(1 for c in counted.values() if c > 1),
+        "not_done": not_done,
+        "started_lateness_ms": _ms(started_late),
+        "activity_lateness_ms": _ms(activity_late),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workflows", type=int, default=1000)
     parser.add_argument("--minutes", type=int, default=3)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--no-raw", action="store_true", help="skip the raw-Temporal floor")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="maestro-sched-bench-") as work:
         stack = Stack(Path(work))
         stack.start()
         try:
-            result = asyncio.run(scenario(stack, args.workflows, args.minutes))
+            result = {"maestro": asyncio.run(scenario(stack, args.workflows, args.minutes))}
+            print(json.dumps(result, indent=2, default=str), flush=True)
+            if not args.no_raw:
+                result["raw"] = asyncio.run(raw_floor(stack, args.workflows, args.minutes))
         finally:
             stack.stop()
     result = {
