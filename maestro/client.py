@@ -112,7 +112,7 @@ class MaestroClient:
             ) from exc
         if not response.is_success:
             raise MaestroAPIError.from_response(response)
-        return response.json()
+        return response.json() if response.content else None
 
     # Workflows
 
@@ -192,6 +192,10 @@ class MaestroClient:
     def deactivate_workflow(self, workflow_id: str) -> dict[str, Any]:
         """Stop triggers and default starts; running runs continue."""
         return self._request("POST", f"/workflows/{_segment(workflow_id)}/deactivate")
+
+    def delete_workflow(self, workflow_id: str) -> None:
+        """Delete the workflow with its schedules, versions and runs (409 while runs are live)."""
+        self._request("DELETE", f"/workflows/{_segment(workflow_id)}")
 
     # Runs
 

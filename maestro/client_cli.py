@@ -468,6 +468,20 @@ def workflow_deactivate(ctx: typer.Context, workflow_id: str) -> None:
     out.print(f"{workflow['id']}: {_workflow_state(workflow)} (running runs continue)")
 
 
+@workflow_app.command("delete")
+def workflow_delete(
+    ctx: typer.Context,
+    workflow_id: str,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
+) -> None:
+    """Delete a workflow with its schedules, versions and runs (refused while runs are live)."""
+    if not yes:
+        typer.confirm(f"delete {workflow_id} with its versions and run history?", abort=True)
+    with _client(ctx) as client:
+        client.delete_workflow(workflow_id)
+    out.print(f"{workflow_id}: deleted")
+
+
 # maestro run ...
 
 

@@ -110,6 +110,10 @@ def test_apply_list_show_and_state_changes(cli, tmp_path: Path):
     shown = ok(cli("workflow", "show", wid))
     assert re.search(r"state\s+inactive", shown) and "no triggers" in shown, "hello has none"
 
+    assert ok(cli("workflow", "delete", wid, "--yes")).strip() == f"{wid}: deleted"
+    gone = cli("workflow", "show", wid)
+    assert gone.exit_code == 1 and gone.stderr.startswith("error: 404 not_found: ")
+
 
 def test_run_start_wait_list_and_show(cli, tmp_path: Path):
     wid, path = hello_copy(tmp_path)
