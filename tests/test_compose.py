@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 from api.app import create_app
 from maestro.cli import app as cli_app
 from maestro.db.engine import async_url
+from maestro.embedded import DYNAMIC_CONFIG_FILE, temporal_dev_server_command
 from maestro.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -351,6 +352,22 @@ def test_temporal_runs_on_the_same_postgres(compose, clean_env):
     assert port == "7233"
     assert temporal["DEFAULT_NAMESPACE"] == settings.temporal.namespace
     assert environment(services["temporal-ui"])["TEMPORAL_ADDRESS"] == settings.temporal.address
+
+
+def test_temporal_gets_the_dynamic_config_maestro_up_uses(compose, clean_env, tmp_path):
+    """The server in the stack reads the same settings file `maestro up` passes to its dev
+    server (the scheduler's start rate), mounted where DYNAMIC_CONFIG_FILE_PATH points."""
+    temporal = compose["services"]["temporal"]
+    path = environment(temporal)["DYNAMIC_CONFIG_FILE_PATH"]
+    mounts = dict(entry.removesuffix(":ro").rsplit(":", 1)[::-1] for entry in temporal["volumes"])
+    source = mounts[str(Path("/etc/temporal") / path)]
+    assert (ROOT / source).resolve() == DYNAMIC_CONFIG_FILE
+    rate = yaml.safe_load(DYNAMIC_CONFIG_FILE.read_text())[
+        "worker.schedulerNamespaceStartWorkflowRPS"
+    ][0]["value"]
+    assert rate >= 1000
+    command = temporal_dev_server_command(tmp_path, port=1, ui_port=None)
+    assert f"worker.schedulerNamespaceStartWorkflowRPS={rate}" in command
 
 
 def test_worker_environment_builds_valid_settings(compose, clean_env):
