@@ -20,7 +20,7 @@ from api.schemas import ErrorBody
 from maestro import __version__
 from maestro.db.engine import create_engine, session_factory
 from maestro.definitions import WorkflowDefinition
-from maestro.keys import Scope
+from maestro.keys import KeyCache, Scope
 from maestro.registry import Registry
 from maestro.runs import RunsService
 from maestro.schedules import Schedules
@@ -81,6 +81,7 @@ def create_app(settings: Settings) -> FastAPI:
         sessions = session_factory(engine)
         app.state.settings = settings
         app.state.sessions = sessions
+        app.state.key_cache = KeyCache(settings.api.key_cache_seconds)
         app.state.engine = engine
         app.state.runs = RunsService(
             sessions, client, settings.temporal, search_attributes=search_attributes

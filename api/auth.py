@@ -33,8 +33,7 @@ async def get_principal(request: Request) -> Principal:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("missing API key: send `Authorization: Bearer <key>`")
-    async with request.app.state.sessions() as session:
-        row = await keys.find_key(session, token.strip())
+    row = await request.app.state.key_cache.lookup(request.app.state.sessions, token.strip())
     if row is None:
         raise Unauthorized("unknown or revoked API key")
     principal = Principal(row.id, row.name, list(row.scopes), list(row.owners))

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 
@@ -92,6 +95,48 @@ async def create_key(
 async def find_key(session: AsyncSession, secret: str) -> ApiKey | None:
     query = select(ApiKey).where(ApiKey.key_hash == hash_key(secret), ApiKey.revoked_at.is_(None))
     return (await session.execute(query)).scalar_one_or_none()
+
+
+@dataclass(frozen=True)
+class KnownKey:
+    """What a request needs of a valid key."""
+
+    id: str
+    name: str
+    scopes: tuple[str, ...]
+    owners: tuple[str, ...]
+
+
+class KeyCache:
+    """Keys found valid in the last `ttl` seconds, so most requests cost no database round
+    trip. Revoking through this process clears it at once; other API processes stop accepting
+    a revoked key within `ttl`. Unknown keys are never cached (a new key works at once)."""
+
+    def __init__(self, ttl: float, size: int = 1_024) -> None:
+        self._ttl = ttl
+        self._size = size
+        self._entries: OrderedDict[str, tuple[float, KnownKey]] = OrderedDict()
+
+    async def lookup(self, session_factory, secret: str) -> KnownKey | None:
+        digest = hash_key(secret)
+        entry = self._entries.get(digest)
+        if entry is not None and entry[0] > time.monotonic():
+            return entry[1]
+        async with session_factory() as session:
+            row = await find_key(session, secret)
+        if row is None:
+            self._entries.pop(digest, None)
+            return None
+        known = KnownKey(row.id, row.name, tuple(row.scopes), tuple(row.owners))
+        if self._ttl > 0:
+            self._entries[digest] = (time.monotonic() + self._ttl, known)
+            self._entries.move_to_end(digest)
+            while len(self._entries) > self._size:
+                self._entries.popitem(last=False)
+        return known
+
+    def clear(self) -> None:
+        self._entries.clear()
 
 
 async def list_keys(session: AsyncSession) -> Sequence[ApiKey]:

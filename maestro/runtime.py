@@ -173,6 +173,8 @@ class FinishRunInput(BaseModel):
     error: str | None = None
     steps: list[StepState]
     outputs: dict[str, Any] = Field(default_factory=dict)
+    # Whether any step could have registered signal waits (left-over ones are removed).
+    waits: bool = True
 
 
 class WaitSpec(BaseModel):

@@ -28,6 +28,9 @@ class ApiSettings(BaseModel):
     # Require `Authorization: Bearer <key>` on every endpoint but health and the OpenAPI page.
     auth: bool = True
     max_body_bytes: int = 1_048_576
+    # How long a valid key is remembered (no database lookup per request); a key revoked
+    # through another API process stops working within this time. 0 = look up every request.
+    key_cache_seconds: float = 5.0
     # How often each API process finishes launches and deliveries a dead process left undone.
     sweep_interval_seconds: float = 1.0
     # How often each API process reconciles every schedule (also once at start-up).

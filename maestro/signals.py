@@ -232,12 +232,15 @@ class SignalBus:
                 fresh[key] = signal
         inserted: dict[str, Signal] = {}
         if fresh:
-            names = sorted({s.name for s in fresh.values()})
-            await signals_db.lock_names(session, names)
+            groups: dict[str, list[tuple[str, SignalIn]]] = {}
+            for key, signal in fresh.items():
+                groups.setdefault(signal.name, []).append((key, signal))
+            firsts = await signals_db.allocate_seqs(
+                session, {name: len(group) for name, group in groups.items()}
+            )
             rows = []
-            for name in names:
-                group = [(k, s) for k, s in fresh.items() if s.name == name]
-                first = await signals_db.allocate_seqs(session, name, len(group))
+            for name, group in sorted(groups.items()):
+                first = firsts[name]
                 rows += [
                     {
                         "name": name,

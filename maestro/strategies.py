@@ -51,8 +51,13 @@ def _waiting(workflow_id: str):
     )
 
 
-async def _count(session: AsyncSession, condition) -> int:
-    return await session.scalar(select(func.count()).select_from(Run).where(condition)) or 0
+async def _occupancy(session: AsyncSession, workflow_id: str) -> tuple[int, int]:
+    """(runs waiting for a slot, runs holding one), in one query."""
+    query = select(
+        func.count().filter(_waiting(workflow_id)), func.count().filter(_holding_slot(workflow_id))
+    ).where(Run.workflow_id == workflow_id, Run.status.in_([RunStatus.queued, RunStatus.running]))
+    waiting, holding = (await session.execute(query)).one()
+    return waiting, holding
 
 
 async def _runs(session: AsyncSession, condition, limit: int | None = None) -> list[Run]:
@@ -78,12 +83,8 @@ async def decide(
         # The newcomer waits for the runs it stops; older waiting runs are replaced by it.
         return Admission(False, stop=admitted, drop=await _runs(session, _waiting(workflow.id)))
     blocked = kind is RunStrategyKind.strict_sequential and workflow.blocked_by_run_id
-    queued = await _count(session, _waiting(workflow.id))
-    if (
-        not blocked
-        and (jump_queue or not queued)
-        and await _count(session, _holding_slot(workflow.id)) < _limit(strategy)
-    ):
+    queued, holding = await _occupancy(session, workflow.id)
+    if not blocked and (jump_queue or not queued) and holding < _limit(strategy):
         return Admission(True)
     if strategy.max_queued is not None and queued >= strategy.max_queued:
         return Admission(
@@ -98,8 +99,9 @@ async def admit_waiting(
     """Admit queued runs into the free slots (the workflow row must be locked)."""
     if strategy.kind is RunStrategyKind.strict_sequential and workflow.blocked_by_run_id:
         return []
-    free = _limit(strategy) - await _count(session, _holding_slot(workflow.id))
-    if free <= 0:
+    waiting, holding = await _occupancy(session, workflow.id)
+    free = _limit(strategy) - holding
+    if free <= 0 or not waiting:
         return []
     if strategy.kind is RunStrategyKind.last_only:
         # Only the newest waits; older ones were dropped on arrival.

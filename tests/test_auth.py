@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
 
+from maestro.keys import KeyCache, create_key, revoke_key
 from tests.conftest import unique_id
 
 pytestmark = pytest.mark.usefixtures("worker")
@@ -97,3 +100,19 @@ async def test_revoked_key_stops_working(api):
         assert (await client.get("/api/v1/workflows")).status_code == 401
     bad = await api.post("/api/v1/keys", json={"name": "x", "scopes": ["root"]})
     assert bad.status_code == 422
+
+
+async def test_key_cache_forgets_a_key_revoked_elsewhere_within_its_ttl(sessions):
+    """A key revoked by another API process (straight in the database here) keeps working
+    here only until the cached entry expires; then it is refused."""
+    cache = KeyCache(ttl=0.5)
+    async with sessions.begin() as session:
+        row, secret = await create_key(session, unique_id("cached"), ["read"])
+    found = await cache.lookup(sessions, secret)
+    assert found is not None and found.id == row.id and found.scopes == ("read",)
+    async with sessions.begin() as session:
+        await revoke_key(session, row.id)
+    assert await cache.lookup(sessions, secret) == found  # cached: no database round trip
+    await asyncio.sleep(0.6)
+    assert await cache.lookup(sessions, secret) is None
+    assert await KeyCache(ttl=0).lookup(sessions, "mst_unknown") is None

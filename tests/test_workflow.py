@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowFailureError, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -16,7 +18,7 @@ from temporalio.worker import Replayer
 
 from maestro.db import runs as runs_db
 from maestro.db import workflows as workflows_db
-from maestro.db.tables import Run
+from maestro.db.tables import Run, StepRun
 from maestro.definitions import parse_definition, resolve_run_params
 from maestro.runs import RunsService
 from maestro.runtime import RUN_WORKFLOW, RunInput, RunState, temporal_workflow_id
@@ -432,3 +434,53 @@ async def test_fires_started_before_the_local_fire_still_replay():
     await Replayer(
         workflows=[FireScheduleWorkflow], data_converter=pydantic_data_converter
     ).replay_workflow(history)
+
+
+async def test_step_start_is_recorded_with_its_end_when_quick_and_at_once_when_slow(env, sessions):
+    """A step shorter than RECORD_START_AFTER gets its start written with its end (one
+    transaction); a longer one is visible as running while it runs."""
+    retry = {"max_attempts": 2, "initial_backoff": "1s"}
+    result, rows, _ = await run(
+        env,
+        sessions,
+        {
+            "steps": [
+                {"id": "quick", "type": "noop"},
+                py("flaky", "flaky", args={"succeed_on": 2}, retry=retry, depends_on=["quick"]),
+                py("broken", "fail", depends_on=["flaky"]),
+            ]
+        },
+    )
+    assert statuses(result) == {"quick": "succeeded", "flaky": "succeeded", "broken": "failed"}
+    quick, flaky, broken = rows["quick"], rows["flaky"], rows["broken"]
+    assert quick.attempt == 1 and quick.started_at <= quick.ended_at
+    assert flaky.attempt == 2 and flaky.started_at <= flaky.ended_at
+    assert broken.started_at is not None and "failing on purpose" in broken.error
+    async with sessions() as session:
+        assert (await runs_db.get_run(session, quick.run_id)).started_at == quick.started_at
+
+    body = {
+        "id": f"wf-{uuid.uuid4().hex[:8]}",
+        "steps": [py("slow", "slow", args={"seconds": 2.0})],
+    }
+    seen_running = False
+
+    async def watch() -> None:
+        nonlocal seen_running
+        for _ in range(100):
+            async with sessions() as session:
+                found = await session.execute(
+                    select(StepRun.status)
+                    .where(StepRun.step_id == "slow")
+                    .join(Run, Run.run_id == StepRun.run_id)
+                    .where(Run.workflow_id == body["id"])
+                )
+                if found.scalar_one_or_none() == "running":
+                    seen_running = True
+                    return
+            await asyncio.sleep(0.05)
+
+    watcher = asyncio.create_task(watch())
+    result, rows, _ = await run(env, sessions, body)
+    await watcher
+    assert result.status == "succeeded" and seen_running

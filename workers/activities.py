@@ -8,6 +8,7 @@ import contextlib
 import logging
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,61 @@ class _Progress:
     def latest(self) -> Any:
         with self._lock:
             return self._details
+
+
+# A step attempt that ends sooner than this has its start recorded with its end, in one
+# transaction; a longer one shows `running` from this moment on.
+RECORD_START_AFTER = 0.1
+
+
+class _AttemptStart:
+    """Records that an attempt started, unless it ends first (see RECORD_START_AFTER)."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        step_input: StepInput,
+        info: activity.Info,
+        delay: float,
+    ) -> None:
+        self._sessions = sessions
+        self._run_id = step_input.run_id
+        self._step_id = step_input.step.id
+        self._attempt = info.attempt
+        self._temporal_run_id = info.workflow_run_id
+        self.at = datetime.now(UTC)
+        self._write: asyncio.Task[bool] | None = None
+        self._timer = asyncio.create_task(self._later(delay))
+
+    async def _later(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        self._write = asyncio.create_task(self._record())
+
+    async def _record(self) -> bool:
+        try:
+            async with self._sessions.begin() as session:
+                await runs_db.mark_step_started(
+                    session,
+                    self._run_id,
+                    self._step_id,
+                    self._attempt,
+                    self._temporal_run_id,
+                    self.at,
+                )
+            return True
+        except Exception as exc:  # noqa: BLE001 - written again with the attempt's end
+            logger.warning(
+                "recording a step start failed", extra={"run_id": self._run_id, "error": str(exc)}
+            )
+            return False
+
+    async def settle(self) -> tuple[str, datetime] | None:
+        """The attempt ended: (Temporal run id, start time) if its start still has to be
+        written (with the end), else None."""
+        self._timer.cancel()
+        if self._write is not None and await asyncio.shield(self._write):
+            return None
+        return self._temporal_run_id, self.at
 
 
 class StepActivities:
@@ -127,10 +183,6 @@ class StepActivities:
                 type="InvalidStepParams",
                 non_retryable=True,
             ) from None
-        async with self._sessions.begin() as session:
-            await runs_db.mark_step_started(
-                session, step_input.run_id, step.id, info.attempt, info.workflow_run_id
-            )
         work_dir = self._runs_dir / step_input.run_id
         work_dir.mkdir(parents=True, exist_ok=True)
         previous = info.heartbeat_details[0] if info.heartbeat_details else None
@@ -153,25 +205,34 @@ class StepActivities:
         activity.logger.info("step attempt started", extra=log_extra)
         heartbeats = asyncio.create_task(self._heartbeat(progress, info.heartbeat_timeout))
         began = time.monotonic()
+        start = _AttemptStart(self._sessions, step_input, info, RECORD_START_AFTER)
         try:
             result = await executor(ctx, spec, self._services)
         except asyncio.CancelledError:
             activity.logger.info("step attempt cancelled", extra=log_extra)
             metrics.STEP_DURATION.labels(step.type, "cancelled").observe(time.monotonic() - began)
+            await start.settle()
             raise
         except Exception as exc:
             metrics.STEP_DURATION.labels(step.type, "failed").observe(time.monotonic() - began)
-            await self._record_failed_attempt(step_input, info.attempt, exc)
+            await self._record_failed_attempt(step_input, info.attempt, exc, await start.settle())
             if isinstance(exc, ApplicationError):
                 raise
             raise ApplicationError(f"{type(exc).__name__}: {exc}", type=type(exc).__name__) from exc
         finally:
             heartbeats.cancel()
         metrics.STEP_DURATION.labels(step.type, "succeeded").observe(time.monotonic() - began)
+        started = await start.settle()
         emitted = self._emitted(step_input, result)
         async with self._sessions.begin() as session:
             await runs_db.mark_step_succeeded(
-                session, step_input.run_id, step.id, info.attempt, result.outputs, result.details
+                session,
+                step_input.run_id,
+                step.id,
+                info.attempt,
+                result.outputs,
+                result.details,
+                started=started,
             )
             pending = None
             if emitted:
@@ -224,10 +285,18 @@ class StepActivities:
             ) from None
 
     async def _record_failed_attempt(
-        self, step_input: StepInput, attempt: int, exc: BaseException
+        self,
+        step_input: StepInput,
+        attempt: int,
+        exc: BaseException,
+        started: tuple[str, datetime] | None,
     ) -> None:
         with contextlib.suppress(Exception):  # the attempt's own failure is what matters
             async with self._sessions.begin() as session:
+                if started is not None:
+                    await runs_db.mark_step_started(
+                        session, step_input.run_id, step_input.step.id, attempt, *started
+                    )
                 await runs_db.mark_attempt_failed(
                     session, step_input.run_id, step_input.step.id, attempt, str(exc)[:4000]
                 )
@@ -257,7 +326,7 @@ class StepActivities:
         """Persist the run's end (status, error, outputs, every step's final state) and admit
         the next queued runs; then publish its completion signal."""
         async with self._sessions.begin() as session:
-            await runs_db.finish_run(
+            run = await runs_db.finish_run(
                 session,
                 finish.run_id,
                 finish.status,
@@ -265,8 +334,8 @@ class StepActivities:
                 finish.outputs,
                 finish.steps,
                 activity.info().workflow_run_id,
+                waits=finish.waits,
             )
-            run = await runs_db.get_run(session, finish.run_id)
             admitted = await self._bus.runs.run_ended(session, run)
         # The completion signal has its own transaction: publishing it takes the signal name's
         # lock before the downstream workflows' locks, and taking that after this workflow's

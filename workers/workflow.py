@@ -174,6 +174,7 @@ class RunWorkflow:
                 error=self._error,
                 steps=list(self._states.values()),
                 outputs=outputs,
+                waits=any(s.wait_for for s in definition.steps),
             ),
         )
         workflow.logger.info("run ended", extra={**fields, "status": self._status.value})

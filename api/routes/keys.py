@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import SessionDep
@@ -65,6 +65,10 @@ async def list_keys(session: SessionDep) -> list[KeyOut]:
 
 
 @router.post("/{key_id}/revoke", response_model=KeyOut)
-async def revoke_key(key_id: str, session: SessionDep) -> KeyOut:
-    """Revoke a key; it stops working at once."""
-    return key_out(await keys.revoke_key(session, key_id))
+async def revoke_key(key_id: str, request: Request) -> KeyOut:
+    """Revoke a key. It stops working at once on this API process, and within
+    `MAESTRO_API__KEY_CACHE_SECONDS` (default 5 s) on others."""
+    async with request.app.state.sessions.begin() as session:
+        row = await keys.revoke_key(session, key_id)
+    request.app.state.key_cache.clear()
+    return key_out(row)

@@ -70,24 +70,36 @@ async def set_temporal_run_id(session: AsyncSession, run_id: str, temporal_run_i
     )
 
 
-async def mark_step_started(
-    session: AsyncSession, run_id: str, step_id: str, attempt: int, temporal_run_id: str
+async def _run_started(
+    session: AsyncSession, run_id: str, temporal_run_id: str, started_at: datetime
 ) -> None:
-    """An attempt began: the step is running and so is its run (whose Temporal run id is
-    recorded here too, in case the process that launched it died before it could)."""
+    """The run is running (its Temporal run id is recorded here too, in case the process that
+    launched it died before it could)."""
     await session.execute(
         update(Run)
         .where(Run.run_id == run_id, Run.status == RunStatus.queued)
         .values(
             status=RunStatus.running,
-            started_at=func.now(),
+            started_at=started_at,
             temporal_run_id=func.coalesce(Run.temporal_run_id, temporal_run_id),
         )
     )
+
+
+async def mark_step_started(
+    session: AsyncSession,
+    run_id: str,
+    step_id: str,
+    attempt: int,
+    temporal_run_id: str,
+    started_at: datetime,
+) -> None:
+    """An attempt began: the step is running and so is its run."""
+    await _run_started(session, run_id, temporal_run_id, started_at)
     values = {"status": StepStatus.running, "attempt": attempt, "error": None}
     await session.execute(
         insert(StepRun)
-        .values(run_id=run_id, step_id=step_id, started_at=func.now(), **values)
+        .values(run_id=run_id, step_id=step_id, started_at=started_at, **values)
         .on_conflict_do_update(index_elements=["run_id", "step_id"], set_=values)
     )
 
@@ -104,19 +116,38 @@ async def mark_attempt_failed(
 
 
 async def mark_step_succeeded(
-    session: AsyncSession, run_id: str, step_id: str, attempt: int, outputs: dict, details: dict
+    session: AsyncSession,
+    run_id: str,
+    step_id: str,
+    attempt: int,
+    outputs: dict,
+    details: dict,
+    *,
+    started: tuple[str, datetime] | None = None,
 ) -> None:
-    await session.execute(
-        update(StepRun)
-        .where(StepRun.run_id == run_id, StepRun.step_id == step_id)
-        .values(
-            status=StepStatus.succeeded,
-            attempt=attempt,
-            ended_at=func.now(),
-            outputs=outputs,
-            details=details,
-            error=None,
+    """The attempt succeeded. `started` (Temporal run id, start time) when its start is not
+    recorded yet (a quick step): start and end are then written together."""
+    values = {
+        "status": StepStatus.succeeded,
+        "attempt": attempt,
+        "ended_at": func.now(),
+        "outputs": outputs,
+        "details": details,
+        "error": None,
+    }
+    if started is None:
+        await session.execute(
+            update(StepRun)
+            .where(StepRun.run_id == run_id, StepRun.step_id == step_id)
+            .values(**values)
         )
+        return
+    temporal_run_id, started_at = started
+    await _run_started(session, run_id, temporal_run_id, started_at)
+    await session.execute(
+        insert(StepRun)
+        .values(run_id=run_id, step_id=step_id, started_at=started_at, **values)
+        .on_conflict_do_update(index_elements=["run_id", "step_id"], set_=values)
     )
 
 
@@ -147,16 +178,19 @@ async def finish_run(
     outputs: dict,
     steps: list[StepState],
     temporal_run_id: str,
-) -> None:
-    """The run ended: its final status and every step's final state."""
-    # Waits the run no longer needs must not catch later signals.
-    await session.execute(
-        delete(SignalWait).where(
-            SignalWait.run_id == run_id, SignalWait.matched_signal_id.is_(None)
+    *,
+    waits: bool = True,
+) -> Run:
+    """The run ended: its final status and every step's final state. Returns the run."""
+    if waits:
+        # Waits the run no longer needs must not catch later signals.
+        await session.execute(
+            delete(SignalWait).where(
+                SignalWait.run_id == run_id, SignalWait.matched_signal_id.is_(None)
+            )
         )
-    )
     await record_step_states(session, run_id, [s for s in steps if s.status.is_terminal])
-    await session.execute(
+    ended = await session.execute(
         update(Run)
         .where(Run.run_id == run_id)
         .values(
@@ -167,7 +201,13 @@ async def finish_run(
             started_at=func.coalesce(Run.started_at, func.now()),
             temporal_run_id=func.coalesce(Run.temporal_run_id, temporal_run_id),
         )
+        .returning(Run)
+        .execution_options(populate_existing=True)
     )
+    run = ended.scalar_one_or_none()
+    if run is None:
+        raise NotFound(f"run {run_id!r} not found")
+    return run
 
 
 async def set_step_waiting(session: AsyncSession, run_id: str, step_id: str) -> None:

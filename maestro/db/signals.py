@@ -33,17 +33,24 @@ async def lock_names(session: AsyncSession, names: Sequence[str]) -> None:
         )
 
 
-async def allocate_seqs(session: AsyncSession, name: str, count: int) -> int:
-    """Reserve `count` sequence numbers for `name`; returns the first."""
-    last = (
-        await session.execute(
-            update(SignalName)
-            .where(SignalName.name == name)
-            .values(last_seq=SignalName.last_seq + count)
-            .returning(SignalName.last_seq)
-        )
-    ).scalar_one()
-    return last - count + 1
+async def allocate_seqs(session: AsyncSession, counts: dict[str, int]) -> dict[str, int]:
+    """Reserve sequence numbers per name (`counts[name]` of them), taking the names' locks in
+    the same fixed order as `lock_names`, one statement per name; returns each first number."""
+    first: dict[str, int] = {}
+    for name in sorted(counts):
+        count = counts[name]
+        last = (
+            await session.execute(
+                insert(SignalName)
+                .values(name=name, last_seq=count)
+                .on_conflict_do_update(
+                    index_elements=["name"], set_={"last_seq": SignalName.last_seq + count}
+                )
+                .returning(SignalName.last_seq)
+            )
+        ).scalar_one()
+        first[name] = last - count + 1
+    return first
 
 
 async def find_by_dedupe_keys(session: AsyncSession, keys: Sequence[str]) -> dict[str, Signal]:
