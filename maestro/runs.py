@@ -112,6 +112,11 @@ class RunsService:
             tuple[Callable[..., Awaitable[Any]], Callable[[Any], Awaitable[None]]] | None
         ) = None
 
+    @property
+    def search_attributes(self) -> bool:
+        """Whether runs carry Maestro's search attributes in this namespace."""
+        return self._search_attributes
+
     async def definition(
         self, session: AsyncSession, workflow_id: str, version: int
     ) -> WorkflowDefinition:
@@ -273,7 +278,8 @@ class RunsService:
         await self._send_stops(None, older_than=older_than)
         return len(runs)
 
-    def _run_input(self, run: Run) -> RunInput:
+    def run_input(self, run: Run) -> RunInput:
+        """What RunWorkflow needs to carry this run (its definition must be cached)."""
         cause = Cause.model_validate(run.cause)
         return RunInput(
             run_id=run.run_id,
@@ -290,7 +296,7 @@ class RunsService:
         if (run.workflow_id, run.version) not in self._definitions:
             async with self._sessions() as session:
                 await self.definition(session, run.workflow_id, run.version)
-        run_input = self._run_input(run)
+        run_input = self.run_input(run)
         search_attributes = None
         if self._search_attributes:
             search_attributes = TypedSearchAttributes(

@@ -18,6 +18,10 @@ RUN_STEP_ACTIVITY = "run_step"
 RECORD_STEPS_ACTIVITY = "record_steps"
 FINISH_RUN_ACTIVITY = "finish_run"
 REGISTER_WAITS_ACTIVITY = "register_waits"
+# What a time trigger's schedule starts: the run itself (TimedRunWorkflow). Fires started by
+# earlier schedules went through FireScheduleWorkflow, which is still registered for them.
+TIMED_RUN_WORKFLOW = "TimedRunWorkflow"
+ADMIT_FIRE_ACTIVITY = "admit_fire"
 FIRE_SCHEDULE_WORKFLOW = "FireScheduleWorkflow"
 FIRE_TIME_TRIGGER_ACTIVITY = "fire_time_trigger"
 # Temporal signals RunWorkflow accepts.
@@ -226,3 +230,18 @@ class FireRequest(FireInput):
     """A fire with its scheduled time (not the moment it ran)."""
 
     scheduled_at: datetime
+
+
+class AdmitFireInput(FireRequest):
+    """A fire started as a TimedRunWorkflow execution, which offers to carry the run."""
+
+    temporal_workflow_id: str
+    temporal_run_id: str
+
+
+class FireAdmission(BaseModel):
+    """The run this execution carries (None: skipped, queued for later, or carried by
+    another execution), and whether it may set Maestro's search attributes."""
+
+    run_input: RunInput | None = None
+    search_attributes: bool = False

@@ -1,11 +1,12 @@
 """Time triggers on Temporal Schedules: one schedule per time trigger, reconciled from the
 database (the active version's triggers, the workflow's active and paused flags).
 
-A schedule does not start a run itself: it starts a small FireScheduleWorkflow that passes the
-scheduled time to `fire`, which creates the run through the same door as every other start
-(run strategy, exactly-once by a request id made of trigger and scheduled time). So a fire
-delivered twice, a backfill over a fired range, or two processes reconciling at once never make
-a second run. Reconciliation is idempotent and runs after every change and at start-up, so a
+A schedule starts a TimedRunWorkflow: its first (local) activity, `admit_fire`, creates the run
+through the same door as every other start (run strategy, exactly-once by a request id made of
+trigger and scheduled time); if the strategy admits the run at once, that same execution carries
+it, otherwise it ends and the queued run is launched later like any other. So a fire delivered
+twice, a backfill over a fired range, or two processes reconciling at once never make a second
+run. Reconciliation is idempotent and runs after every change and at start-up, so a
 crash between the database and Temporal heals itself.
 """
 
@@ -49,7 +50,15 @@ from maestro.errors import (
     WorkflowInactive,
 )
 from maestro.runs import RunsService
-from maestro.runtime import FIRE_SCHEDULE_WORKFLOW, Cause, FireInput, FireRequest
+from maestro.runtime import (
+    TIMED_RUN_WORKFLOW,
+    AdmitFireInput,
+    Cause,
+    FireAdmission,
+    FireInput,
+    FireRequest,
+    RunStatus,
+)
 from maestro.settings import TemporalSettings
 
 logger = logging.getLogger(__name__)
@@ -179,9 +188,9 @@ class Schedules:
             catchup = timedelta(hours=1)
         return Schedule(
             action=ScheduleActionStartWorkflow(
-                FIRE_SCHEDULE_WORKFLOW,
+                TIMED_RUN_WORKFLOW,
                 FireInput(workflow_id=ref.workflow_id, trigger_id=ref.trigger_id),
-                id=f"{ref.schedule_id}:fire",
+                id=f"{ref.schedule_id}:run",
                 task_queue=self._settings.task_queue,
             ),
             spec=spec,
@@ -194,8 +203,10 @@ class Schedules:
         )
 
     def _note(self, ref: TimeTriggerRef, paused: bool) -> str:
-        """Names the desired state, so an unchanged schedule is left alone."""
-        digest = hashlib.sha256(f"{ref.trigger_id}/{paused}".encode()).hexdigest()[:12]
+        """Names the desired state, so an unchanged schedule is left alone (the action's
+        workflow type is part of it: schedules made for FireScheduleWorkflow get updated)."""
+        state = f"{ref.trigger_id}/{paused}/{TIMED_RUN_WORKFLOW}"
+        digest = hashlib.sha256(state.encode()).hexdigest()[:12]
         return f"{'paused' if paused else 'managed'} by Maestro [{digest}]"
 
     async def reconcile(self, workflow_id: str) -> int:
@@ -303,23 +314,50 @@ class Schedules:
     async def fire(self, request: FireRequest) -> Run | None:
         """Create (once) and launch the run for one scheduled time of one trigger."""
         async with self._sessions.begin() as session:
-            try:
-                run = await self._create(
-                    session,
-                    request.workflow_id,
-                    request.trigger_id,
-                    request.scheduled_at,
-                    kind="time",
-                )
-            except NotFound:
-                # The workflow was deleted after Temporal started this fire.
-                logger.info(
-                    "fire ignored: no such workflow", extra={"workflow_id": request.workflow_id}
-                )
-                return None
-        if run is not None:
-            await self._runs.launch([run])
-        return run
+            created = await self._create_fired(session, request)
+        if created is None:
+            return None
+        await self._runs.launch([created[0]])
+        return created[0]
+
+    async def admit_fire(self, request: AdmitFireInput) -> FireAdmission:
+        """A fire that Temporal started as a TimedRunWorkflow execution: create its run (once)
+        and, if the run strategy admits it at once, let that execution carry it (so a fire
+        costs one workflow). A queued run is launched later like any other; a fire delivered
+        twice finds the run already made and carries nothing."""
+        async with self._sessions.begin() as session:
+            created = await self._create_fired(session, request)
+            if created is None:
+                return FireAdmission()
+            run, new = created
+            if new and run.admitted_at is not None and run.status == RunStatus.queued:
+                run.temporal_workflow_id = request.temporal_workflow_id
+                run.temporal_run_id = request.temporal_run_id
+            carried = run.temporal_workflow_id == request.temporal_workflow_id and run.status in (
+                RunStatus.queued,
+                RunStatus.running,
+            )
+        # Sends the stops a last_only strategy asked for; this run is already on Temporal.
+        await self._runs.launch([run])
+        if not carried:
+            return FireAdmission()
+        return FireAdmission(
+            run_input=self._runs.run_input(run), search_attributes=self._runs.search_attributes
+        )
+
+    async def _create_fired(
+        self, session: AsyncSession, request: FireRequest
+    ) -> tuple[Run, bool] | None:
+        try:
+            return await self._create(
+                session, request.workflow_id, request.trigger_id, request.scheduled_at, kind="time"
+            )
+        except NotFound:
+            # The workflow was deleted after Temporal started this fire.
+            logger.info(
+                "fire ignored: no such workflow", extra={"workflow_id": request.workflow_id}
+            )
+            return None
 
     async def _create(
         self,
@@ -329,7 +367,7 @@ class Schedules:
         scheduled_at: datetime,
         *,
         kind: str,
-    ) -> Run | None:
+    ) -> tuple[Run, bool] | None:
         workflow = await workflows_db.get_workflow(session, workflow_id)
         desired, paused = await self._desired(session, workflow)
         ref = next((r for r in desired if r.trigger_id == trigger_id), None)
@@ -346,7 +384,7 @@ class Schedules:
             detail={"trigger_id": trigger_id, "scheduled_at": at.isoformat(), "via": kind},
         )
         try:
-            run, _ = await self._runs.create_run(
+            return await self._runs.create_run(
                 session,
                 workflow_id,
                 {},
@@ -370,7 +408,6 @@ class Schedules:
                 },
             )
             return None
-        return run
 
     async def backfill(
         self, workflow_id: str, start: datetime, end: datetime
@@ -411,9 +448,9 @@ class Schedules:
                         Run.request_id == f"{ref.trigger_id}:{at.isoformat()}",
                     )
                 )
-                run = await self._create(session, workflow_id, ref.trigger_id, at, kind="backfill")
-                if run is not None and before is None:
-                    created.append(run)
+                made = await self._create(session, workflow_id, ref.trigger_id, at, kind="backfill")
+                if made is not None and before is None:
+                    created.append(made[0])
         await self._runs.launch(created)
         return created, len(plan)
 

@@ -8,12 +8,19 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import select, text
-from temporalio.client import Client, Schedule, ScheduleActionStartWorkflow, ScheduleSpec
+from temporalio.client import (
+    Client,
+    Schedule,
+    ScheduleActionStartWorkflow,
+    ScheduleSpec,
+    ScheduleUpdate,
+    ScheduleUpdateInput,
+)
 from temporalio.service import RPCError
 
 from maestro.db.tables import Run
 from maestro.definitions import TimeTrigger
-from maestro.runtime import FireRequest
+from maestro.runtime import AdmitFireInput, FireRequest
 from maestro.schedules import TimeTriggerRef
 from tests.conftest import unique_id, wait_for_run, wait_for_step
 
@@ -75,6 +82,8 @@ async def test_interval_schedule_fires_runs_with_the_scheduled_time(api, session
         await asyncio.sleep(0.2)
     assert len(runs) >= 2
     for run in runs[:2]:
+        # The execution the schedule started carries the run itself: one workflow per fire.
+        assert run.temporal_workflow_id.startswith(f"{schedule_id}:run-")
         scheduled = datetime.fromisoformat(run.cause["detail"]["scheduled_at"])
         assert scheduled.timestamp() % 2 == 0  # on the interval's grid, not when it ran
         assert run.params["run_ts"] == scheduled.isoformat()
@@ -223,6 +232,45 @@ async def test_a_fire_delivered_twice_makes_one_run(api, sessions, settings, tem
     assert len(await time_runs(sessions, wid)) == 1
 
 
+async def test_a_fire_is_carried_by_its_execution_only_when_admitted_at_once(api, sessions):
+    """admit_fire, as TimedRunWorkflow's local activity calls it: the first execution of a
+    fire carries its run (also when the activity is retried); the same fire in another
+    execution carries nothing; a fire the strategy queues is launched later as usual."""
+    wid = unique_id("carried")
+    await push(api, body(wid, [{"cron": "0 0 1 1 *"}]))  # sequential (the default)
+    [trigger] = await triggers(api, wid)
+    schedules = api._transport.app.state.schedules
+
+    def fire(minute: int, execution: str) -> AdmitFireInput:
+        return AdmitFireInput(
+            workflow_id=wid,
+            trigger_id=trigger["trigger_id"],
+            scheduled_at=datetime(2027, 1, 1, 0, minute, tzinfo=UTC),
+            temporal_workflow_id=f"timed-{wid}-{execution}",
+            temporal_run_id=f"rid-{execution}",
+        )
+
+    first = await schedules.admit_fire(fire(0, "a"))
+    assert first.run_input is not None
+    assert first.run_input.params["run_ts"] == "2027-01-01T00:00:00+00:00"
+    retried = await schedules.admit_fire(fire(0, "a"))  # the local activity ran again
+    assert retried.run_input is not None and retried.run_input.run_id == first.run_input.run_id
+    assert (await schedules.admit_fire(fire(0, "b"))).run_input is None  # delivered twice
+    assert (await schedules.admit_fire(fire(1, "c"))).run_input is None  # queued behind a
+    carried, queued = await time_runs(sessions, wid)
+    assert (carried.temporal_workflow_id, carried.temporal_run_id) == (f"timed-{wid}-a", "rid-a")
+    assert carried.status == "queued" and carried.admitted_at is not None
+    assert queued.admitted_at is None and queued.temporal_run_id is None
+    assert queued.temporal_workflow_id == f"{wid}-run-{queued.run_number}"
+    # Execution `a` does not exist here, so stopping its run ends it at once and admits the
+    # queued one, which is launched as a plain run and succeeds.
+    stopped = await api.post(f"/api/v1/runs/{carried.run_id}/stop")
+    assert stopped.status_code == 202 and stopped.json()["status"] == "stopped", stopped.text
+    done = await wait_for_run(api, queued.run_id)
+    assert done["status"] == "succeeded"
+    assert done["outputs"]["go"]["ts"] == "2027-01-01T00:01:00+00:00"
+
+
 async def test_reconciliation_heals_missing_and_stray_schedules(api, temporal_client):
     wid = unique_id("heal")
     await push(api, body(wid, [{"cron": "15 4 * * *"}]))
@@ -248,7 +296,21 @@ async def test_reconciliation_heals_missing_and_stray_schedules(api, temporal_cl
     )
     schedules = api._transport.app.state.schedules
     await schedules.reconcile_all()
+    # A schedule made by an earlier Maestro (it started FireScheduleWorkflow) is brought up to
+    # date by the next reconciliation.
+    handle = temporal_client.get_schedule_handle(schedule_id)
+
+    def older(update: ScheduleUpdateInput) -> ScheduleUpdate:
+        old = update.description.schedule
+        old.action.workflow = "FireScheduleWorkflow"
+        old.state.note = "managed by Maestro [000000000000]"
+        return ScheduleUpdate(schedule=old)
+
+    await handle.update(older)
+    assert (await handle.describe()).schedule.action.workflow == "FireScheduleWorkflow"
+    await schedules.reconcile_all()
     await schedules.reconcile_all()  # idempotent
+    assert (await handle.describe()).schedule.action.workflow == "TimedRunWorkflow"
     assert await schedule_exists(temporal_client, schedule_id)
     assert not await schedule_exists(temporal_client, stray)
     assert await schedule_exists(temporal_client, foreign), "another installation's is kept"

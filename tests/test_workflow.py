@@ -21,10 +21,18 @@ from maestro.db import workflows as workflows_db
 from maestro.db.tables import Run, StepRun
 from maestro.definitions import parse_definition, resolve_run_params
 from maestro.runs import RunsService
-from maestro.runtime import RUN_WORKFLOW, RunInput, RunState, temporal_workflow_id
+from maestro.runtime import (
+    RUN_WORKFLOW,
+    TIMED_RUN_WORKFLOW,
+    FireInput,
+    RunInput,
+    RunState,
+    temporal_workflow_id,
+)
+from maestro.schedules import Schedules, time_triggers
 from maestro.settings import TemporalSettings
 from maestro.signals import SignalBus
-from workers.activities import StepActivities
+from workers.activities import ScheduleActivities, StepActivities
 from workers.main import new_worker
 from workers.schedules import FireScheduleWorkflow
 from workers.workflow import RunWorkflow
@@ -51,7 +59,8 @@ async def env(sessions, tmp_path_factory) -> AsyncIterator[WorkflowEnvironment]:
         )
         bus = SignalBus(sessions, runs, env.client)
         activities = StepActivities(sessions, tmp_path_factory.mktemp("runs"), bus)
-        async with new_worker(env.client, TASK_QUEUE, activities):
+        schedules = Schedules(sessions, runs, env.client, TemporalSettings(task_queue=TASK_QUEUE))
+        async with new_worker(env.client, TASK_QUEUE, activities, ScheduleActivities(schedules)):
             yield env
 
 
@@ -484,3 +493,42 @@ async def test_step_start_is_recorded_with_its_end_when_quick_and_at_once_when_s
     result, rows, _ = await run(env, sessions, body)
     await watcher
     assert result.status == "succeeded" and seen_running
+
+
+async def test_a_timed_run_carries_its_fire_and_ends_stopped_when_cancelled_at_once(env, sessions):
+    """TimedRunWorkflow (what schedules start) admits the fire's run and carries it; cancelled
+    as soon as it starts, the run it admitted ends `stopped` rather than staying queued."""
+    definition = parse_definition(
+        {
+            "id": f"wf-{uuid.uuid4().hex[:8]}",
+            "triggers": [{"cron": "0 0 1 1 *"}],
+            "params": {"run_ts": {"type": "string", "default": ""}},
+            "steps": [py("go", "slow", args={"seconds": 1.0})],
+        }
+    )
+    async with sessions.begin() as session:
+        await workflows_db.push_version(session, definition)
+    [ref] = time_triggers(definition.id, definition)
+    fire = FireInput(workflow_id=definition.id, trigger_id=ref.trigger_id)
+
+    result = await env.client.execute_workflow(
+        TIMED_RUN_WORKFLOW, fire, id=f"{ref.schedule_id}:run-1", task_queue=TASK_QUEUE
+    )
+    assert result["status"] == "succeeded"
+    [carried] = await runs_of(sessions, definition.id)
+    assert carried.status == "succeeded"
+    assert carried.temporal_workflow_id == f"{ref.schedule_id}:run-1"
+
+    handle = await env.client.start_workflow(
+        TIMED_RUN_WORKFLOW, fire, id=f"{ref.schedule_id}:run-2", task_queue=TASK_QUEUE
+    )
+    await handle.cancel()
+    with pytest.raises(WorkflowFailureError):
+        await handle.result()
+    assert [r.status for r in await runs_of(sessions, definition.id)] == ["succeeded", "stopped"]
+
+
+async def runs_of(sessions, workflow_id: str) -> list[Run]:
+    async with sessions() as session:
+        query = select(Run).where(Run.workflow_id == workflow_id).order_by(Run.run_number)
+        return list((await session.execute(query)).scalars())

@@ -24,12 +24,15 @@ from maestro.db import runs as runs_db
 from maestro.expressions import ExpressionError, resolve_values
 from maestro.registry import Registry
 from maestro.runtime import (
+    ADMIT_FIRE_ACTIVITY,
     FINISH_RUN_ACTIVITY,
     FIRE_TIME_TRIGGER_ACTIVITY,
     RECORD_STEPS_ACTIVITY,
     REGISTER_WAITS_ACTIVITY,
     RUN_STEP_ACTIVITY,
+    AdmitFireInput,
     FinishRunInput,
+    FireAdmission,
     FireRequest,
     RecordStepsInput,
     RegisterWaitsInput,
@@ -352,10 +355,15 @@ class StepActivities:
 
 
 class ScheduleActivities:
-    """The activity behind FireScheduleWorkflow."""
+    """The activities behind TimedRunWorkflow and FireScheduleWorkflow."""
 
     def __init__(self, schedules: Schedules) -> None:
         self._schedules = schedules
+
+    @activity.defn(name=ADMIT_FIRE_ACTIVITY)
+    async def admit_fire(self, request: AdmitFireInput) -> FireAdmission:
+        """Create the run of one scheduled time (once); its input if this execution carries it."""
+        return await self._schedules.admit_fire(request)
 
     @activity.defn(name=FIRE_TIME_TRIGGER_ACTIVITY)
     async def fire_time_trigger(self, request: FireRequest) -> str | None:

@@ -20,7 +20,7 @@ from maestro.settings import Settings
 from maestro.signals import SignalBus
 from maestro.temporal_client import connect, register_search_attributes
 from workers.activities import ScheduleActivities, StepActivities
-from workers.schedules import FireScheduleWorkflow
+from workers.schedules import FireScheduleWorkflow, TimedRunWorkflow
 from workers.workflow import RunWorkflow
 
 logger = logging.getLogger(__name__)
@@ -46,11 +46,11 @@ def new_worker(
         activities.finish_run,
     ]
     if schedule_activities is not None:
-        activity_list.append(schedule_activities.fire_time_trigger)
+        activity_list += [schedule_activities.admit_fire, schedule_activities.fire_time_trigger]
     return Worker(
         client,
         task_queue=task_queue,
-        workflows=[RunWorkflow, FireScheduleWorkflow] if workflows else [],
+        workflows=[RunWorkflow, TimedRunWorkflow, FireScheduleWorkflow] if workflows else [],
         activities=activity_list,
         max_concurrent_activities=limit,
         workflow_runner=SandboxedWorkflowRunner() if sandbox else UnsandboxedWorkflowRunner(),

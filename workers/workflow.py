@@ -115,6 +115,11 @@ class RunWorkflow:
 
     @workflow.run
     async def run(self, run_input: RunInput) -> RunState:
+        return await self._run(run_input)
+
+    async def _run(self, run_input: RunInput, *, cancelled_early: bool = False) -> RunState:
+        """Carry one run; `cancelled_early`: a cancellation arrived before the run could start
+        (TimedRunWorkflow's admission), so it ends `stopped` at once."""
         self._input = run_input
         definition = run_input.definition
         self._steps = {s.id: s for s in definition.steps}
@@ -139,6 +144,8 @@ class RunWorkflow:
         workflow.logger.info("run started", extra=fields)
         cancelled = False
         try:
+            if cancelled_early:
+                raise asyncio.CancelledError()
             timeout = definition.timeout.total_seconds() if definition.timeout else None
             await asyncio.wait_for(self._drive(), timeout)
             failed = [
