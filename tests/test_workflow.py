@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -34,7 +35,7 @@ from maestro.settings import TemporalSettings
 from maestro.signals import SignalBus
 from workers.activities import ScheduleActivities, StepActivities
 from workers.main import new_worker
-from workers.schedules import FireScheduleWorkflow
+from workers.schedules import FireScheduleWorkflow, TimedRunWorkflow
 from workers.workflow import RunWorkflow
 
 TASK_QUEUE = "maestro-workflow-tests"
@@ -436,6 +437,17 @@ async def test_runs_started_before_local_recording_still_replay(name):
     )
 
 
+async def test_timed_runs_recorded_earlier_still_replay():
+    """A TimedRunWorkflow history recorded when it was introduced (MAESTRO_RECORD_HISTORIES=1
+    rewrites it) replays under the current code."""
+    history = WorkflowHistory.from_json(
+        "timed", (HISTORIES / "timed_run.json").read_text(encoding="utf-8")
+    )
+    await Replayer(
+        workflows=[TimedRunWorkflow], data_converter=pydantic_data_converter
+    ).replay_workflow(history)
+
+
 async def test_fires_started_before_the_local_fire_still_replay():
     history = WorkflowHistory.from_json(
         "fire", (HISTORIES / "fire_schedule.json").read_text(encoding="utf-8")
@@ -518,6 +530,16 @@ async def test_a_timed_run_carries_its_fire_and_ends_stopped_when_cancelled_at_o
     [carried] = await runs_of(sessions, definition.id)
     assert carried.status == "succeeded"
     assert carried.temporal_workflow_id == f"{ref.schedule_id}:run-1"
+    # One workflow per fire: the admission is a marker, the step the only activity task.
+    history = await env.client.get_workflow_handle(f"{ref.schedule_id}:run-1").fetch_history()
+    types = [e.event_type for e in history.events]
+    assert types.count(EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED) == 1
+    assert types.count(EventType.EVENT_TYPE_MARKER_RECORDED) >= 2  # admit_fire, finish_run
+    await Replayer(
+        workflows=[TimedRunWorkflow], data_converter=pydantic_data_converter
+    ).replay_workflow(history)
+    if os.environ.get("MAESTRO_RECORD_HISTORIES"):
+        (HISTORIES / "timed_run.json").write_text(history.to_json(), encoding="utf-8")
 
     handle = await env.client.start_workflow(
         TIMED_RUN_WORKFLOW, fire, id=f"{ref.schedule_id}:run-2", task_queue=TASK_QUEUE
