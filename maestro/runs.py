@@ -146,12 +146,14 @@ class RunsService:
         trigger_id: str | None = None,
         system_params: dict[str, Any] | None = None,
         jump_queue: bool = False,
+        fresh_request_id: bool = False,
     ) -> tuple[Run, bool]:
         """In the caller's transaction: a new numbered run (admitted, queued or skipped by the
-        run strategy), or the run this request id made before."""
+        run strategy), or the run this request id made before. `fresh_request_id`: the id
+        cannot have been used (it names a signal stored in this transaction), so no lookup."""
         # The row lock serialises numbering, request-id checks and admission per workflow.
         workflow = await workflows_db.get_workflow(session, workflow_id, lock=True)
-        if request_id is not None:
+        if request_id is not None and not fresh_request_id:
             existing = await runs_db.find_by_request_id(session, workflow_id, request_id)
             if existing is not None:
                 return existing, False

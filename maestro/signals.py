@@ -402,6 +402,8 @@ class SignalBus:
                 cause=cause,
                 request_id=request_id,
                 trigger_id=row.trigger_id,
+                # The id holds the id of the signal this transaction stored.
+                fresh_request_id=True,
             )
         except ParamsInvalid as exc:
             problems = "; ".join(f"{'.'.join(map(str, p.loc))}: {p.msg}" for p in exc.problems)
