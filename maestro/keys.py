@@ -116,19 +116,23 @@ class KeyCache:
         self._ttl = ttl
         self._size = size
         self._entries: OrderedDict[str, tuple[float, KnownKey]] = OrderedDict()
+        # Bumped by clear(): a lookup that read the database before a revocation committed
+        # must not cache what it read.
+        self._generation = 0
 
     async def lookup(self, session_factory, secret: str) -> KnownKey | None:
         digest = hash_key(secret)
         entry = self._entries.get(digest)
         if entry is not None and entry[0] > time.monotonic():
             return entry[1]
+        generation = self._generation
         async with session_factory() as session:
             row = await find_key(session, secret)
         if row is None:
             self._entries.pop(digest, None)
             return None
         known = KnownKey(row.id, row.name, tuple(row.scopes), tuple(row.owners))
-        if self._ttl > 0:
+        if self._ttl > 0 and generation == self._generation:
             self._entries[digest] = (time.monotonic() + self._ttl, known)
             self._entries.move_to_end(digest)
             while len(self._entries) > self._size:
@@ -136,6 +140,7 @@ class KeyCache:
         return known
 
     def clear(self) -> None:
+        self._generation += 1
         self._entries.clear()
 
 

@@ -324,19 +324,26 @@ class Schedules:
         """A fire that Temporal started as a TimedRunWorkflow execution: create its run (once)
         and, if the run strategy admits it at once, let that execution carry it (so a fire
         costs one workflow). A queued run is launched later like any other; a fire delivered
-        twice finds the run already made and carries nothing."""
+        twice finds the run already made and carries nothing. A retry in the same execution
+        (its result was lost) carries the run it made, even if the workflow was paused since."""
         async with self._sessions.begin() as session:
-            created = await self._create_fired(session, request)
-            if created is None:
-                return FireAdmission()
-            run, new = created
-            if new and run.admitted_at is not None and run.status == RunStatus.queued:
-                run.temporal_workflow_id = request.temporal_workflow_id
-                run.temporal_run_id = request.temporal_run_id
+            run = await session.scalar(
+                select(Run).where(Run.temporal_workflow_id == request.temporal_workflow_id)
+            )
+            if run is None:
+                created = await self._create_fired(session, request)
+                if created is None:
+                    return FireAdmission()
+                run, new = created
+                if new and run.admitted_at is not None and run.status == RunStatus.queued:
+                    run.temporal_workflow_id = request.temporal_workflow_id
+                    run.temporal_run_id = request.temporal_run_id
             carried = run.temporal_workflow_id == request.temporal_workflow_id and run.status in (
                 RunStatus.queued,
                 RunStatus.running,
             )
+            # The run's version may not be the active one any more (a retry after a change).
+            await self._runs.definition(session, run.workflow_id, run.version)
         # Sends the stops a last_only strategy asked for; this run is already on Temporal.
         await self._runs.launch([run])
         if not carried:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import httpx
 import pytest
@@ -116,3 +117,28 @@ async def test_key_cache_forgets_a_key_revoked_elsewhere_within_its_ttl(sessions
     await asyncio.sleep(0.6)
     assert await cache.lookup(sessions, secret) is None
     assert await KeyCache(ttl=0).lookup(sessions, "mst_unknown") is None
+
+
+async def test_key_cache_does_not_keep_a_lookup_that_raced_a_revocation(sessions):
+    """A lookup that read a key just before it was revoked answers with what it read, but
+    does not cache it past the revocation's clear()."""
+    cache = KeyCache(ttl=60)
+    async with sessions.begin() as session:
+        row, secret = await create_key(session, unique_id("raced"), ["read"])
+    read, gate = asyncio.Event(), asyncio.Event()
+
+    @contextlib.asynccontextmanager
+    async def held_sessions():
+        async with sessions() as session:
+            yield session
+            read.set()  # the key row has been read
+            await gate.wait()
+
+    lookup = asyncio.create_task(cache.lookup(held_sessions, secret))
+    await read.wait()
+    async with sessions.begin() as session:
+        await revoke_key(session, row.id)
+    cache.clear()
+    gate.set()
+    assert (await lookup) is not None  # read before the revocation
+    assert await cache.lookup(sessions, secret) is None

@@ -20,8 +20,9 @@ from temporalio.service import RPCError
 
 from maestro.db.tables import Run
 from maestro.definitions import TimeTrigger
+from maestro.runs import RunsService
 from maestro.runtime import AdmitFireInput, FireRequest
-from maestro.schedules import TimeTriggerRef
+from maestro.schedules import Schedules, TimeTriggerRef
 from tests.conftest import unique_id, wait_for_run, wait_for_step
 
 pytestmark = pytest.mark.usefixtures("worker")
@@ -232,7 +233,9 @@ async def test_a_fire_delivered_twice_makes_one_run(api, sessions, settings, tem
     assert len(await time_runs(sessions, wid)) == 1
 
 
-async def test_a_fire_is_carried_by_its_execution_only_when_admitted_at_once(api, sessions):
+async def test_a_fire_is_carried_by_its_execution_only_when_admitted_at_once(
+    api, sessions, settings, temporal_client
+):
     """admit_fire, as TimedRunWorkflow's local activity calls it: the first execution of a
     fire carries its run (also when the activity is retried); the same fire in another
     execution carries nothing; a fire the strategy queues is launched later as usual."""
@@ -253,8 +256,18 @@ async def test_a_fire_is_carried_by_its_execution_only_when_admitted_at_once(api
     first = await schedules.admit_fire(fire(0, "a"))
     assert first.run_input is not None
     assert first.run_input.params["run_ts"] == "2027-01-01T00:00:00+00:00"
-    retried = await schedules.admit_fire(fire(0, "a"))  # the local activity ran again
+    # The local activity ran again (its result was lost), in another worker process and after
+    # the workflow was paused: the run it made is still this execution's to carry.
+    assert (await api.post(f"/api/v1/workflows/{wid}/pause")).json()["paused"] is True
+    other = Schedules(
+        sessions,
+        RunsService(sessions, temporal_client, settings.temporal),
+        temporal_client,
+        settings.temporal,
+    )
+    retried = await other.admit_fire(fire(0, "a"))
     assert retried.run_input is not None and retried.run_input.run_id == first.run_input.run_id
+    assert (await api.post(f"/api/v1/workflows/{wid}/resume")).json()["paused"] is False
     assert (await schedules.admit_fire(fire(0, "b"))).run_input is None  # delivered twice
     assert (await schedules.admit_fire(fire(1, "c"))).run_input is None  # queued behind a
     carried, queued = await time_runs(sessions, wid)

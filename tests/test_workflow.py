@@ -479,6 +479,12 @@ async def test_step_start_is_recorded_with_its_end_when_quick_and_at_once_when_s
     assert broken.started_at is not None and "failing on purpose" in broken.error
     async with sessions() as session:
         assert (await runs_db.get_run(session, quick.run_id)).started_at == quick.started_at
+    # A start written late (its attempt was cancelled meanwhile) never reopens a finished step.
+    async with sessions.begin() as session:
+        await runs_db.mark_step_started(session, quick.run_id, "quick", 1, "late", quick.started_at)
+    async with sessions() as session:
+        rows = {r.step_id: r for r in await runs_db.list_steps(session, quick.run_id)}
+    assert rows["quick"].status == "succeeded"
 
     body = {
         "id": f"wf-{uuid.uuid4().hex[:8]}",

@@ -100,7 +100,10 @@ async def mark_step_started(
     await session.execute(
         insert(StepRun)
         .values(run_id=run_id, step_id=step_id, started_at=started_at, **values)
-        .on_conflict_do_update(index_elements=["run_id", "step_id"], set_=values)
+        # A late write (its attempt was cancelled meanwhile) never reopens a finished step.
+        .on_conflict_do_update(
+            index_elements=["run_id", "step_id"], set_=values, where=StepRun.ended_at.is_(None)
+        )
     )
 
 
