@@ -292,6 +292,7 @@ class RunsService:
             definition=self._definitions[(run.workflow_id, run.version)],
             cause=cause,
             reuse=cause.detail.get("reuse", {}),
+            local_recording=True,
         )
 
     async def _start_on_temporal(self, run: Run) -> str:

@@ -113,6 +113,11 @@ class RunInput(BaseModel):
     cause: Cause = Field(default_factory=Cause)
     # Restart: steps that already succeeded, with their outputs; they are not run again.
     reuse: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # True for every run this code starts: its recording (finish_run, record_steps) runs as
+    # local activities without a patch marker, whose TemporalChangeVersion upsert would cost
+    # a history event and a visibility write per run. Inputs written by earlier code lack it,
+    # and their runs decide by the patch, as they did when they started.
+    local_recording: bool = False
 
     @staticmethod
     def new_run_id() -> str:

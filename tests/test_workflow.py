@@ -66,10 +66,16 @@ async def env(sessions, tmp_path_factory) -> AsyncIterator[WorkflowEnvironment]:
 
 
 async def run(
-    env: WorkflowEnvironment, sessions, body: dict, params: dict | None = None
+    env: WorkflowEnvironment,
+    sessions,
+    body: dict,
+    params: dict | None = None,
+    *,
+    local_recording: bool = True,
 ) -> tuple[RunState, dict[str, dict], str]:
     """Store the definition, create the run row, execute RunWorkflow and return its result,
-    the step rows from PostgreSQL, and the Temporal id."""
+    the step rows from PostgreSQL, and the Temporal id. `local_recording=False` is the input
+    that code before that field wrote."""
     body = {"id": f"wf-{uuid.uuid4().hex[:8]}", **body}
     definition = parse_definition(body)
     async with sessions.begin() as session:
@@ -94,6 +100,7 @@ async def run(
         run_number=run_row.run_number,
         params=resolved,
         definition=definition,
+        local_recording=local_recording,
     )
     try:
         result = await env.client.execute_workflow(
@@ -421,6 +428,45 @@ async def test_history_replays_deterministically(env, sessions):
     types = [e.event_type for e in history.events]
     assert types.count(EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED) == 2
     assert types.count(EventType.EVENT_TYPE_MARKER_RECORDED) >= 2
+    # The input asks for local recording: no patch marker, so no TemporalChangeVersion upsert
+    # (a history event and a visibility write per run).
+    assert marker_names(history) == {"core_local_activity"}
+    assert "TemporalChangeVersion" not in upserted(history)
+
+
+async def test_a_run_input_from_earlier_code_records_locally_through_the_patch(env, sessions):
+    """An input without `local_recording` (written by an API before that field) still records
+    locally, deciding by LOCAL_RECORDING_PATCH as it did then; its history replays."""
+    result, rows, temporal_id = await run(
+        env, sessions, {"steps": [{"id": "a", "type": "noop"}]}, local_recording=False
+    )
+    assert result.status == "succeeded" and rows["a"].status == "succeeded"
+    history = await env.client.get_workflow_handle(temporal_id).fetch_history()
+    assert marker_names(history) == {"core_local_activity", "core_patch"}
+    assert "TemporalChangeVersion" in upserted(history)  # what the field saves
+    types = [e.event_type for e in history.events]
+    assert types.count(EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED) == 1
+    await Replayer(workflows=[RunWorkflow], data_converter=pydantic_data_converter).replay_workflow(
+        history
+    )
+
+
+def upserted(history: WorkflowHistory) -> set[str]:
+    """The search attributes the workflow upserted."""
+    upserts = [
+        e.upsert_workflow_search_attributes_event_attributes.search_attributes
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES
+    ]
+    return {key for attributes in upserts for key in attributes.indexed_fields}
+
+
+def marker_names(history: WorkflowHistory) -> set[str]:
+    return {
+        e.marker_recorded_event_attributes.marker_name
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED
+    }
 
 
 @pytest.mark.parametrize("name", ["run_succeeded", "run_failed"])
@@ -541,6 +587,8 @@ async def test_a_timed_run_carries_its_fire_and_ends_stopped_when_cancelled_at_o
     types = [e.event_type for e in history.events]
     assert types.count(EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED) == 1
     assert types.count(EventType.EVENT_TYPE_MARKER_RECORDED) >= 2  # admit_fire, finish_run
+    assert marker_names(history) == {"core_local_activity"}  # the admitted input needs no patch
+    assert "TemporalChangeVersion" not in upserted(history)
     await Replayer(
         workflows=[TimedRunWorkflow], data_converter=pydantic_data_converter
     ).replay_workflow(history)

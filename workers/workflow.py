@@ -48,7 +48,8 @@ _RECORD_RETRY = RetryPolicy(
 )
 # Since this patch, recording (finish_run, record_steps) runs as local activities: in the
 # workflow task that decided it, with no activity task or extra workflow task on the server.
-# Runs started before it replay their recorded (regular) activities.
+# Runs started before it replay their recorded (regular) activities. Runs whose input says
+# `local_recording` (all that the current code starts) record locally without asking.
 LOCAL_RECORDING_PATCH = "local-recording"
 
 
@@ -170,6 +171,7 @@ class RunWorkflow:
                 self._set(state.step_id, StepStatus.stopped, error="run ended before this step")
         outputs = {sid: s.outputs for sid, s in self._states.items() if s.outputs}
         await _record(
+            run_input.local_recording,
             FINISH_RUN_ACTIVITY,
             FinishRunInput(
                 run_id=run_input.run_id,
@@ -458,15 +460,18 @@ class RunWorkflow:
         states = [self._states[sid].model_copy() for sid in dict.fromkeys(self._unrecorded)]
         self._unrecorded.clear()
         await _record(
-            RECORD_STEPS_ACTIVITY, RecordStepsInput(run_id=self._input.run_id, steps=states)
+            self._input.local_recording,
+            RECORD_STEPS_ACTIVITY,
+            RecordStepsInput(run_id=self._input.run_id, steps=states),
         )
 
 
-async def _record(activity: str, arg: Any) -> None:
-    """Run an idempotent recording activity: local since LOCAL_RECORDING_PATCH, else regular."""
+async def _record(local: bool, activity: str, arg: Any) -> None:
+    """Run an idempotent recording activity: local when the input says so or since
+    LOCAL_RECORDING_PATCH, else regular (a run started before the patch)."""
     execute = (
         workflow.execute_local_activity
-        if workflow.patched(LOCAL_RECORDING_PATCH)
+        if local or workflow.patched(LOCAL_RECORDING_PATCH)
         else workflow.execute_activity
     )
     await execute(
