@@ -53,6 +53,7 @@ def api(host: str | None = None, port: int | None = None) -> None:
         create_app(settings),
         host=host or settings.api.host,
         port=port or settings.api.port,
+        timeout_keep_alive=settings.api.keep_alive_seconds,
         log_config=None,
         access_log=False,
     )

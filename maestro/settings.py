@@ -28,6 +28,10 @@ class ApiSettings(BaseModel):
     # Require `Authorization: Bearer <key>` on every endpoint but health and the OpenAPI page.
     auth: bool = True
     max_body_bytes: int = 1_048_576
+    # How long an idle HTTP connection stays open. Longer than client pools keep theirs (httpx:
+    # 5 s) and than load balancers' idle timeouts (often 60 s), so the client closes first: a
+    # server closing a connection just as a client reuses it fails that request.
+    keep_alive_seconds: int = 75
     # How long a valid key is remembered (no database lookup per request); a key revoked
     # through another API process stops working within this time. 0 = look up every request.
     key_cache_seconds: float = 5.0

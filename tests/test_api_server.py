@@ -1,0 +1,48 @@
+"""The `maestro api` process as HTTP clients see it."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from maestro.embedded import wait_for_port
+from maestro.settings import Settings
+from tests.processes import Processes
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+
+REQUEST = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+
+
+@pytest.fixture(scope="module")
+def api_port(settings: Settings, tmp_path_factory) -> Iterator[int]:
+    procs = Processes(settings, tmp_path_factory.mktemp("api-logs"), task_queue="maestro-api")
+    procs.start("api")
+    wait_for_port("127.0.0.1", procs.api_port, timeout=60)
+    yield procs.api_port
+    procs.stop_all()
+
+
+def exchange(sock: socket.socket) -> bytes:
+    """Send one request on the open connection; return the response head ('' if closed)."""
+    sock.sendall(REQUEST)
+    received = b""
+    while b"\r\n\r\n" not in received:
+        chunk = sock.recv(4096)
+        if not chunk:
+            return b""
+        received += chunk
+    return received.split(b"\r\n", 1)[0]
+
+
+def test_an_idle_connection_outlives_client_pools(api_port: int):
+    """httpx keeps an idle connection for 5 s, and so did uvicorn by default: the server could
+    close it just as the client reused it, failing that request (seen as httpx.ReadError).
+    The API keeps idle connections longer (MAESTRO_API__KEEP_ALIVE_SECONDS, 75 s)."""
+    with socket.create_connection(("127.0.0.1", api_port), timeout=10) as sock:
+        assert exchange(sock) == b"HTTP/1.1 200 OK"
+        time.sleep(6.5)
+        assert exchange(sock) == b"HTTP/1.1 200 OK"
