@@ -27,7 +27,8 @@ def api_port(settings: Settings, tmp_path_factory) -> Iterator[int]:
 
 
 def exchange(sock: socket.socket) -> bytes:
-    """Send one request on the open connection; return the response head ('' if closed)."""
+    """Send one request on the open connection and read the whole response (head and
+    Content-Length body); return its status line, or b"" if the server closed the connection."""
     sock.sendall(REQUEST)
     received = b""
     while b"\r\n\r\n" not in received:
@@ -35,7 +36,14 @@ def exchange(sock: socket.socket) -> bytes:
         if not chunk:
             return b""
         received += chunk
-    return received.split(b"\r\n", 1)[0]
+    head, _, body = received.partition(b"\r\n\r\n")
+    status, *lines = head.split(b"\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(b":") for h in lines)}
+    while len(body) < int(headers[b"content-length"]):
+        chunk = sock.recv(4096)
+        assert chunk, "connection closed in the middle of a response"
+        body += chunk
+    return status
 
 
 def test_an_idle_connection_outlives_client_pools(api_port: int):
