@@ -29,6 +29,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from maestro import metrics, strategies
 from maestro.db import runs as runs_db
 from maestro.db import workflows as workflows_db
+from maestro.db.engine import autocommit
 from maestro.db.tables import Run, SignalWait, StepRun, Workflow
 from maestro.definitions import RunStrategyKind, WorkflowDefinition, resolve_run_params
 from maestro.errors import (
@@ -235,7 +236,7 @@ class RunsService:
                 (r, rid) for r, rid in zip(todo, results, strict=True) if isinstance(rid, str)
             ]
             if started:
-                async with self._sessions.begin() as session:
+                async with autocommit(self._sessions) as session:  # each write stands alone
                     for run, temporal_run_id in started:
                         run.temporal_run_id = temporal_run_id
                         await runs_db.set_temporal_run_id(session, run.run_id, temporal_run_id)

@@ -180,6 +180,7 @@ class FinishRunInput(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
     status: RunStatus
     error: str | None = None
+    # Final states to write: all but the steps whose success their activity wrote.
     steps: list[StepState]
     outputs: dict[str, Any] = Field(default_factory=dict)
     # Whether any step could have registered signal waits (left-over ones are removed).

@@ -205,7 +205,7 @@ class SignalBus:
             request_id=f"run-end:{run.run_id}",
         )
         producer = Producer(kind="run", workflow_id=run.workflow_id, run_id=run.run_id)
-        return await self.publish_in(session, [completion], producer)
+        return await self.publish_in(session, [completion], producer, lookup=False)
 
     async def after_commit(self, pending: _Pending) -> None:
         """Launch the runs and deliver the waits a committed publish produced; failures are
@@ -220,12 +220,21 @@ class SignalBus:
         await self._deliver(pending.waits)
 
     async def publish_in(
-        self, session: AsyncSession, signals: list[SignalIn], producer: Producer
+        self,
+        session: AsyncSession,
+        signals: list[SignalIn],
+        producer: Producer,
+        *,
+        lookup: bool = True,
     ) -> _Pending:
-        """Publish inside the caller's transaction (a run's end, a step's success, the API)."""
+        """Publish inside the caller's transaction (a run's end, a step's success, the API).
+        `lookup=False` skips looking for stored duplicates first, for keys that repeat only when
+        their producer is retried (a run's end, a step's emits): the insert still refuses a
+        duplicate, which then leaves a gap in the name's `seq` instead of costing every publish
+        a query."""
         pending = _Pending()
         keys = [s.dedupe_key() for s in signals]
-        existing = await signals_db.find_by_dedupe_keys(session, keys)
+        existing = await signals_db.find_by_dedupe_keys(session, keys) if lookup else {}
         fresh: dict[str, SignalIn] = {}
         for key, signal in zip(keys, signals, strict=True):
             if key not in existing and key not in fresh:

@@ -10,6 +10,8 @@ import pytest
 from sqlalchemy import func, select
 
 from maestro.db.tables import Run, Signal, SignalTriggerRow, WorkflowVersion
+from maestro.runs import RunsService
+from maestro.signals import SignalBus
 from tests.conftest import unique_id, wait_for_run, wait_for_step
 
 pytestmark = pytest.mark.usefixtures("worker")
@@ -204,7 +206,9 @@ async def test_join_within_expires_old_signals(api, sessions):
     assert len(completed["runs"]) == 1
 
 
-async def test_on_finish_chains_workflows_with_completion_signals(api, sessions):
+async def test_on_finish_chains_workflows_with_completion_signals(
+    api, sessions, settings, temporal_client
+):
     upstream, downstream = unique_id("up"), unique_id("down")
     await push(
         api,
@@ -244,6 +248,17 @@ async def test_on_finish_chains_workflows_with_completion_signals(api, sessions)
     assert started[0].cause["kind"] == "signal"
     down = await wait_for_run(api, started[0].run_id)
     assert down["status"] == "succeeded"
+
+    # finish_run retried after its commit publishes the completion again: the stored signal
+    # refuses the repeat (no lookup first), so nothing new is stored or started.
+    bus = SignalBus(
+        sessions, RunsService(sessions, temporal_client, settings.temporal), temporal_client
+    )
+    async with sessions.begin() as session:
+        repeat = await bus.publish_completion_in(session, await session.get(Run, up["run_id"]))
+    assert [p.duplicate for p in repeat.results] == [True] and repeat.runs == []
+    assert repeat.results[0].signal.params["run_id"] == up["run_id"]
+    assert len(await runs_of(sessions, downstream)) == 1
 
     completion = (
         await api.get(

@@ -21,6 +21,7 @@ from maestro import metrics
 from maestro.artifacts import ArtifactStore, LocalArtifactStore
 from maestro.context import StepContext
 from maestro.db import runs as runs_db
+from maestro.db.engine import autocommit
 from maestro.expressions import ExpressionError, resolve_values
 from maestro.registry import Registry
 from maestro.runtime import (
@@ -100,7 +101,7 @@ class _AttemptStart:
 
     async def _record(self) -> bool:
         try:
-            async with self._sessions.begin() as session:
+            async with autocommit(self._sessions) as session:
                 await runs_db.mark_step_started(
                     session,
                     self._run_id,
@@ -227,7 +228,9 @@ class StepActivities:
         metrics.STEP_DURATION.labels(step.type, "succeeded").observe(time.monotonic() - began)
         started = await start.settle()
         emitted = self._emitted(step_input, result)
-        async with self._sessions.begin() as session:
+        # One statement unless the step emits signals: then one transaction for both.
+        writing = self._sessions.begin() if emitted else autocommit(self._sessions)
+        async with writing as session:
             await runs_db.mark_step_succeeded(
                 session,
                 step_input.run_id,
@@ -245,7 +248,7 @@ class StepActivities:
                     run_id=step_input.run_id,
                     step_id=step.id,
                 )
-                pending = await self._bus.publish_in(session, emitted, producer)
+                pending = await self._bus.publish_in(session, emitted, producer, lookup=False)
         if pending is not None:
             await self._bus.after_commit(pending)
         activity.logger.info("step attempt succeeded", extra=log_extra)

@@ -75,6 +75,7 @@ class RunWorkflow:
         self._status = RunStatus.queued
         self._error: str | None = None
         self._unrecorded: list[str] = []
+        self._recorded_by_activity: set[str] = set()  # succeeded: run_step wrote the row
         self._matched: dict[str, dict[int, MatchedSignal]] = {}
         self._bypassed: set[str] = set()
         self._skip: set[str] = set()
@@ -181,7 +182,9 @@ class RunWorkflow:
                 params=run_input.params,
                 status=self._status,
                 error=self._error,
-                steps=list(self._states.values()),
+                steps=[
+                    s for s in self._states.values() if s.step_id not in self._recorded_by_activity
+                ],
                 outputs=outputs,
                 waits=any(s.wait_for for s in definition.steps),
             ),
@@ -443,6 +446,7 @@ class RunWorkflow:
                 self._step_failed(step, message)
             return
         self._set(step_id, StepStatus.succeeded, outputs=result.outputs)
+        self._recorded_by_activity.add(step_id)
 
     def _step_failed(
         self, step: Step, error: str, *, status: StepStatus = StepStatus.failed

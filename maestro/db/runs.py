@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import delete, func, select, tuple_, update
+from sqlalchemy import CTE, delete, func, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -70,12 +70,10 @@ async def set_temporal_run_id(session: AsyncSession, run_id: str, temporal_run_i
     )
 
 
-async def _run_started(
-    session: AsyncSession, run_id: str, temporal_run_id: str, started_at: datetime
-) -> None:
+def _run_started(run_id: str, temporal_run_id: str, started_at: datetime) -> CTE:
     """The run is running (its Temporal run id is recorded here too, in case the process that
-    launched it died before it could)."""
-    await session.execute(
+    launched it died before it could): an UPDATE that rides in the step write's statement."""
+    return (
         update(Run)
         .where(Run.run_id == run_id, Run.status == RunStatus.queued)
         .values(
@@ -83,6 +81,8 @@ async def _run_started(
             started_at=started_at,
             temporal_run_id=func.coalesce(Run.temporal_run_id, temporal_run_id),
         )
+        .returning(Run.run_id)
+        .cte("run_started")
     )
 
 
@@ -94,11 +94,11 @@ async def mark_step_started(
     temporal_run_id: str,
     started_at: datetime,
 ) -> None:
-    """An attempt began: the step is running and so is its run."""
-    await _run_started(session, run_id, temporal_run_id, started_at)
+    """An attempt began: the step is running and so is its run (one statement)."""
     values = {"status": StepStatus.running, "attempt": attempt, "error": None}
     await session.execute(
         insert(StepRun)
+        .add_cte(_run_started(run_id, temporal_run_id, started_at))
         .values(run_id=run_id, step_id=step_id, started_at=started_at, **values)
         # A late write (its attempt was cancelled meanwhile) never reopens a finished step.
         .on_conflict_do_update(
@@ -128,8 +128,8 @@ async def mark_step_succeeded(
     *,
     started: tuple[str, datetime] | None = None,
 ) -> None:
-    """The attempt succeeded. `started` (Temporal run id, start time) when its start is not
-    recorded yet (a quick step): start and end are then written together."""
+    """The attempt succeeded (one statement). `started` (Temporal run id, start time) when its
+    start is not recorded yet (a quick step): start and end are then written together."""
     values = {
         "status": StepStatus.succeeded,
         "attempt": attempt,
@@ -146,9 +146,9 @@ async def mark_step_succeeded(
         )
         return
     temporal_run_id, started_at = started
-    await _run_started(session, run_id, temporal_run_id, started_at)
     await session.execute(
         insert(StepRun)
+        .add_cte(_run_started(run_id, temporal_run_id, started_at))
         .values(run_id=run_id, step_id=step_id, started_at=started_at, **values)
         .on_conflict_do_update(index_elements=["run_id", "step_id"], set_=values)
     )
