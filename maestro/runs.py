@@ -251,7 +251,9 @@ class RunsService:
             raise Unavailable(f"Temporal is unavailable: {failures[0]}") from failures[0]
 
     async def sweep(self, older_than: timedelta = timedelta(seconds=5), limit: int = 200) -> int:
-        """Finish launches and stops a dead process left undone; any process may run this."""
+        """Finish launches and stops a dead process left undone; any process may run this.
+        A launch is overdue `older_than` after the run's admission (not its creation: a run
+        that waited in the queue is launched by the process that admits it)."""
         cutoff = datetime.now(UTC) - older_than
         async with self._sessions.begin() as session:
             query = (
@@ -260,7 +262,7 @@ class RunsService:
                     Run.temporal_run_id.is_(None),
                     Run.admitted_at.is_not(None),
                     Run.status == RunStatus.queued,
-                    Run.created_at < cutoff,
+                    Run.admitted_at < cutoff,
                 )
                 .order_by(Run.created_at)
                 .limit(limit)

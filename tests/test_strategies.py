@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -12,6 +13,8 @@ from sqlalchemy import select
 
 from maestro.db.tables import Run
 from maestro.embedded import free_port, wait_for_port
+from maestro.runs import RunsService
+from maestro.runtime import Cause
 from tests.conftest import unique_id, wait_for_run, wait_for_step, wait_for_time_runs
 from tests.processes import Processes
 
@@ -330,3 +333,26 @@ async def test_kill_terminates_and_workflow_stop_ends_everything(api, temporal_c
     assert {r["run_id"] for r in stopped.json()} == {running["run_id"], waiting["run_id"]}
     assert (await wait_for_run(api, running["run_id"], timeout=30))["status"] == "stopped"
     assert (await wait_for_run(api, waiting["run_id"]))["status"] == "stopped"
+
+
+async def test_the_sweep_launches_runs_admitted_long_ago_not_those_queued_long_ago(
+    api, sessions, settings, temporal_client
+):
+    """The sweep finishes launches a dead process left undone. A run that waited in the queue
+    and was admitted a moment ago is its admitting process's to launch: judged by its creation
+    time, another process's sweep raced that launch (and started it on its own task queue)."""
+    wid = unique_id("sweep")
+    await push(api, sleeper(wid, {"kind": "parallel"}, seconds=0.1))
+    runs = RunsService(sessions, temporal_client, settings.temporal)
+    async with sessions.begin() as session:
+        run, created = await runs.create_run(session, wid, {}, cause=Cause(kind="manual"))
+        assert created and run.admitted_at is not None
+        run.created_at = datetime.now(UTC) - timedelta(minutes=1)  # queued for a minute
+    await runs.sweep()
+    async with sessions() as session:
+        assert (await session.get(Run, run.run_id)).temporal_run_id is None
+
+    async with sessions.begin() as session:
+        (await session.get(Run, run.run_id)).admitted_at = datetime.now(UTC) - timedelta(minutes=1)
+    await runs.sweep()  # or the API's own sweep, whichever comes first
+    assert (await wait_for_run(api, run.run_id))["status"] == "succeeded"
