@@ -7,6 +7,8 @@ import logging
 import sys
 from datetime import UTC, datetime
 
+from temporalio import activity, workflow
+
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
 
@@ -31,3 +33,7 @@ def configure_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # Temporal's loggers would also append their workflow/activity info to each message as a
+    # dict's repr; the JSON line already carries it as `temporal_workflow`/`temporal_activity`.
+    workflow.logger.workflow_info_on_message = False
+    activity.logger.activity_info_on_message = False
