@@ -1,4 +1,6 @@
-"""FastAPI dependencies as `Annotated` aliases; tests override them."""
+"""FastAPI dependencies as `Annotated` aliases; tests override them. They are `async def`
+even where they only read app state: FastAPI runs a plain `def` dependency in a worker thread,
+which costs every request a thread hop."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from maestro.signals import SignalBus
 from maestro.workflows import WorkflowsService
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
@@ -25,19 +27,19 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
         yield session
 
 
-def get_runs_service(request: Request) -> RunsService:
+async def get_runs_service(request: Request) -> RunsService:
     return request.app.state.runs
 
 
-def get_signal_bus(request: Request) -> SignalBus:
+async def get_signal_bus(request: Request) -> SignalBus:
     return request.app.state.bus
 
 
-def get_schedules(request: Request) -> Schedules:
+async def get_schedules(request: Request) -> Schedules:
     return request.app.state.schedules
 
 
-def get_workflows_service(request: Request) -> WorkflowsService:
+async def get_workflows_service(request: Request) -> WorkflowsService:
     return request.app.state.workflows
 
 

@@ -244,12 +244,12 @@ class SignalBus:
             groups: dict[str, list[tuple[str, SignalIn]]] = {}
             for key, signal in fresh.items():
                 groups.setdefault(signal.name, []).append((key, signal))
-            firsts = await signals_db.allocate_seqs(
+            allocated = await signals_db.allocate_seqs(
                 session, {name: len(group) for name, group in groups.items()}
             )
             rows = []
             for name, group in sorted(groups.items()):
-                first = firsts[name]
+                first = allocated[name].first
                 rows += [
                     {
                         "name": name,
@@ -268,7 +268,8 @@ class SignalBus:
             raced = [k for k in fresh if k not in inserted]
             existing.update(await signals_db.find_by_dedupe_keys(session, raced))
             new_signals = sorted(inserted.values(), key=lambda s: s.id)
-            await self._dispatch(session, new_signals, pending)
+            waited_on = sorted(name for name, a in allocated.items() if a.has_waits)
+            await self._dispatch(session, new_signals, waited_on, pending)
         metrics.SIGNALS.labels("new").inc(len(inserted))
         metrics.SIGNALS.labels("duplicate").inc(len(keys) - len(inserted))
         runs_by_signal: dict[int, list[Run]] = {}
@@ -286,11 +287,19 @@ class SignalBus:
         return pending
 
     async def _dispatch(
-        self, session: AsyncSession, signals: list[Signal], pending: _Pending
+        self,
+        session: AsyncSession,
+        signals: list[Signal],
+        waited_on: list[str],
+        pending: _Pending,
     ) -> None:
+        """Match new signals to triggers, and to open waits on `waited_on` (the names flagged
+        as waited on, whose locks this transaction holds: only those can have open waits)."""
         names = sorted({s.name for s in signals})
         triggers = await signals_db.triggers_listening_to(session, names)
-        waits = list(await signals_db.open_waits(session, names))
+        waits = list(await signals_db.open_waits(session, waited_on)) if waited_on else []
+        # Names whose waits have all been matched or dropped lose the flag.
+        await signals_db.clear_has_waits(session, sorted(set(waited_on) - {w.name for w in waits}))
         for signal in signals:
             for row in triggers:
                 if signal.name in row.names:
@@ -431,7 +440,7 @@ class SignalBus:
         """Record a step's waits and release those a stored signal already satisfies."""
         matched: list[MatchedSignal] = []
         async with self._sessions.begin() as session:
-            await signals_db.lock_names(session, [w.name for w in request.waits])
+            await signals_db.lock_names_for_waits(session, [w.name for w in request.waits])
             await signals_db.add_waits(
                 session,
                 [

@@ -8,8 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, bindparam, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.elements import BindParameter
 
 from maestro.db.tables import Run, Workflow
 from maestro.definitions import RunStrategy, RunStrategyKind
@@ -33,7 +34,7 @@ def _limit(strategy: RunStrategy) -> int:
     return 1
 
 
-def _holding_slot(workflow_id: str):
+def _holding_slot(workflow_id: str | BindParameter[str]):
     """Runs holding a slot: admitted and not ended."""
     return and_(
         Run.workflow_id == workflow_id,
@@ -44,19 +45,23 @@ def _holding_slot(workflow_id: str):
     )
 
 
-def _waiting(workflow_id: str):
+def _waiting(workflow_id: str | BindParameter[str]):
     """Runs waiting for a slot."""
     return and_(
         Run.workflow_id == workflow_id, Run.status == RunStatus.queued, Run.admitted_at.is_(None)
     )
 
 
+_WORKFLOW_ID: BindParameter[str] = bindparam("workflow_id")
+# Built once (its cache key is memoized): every run's admission and end asks it.
+_OCCUPANCY = select(
+    func.count().filter(_waiting(_WORKFLOW_ID)), func.count().filter(_holding_slot(_WORKFLOW_ID))
+).where(Run.workflow_id == _WORKFLOW_ID, Run.status.in_([RunStatus.queued, RunStatus.running]))
+
+
 async def _occupancy(session: AsyncSession, workflow_id: str) -> tuple[int, int]:
     """(runs waiting for a slot, runs holding one), in one query."""
-    query = select(
-        func.count().filter(_waiting(workflow_id)), func.count().filter(_holding_slot(workflow_id))
-    ).where(Run.workflow_id == workflow_id, Run.status.in_([RunStatus.queued, RunStatus.running]))
-    waiting, holding = (await session.execute(query)).one()
+    waiting, holding = (await session.execute(_OCCUPANCY, {"workflow_id": workflow_id})).one()
     return waiting, holding
 
 

@@ -9,7 +9,7 @@ import uuid
 import pytest
 from sqlalchemy import func, select
 
-from maestro.db.tables import Run, Signal, SignalTriggerRow, WorkflowVersion
+from maestro.db.tables import Run, Signal, SignalName, SignalTriggerRow, WorkflowVersion
 from maestro.runs import RunsService
 from maestro.signals import SignalBus
 from tests.conftest import unique_id, wait_for_run, wait_for_step
@@ -366,6 +366,54 @@ async def test_wait_for_signal_published_after_the_run_started(api):
     done = await wait_for_run(api, run["run_id"])
     assert done["status"] == "succeeded"
     assert done["steps"][1]["outputs"] == {"rows": 42}
+
+
+async def test_publishing_looks_up_waits_only_on_names_flagged_as_waited_on(api, sessions):
+    """A name's `has_waits` flag is set when a step registers a wait and cleared by a publish
+    that finds none open; while it is clear, publishing skips the waits lookup. Waits
+    registered after a clear are still found."""
+    topic = name("flagged")
+    wid = unique_id("wait-flag")
+    await push(
+        api,
+        {
+            "id": wid,
+            "params": {"dt": {"type": "string"}},
+            "steps": [
+                {
+                    "id": "load",
+                    "type": "noop",
+                    "wait_for": [{"name": topic, "where": {"dt": {"expr": "params.dt"}}}],
+                    "params": {"outputs": {"dt": {"expr": f'signals["{topic}"].params.dt'}}},
+                }
+            ],
+        },
+    )
+
+    async def flag() -> bool:
+        async with sessions() as session:
+            query = select(SignalName.has_waits).where(SignalName.name == topic)
+            return (await session.execute(query)).scalar_one()
+
+    async def waiting_run(dt: str) -> str:
+        response = await api.post(f"/api/v1/workflows/{wid}/runs", json={"params": {"dt": dt}})
+        run_id = response.json()["run_id"]
+        await wait_for_step(api, run_id, "load", "waiting_for_signal")
+        return run_id
+
+    await publish(api, topic, {"dt": "nobody"})
+    assert await flag() is False
+    first = await waiting_run("D1")
+    assert await flag() is True
+    await publish(api, topic, {"dt": "D1"})
+    assert (await wait_for_run(api, first))["steps"][0]["outputs"] == {"dt": "D1"}
+    await publish(api, topic, {"dt": "nobody-again"})
+    assert await flag() is False, "no open wait is left: the flag is cleared"
+    second = await waiting_run("D2")
+    assert await flag() is True
+    await publish(api, topic, {"dt": "D2"})
+    done = await wait_for_run(api, second)
+    assert done["status"] == "succeeded" and done["steps"][0]["outputs"] == {"dt": "D2"}
 
 
 async def test_wait_for_signal_published_before_the_run(api):

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import CTE, delete, func, select, tuple_, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import String, Text, bindparam, delete, func, select, tuple_, update
+from sqlalchemy.dialects.postgresql import JSONB, Insert, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from maestro.db.tables import Run, SignalWait, StepRun, Workflow
@@ -64,26 +65,74 @@ async def list_steps(session: AsyncSession, run_id: str) -> Sequence[StepRun]:
     return (await session.execute(select(StepRun).where(StepRun.run_id == run_id))).scalars().all()
 
 
+# The statements every run executes are built once, with bind parameters: SQLAlchemy memoizes
+# a statement object's cache key, so executing the same object again skips rebuilding and
+# re-keying it. (Parameter names differ from column names, which SQLAlchemy reserves.)
+_SET_TEMPORAL_RUN_ID = (
+    update(Run)
+    .where(Run.run_id == bindparam("b_run_id"))
+    .values(temporal_run_id=bindparam("b_temporal_run_id"))
+)
+
+
 async def set_temporal_run_id(session: AsyncSession, run_id: str, temporal_run_id: str) -> None:
     await session.execute(
-        update(Run).where(Run.run_id == run_id).values(temporal_run_id=temporal_run_id)
+        _SET_TEMPORAL_RUN_ID, {"b_run_id": run_id, "b_temporal_run_id": temporal_run_id}
     )
 
 
-def _run_started(run_id: str, temporal_run_id: str, started_at: datetime) -> CTE:
-    """The run is running (its Temporal run id is recorded here too, in case the process that
-    launched it died before it could): an UPDATE that rides in the step write's statement."""
+# The run is running (its Temporal run id is recorded here too, in case the process that
+# launched it died before it could): an UPDATE that rides in the step write's statement.
+_RUN_STARTED = (
+    update(Run)
+    .where(Run.run_id == bindparam("b_run_id"), Run.status == RunStatus.queued)
+    .values(
+        status=RunStatus.running,
+        started_at=bindparam("b_started_at"),
+        temporal_run_id=func.coalesce(
+            Run.temporal_run_id, bindparam("b_temporal_run_id", type_=String)
+        ),
+    )
+    .returning(Run.run_id)
+    .cte("run_started")
+)
+
+
+def _step_write_starting_run(values: dict[str, Any]) -> Insert:
+    """Upsert a step row with `values`, marking its run started in the same statement."""
     return (
-        update(Run)
-        .where(Run.run_id == run_id, Run.status == RunStatus.queued)
+        insert(StepRun)
+        .add_cte(_RUN_STARTED)
         .values(
-            status=RunStatus.running,
-            started_at=started_at,
-            temporal_run_id=func.coalesce(Run.temporal_run_id, temporal_run_id),
+            run_id=bindparam("b_run_id"),
+            step_id=bindparam("b_step_id"),
+            started_at=bindparam("b_started_at"),
+            **values,
         )
-        .returning(Run.run_id)
-        .cte("run_started")
     )
+
+
+_STARTED_VALUES = {"status": StepStatus.running, "attempt": bindparam("b_attempt"), "error": None}
+# A late write (its attempt was cancelled meanwhile) never reopens a finished step.
+_STEP_STARTED = _step_write_starting_run(_STARTED_VALUES).on_conflict_do_update(
+    index_elements=["run_id", "step_id"], set_=_STARTED_VALUES, where=StepRun.ended_at.is_(None)
+)
+_SUCCEEDED_VALUES = {
+    "status": StepStatus.succeeded,
+    "attempt": bindparam("b_attempt"),
+    "ended_at": func.now(),
+    "outputs": bindparam("b_outputs", type_=JSONB),
+    "details": bindparam("b_details", type_=JSONB),
+    "error": None,
+}
+_STEP_SUCCEEDED = (
+    update(StepRun)
+    .where(StepRun.run_id == bindparam("b_run_id"), StepRun.step_id == bindparam("b_step_id"))
+    .values(**_SUCCEEDED_VALUES)
+)
+_STEP_STARTED_AND_SUCCEEDED = _step_write_starting_run(_SUCCEEDED_VALUES).on_conflict_do_update(
+    index_elements=["run_id", "step_id"], set_=_SUCCEEDED_VALUES
+)
 
 
 async def mark_step_started(
@@ -95,15 +144,15 @@ async def mark_step_started(
     started_at: datetime,
 ) -> None:
     """An attempt began: the step is running and so is its run (one statement)."""
-    values = {"status": StepStatus.running, "attempt": attempt, "error": None}
     await session.execute(
-        insert(StepRun)
-        .add_cte(_run_started(run_id, temporal_run_id, started_at))
-        .values(run_id=run_id, step_id=step_id, started_at=started_at, **values)
-        # A late write (its attempt was cancelled meanwhile) never reopens a finished step.
-        .on_conflict_do_update(
-            index_elements=["run_id", "step_id"], set_=values, where=StepRun.ended_at.is_(None)
-        )
+        _STEP_STARTED,
+        {
+            "b_run_id": run_id,
+            "b_step_id": step_id,
+            "b_attempt": attempt,
+            "b_temporal_run_id": temporal_run_id,
+            "b_started_at": started_at,
+        },
     )
 
 
@@ -131,26 +180,19 @@ async def mark_step_succeeded(
     """The attempt succeeded (one statement). `started` (Temporal run id, start time) when its
     start is not recorded yet (a quick step): start and end are then written together."""
     values = {
-        "status": StepStatus.succeeded,
-        "attempt": attempt,
-        "ended_at": func.now(),
-        "outputs": outputs,
-        "details": details,
-        "error": None,
+        "b_run_id": run_id,
+        "b_step_id": step_id,
+        "b_attempt": attempt,
+        "b_outputs": outputs,
+        "b_details": details,
     }
     if started is None:
-        await session.execute(
-            update(StepRun)
-            .where(StepRun.run_id == run_id, StepRun.step_id == step_id)
-            .values(**values)
-        )
+        await session.execute(_STEP_SUCCEEDED, values)
         return
     temporal_run_id, started_at = started
     await session.execute(
-        insert(StepRun)
-        .add_cte(_run_started(run_id, temporal_run_id, started_at))
-        .values(run_id=run_id, step_id=step_id, started_at=started_at, **values)
-        .on_conflict_do_update(index_elements=["run_id", "step_id"], set_=values)
+        _STEP_STARTED_AND_SUCCEEDED,
+        {**values, "b_temporal_run_id": temporal_run_id, "b_started_at": started_at},
     )
 
 
@@ -171,6 +213,24 @@ async def record_step_states(session: AsyncSession, run_id: str, states: list[St
             )
             .on_conflict_do_update(index_elements=["run_id", "step_id"], set_=values)
         )
+
+
+_RUN_ENDED = (
+    update(Run)
+    .where(Run.run_id == bindparam("b_run_id"))
+    .values(
+        status=bindparam("b_status", type_=String),
+        error=bindparam("b_error", type_=Text),
+        outputs=bindparam("b_outputs", type_=JSONB),
+        ended_at=func.now(),
+        started_at=func.coalesce(Run.started_at, func.now()),
+        temporal_run_id=func.coalesce(
+            Run.temporal_run_id, bindparam("b_temporal_run_id", type_=String)
+        ),
+    )
+    .returning(Run)
+    .execution_options(populate_existing=True)
+)
 
 
 async def finish_run(
@@ -194,18 +254,14 @@ async def finish_run(
         )
     await record_step_states(session, run_id, [s for s in steps if s.status.is_terminal])
     ended = await session.execute(
-        update(Run)
-        .where(Run.run_id == run_id)
-        .values(
-            status=status,
-            error=error,
-            outputs=outputs,
-            ended_at=func.now(),
-            started_at=func.coalesce(Run.started_at, func.now()),
-            temporal_run_id=func.coalesce(Run.temporal_run_id, temporal_run_id),
-        )
-        .returning(Run)
-        .execution_options(populate_existing=True)
+        _RUN_ENDED,
+        {
+            "b_run_id": run_id,
+            "b_status": status,
+            "b_error": error,
+            "b_outputs": outputs,
+            "b_temporal_run_id": temporal_run_id,
+        },
     )
     run = ended.scalar_one_or_none()
     if run is None:

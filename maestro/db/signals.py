@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import ARRAY, BigInteger, String, bindparam, delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -21,42 +22,71 @@ from maestro.db.tables import (
 from maestro.errors import NotFound
 from maestro.triggers import CompiledTrigger
 
+# Statements on the publishing path are built once: SQLAlchemy memoizes a statement object's
+# cache key, so executing the same object again skips rebuilding and re-keying it.
+_LOCK_FOR_WAITS = (
+    insert(SignalName)
+    .values(name=bindparam("name"), last_seq=0, has_waits=True)
+    .on_conflict_do_update(index_elements=["name"], set_={"has_waits": True})
+)
+_ALLOCATE_SEQS = (
+    insert(SignalName)
+    .values(name=bindparam("name"), last_seq=bindparam("count", type_=BigInteger))
+    .on_conflict_do_update(
+        index_elements=["name"],
+        set_={"last_seq": SignalName.last_seq + bindparam("count", type_=BigInteger)},
+    )
+    .returning(SignalName.last_seq, SignalName.has_waits)
+)
+_CLEAR_HAS_WAITS = (
+    update(SignalName)
+    .where(SignalName.name.in_(bindparam("names", expanding=True)))
+    .values(has_waits=False)
+)
+_BY_DEDUPE_KEYS = select(Signal).where(Signal.dedupe_key.in_(bindparam("keys", expanding=True)))
+_INSERT_SIGNALS = (
+    insert(Signal).on_conflict_do_nothing(index_elements=["dedupe_key"]).returning(Signal)
+)
 
-async def lock_names(session: AsyncSession, names: Sequence[str]) -> None:
+
+async def lock_names_for_waits(session: AsyncSession, names: Sequence[str]) -> None:
     """Take the per-name locks (in a fixed order, so no deadlock) that order publishing and
-    waiting on the same names."""
+    waiting on the same names, and flag the names as waited on."""
     for name in sorted(set(names)):
-        await session.execute(
-            insert(SignalName)
-            .values(name=name, last_seq=0)
-            .on_conflict_do_update(index_elements=["name"], set_={"last_seq": SignalName.last_seq})
-        )
+        await session.execute(_LOCK_FOR_WAITS, {"name": name})
 
 
-async def allocate_seqs(session: AsyncSession, counts: dict[str, int]) -> dict[str, int]:
+@dataclass
+class Allocated:
+    """Sequence numbers reserved for one name, and whether steps may be waiting on it."""
+
+    first: int
+    has_waits: bool
+
+
+async def allocate_seqs(session: AsyncSession, counts: dict[str, int]) -> dict[str, Allocated]:
     """Reserve sequence numbers per name (`counts[name]` of them), taking the names' locks in
-    the same fixed order as `lock_names`, one statement per name; returns each first number."""
-    first: dict[str, int] = {}
+    the same fixed order as `lock_names_for_waits`, one statement per name."""
+    allocated: dict[str, Allocated] = {}
     for name in sorted(counts):
         count = counts[name]
-        last = (
-            await session.execute(
-                insert(SignalName)
-                .values(name=name, last_seq=count)
-                .on_conflict_do_update(
-                    index_elements=["name"], set_={"last_seq": SignalName.last_seq + count}
-                )
-                .returning(SignalName.last_seq)
-            )
-        ).scalar_one()
-        first[name] = last - count + 1
-    return first
+        last, has_waits = (
+            await session.execute(_ALLOCATE_SEQS, {"name": name, "count": count})
+        ).one()
+        allocated[name] = Allocated(last - count + 1, has_waits)
+    return allocated
+
+
+async def clear_has_waits(session: AsyncSession, names: Sequence[str]) -> None:
+    """No wait is open on these names (the caller holds their locks)."""
+    if names:
+        await session.execute(_CLEAR_HAS_WAITS, {"names": sorted(set(names))})
 
 
 async def find_by_dedupe_keys(session: AsyncSession, keys: Sequence[str]) -> dict[str, Signal]:
     if not keys:
         return {}
-    rows = await session.execute(select(Signal).where(Signal.dedupe_key.in_(keys)))
+    rows = await session.execute(_BY_DEDUPE_KEYS, {"keys": list(keys)})
     return {row.dedupe_key: row for row in rows.scalars()}
 
 
@@ -64,13 +94,7 @@ async def insert_signals(session: AsyncSession, rows: list[dict[str, Any]]) -> l
     """Insert new signals; returns the rows that were inserted (not those that raced in)."""
     if not rows:
         return []
-    result = await session.execute(
-        insert(Signal)
-        .values(rows)
-        .on_conflict_do_nothing(index_elements=["dedupe_key"])
-        .returning(Signal)
-    )
-    return list(result.scalars())
+    return list((await session.execute(_INSERT_SIGNALS, rows)).scalars())
 
 
 async def get_signal(session: AsyncSession, signal_id: int) -> Signal:
@@ -161,12 +185,17 @@ async def set_triggers_active(session: AsyncSession, workflow_id: str, active: b
     )
 
 
+_TRIGGERS_LISTENING = select(SignalTriggerRow).where(
+    SignalTriggerRow.names.overlap(bindparam("names", type_=ARRAY(String(200))))
+)
+
+
 async def triggers_listening_to(
     session: AsyncSession, names: Sequence[str]
 ) -> Sequence[SignalTriggerRow]:
     """Registered triggers that need any of `names` (GIN-indexed array overlap)."""
-    query = select(SignalTriggerRow).where(SignalTriggerRow.names.overlap(list(set(names))))
-    return (await session.execute(query)).scalars().all()
+    result = await session.execute(_TRIGGERS_LISTENING, {"names": sorted(set(names))})
+    return result.scalars().all()
 
 
 async def workflow_triggers(session: AsyncSession, workflow_id: str) -> Sequence[SignalTriggerRow]:
@@ -230,26 +259,39 @@ async def pending_joins(session: AsyncSession, workflow_id: str) -> Sequence[Tri
 # -- matches -----------------------------------------------------------------------------------
 
 
+_MATCH_VALUES = {
+    "outcome": bindparam("outcome"),
+    "run_id": bindparam("run_id"),
+    "detail": bindparam("detail"),
+    "updated_at": func.now(),
+}
+_RECORD_MATCH = (
+    insert(SignalMatch)
+    .values(
+        signal_id=bindparam("signal_id"),
+        workflow_id=bindparam("workflow_id"),
+        trigger_id=bindparam("trigger_id"),
+        **_MATCH_VALUES,
+    )
+    .on_conflict_do_update(
+        index_elements=["signal_id", "workflow_id", "trigger_id"], set_=_MATCH_VALUES
+    )
+)
+
+
 async def record_matches(session: AsyncSession, matches: list[dict[str, Any]]) -> None:
     """Record (or update) what signals did to triggers."""
     for match in matches:
-        values = {
-            "outcome": match["outcome"],
-            "run_id": match.get("run_id"),
-            "detail": match.get("detail"),
-            "updated_at": func.now(),
-        }
         await session.execute(
-            insert(SignalMatch)
-            .values(
-                signal_id=match["signal_id"],
-                workflow_id=match["workflow_id"],
-                trigger_id=match["trigger_id"],
-                **values,
-            )
-            .on_conflict_do_update(
-                index_elements=["signal_id", "workflow_id", "trigger_id"], set_=values
-            )
+            _RECORD_MATCH,
+            {
+                "signal_id": match["signal_id"],
+                "workflow_id": match["workflow_id"],
+                "trigger_id": match["trigger_id"],
+                "outcome": match["outcome"],
+                "run_id": match.get("run_id"),
+                "detail": match.get("detail"),
+            },
         )
 
 
@@ -311,15 +353,21 @@ async def get_waits(session: AsyncSession, run_id: str, step_id: str) -> Sequenc
     return (await session.execute(query.order_by(SignalWait.position))).scalars().all()
 
 
+_OPEN_WAITS = (
+    select(SignalWait)
+    .where(
+        SignalWait.name.in_(bindparam("names", expanding=True)),
+        SignalWait.matched_signal_id.is_(None),
+    )
+    .order_by(SignalWait.created_at)
+    .with_for_update()
+)
+
+
 async def open_waits(session: AsyncSession, names: Sequence[str]) -> Sequence[SignalWait]:
     """Unmatched waits on these names, locked for this transaction."""
-    query = (
-        select(SignalWait)
-        .where(SignalWait.name.in_(list(set(names))), SignalWait.matched_signal_id.is_(None))
-        .order_by(SignalWait.created_at)
-        .with_for_update()
-    )
-    return (await session.execute(query)).scalars().all()
+    result = await session.execute(_OPEN_WAITS, {"names": sorted(set(names))})
+    return result.scalars().all()
 
 
 async def undelivered_waits(

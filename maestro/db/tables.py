@@ -153,6 +153,9 @@ class SignalName(Base):
 
     name: Mapped[str] = mapped_column(String(200), primary_key=True)
     last_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Set (under this row's lock) when a step registers a wait on the name; cleared by a
+    # publish that finds no open wait. While false, publishing skips the waits lookup.
+    has_waits: Mapped[bool] = mapped_column(default=False, server_default=text("false"))
 
 
 class Signal(Base):

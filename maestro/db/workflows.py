@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import bindparam, delete, func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -19,13 +19,15 @@ from maestro.db.tables import (
 from maestro.definitions import WorkflowDefinition
 from maestro.errors import NotFound
 
+_GET_WORKFLOW = select(Workflow).where(Workflow.id == bindparam("workflow_id"))
+_LOCK_WORKFLOW = _GET_WORKFLOW.with_for_update()  # built once: its cache key is memoized
+
 
 async def get_workflow(session: AsyncSession, workflow_id: str, *, lock: bool = False) -> Workflow:
     """The workflow row, or NotFound."""
-    query = select(Workflow).where(Workflow.id == workflow_id)
-    if lock:
-        query = query.with_for_update()
-    workflow = (await session.execute(query)).scalar_one_or_none()
+    query = _LOCK_WORKFLOW if lock else _GET_WORKFLOW
+    result = await session.execute(query, {"workflow_id": workflow_id})
+    workflow = result.scalar_one_or_none()
     if workflow is None:
         raise NotFound(f"workflow {workflow_id!r} not found")
     return workflow
