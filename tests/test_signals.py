@@ -82,7 +82,14 @@ async def test_publish_stores_with_sequence_and_dedupes(api, sessions):
         count = await session.scalar(
             select(func.count()).select_from(Signal).where(Signal.name == topic)
         )
-    assert count == 3
+        # No payload and no request id are SQL NULLs (not JSON null).
+        bare = await session.scalar(
+            select(func.count())
+            .select_from(Signal)
+            .where(Signal.id == a["signal"]["id"], Signal.payload.is_(None))
+            .where(Signal.request_id.is_(None))
+        )
+    assert count == 3 and bare == 1
 
     listed = (
         await api.get("/api/v1/signals", params={"name": topic, "param.dt": "2026-11-27"})

@@ -352,9 +352,7 @@ class StepActivities:
         metrics.RUNS_ENDED.labels(finish.status.value).inc()
         await self._bus.runs.launch(admitted)
         await self._bus.after_commit(pending)
-        activity.logger.info(
-            "run finished", extra={"run_id": finish.run_id, "status": finish.status}
-        )
+        # No log line here: the workflow logs "run ended" with the same fields.
 
 
 class ScheduleActivities:
