@@ -133,11 +133,12 @@ def up(
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
     try:
-        database_url = settings.database_url
+        database_url = shown_database_url = settings.database_url
         if not database_url:
             postgres = EmbeddedPostgres(data_dir / "postgres", settings.embedded_postgres_port)
             console.print("starting embedded PostgreSQL ...")
-            database_url = postgres.start()
+            shown_database_url = postgres.start()
+            database_url = postgres.local_url  # the children connect over its Unix socket
         env["MAESTRO_DATABASE_URL"] = database_url
         upgrade(database_url)
         key_file = data_dir / "api-key"
@@ -173,7 +174,7 @@ def up(
         console.print(f"""[bold green]Maestro is up[/]
   API        {api_url}/api/v1   (OpenAPI: {api_url}/docs)
   Temporal   {settings.temporal.address}   (UI: {settings.temporal.ui_url})
-  PostgreSQL {database_url}
+  PostgreSQL {shown_database_url}
   data       {data_dir}   (logs in {data_dir / "logs"})
 Press Ctrl-C to stop.""")
         if new_key:

@@ -14,6 +14,7 @@ import time
 import warnings
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import yaml
 
@@ -21,6 +22,7 @@ from maestro.errors import ConfigurationError
 from maestro.runtime import SEARCH_ATTRIBUTES
 
 _PG_SYSTEM_USER = "embedded_postgres"  # PostgreSQL refuses to run as root
+_MAX_SOCKET_PATH = 108  # bytes in a Unix socket address (sun_path), the final NUL included
 
 
 def _pg_bin() -> Path:
@@ -62,7 +64,19 @@ class EmbeddedPostgres:
 
     @property
     def url(self) -> str:
+        """Over TCP on 127.0.0.1 (for people and tools)."""
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    @property
+    def local_url(self) -> str:
+        """For Maestro's own processes on this machine: over the server's Unix socket in the
+        data directory, which costs less per round trip than TCP on loopback; TCP when the
+        socket's path is too long for a Unix socket address."""
+        socket_path = self.data_dir / f".s.PGSQL.{self.port}"
+        if len(os.fsencode(socket_path)) >= _MAX_SOCKET_PATH:
+            return self.url
+        directory = quote(str(self.data_dir), safe="/")
+        return f"postgresql://postgres@/postgres?host={directory}&port={self.port}"
 
     def _run(self, tool: str, *args: str, timeout: float = 60) -> None:
         command = [str(_pg_bin() / tool), *args]

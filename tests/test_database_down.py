@@ -7,9 +7,10 @@ import asyncio
 
 import httpx
 import pytest
+from sqlalchemy import text
 
 from api.app import create_app
-from maestro.db.engine import upgrade
+from maestro.db.engine import create_engine, upgrade
 from maestro.embedded import EmbeddedPostgres, free_port
 from maestro.keys import create_admin_key
 
@@ -17,12 +18,19 @@ pytestmark = [pytest.mark.e2e, pytest.mark.fault, pytest.mark.timeout(180)]
 
 
 async def test_database_down_gives_503_then_the_api_recovers(settings, tmp_path):
+    """Over the embedded server's Unix socket, as `maestro up` connects its API: a stopped
+    server removes the socket file, which must be a 503 like a refused TCP connection."""
     server = EmbeddedPostgres(tmp_path / "pg", free_port())
     url = server.start()
     try:
         await asyncio.to_thread(upgrade, url)
         key = await create_admin_key(url, "db-down test")
-        app = create_app(settings.model_copy(update={"database_url": url}))
+        engine = create_engine(server.local_url)
+        async with engine.connect() as connection:
+            peer = await connection.scalar(text("select inet_server_addr()"))
+        await engine.dispose()
+        assert peer is None, "local_url connects over the Unix socket, not TCP"
+        app = create_app(settings.model_copy(update={"database_url": server.local_url}))
         async with app.router.lifespan_context(app):
             async with httpx.AsyncClient(
                 transport=httpx.ASGITransport(app=app),
@@ -45,3 +53,11 @@ async def test_database_down_gives_503_then_the_api_recovers(settings, tmp_path)
                 assert back.status_code == 200
     finally:
         await asyncio.to_thread(server.stop)
+
+
+def test_local_url_falls_back_to_tcp_when_the_socket_path_is_too_long(tmp_path):
+    short = EmbeddedPostgres(tmp_path / "pg", 55432)
+    assert short.local_url.startswith("postgresql://postgres@/postgres?host=/")
+    assert short.local_url.endswith("&port=55432")
+    deep = EmbeddedPostgres(tmp_path / ("d" * 120) / "pg", 55432)
+    assert deep.local_url == deep.url == "postgresql://postgres@127.0.0.1:55432/postgres"
