@@ -241,34 +241,23 @@ class SignalBus:
                 fresh[key] = signal
         inserted: dict[str, Signal] = {}
         if fresh:
-            groups: dict[str, list[tuple[str, SignalIn]]] = {}
-            for key, signal in fresh.items():
-                groups.setdefault(signal.name, []).append((key, signal))
-            allocated = await signals_db.allocate_seqs(
-                session, {name: len(group) for name, group in groups.items()}
-            )
-            rows = []
-            for name, group in sorted(groups.items()):
-                first = allocated[name].first
-                rows += [
-                    {
-                        "name": name,
-                        "seq": first + i,
-                        "params": s.params,
-                        "payload": s.payload,
-                        "dedupe_key": k,
-                        "request_id": s.request_id,
-                        "producer": producer.model_dump(exclude_none=True),
-                        "producer_run_id": producer.run_id,
-                    }
-                    for i, (k, s) in enumerate(group)
-                ]
-            for row in await signals_db.insert_signals(session, rows):
-                inserted[row.dedupe_key] = row
+            produced_by = producer.model_dump(exclude_none=True)
+            rows = {
+                key: {
+                    "name": s.name,
+                    "params": s.params,
+                    "payload": s.payload,
+                    "dedupe_key": key,
+                    "request_id": s.request_id,
+                    "producer": produced_by,
+                    "producer_run_id": producer.run_id,
+                }
+                for key, s in fresh.items()
+            }
+            waited_on = await self._insert(session, list(rows.values()), inserted)
             raced = [k for k in fresh if k not in inserted]
             existing.update(await signals_db.find_by_dedupe_keys(session, raced))
             new_signals = sorted(inserted.values(), key=lambda s: s.id)
-            waited_on = sorted(name for name, a in allocated.items() if a.has_waits)
             await self._dispatch(session, new_signals, waited_on, pending)
         metrics.SIGNALS.labels("new").inc(len(inserted))
         metrics.SIGNALS.labels("duplicate").inc(len(keys) - len(inserted))
@@ -285,6 +274,33 @@ class SignalBus:
             else:
                 pending.results.append(Published(inserted.get(key) or existing[key], True))
         return pending
+
+    @staticmethod
+    async def _insert(
+        session: AsyncSession, rows: list[dict[str, Any]], inserted: dict[str, Signal]
+    ) -> list[str]:
+        """Store new signals (each with the next `seq` of its name) into `inserted`; returns
+        the names flagged as waited on. One signal is one statement; a batch allocates each
+        name's numbers first (one statement per name), then inserts all rows at once."""
+        if len(rows) == 1:
+            signal, has_waits = await signals_db.insert_signal(session, rows[0])
+            if signal is not None:
+                inserted[signal.dedupe_key] = signal
+            return [rows[0]["name"]] if has_waits else []
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for row in rows:
+            groups.setdefault(row["name"], []).append(row)
+        allocated = await signals_db.allocate_seqs(
+            session, {name: len(group) for name, group in groups.items()}
+        )
+        numbered = [
+            {**row, "seq": allocated[name].first + i}
+            for name, group in sorted(groups.items())
+            for i, row in enumerate(group)
+        ]
+        for signal in await signals_db.insert_signals(session, numbered):
+            inserted[signal.dedupe_key] = signal
+        return sorted(name for name, a in allocated.items() if a.has_waits)
 
     async def _dispatch(
         self,

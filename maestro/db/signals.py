@@ -7,7 +7,19 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ARRAY, BigInteger, String, bindparam, delete, func, or_, select, update
+from sqlalchemy import (
+    ARRAY,
+    BigInteger,
+    Boolean,
+    String,
+    bindparam,
+    column,
+    delete,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -47,28 +59,35 @@ _BY_DEDUPE_KEYS = select(Signal).where(Signal.dedupe_key.in_(bindparam("keys", e
 _INSERT_SIGNALS = (
     insert(Signal).on_conflict_do_nothing(index_elements=["dedupe_key"]).returning(Signal)
 )
-_SIGNAL_COLUMNS = (
-    "name",
-    "seq",
-    "params",
-    "payload",
-    "dedupe_key",
-    "request_id",
-    "producer",
-    "producer_run_id",
+# One signal (most publishes) is one statement: lock its name and take the next `seq` (a CTE),
+# insert the signal with it, and return the name's `has_waits` flag beside the row.
+_NEXT_SEQ = (
+    insert(SignalName)
+    .values(name=bindparam("b_name"), last_seq=1)
+    .on_conflict_do_update(index_elements=["name"], set_={"last_seq": SignalName.last_seq + 1})
+    .returning(SignalName.last_seq, SignalName.has_waits)
+    .cte("next_seq")
 )
-# One signal (most publishes): a plain INSERT, cheaper than the ORM's bulk path. None is
-# stored as SQL NULL (not JSON null), as the bulk path does by leaving the column out.
-_INSERT_SIGNAL = (
-    insert(Signal)
-    .values(
-        {
-            c: bindparam(f"b_{c}", type_=JSONB(none_as_null=True) if c == "payload" else None)
-            for c in _SIGNAL_COLUMNS
-        }
+_SIGNAL_TABLE = Signal.__table__
+_INSERT_ONE_SIGNAL = select(Signal, column("has_waits", Boolean)).from_statement(
+    insert(_SIGNAL_TABLE)
+    .from_select(
+        [_SIGNAL_TABLE.c[c] for c in ("name", "seq", "params", "payload", "dedupe_key")]
+        + [_SIGNAL_TABLE.c[c] for c in ("request_id", "producer", "producer_run_id")],
+        select(
+            bindparam("b_name", type_=String),
+            _NEXT_SEQ.c.last_seq,
+            bindparam("b_params", type_=JSONB),
+            # None is SQL NULL (not JSON null), as the bulk path stores it.
+            bindparam("b_payload", type_=JSONB(none_as_null=True)),
+            bindparam("b_dedupe_key", type_=String),
+            bindparam("b_request_id", type_=String),
+            bindparam("b_producer", type_=JSONB),
+            bindparam("b_producer_run_id", type_=String),
+        ),
     )
     .on_conflict_do_nothing(index_elements=["dedupe_key"])
-    .returning(Signal)
+    .returning(*_SIGNAL_TABLE.c, select(_NEXT_SEQ.c.has_waits).scalar_subquery().label("has_waits"))
 )
 
 
@@ -114,13 +133,20 @@ async def find_by_dedupe_keys(session: AsyncSession, keys: Sequence[str]) -> dic
 
 
 async def insert_signals(session: AsyncSession, rows: list[dict[str, Any]]) -> list[Signal]:
-    """Insert new signals; returns the rows that were inserted (not those that raced in)."""
+    """Insert new signals whose `seq` is allocated; returns the rows that were inserted (not
+    those that raced in)."""
     if not rows:
         return []
-    if len(rows) == 1:
-        params = {f"b_{c}": rows[0].get(c) for c in _SIGNAL_COLUMNS}
-        return list((await session.execute(_INSERT_SIGNAL, params)).scalars())
     return list((await session.execute(_INSERT_SIGNALS, rows)).scalars())
+
+
+async def insert_signal(session: AsyncSession, row: dict[str, Any]) -> tuple[Signal | None, bool]:
+    """Lock the name, take its next `seq` and insert one signal, in one statement. Returns
+    the signal (None if its dedupe key raced in) and whether steps may wait on its name."""
+    stored = (
+        await session.execute(_INSERT_ONE_SIGNAL, {f"b_{k}": v for k, v in row.items()})
+    ).one_or_none()
+    return (stored[0], stored[1]) if stored else (None, False)
 
 
 async def get_signal(session: AsyncSession, signal_id: int) -> Signal:
