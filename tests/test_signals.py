@@ -421,6 +421,15 @@ async def test_publishing_looks_up_waits_only_on_names_flagged_as_waited_on(api,
     await publish(api, topic, {"dt": "D2"})
     done = await wait_for_run(api, second)
     assert done["status"] == "succeeded" and done["steps"][0]["outputs"] == {"dt": "D2"}
+    # A batch (allocated per name, then inserted at once) reads the flag too.
+    await publish(api, topic, {"dt": "nobody-either"})
+    assert await flag() is False
+    third = await waiting_run("D3")
+    other = name("unrelated")
+    batch = [{"name": other, "params": {"n": 1}}, {"name": topic, "params": {"dt": "D3"}}]
+    response = await api.post("/api/v1/signals/batch", json={"signals": batch})
+    assert response.status_code == 201, response.text
+    assert (await wait_for_run(api, third))["steps"][0]["outputs"] == {"dt": "D3"}
 
 
 async def test_wait_for_signal_published_before_the_run(api):
