@@ -732,16 +732,18 @@ async def wait_for_quiet(stack: Stack, window: float = 2.0, limit: float = 180.0
 
 
 def cpu_table(results: dict[str, Any]) -> str:
-    """CPU seconds per process during each scenario, next to its wall time."""
+    """CPU seconds per process during each scenario, next to its wall time and what the disk
+    that holds the stack's data did meanwhile (MB written, cache flushes)."""
     names = sorted({n for r in results.values() for n in r.get("cpu_seconds", {})})
+    disk = ["disk_mb_written", "disk_flushes"]
     lines = [
-        "| scenario | wall s | " + " | ".join(names) + " |",
-        "| --- | --- | " + " | ".join("---" for _ in names) + " |",
+        "| scenario | wall s | " + " | ".join([*names, *disk]) + " |",
+        "| --- | --- | " + " | ".join("---" for _ in [*names, *disk]) + " |",
     ]
     for key, r in results.items():
-        cpu = r.get("cpu_seconds", {})
-        cells = " | ".join(f"{cpu.get(n, 0):.1f}" for n in names)
-        lines.append(f"| {key} | {r.get('wall_seconds', 0):.1f} | {cells} |")
+        cpu, io = r.get("cpu_seconds", {}), r.get("disk", {})
+        cells = [f"{cpu.get(n, 0):.1f}" for n in names] + [f"{io.get(n, 0):.0f}" for n in disk]
+        lines.append(f"| {key} | {r.get('wall_seconds', 0):.1f} | {' | '.join(cells)} |")
     return "\n".join(lines)
 
 
@@ -782,9 +784,13 @@ async def scenarios(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
             stack.check()
             await wait_for_quiet(stack)
             print(f"-- {key} ...", file=sys.stderr, flush=True)
-            t, cpu = time.monotonic(), stack.cpu_seconds()
+            t, cpu, disk = time.monotonic(), stack.cpu_seconds(), stack.disk_counters()
             results[key] = await scenario()
             wall, after = time.monotonic() - t, stack.cpu_seconds()
+            # What the disk did meanwhile: Temporal's SQLite file and PostgreSQL share it.
+            results[key]["disk"] = {
+                name: round(v - disk[name], 1) for name, v in stack.disk_counters().items()
+            }
             results[key]["wall_seconds"] = round(wall, 2)
             # Where the machine's time went during the scenario (2 cores = 2 s per second).
             used = {name: after[name] - cpu.get(name, 0.0) for name in sorted(after)}

@@ -65,6 +65,30 @@ def _cpu(pid: int, *, reaped: bool = False) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def _disk_of(path: Path) -> str | None:
+    """The /proc/diskstats name of the block device that holds `path` (None when unknown)."""
+    dev = path.stat().st_dev
+    try:
+        uevent = Path(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}/uevent").read_text()
+    except OSError:
+        return None
+    for line in uevent.splitlines():
+        if line.startswith("DEVNAME="):
+            return line.split("=", 1)[1]
+    return None
+
+
+def _disk_counters(device: str | None) -> dict[str, float]:
+    """MB written and cache flushes completed so far on `device` (whole-device counters:
+    every process's writes, the Temporal server's and PostgreSQL's alike)."""
+    for line in Path("/proc/diskstats").read_text().splitlines():
+        fields = line.split()
+        if device is not None and fields[2] == device:
+            flushes = float(fields[18]) if len(fields) > 18 else 0.0
+            return {"disk_mb_written": int(fields[9]) * 512 / 1e6, "disk_flushes": flushes}
+    return {}
+
+
 def _machine_busy() -> float:
     """CPU seconds the whole machine has been busy (all processes, all cores)."""
     user, nice, system, _idle, _iowait, irq, softirq, steal = (
@@ -187,6 +211,12 @@ class Stack:
             _cpu(pid) for pid in _children(postmaster)
         )
         return out
+
+    def disk_counters(self) -> dict[str, float]:
+        """Writes and flushes so far on the disk that holds the stack's data."""
+        if not hasattr(self, "_device"):
+            self._device = _disk_of(self.data_dir)
+        return _disk_counters(self._device)
 
     def check(self) -> None:
         """Fail fast if a process we started has died."""
