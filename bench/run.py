@@ -845,7 +845,12 @@ def main() -> None:
         "machine": machine(),
         "source": source(),
         "command": " ".join(["python -m bench.run", *sys.argv[1:]]),
-        "parameters": vars(args) | {"out": str(args.out) if args.out else None},
+        "parameters": vars(args)
+        | {
+            "out": str(args.out) if args.out else None,
+            # `false` when the dev server ran without synced commits (CPU-bound comparison).
+            "dev_server_sync": os.environ.get("MAESTRO_TEMPORAL__DEV_SERVER_SYNC", "true"),
+        },
         "targets": TARGETS,
         "results": results,
     }

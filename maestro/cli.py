@@ -157,6 +157,7 @@ def up(
                     port=int(port),
                     ui_port=settings.temporal.ui_port,
                     namespace=settings.temporal.namespace,
+                    sync=settings.temporal.dev_server_sync,
                 ),
                 env,
                 data_dir / "logs" / "temporal.log",

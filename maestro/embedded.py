@@ -179,9 +179,15 @@ def dynamic_config() -> dict[str, Any]:
 
 
 def temporal_dev_server_command(
-    data_dir: Path, *, port: int, ui_port: int | None, namespace: str = "default"
+    data_dir: Path,
+    *,
+    port: int,
+    ui_port: int | None,
+    namespace: str = "default",
+    sync: bool = True,
 ) -> list[str]:
-    """`temporal server start-dev` with file persistence and Maestro's search attributes."""
+    """`temporal server start-dev` with file persistence and Maestro's search attributes;
+    `sync=False` stops SQLite from syncing each commit (TemporalSettings.dev_server_sync)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     command = [
         temporal_executable(),
@@ -199,6 +205,8 @@ def temporal_dev_server_command(
         "warn",
     ]
     command += ["--ui-port", str(ui_port)] if ui_port else ["--headless"]
+    if not sync:
+        command += ["--sqlite-pragma", "synchronous=OFF"]
     for key in SEARCH_ATTRIBUTES:
         kind = {"KEYWORD": "Keyword", "INT": "Int"}[key.indexed_value_type.name]
         command += ["--search-attribute", f"{key.name}={kind}"]

@@ -16,6 +16,10 @@ class TemporalSettings(BaseModel):
     task_queue: str = "maestro"
     ui_url: str = "http://127.0.0.1:8233"
     ui_port: int = 8233
+    # The dev server `maestro up` starts syncs every SQLite commit to disk (SQLite's default).
+    # False starts it with `synchronous=OFF`: much faster on a slow disk, but a power loss or an
+    # OS crash can lose Temporal's latest state (a crash of the server process alone cannot).
+    dev_server_sync: bool = True
     # Register Maestro's search attributes at start-up (needs operator rights on a real cluster).
     register_search_attributes: bool = True
 

@@ -370,6 +370,22 @@ def test_temporal_gets_the_dynamic_config_maestro_up_uses(compose, clean_env, tm
     assert f"worker.schedulerNamespaceStartWorkflowRPS={rate}" in command
 
 
+def test_dev_server_syncs_each_commit_unless_told_not_to(clean_env, tmp_path):
+    """`maestro up`'s dev server keeps SQLite's synced commits by default;
+    MAESTRO_TEMPORAL__DEV_SERVER_SYNC=false turns the sync off."""
+    assert Settings().temporal.dev_server_sync is True
+    command = temporal_dev_server_command(tmp_path, port=1, ui_port=None)
+    assert "--sqlite-pragma" not in command
+    clean_env.setenv("MAESTRO_TEMPORAL__DEV_SERVER_SYNC", "false")
+    settings = Settings()
+    assert settings.temporal.dev_server_sync is False
+    command = temporal_dev_server_command(
+        tmp_path, port=1, ui_port=None, sync=settings.temporal.dev_server_sync
+    )
+    pragma = command.index("--sqlite-pragma")
+    assert command[pragma + 1] == "synchronous=OFF"
+
+
 def test_worker_environment_builds_valid_settings(compose, clean_env):
     settings = settings_for(compose["services"]["worker"], clean_env)
     assert settings.temporal.task_queue == "maestro"
