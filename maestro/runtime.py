@@ -145,6 +145,23 @@ class RunState(BaseModel):
     error: str | None = None
 
 
+class FinishRunInput(BaseModel):
+    """A run's end as the workflow decided it: the input of `finish_run`."""
+
+    run_id: str
+    workflow_id: str = ""
+    run_number: int = 0
+    version: int = 0
+    params: dict[str, Any] = Field(default_factory=dict)
+    status: RunStatus
+    error: str | None = None
+    # Final states to write: all but the steps whose success their activity wrote.
+    steps: list[StepState]
+    outputs: dict[str, Any] = Field(default_factory=dict)
+    # Whether any step could have registered signal waits (left-over ones are removed).
+    waits: bool = True
+
+
 class StepInput(BaseModel):
     """The input of the `run_step` activity: one attempt of one step."""
 
@@ -158,6 +175,10 @@ class StepInput(BaseModel):
     version: int = 0
     # Signals the step waited for (`wait_for`), by name: {"id", "params", "payload"}.
     signals: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # Set when this is the run's last step and its success ends the run `succeeded`: the
+    # attempt that succeeds records the run's end with its own (this step's outputs added),
+    # sparing the workflow its finish_run. See StepResult.run_recorded.
+    finish: FinishRunInput | None = None
 
 
 class StepResult(BaseModel):
@@ -165,26 +186,14 @@ class StepResult(BaseModel):
 
     outputs: dict[str, Any] = Field(default_factory=dict)
     details: dict[str, Any] = Field(default_factory=dict)
+    # The attempt recorded the run's end as StepInput.finish asked (and published its
+    # completion signal); the workflow then ends `succeeded` without finish_run.
+    run_recorded: bool = False
 
 
 class RecordStepsInput(BaseModel):
     run_id: str
     steps: list[StepState]
-
-
-class FinishRunInput(BaseModel):
-    run_id: str
-    workflow_id: str = ""
-    run_number: int = 0
-    version: int = 0
-    params: dict[str, Any] = Field(default_factory=dict)
-    status: RunStatus
-    error: str | None = None
-    # Final states to write: all but the steps whose success their activity wrote.
-    steps: list[StepState]
-    outputs: dict[str, Any] = Field(default_factory=dict)
-    # Whether any step could have registered signal waits (left-over ones are removed).
-    waits: bool = True
 
 
 class WaitSpec(BaseModel):

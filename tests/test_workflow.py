@@ -10,24 +10,28 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select
+from temporalio import activity
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowFailureError, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
-from temporalio.worker import Replayer
+from temporalio.worker import Replayer, Worker
 
 from maestro.db import runs as runs_db
 from maestro.db import workflows as workflows_db
-from maestro.db.tables import Run, StepRun
+from maestro.db.tables import Run, Signal, StepRun
 from maestro.definitions import parse_definition, resolve_run_params
 from maestro.runs import RunsService
 from maestro.runtime import (
+    RUN_STEP_ACTIVITY,
     RUN_WORKFLOW,
     TIMED_RUN_WORKFLOW,
     FireInput,
     RunInput,
     RunState,
+    StepInput,
+    StepResult,
     temporal_workflow_id,
 )
 from maestro.schedules import Schedules, time_triggers
@@ -423,11 +427,12 @@ async def test_history_replays_deterministically(env, sessions):
     await Replayer(workflows=[RunWorkflow], data_converter=pydantic_data_converter).replay_workflow(
         history
     )
-    # Recording is local: the server scheduled activity tasks for the two steps only, and the
-    # run's end (and c's skip) are markers in the workflow tasks that decided them.
+    # Recording is local: the server scheduled activity tasks for the two steps only, and c's
+    # skip is a marker in the workflow task that decided it. The run's end rode with b's
+    # success (b was the last step), so there is no finish_run marker.
     types = [e.event_type for e in history.events]
     assert types.count(EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED) == 2
-    assert types.count(EventType.EVENT_TYPE_MARKER_RECORDED) >= 2
+    assert types.count(EventType.EVENT_TYPE_MARKER_RECORDED) == 1
     # The input asks for local recording: no patch marker, so no TemporalChangeVersion upsert
     # (a history event and a visibility write per run).
     assert marker_names(history) == {"core_local_activity"}
@@ -437,10 +442,13 @@ async def test_history_replays_deterministically(env, sessions):
 async def test_a_run_input_from_earlier_code_records_locally_through_the_patch(env, sessions):
     """An input without `local_recording` (written by an API before that field) still records
     locally, deciding by LOCAL_RECORDING_PATCH as it did then; its history replays."""
-    result, rows, temporal_id = await run(
-        env, sessions, {"steps": [{"id": "a", "type": "noop"}]}, local_recording=False
-    )
+    steps = [
+        {"id": "a", "type": "noop"},
+        {"id": "b", "type": "noop", "depends_on": ["a"], "when": "false"},  # a finish_run
+    ]
+    result, rows, temporal_id = await run(env, sessions, {"steps": steps}, local_recording=False)
     assert result.status == "succeeded" and rows["a"].status == "succeeded"
+    assert rows["b"].status == "skipped"
     history = await env.client.get_workflow_handle(temporal_id).fetch_history()
     assert marker_names(history) == {"core_local_activity", "core_patch"}
     assert "TemporalChangeVersion" in upserted(history)  # what the field saves
@@ -449,6 +457,175 @@ async def test_a_run_input_from_earlier_code_records_locally_through_the_patch(e
     await Replayer(workflows=[RunWorkflow], data_converter=pydantic_data_converter).replay_workflow(
         history
     )
+
+
+async def completion_signals(sessions, run_id: str) -> list[str]:
+    async with sessions() as session:
+        query = select(Signal.name).where(Signal.producer_run_id == run_id)
+        return list((await session.execute(query)).scalars())
+
+
+async def test_the_last_step_records_the_run_end_with_its_own(env, sessions):
+    """The last step's activity records the run's end with its success and publishes the
+    completion signal: the workflow needs no finish_run, and the outcome is what it would
+    have written."""
+    result, rows, temporal_id = await run(
+        env,
+        sessions,
+        {
+            "steps": [
+                {"id": "first", "type": "noop", "params": {"outputs": {"n": 1}}},
+                {
+                    "id": "last",
+                    "type": "noop",
+                    "depends_on": ["first"],
+                    "params": {"outputs": {"m": 2}},
+                },
+            ]
+        },
+    )
+    assert statuses(result) == {"first": "succeeded", "last": "succeeded"}
+    run_id = rows["last"].run_id
+    async with sessions() as session:
+        stored = await runs_db.get_run(session, run_id)
+    assert stored.status == "succeeded" and stored.error is None
+    assert stored.outputs == {"first": {"n": 1}, "last": {"m": 2}}
+    assert stored.started_at <= stored.ended_at
+    assert rows["last"].status == "succeeded" and rows["last"].ended_at is not None
+    assert await completion_signals(sessions, run_id) == ["maestro.run.succeeded"]
+    history = await env.client.get_workflow_handle(temporal_id).fetch_history()
+    assert marker_names(history) == set()  # no local activity: no finish_run
+    await Replayer(workflows=[RunWorkflow], data_converter=pydantic_data_converter).replay_workflow(
+        history
+    )
+
+
+async def test_a_run_end_recorded_by_the_last_step_outlives_a_timeout_that_races_it(
+    env, sessions, tmp_path
+):
+    """The run's timeout fires while its last step's attempt is still going (this attempt
+    never heartbeats, so the cancellation does not reach it); the attempt then succeeds and
+    records the run's end. The run stays `succeeded`, with one completion signal: the
+    workflow honours what was recorded instead of writing `timed_out` over it."""
+    runs = RunsService(
+        sessions, env.client, TemporalSettings(task_queue=TASK_QUEUE), search_attributes=False
+    )
+    real = StepActivities(sessions, tmp_path, SignalBus(sessions, runs, env.client))
+
+    @activity.defn(name=RUN_STEP_ACTIVITY)
+    async def late_run_step(step_input: StepInput) -> StepResult:
+        await asyncio.sleep(2.5)  # past the run's timeout of 1 s
+        return await real.run_step(step_input)
+
+    queue = f"late-{uuid.uuid4().hex[:8]}"
+    async with Worker(env.client, task_queue=queue, activities=[late_run_step]):
+        with env.auto_time_skipping_disabled():
+            result, rows, temporal_id = await run(
+                env,
+                sessions,
+                {"timeout": "1s", "steps": [{"id": "only", "type": "noop", "task_queue": queue}]},
+            )
+    assert result.status == "succeeded" and statuses(result) == {"only": "succeeded"}
+    assert rows["only"].status == "succeeded"
+    assert await completion_signals(sessions, rows["only"].run_id) == ["maestro.run.succeeded"]
+    history = await env.client.get_workflow_handle(temporal_id).fetch_history()
+    types = [e.event_type for e in history.events]
+    assert EventType.EVENT_TYPE_ACTIVITY_TASK_CANCEL_REQUESTED in types  # the race was real
+    assert EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED in types
+    assert marker_names(history) == set()
+
+
+async def test_runs_of_one_workflow_ending_together_each_record_their_end_with_their_step(
+    env, sessions
+):
+    """Twenty runs of one workflow end at the same moment: each last step records its run's
+    end (no deadlock between them on the workflow's row, so no fallback to finish_run)."""
+    definition = parse_definition(
+        {"id": f"wf-{uuid.uuid4().hex[:8]}", "steps": [{"id": "only", "type": "noop"}]}
+    )
+    async with sessions.begin() as session:
+        workflow, version, _ = await workflows_db.push_version(session, definition)
+        rows = []
+        for _ in range(20):
+            workflow.run_counter += 1
+            rows.append(
+                Run(
+                    run_id=str(uuid.uuid4()),
+                    workflow_id=definition.id,
+                    version=version.version,
+                    run_number=workflow.run_counter,
+                    status="queued",
+                    params={},
+                    cause={"kind": "manual"},
+                    temporal_workflow_id=temporal_workflow_id(definition.id, workflow.run_counter),
+                )
+            )
+        session.add_all(rows)
+    results = await asyncio.gather(
+        *(
+            env.client.execute_workflow(
+                RUN_WORKFLOW,
+                RunInput(
+                    run_id=r.run_id,
+                    workflow_id=definition.id,
+                    version=version.version,
+                    run_number=r.run_number,
+                    params={},
+                    definition=definition,
+                    local_recording=True,
+                ),
+                id=r.temporal_workflow_id,
+                task_queue=TASK_QUEUE,
+                result_type=RunState,
+            )
+            for r in rows
+        )
+    )
+    assert {r.status for r in results} == {"succeeded"}
+    assert {r.status for r in await runs_of(sessions, definition.id)} == {"succeeded"}
+    for r in rows:
+        history = await env.client.get_workflow_handle(r.temporal_workflow_id).fetch_history()
+        assert marker_names(history) == set(), f"run {r.run_number} fell back to finish_run"
+
+
+@pytest.mark.parametrize("failing", ["recording the end", "publishing the completion"])
+async def test_when_the_last_step_cannot_record_the_run_end_the_workflow_does(
+    env, sessions, monkeypatch, failing
+):
+    """A failure while the last step's activity records the run's end (or publishes its
+    completion) does not rerun the step: the step's success is written, and the workflow's
+    finish_run records the end and publishes the completion, once."""
+    calls = 0
+
+    def failing_once(original):
+        async def call(*args, **kwargs):
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise ConnectionError("the database went away")
+            return await original(*args, **kwargs)
+
+        return call
+
+    if failing == "recording the end":
+        monkeypatch.setattr(runs_db, "finish_run", failing_once(runs_db.finish_run))
+    else:
+        monkeypatch.setattr(
+            SignalBus, "publish_completion_in", failing_once(SignalBus.publish_completion_in)
+        )
+    result, rows, temporal_id = await run(
+        env, sessions, {"steps": [{"id": "only", "type": "noop", "params": {"outputs": {"k": 1}}}]}
+    )
+    assert calls == 2  # the activity's try, then finish_run's
+    assert result.status == "succeeded"
+    only = rows["only"]
+    assert only.status == "succeeded" and only.attempt == 1 and only.outputs == {"k": 1}
+    async with sessions() as session:
+        stored = await runs_db.get_run(session, only.run_id)
+    assert stored.status == "succeeded" and stored.outputs == {"only": {"k": 1}}
+    assert await completion_signals(sessions, only.run_id) == ["maestro.run.succeeded"]
+    history = await env.client.get_workflow_handle(temporal_id).fetch_history()
+    assert marker_names(history) == {"core_local_activity"}  # finish_run ran
 
 
 def upserted(history: WorkflowHistory) -> set[str]:
@@ -586,7 +763,8 @@ async def test_a_timed_run_carries_its_fire_and_ends_stopped_when_cancelled_at_o
     history = await env.client.get_workflow_handle(f"{ref.schedule_id}:run-1").fetch_history()
     types = [e.event_type for e in history.events]
     assert types.count(EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED) == 1
-    assert types.count(EventType.EVENT_TYPE_MARKER_RECORDED) >= 2  # admit_fire, finish_run
+    # admit_fire; the run's end rode with its only step's success (no finish_run)
+    assert types.count(EventType.EVENT_TYPE_MARKER_RECORDED) == 1
     assert marker_names(history) == {"core_local_activity"}  # the admitted input needs no patch
     assert "TemporalChangeVersion" not in upserted(history)
     await Replayer(

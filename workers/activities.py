@@ -8,6 +8,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,9 @@ from maestro import metrics
 from maestro.artifacts import ArtifactStore, LocalArtifactStore
 from maestro.context import StepContext
 from maestro.db import runs as runs_db
+from maestro.db import workflows as workflows_db
 from maestro.db.engine import autocommit
+from maestro.db.tables import Run
 from maestro.expressions import ExpressionError, resolve_values
 from maestro.registry import Registry
 from maestro.runtime import (
@@ -228,9 +231,8 @@ class StepActivities:
         metrics.STEP_DURATION.labels(step.type, "succeeded").observe(time.monotonic() - began)
         started = await start.settle()
         emitted = self._emitted(step_input, result)
-        # One statement unless the step emits signals: then one transaction for both.
-        writing = self._sessions.begin() if emitted else autocommit(self._sessions)
-        async with writing as session:
+
+        async def succeeded(session: AsyncSession) -> None:
             await runs_db.mark_step_succeeded(
                 session,
                 step_input.run_id,
@@ -240,6 +242,21 @@ class StepActivities:
                 result.details,
                 started=started,
             )
+
+        if step_input.finish is not None and not emitted:
+            # The run's last step: its success and the run's end in one transaction.
+            finish = step_input.finish
+            if result.outputs:
+                finish = finish.model_copy(
+                    update={"outputs": {**finish.outputs, step.id: result.outputs}}
+                )
+            if await self._end_run_with_step(finish, info.workflow_run_id, succeeded):
+                activity.logger.info("step attempt succeeded", extra=log_extra)
+                return result.model_copy(update={"run_recorded": True})
+        # One statement unless the step emits signals: then one transaction for both.
+        writing = self._sessions.begin() if emitted else autocommit(self._sessions)
+        async with writing as session:
+            await succeeded(session)
             pending = None
             if emitted:
                 producer = Producer(
@@ -331,7 +348,28 @@ class StepActivities:
     async def finish_run(self, finish: FinishRunInput) -> None:
         """Persist the run's end (status, error, outputs, every step's final state) and admit
         the next queued runs; then publish its completion signal."""
+        run, admitted = await self._record_end(finish, activity.info().workflow_run_id)
+        pending = await self._publish_end(run)
+        await self._bus.runs.launch(admitted)
+        await self._bus.after_commit(pending)
+        # No log line here: the workflow logs "run ended" with the same fields.
+
+    async def _record_end(
+        self,
+        finish: FinishRunInput,
+        temporal_run_id: str,
+        also: Callable[[AsyncSession], Awaitable[None]] | None = None,
+    ) -> tuple[Run, list[Run]]:
+        """In one transaction: `also` (the last step's success), the run's end, and the
+        admission of the next queued runs. Returns the run and the runs to launch."""
         async with self._sessions.begin() as session:
+            if also is not None:
+                # The workflow's row lock first, as every run-creating transaction takes it:
+                # run_ended's lock would come after this transaction's second write to the
+                # run's row, whose foreign-key check share-locks the workflow row, and two
+                # such transactions upgrading their share locks deadlock each other.
+                await workflows_db.get_workflow(session, finish.workflow_id, lock=True)
+                await also(session)
             run = await runs_db.finish_run(
                 session,
                 finish.run_id,
@@ -339,20 +377,51 @@ class StepActivities:
                 finish.error,
                 finish.outputs,
                 finish.steps,
-                activity.info().workflow_run_id,
+                temporal_run_id,
                 waits=finish.waits,
             )
-            admitted = await self._bus.runs.run_ended(session, run)
-        # The completion signal has its own transaction: publishing it takes the signal name's
-        # lock before the downstream workflows' locks, and taking that after this workflow's
-        # row lock would deadlock with a downstream run ending at the same moment. A crash
-        # between the two commits retries this activity; both halves are idempotent.
+            return run, await self._bus.runs.run_ended(session, run)
+
+    async def _publish_end(self, run: Run) -> Any:
+        """The completion signal, in its own transaction: publishing it takes the signal name's
+        lock before the downstream workflows' locks, and taking that after this workflow's row
+        lock would deadlock with a downstream run ending at the same moment. A crash between
+        the two commits retries the activity; both halves are idempotent."""
         async with self._sessions.begin() as session:
             pending = await self._bus.publish_completion_in(session, run)
-        metrics.RUNS_ENDED.labels(finish.status.value).inc()
-        await self._bus.runs.launch(admitted)
+        metrics.RUNS_ENDED.labels(run.status).inc()
+        return pending
+
+    async def _end_run_with_step(
+        self,
+        finish: FinishRunInput,
+        temporal_run_id: str,
+        step_succeeded: Callable[[AsyncSession], Awaitable[None]],
+    ) -> bool:
+        """Record the last step's success with the run's end and publish its completion.
+        False when that could not be done: the step's success is then written alone (the
+        caller's usual path) and the workflow's finish_run records the end, as for any run."""
+        log_extra = {"run_id": finish.run_id}
+        try:
+            run, admitted = await self._record_end(finish, temporal_run_id, step_succeeded)
+        except Exception as exc:  # noqa: BLE001 - the usual path follows
+            logger.warning(
+                "recording the run's end with its last step failed; the workflow will",
+                extra={**log_extra, "error": str(exc)},
+            )
+            return False
+        try:
+            pending = await self._publish_end(run)
+        except Exception as exc:  # noqa: BLE001 - finish_run records the end again, publishes
+            logger.warning(
+                "publishing the run's completion failed; the workflow will",
+                extra={**log_extra, "error": str(exc)},
+            )
+            return False
+        with contextlib.suppress(Exception):  # the sweeper launches what was admitted
+            await self._bus.runs.launch(admitted)
         await self._bus.after_commit(pending)
-        # No log line here: the workflow logs "run ended" with the same fields.
+        return True
 
 
 class ScheduleActivities:

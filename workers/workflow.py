@@ -76,6 +76,7 @@ class RunWorkflow:
         self._error: str | None = None
         self._unrecorded: list[str] = []
         self._recorded_by_activity: set[str] = set()  # succeeded: run_step wrote the row
+        self._run_recorded = False  # the last step's activity recorded the run's end
         self._matched: dict[str, dict[int, MatchedSignal]] = {}
         self._bypassed: set[str] = set()
         self._skip: set[str] = set()
@@ -167,28 +168,15 @@ class RunWorkflow:
             cancelled = True
             self._status = RunStatus.stopped
             self._error = "run was cancelled"
-        for state in self._states.values():
-            if not state.status.is_terminal:
-                self._set(state.step_id, StepStatus.stopped, error="run ended before this step")
-        outputs = {sid: s.outputs for sid, s in self._states.items() if s.outputs}
-        await _record(
-            run_input.local_recording,
-            FINISH_RUN_ACTIVITY,
-            FinishRunInput(
-                run_id=run_input.run_id,
-                workflow_id=run_input.workflow_id,
-                run_number=run_input.run_number,
-                version=run_input.version,
-                params=run_input.params,
-                status=self._status,
-                error=self._error,
-                steps=[
-                    s for s in self._states.values() if s.step_id not in self._recorded_by_activity
-                ],
-                outputs=outputs,
-                waits=any(s.wait_for for s in definition.steps),
-            ),
-        )
+        if self._run_recorded:
+            # The last step's activity recorded the run's end, `succeeded`, with its own
+            # success: a timeout, stop or skip that arrived meanwhile came too late.
+            self._status, self._error, cancelled = RunStatus.succeeded, None, False
+        else:
+            for state in self._states.values():
+                if not state.status.is_terminal:
+                    self._set(state.step_id, StepStatus.stopped, error="run ended before this step")
+            await _record(run_input.local_recording, FINISH_RUN_ACTIVITY, self._finish_input())
         workflow.logger.info("run ended", extra={**fields, "status": self._status.value})
         if cancelled:
             raise asyncio.CancelledError()  # shows the run as Canceled in the Temporal UI
@@ -201,6 +189,37 @@ class RunWorkflow:
                 non_retryable=True,
             )
         return self.state()
+
+    def _finish_input(self, *, but: str | None = None) -> FinishRunInput:
+        """The run's end as it stands (`but`: leaving out that step, the one still running)."""
+        assert self._input is not None
+        states = [s for sid, s in self._states.items() if sid != but]
+        return FinishRunInput(
+            run_id=self._input.run_id,
+            workflow_id=self._input.workflow_id,
+            run_number=self._input.run_number,
+            version=self._input.version,
+            params=self._input.params,
+            status=self._status,
+            error=self._error,
+            steps=[s for s in states if s.step_id not in self._recorded_by_activity],
+            outputs={s.step_id: s.outputs for s in states if s.outputs},
+            waits=any(s.wait_for for s in self._input.definition.steps),
+        )
+
+    def _ends_run(self, step_id: str) -> FinishRunInput | None:
+        """The run's end if `step_id`'s success would end the run `succeeded` (every other
+        step is done, none failed): its activity records it then, with the step's own."""
+        others = [s for sid, s in self._states.items() if sid != step_id]
+        if step_id in self._skip or any(
+            not s.status.is_terminal or s.status in (StepStatus.failed, StepStatus.timed_out)
+            for s in others
+        ):
+            return None
+        # The run's params stay out: the step's input carries them already.
+        return self._finish_input(but=step_id).model_copy(
+            update={"status": RunStatus.succeeded, "error": None, "params": {}}
+        )
 
     def _set(
         self,
@@ -356,6 +375,7 @@ class RunWorkflow:
                 run_params=self._input.params,
                 upstream={d: context["steps"][d]["outputs"] for d in step.depends_on},
                 signals=context["signals"],
+                finish=self._ends_run(step.id),
             ),
             result_type=StepResult,
             task_queue=step.task_queue,
@@ -418,7 +438,11 @@ class RunWorkflow:
     ) -> None:
         """Turn a finished step task into the step's status."""
         step = self._steps[step_id]
-        if step_id in self._skip and not stopping:
+        succeeded = task.done() and not task.cancelled() and task.exception() is None
+        if succeeded and task.result().run_recorded:
+            # Its activity recorded the run's end with its success; nothing overrides that.
+            self._run_recorded = True
+        elif step_id in self._skip and not stopping:
             self._set(
                 step_id, StepStatus.skipped_manually, outputs={}, error="skipped by an operator"
             )
