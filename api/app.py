@@ -75,7 +75,11 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = create_engine(settings.require_database_url())
+        engine = create_engine(
+            settings.require_database_url(),
+            pool_size=settings.database_pool_size,
+            max_overflow=settings.database_max_overflow,
+        )
         client = await connect(settings.temporal)
         search_attributes = await register_search_attributes(client, settings.temporal)
         sessions = session_factory(engine)

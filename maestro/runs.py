@@ -333,10 +333,14 @@ class RunsService:
 
     # -- ends, admission and stops ----------------------------------------------------------------
 
-    async def run_ended(self, session: AsyncSession, run: Run) -> list[Run]:
+    async def run_ended(
+        self, session: AsyncSession, run: Run, workflow: Workflow | None = None
+    ) -> list[Run]:
         """In the transaction that records a run's end: block a strict_sequential queue after
-        a failure, and admit the next queued runs. Returns the runs to launch."""
-        workflow = await workflows_db.get_workflow(session, run.workflow_id, lock=True)
+        a failure, and admit the next queued runs. Returns the runs to launch. `workflow`: the
+        run's workflow row, if this transaction has locked it already."""
+        if workflow is None:
+            workflow = await workflows_db.get_workflow(session, run.workflow_id, lock=True)
         definition = await self._strategy_definition(session, workflow, run.version)
         strategy = definition.run_strategy
         if strategy.kind is RunStrategyKind.strict_sequential and run.status in (

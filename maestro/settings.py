@@ -7,6 +7,13 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# PostgreSQL connections a process keeps open, and how many more it may open for a burst. A
+# connection beyond the pool is closed when returned, and a new one costs a PostgreSQL backend,
+# asyncpg's type introspection and re-preparing every statement: the pool covers the
+# concurrency a busy API serves (32 clients in the benchmark), so bursts do not churn them.
+POOL_SIZE = 20
+MAX_OVERFLOW = 10
+
 
 class TemporalSettings(BaseModel):
     """Where Temporal is and how Maestro names things in it."""
@@ -73,6 +80,10 @@ class Settings(BaseSettings):
 
     # Unset means: use the embedded PostgreSQL server under `data_dir`.
     database_url: str | None = None
+    # PostgreSQL connections the API and each worker keep open, and how many more they may
+    # open for a burst (closed again when returned).
+    database_pool_size: int = Field(default=POOL_SIZE, ge=1)
+    database_max_overflow: int = Field(default=MAX_OVERFLOW, ge=0)
     data_dir: Path = Path(".maestro")
     embedded_postgres_port: int = 55432
     temporal: TemporalSettings = Field(default_factory=TemporalSettings)

@@ -561,14 +561,25 @@ async def test_runs_of_one_workflow_ending_together_each_record_their_end_with_t
                 )
             )
         session.add_all(rows)
-    results = await asyncio.gather(
+    # Real time: skipped time would expire the attempts' heartbeat timeouts while they queue.
+    with env.auto_time_skipping_disabled():
+        results = await _gather_runs(env, definition, version.version, rows)
+    assert {r.status for r in results} == {"succeeded"}
+    assert {r.status for r in await runs_of(sessions, definition.id)} == {"succeeded"}
+    for r in rows:
+        history = await env.client.get_workflow_handle(r.temporal_workflow_id).fetch_history()
+        assert marker_names(history) == set(), f"run {r.run_number} fell back to finish_run"
+
+
+async def _gather_runs(env, definition, version: int, rows: list[Run]) -> list[RunState]:
+    return await asyncio.gather(
         *(
             env.client.execute_workflow(
                 RUN_WORKFLOW,
                 RunInput(
                     run_id=r.run_id,
                     workflow_id=definition.id,
-                    version=version.version,
+                    version=version,
                     run_number=r.run_number,
                     params={},
                     definition=definition,
@@ -581,11 +592,6 @@ async def test_runs_of_one_workflow_ending_together_each_record_their_end_with_t
             for r in rows
         )
     )
-    assert {r.status for r in results} == {"succeeded"}
-    assert {r.status for r in await runs_of(sessions, definition.id)} == {"succeeded"}
-    for r in rows:
-        history = await env.client.get_workflow_handle(r.temporal_workflow_id).fetch_history()
-        assert marker_names(history) == set(), f"run {r.run_number} fell back to finish_run"
 
 
 @pytest.mark.parametrize("failing", ["recording the end", "publishing the completion"])

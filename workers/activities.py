@@ -363,12 +363,13 @@ class StepActivities:
         """In one transaction: `also` (the last step's success), the run's end, and the
         admission of the next queued runs. Returns the run and the runs to launch."""
         async with self._sessions.begin() as session:
+            workflow = None
             if also is not None:
                 # The workflow's row lock first, as every run-creating transaction takes it:
                 # run_ended's lock would come after this transaction's second write to the
                 # run's row, whose foreign-key check share-locks the workflow row, and two
                 # such transactions upgrading their share locks deadlock each other.
-                await workflows_db.get_workflow(session, finish.workflow_id, lock=True)
+                workflow = await workflows_db.get_workflow(session, finish.workflow_id, lock=True)
                 await also(session)
             run = await runs_db.finish_run(
                 session,
@@ -380,7 +381,7 @@ class StepActivities:
                 temporal_run_id,
                 waits=finish.waits,
             )
-            return run, await self._bus.runs.run_ended(session, run)
+            return run, await self._bus.runs.run_ended(session, run, workflow)
 
     async def _publish_end(self, run: Run) -> Any:
         """The completion signal, in its own transaction: publishing it takes the signal name's

@@ -63,7 +63,11 @@ def new_worker(
 
 async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     """Run until `stop` is set (or SIGTERM/SIGINT), then drain and return."""
-    engine = create_engine(settings.require_database_url())
+    engine = create_engine(
+        settings.require_database_url(),
+        pool_size=settings.database_pool_size,
+        max_overflow=settings.database_max_overflow,
+    )
     client = await connect(settings.temporal)
     sessions = session_factory(engine)
     search_attributes = await register_search_attributes(client, settings.temporal)

@@ -13,6 +13,8 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from maestro.settings import MAX_OVERFLOW, POOL_SIZE
+
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 
@@ -24,12 +26,14 @@ def async_url(url: str) -> str:
     return url
 
 
-def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
+def create_engine(
+    url: str, *, pool_size: int = POOL_SIZE, max_overflow: int = MAX_OVERFLOW
+) -> AsyncEngine:
     """An async engine for `url`. No ping before each checkout (a round trip on every
     transaction): after a database restart the first use of each stale connection fails
     (the API answers 503, activities retry) and SQLAlchemy then replaces the whole pool."""
     return create_async_engine(
-        async_url(url), pool_size=pool_size, max_overflow=20, pool_recycle=1800
+        async_url(url), pool_size=pool_size, max_overflow=max_overflow, pool_recycle=1800
     )
 
 
