@@ -228,12 +228,13 @@ class SignalBus:
         lookup: bool = True,
     ) -> _Pending:
         """Publish inside the caller's transaction (a run's end, a step's success, the API).
-        `lookup=False` skips looking for stored duplicates first, for keys that repeat only when
-        their producer is retried (a run's end, a step's emits): the insert still refuses a
-        duplicate, which then leaves a gap in the name's `seq` instead of costing every publish
-        a query."""
+        A single signal's insert checks its dedupe key itself. A batch looks for stored
+        duplicates first, unless `lookup=False`: for keys that repeat only when their producer
+        is retried (a step's emits), the insert still refuses a duplicate, which then leaves a
+        gap in the name's `seq` instead of costing every publish a query."""
         pending = _Pending()
         keys = [s.dedupe_key() for s in signals]
+        lookup = lookup and len(signals) > 1
         existing = await signals_db.find_by_dedupe_keys(session, keys) if lookup else {}
         fresh: dict[str, SignalIn] = {}
         for key, signal in zip(keys, signals, strict=True):
@@ -258,7 +259,8 @@ class SignalBus:
             raced = [k for k in fresh if k not in inserted]
             existing.update(await signals_db.find_by_dedupe_keys(session, raced))
             new_signals = sorted(inserted.values(), key=lambda s: s.id)
-            await self._dispatch(session, new_signals, waited_on, pending)
+            if new_signals:
+                await self._dispatch(session, new_signals, waited_on, pending)
         metrics.SIGNALS.labels("new").inc(len(inserted))
         metrics.SIGNALS.labels("duplicate").inc(len(keys) - len(inserted))
         runs_by_signal: dict[int, list[Run]] = {}

@@ -15,7 +15,9 @@ from sqlalchemy import (
     bindparam,
     column,
     delete,
+    exists,
     func,
+    literal,
     or_,
     select,
     update,
@@ -59,11 +61,18 @@ _BY_DEDUPE_KEYS = select(Signal).where(Signal.dedupe_key.in_(bindparam("keys", e
 _INSERT_SIGNALS = (
     insert(Signal).on_conflict_do_nothing(index_elements=["dedupe_key"]).returning(Signal)
 )
-# One signal (most publishes) is one statement: lock its name and take the next `seq` (a CTE),
-# insert the signal with it, and return the name's `has_waits` flag beside the row.
+# One signal (most publishes) is one statement: unless its dedupe key is stored already, lock
+# its name and take the next `seq` (a CTE), insert the signal with it, and return the name's
+# `has_waits` flag beside the row. A stored key inserts nothing and takes no number; a key that
+# races in between the check and the insert leaves a gap in the name's `seq`.
 _NEXT_SEQ = (
     insert(SignalName)
-    .values(name=bindparam("b_name"), last_seq=1)
+    .from_select(
+        ["name", "last_seq"],
+        select(bindparam("b_name", type_=String), literal(1, BigInteger)).where(
+            ~exists().where(Signal.dedupe_key == bindparam("b_dedupe_key", type_=String))
+        ),
+    )
     .on_conflict_do_update(index_elements=["name"], set_={"last_seq": SignalName.last_seq + 1})
     .returning(SignalName.last_seq, SignalName.has_waits)
     .cte("next_seq")
@@ -142,7 +151,8 @@ async def insert_signals(session: AsyncSession, rows: list[dict[str, Any]]) -> l
 
 async def insert_signal(session: AsyncSession, row: dict[str, Any]) -> tuple[Signal | None, bool]:
     """Lock the name, take its next `seq` and insert one signal, in one statement. Returns
-    the signal (None if its dedupe key raced in) and whether steps may wait on its name."""
+    the signal (None if its dedupe key is stored already) and whether steps may wait on its
+    name."""
     stored = (
         await session.execute(_INSERT_ONE_SIGNAL, {f"b_{k}": v for k, v in row.items()})
     ).one_or_none()
