@@ -28,12 +28,13 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
+import aiohttp
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowFailureError
 
@@ -180,16 +181,34 @@ async def wait_workflow(client: Client, workflow_id: str, timeout: float = RUN_T
 
 
 class Api:
-    """The Maestro REST API, failing loudly on unexpected statuses."""
+    """The Maestro REST API, failing loudly on unexpected statuses. The load generator is
+    aiohttp: it costs the bench process about half of httpx's CPU per request, and the bench
+    shares the machine's two cores with the stack it measures (docs/benchmarks.md)."""
 
-    def __init__(self, http: httpx.AsyncClient) -> None:
+    def __init__(self, http: aiohttp.ClientSession, base_url: str) -> None:
         self.http = http
+        self.base_url = base_url
+
+    @classmethod
+    @asynccontextmanager
+    async def connect(
+        cls, stack: Stack, *, connections: int = 100, timeout: float = 60
+    ) -> AsyncIterator[Api]:
+        """A client of the stack's API, authenticated as its admin, with up to `connections`
+        kept-alive connections."""
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=connections),
+            headers=stack.api_headers(),
+            timeout=aiohttp.ClientTimeout(total=timeout),
+        ) as http:
+            yield cls(http, f"{stack.api_url}/api/v1")
 
     async def call(self, method: str, path: str, *, ok: tuple[int, ...] = (200, 201), **kw: Any):
-        response = await self.http.request(method, path, **kw)
-        if response.status_code not in ok:
-            raise BenchError(f"{method} {path} -> {response.status_code}: {response.text[:500]}")
-        return response.json()
+        async with self.http.request(method, self.base_url + path, **kw) as response:
+            if response.status not in ok:
+                text = await response.text()
+                raise BenchError(f"{method} {path} -> {response.status}: {text[:500]}")
+            return await response.json()
 
     async def push(self, definition: dict[str, Any]) -> None:
         await self.call("POST", "/workflows", json=definition, ok=(201,))
@@ -754,16 +773,7 @@ async def scenarios(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
     nonce = uuid.uuid4().hex[:8]
     results: dict[str, Any] = {}
     client = await Client.connect(stack.temporal_address)
-    limits = httpx.Limits(
-        max_connections=args.concurrency, max_keepalive_connections=args.concurrency
-    )
-    async with httpx.AsyncClient(
-        base_url=f"{stack.api_url}/api/v1",
-        timeout=60,
-        limits=limits,
-        headers=stack.api_headers(),
-    ) as http:
-        api = Api(http)
+    async with Api.connect(stack, connections=args.concurrency) as api:
         steps: list[tuple[str, Callable[[], Awaitable[dict[str, Any]]]]] = [
             ("raw_latency", lambda: raw_latency(client, args.signals, nonce)),
             ("signal", lambda: signal_latency(api, client, args.signals, nonce)),

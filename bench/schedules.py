@@ -21,7 +21,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
-import httpx
 from temporalio.client import (
     Client,
     Schedule,
@@ -53,10 +52,7 @@ def _ms(values: list[float]) -> dict[str, float]:
 
 async def scenario(stack: Stack, workflows: int, minutes: int) -> dict:
     nonce = f"{int(time.time())}"
-    async with httpx.AsyncClient(
-        base_url=f"{stack.api_url}/api/v1", headers=stack.api_headers(), timeout=120
-    ) as http:
-        api = Api(http)
+    async with Api.connect(stack, timeout=120) as api:
         gate = asyncio.Semaphore(16)
 
         async def push(i: int) -> None:
