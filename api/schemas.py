@@ -148,7 +148,7 @@ class MatchOut(BaseModel):
     trigger_id: str
     outcome: str = Field(
         description="started_run, duplicate_run, join_incomplete, "
-        "condition_false, superseded, expired, workflow_inactive, "
+        "condition_false, superseded, expired, workflow_inactive, workflow_paused, "
         "params_invalid"
     )
     run_id: str | None
@@ -157,7 +157,10 @@ class MatchOut(BaseModel):
 
 
 class SignalDetail(SignalOut):
-    matches: list[MatchOut] = Field(description="What this signal did to each trigger it reached")
+    matches: list[MatchOut] = Field(
+        description="What this signal did to each trigger it reached: the triggers listening "
+        "to its name, but for those whose `where` requires a string param it does not carry"
+    )
 
 
 class PartialJoin(BaseModel):

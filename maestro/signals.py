@@ -53,6 +53,7 @@ from maestro.triggers import (
     equality_filter,
     evaluate_trigger,
     join_key,
+    signal_routes,
     trigger_context,
     where_matches,
 )
@@ -311,16 +312,17 @@ class SignalBus:
         waited_on: list[str],
         pending: _Pending,
     ) -> None:
-        """Match new signals to triggers, and to open waits on `waited_on` (the names flagged
-        as waited on, whose locks this transaction holds: only those can have open waits)."""
-        names = sorted({s.name for s in signals})
-        triggers = await signals_db.triggers_listening_to(session, names)
+        """Match new signals to the triggers they reach (`maestro.triggers.signal_routes`), and
+        to open waits on `waited_on` (the names flagged as waited on, whose locks this
+        transaction holds: only those can have open waits)."""
+        routes = {s.id: set(signal_routes(s.name, s.params)) for s in signals}
+        triggers = await signals_db.triggers_reached(session, set().union(*routes.values()))
         waits = list(await signals_db.open_waits(session, waited_on)) if waited_on else []
         # Names whose waits have all been matched or dropped lose the flag.
         await signals_db.clear_has_waits(session, sorted(set(waited_on) - {w.name for w in waits}))
         for signal in signals:
             for row in triggers:
-                if signal.name in row.names:
+                if not routes[signal.id].isdisjoint(row.routes):
                     await self._match(session, row, signal, pending)
             for wait in waits:
                 if (

@@ -41,8 +41,37 @@ class CompiledTrigger(BaseModel):
     def names(self) -> list[str]:
         return [c.name for c in self.conditions]
 
+    @property
+    def routes(self) -> list[str]:
+        """What the trigger is indexed under, one entry per condition (see `condition_route`)."""
+        return [condition_route(c) for c in self.conditions]
+
     def condition(self, name: str) -> SignalCondition:
         return next(c for c in self.conditions if c.name == name)
+
+
+def route(name: str, key: str, value: str) -> str:
+    """An index entry: "a signal named `name` whose param `key` is the string `value`". Names
+    and param keys hold neither `?` nor `=`, so entries never collide."""
+    return f"{name}?{key}={value}"
+
+
+def condition_route(condition: SignalCondition) -> str:
+    """The entry a trigger is indexed under for one of its signals: the name, narrowed by the
+    first param (in key order) that `where` requires to equal a string. Only signals carrying
+    that string can satisfy the condition, so only they reach the trigger: a completion signal
+    reaches its upstream's `on_finish` triggers, not every workflow's."""
+    for key in sorted(condition.where):
+        value = condition.where[key]
+        if isinstance(value, str):
+            return route(condition.name, key, value)
+    return condition.name
+
+
+def signal_routes(name: str, params: dict[str, Any]) -> list[str]:
+    """Every entry a signal reaches: its name alone, and its name with each string param."""
+    strings = [(key, value) for key, value in params.items() if isinstance(value, str)]
+    return [name, *(route(name, key, value) for key, value in strings)]
 
 
 def _stable_id(prefix: str, content: Any) -> str:

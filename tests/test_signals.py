@@ -140,6 +140,9 @@ async def test_signal_trigger_with_where_and_param_mapping(api, sessions):
         (wid, "condition_false")
     ]
     assert "not satisfied" in detail["matches"][0]["detail"]
+    # `table: events` is a string the trigger requires: a signal without it does not reach it.
+    elsewhere = (await api.get(f"/api/v1/signals/{other['signal']['id']}")).json()
+    assert elsewhere["matches"] == []
     consumed = (await api.get(f"/api/v1/signals/{started['signal']['id']}")).json()
     assert consumed["matches"][0]["outcome"] == "started_run"
     assert consumed["matches"][0]["run_id"] == run["run_id"]
@@ -293,6 +296,46 @@ async def test_on_finish_chains_workflows_with_completion_signals(
     } in lineage["edges"]
     from_up = (await api.get(f"/api/v1/runs/{up['run_id']}/lineage")).json()
     assert f"run:{down['run_id']}" in {n["id"] for n in from_up["nodes"]}
+
+
+async def test_a_completion_signal_reaches_only_its_upstreams_triggers(api, sessions):
+    """Each run's end publishes one completion signal; it is matched against the `on_finish`
+    triggers of its own workflow, not every workflow's (their index entry names the upstream),
+    and against triggers that listen to every completion."""
+    upstream, elsewhere, downstream = unique_id("up"), unique_id("else"), unique_id("down")
+    bystanders = [unique_id("bystander") for _ in range(3)]
+    watcher = unique_id("watcher")
+    for wid in (upstream, elsewhere):
+        await push(api, noop_workflow(wid, []))
+    await push(api, noop_workflow(downstream, [{"on_finish": {"workflow": upstream}}]))
+    for wid in bystanders:
+        await push(api, noop_workflow(wid, [{"on_finish": {"workflow": elsewhere}}]))
+    everything = {"name": "maestro.run.succeeded", "where": {"run_number": {">": 1000}}}
+    # It listens to its own completion too: the loop check needs the opt-in.
+    await push(
+        api,
+        noop_workflow(watcher, [{"signal": {"all_of": [everything]}}], allow_trigger_loop=True),
+    )
+
+    up = (await api.post(f"/api/v1/workflows/{upstream}/runs", json={})).json()
+    await wait_for_run(api, up["run_id"])
+    for _ in range(100):
+        [completion] = (
+            await api.get(
+                "/api/v1/signals",
+                params={"name": "maestro.run.succeeded", "param.run_id": up["run_id"]},
+            )
+        ).json()["items"] or [None]
+        if completion:
+            break
+        await asyncio.sleep(0.1)
+    detail = (await api.get(f"/api/v1/signals/{completion['id']}")).json()
+    assert sorted((m["workflow_id"], m["outcome"]) for m in detail["matches"]) == sorted(
+        [(downstream, "started_run"), (watcher, "condition_false")]
+    )
+    assert len(await runs_of(sessions, downstream)) == 1
+    for wid in [*bystanders, watcher]:
+        assert await runs_of(sessions, wid) == []
 
 
 async def test_step_emits_signal_that_starts_another_workflow(api, sessions):

@@ -63,7 +63,9 @@ async def test_two_apis_two_workers_fire_once_and_share_the_work(
                     for url in urls
                 ]
             )
-            assert {r.status_code for r in replies} <= {200, 201}
+            assert {r.status_code for r in replies} <= {200, 201}, [
+                (r.status_code, r.text) for r in replies if r.status_code not in (200, 201)
+            ]
             await wait_for_time_runs(sessions, temporal_client, wid, 3)
             await http.post(f"{urls[1]}/api/v1/workflows/{wid}/pause")
         for _ in range(300):

@@ -122,7 +122,9 @@ async def get_signal(
     signal_id: Annotated[int, Path(ge=1, le=BIGINT_MAX)], session: SessionDep
 ) -> SignalDetail:
     """A signal, who produced it, and for every trigger it reached: the run it started or why
-    not (condition false, join incomplete, workflow inactive, duplicate run, ...)."""
+    not (condition false, join incomplete, workflow inactive, duplicate run, ...). A trigger
+    whose `where` requires a string param the signal does not carry (another upstream's
+    `on_finish`, `table: events` for a `users` signal) is not reached and not listed."""
     signal = await signals_db.get_signal(session, signal_id)
     matches = await signals_db.matches_of_signal(session, signal_id)
     return SignalDetail(

@@ -12,6 +12,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     String,
+    Text,
     bindparam,
     column,
     delete,
@@ -229,6 +230,7 @@ async def replace_triggers(
             "version": version,
             "position": trigger.position,
             "names": trigger.names,
+            "routes": trigger.routes,
             "spec": trigger.model_dump(mode="json"),
             "active": active,
         }
@@ -250,6 +252,9 @@ async def set_triggers_active(session: AsyncSession, workflow_id: str, active: b
 _TRIGGERS_LISTENING = select(SignalTriggerRow).where(
     SignalTriggerRow.names.overlap(bindparam("names", type_=ARRAY(String(200))))
 )
+_TRIGGERS_REACHED = select(SignalTriggerRow).where(
+    SignalTriggerRow.routes.overlap(bindparam("routes", type_=ARRAY(Text)))
+)
 
 
 async def triggers_listening_to(
@@ -257,6 +262,15 @@ async def triggers_listening_to(
 ) -> Sequence[SignalTriggerRow]:
     """Registered triggers that need any of `names` (GIN-indexed array overlap)."""
     result = await session.execute(_TRIGGERS_LISTENING, {"names": sorted(set(names))})
+    return result.scalars().all()
+
+
+async def triggers_reached(
+    session: AsyncSession, routes: Sequence[str]
+) -> Sequence[SignalTriggerRow]:
+    """Registered triggers indexed under any of `routes` (`maestro.triggers.signal_routes`;
+    GIN-indexed array overlap)."""
+    result = await session.execute(_TRIGGERS_REACHED, {"routes": sorted(set(routes))})
     return result.scalars().all()
 
 

@@ -189,7 +189,8 @@ class Signal(Base):
 
 
 class SignalTriggerRow(Base):
-    """A signal trigger of a workflow's active version, indexed by the names it listens to."""
+    """A signal trigger of a workflow's active version, indexed by the names it listens to
+    (for the trigger-loop check) and by its routes (for publishing)."""
 
     __tablename__ = "signal_triggers"
 
@@ -198,10 +199,15 @@ class SignalTriggerRow(Base):
     version: Mapped[int] = mapped_column(Integer)
     position: Mapped[int] = mapped_column(Integer)
     names: Mapped[list[str]] = mapped_column(ARRAY(String(200)))
+    # What publishing looks triggers up by: `maestro.triggers.condition_route`, per condition.
+    routes: Mapped[list[str]] = mapped_column(ARRAY(Text))
     spec: Mapped[dict[str, Any]]
     active: Mapped[bool] = mapped_column(default=True)
 
-    __table_args__ = (Index("ix_signal_triggers_names", "names", postgresql_using="gin"),)
+    __table_args__ = (
+        Index("ix_signal_triggers_names", "names", postgresql_using="gin"),
+        Index("ix_signal_triggers_routes", "routes", postgresql_using="gin"),
+    )
 
 
 class TriggerJoin(Base):
