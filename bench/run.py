@@ -410,12 +410,27 @@ async def on_finish_latency(api: Api, client: Client, n: int, nonce: str) -> dic
 
 
 async def throughput(
-    api: Api, client: Client, m: int, concurrency: int, nonce: str
+    api: Api, client: Client, m: int, concurrency: int, nonce: str, bystanders: int = 0
 ) -> dict[str, Any]:
     """M signals from `concurrency` clients, each posting one and waiting (on Temporal, as the
     raw floor does) for the run it started before posting the next -> all M runs succeeded;
-    then exactly once, from the API."""
+    then exactly once, from the API. `bystanders`: workflows registered first whose
+    `on_finish` triggers wait for another workflow (every run's completion signal could reach
+    them)."""
     name, workflow_id = f"bench.tp.{nonce}", f"bench-tp-{nonce}"
+    gate = asyncio.Semaphore(8)
+
+    async def bystander(k: int) -> None:
+        async with gate:
+            await api.push(
+                {
+                    "id": f"bench-by-{nonce}-{k}",
+                    "triggers": [{"on_finish": {"workflow": f"bench-elsewhere-{nonce}"}}],
+                    "steps": [{"id": "s", "type": "noop"}],
+                }
+            )
+
+    await asyncio.gather(*(bystander(k) for k in range(bystanders)))
     await api.push(
         {
             "id": workflow_id,
@@ -450,6 +465,7 @@ async def throughput(
     return {
         "signals": m,
         "concurrency": concurrency,
+        "bystanders": bystanders,
         "run_strategy": STRATEGY,
         "seconds": round(t_done - t0, 3),
         "per_s": round(m / (t_done - t0), 1),
@@ -679,7 +695,13 @@ def evaluate(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         tp["ratio_to_raw"] = round(ratio, 2)
         rows.append(
             (
-                f"(3) signals → runs succeeded ({tp['signals']}, {tp['concurrency']} clients)",
+                f"(3) signals → runs succeeded ({tp['signals']}, {tp['concurrency']} clients"
+                + (
+                    f", {tp['bystanders']} bystander on_finish triggers"
+                    if tp.get("bystanders")
+                    else ""
+                )
+                + ")",
                 f"{tp['per_s']:.0f} /s = {ratio:.0%} of raw",
                 f"≥ {TARGETS['throughput_ratio']:.0%} of raw",
                 yes(ratio >= TARGETS["throughput_ratio"]),
@@ -784,7 +806,9 @@ async def scenarios(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
             ),
             (
                 "throughput",
-                lambda: throughput(api, client, args.throughput, args.concurrency, nonce),
+                lambda: throughput(
+                    api, client, args.throughput, args.concurrency, nonce, args.bystanders
+                ),
             ),
             ("ingest", lambda: ingest(api, args.triggers, args.batches, args.matching, nonce)),
         ]
@@ -820,6 +844,12 @@ def main() -> None:
     parser.add_argument("--on-finish", type=int, default=50, help="on_finish samples (2)")
     parser.add_argument("--throughput", type=int, default=1000, help="signals/workflows (3)")
     parser.add_argument("--concurrency", type=int, default=32, help="concurrent clients (3)")
+    parser.add_argument(
+        "--bystanders",
+        type=int,
+        default=0,
+        help="workflows with on_finish triggers on another workflow, registered before (3)",
+    )
     parser.add_argument("--triggers", type=int, default=10_000, help="registered triggers (4)")
     parser.add_argument("--batches", type=int, default=10, help="batches of 1,000 signals (4)")
     parser.add_argument("--matching", type=int, default=200, help="matching-cost samples (4)")
