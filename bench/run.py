@@ -488,8 +488,11 @@ async def ingest(api: Api, triggers: int, batches: int, samples: int, nonce: str
     def definition(w: int) -> dict[str, Any]:
         count = min(MAX_TRIGGERS_PER_WORKFLOW, triggers - w * MAX_TRIGGERS_PER_WORKFLOW)
         conditions = [{"name": f"bench.idle.{nonce}.{w}.{k}"} for k in range(count)]
-        if w == 0:  # the one trigger that listens to the measured name, never satisfied
-            conditions[0] = {"name": matched_name, "where": {"env": "never"}}
+        if w == 0:
+            # The one trigger that listens to the measured name, never satisfied. A number
+            # narrows nothing (a string would: signals without it would not reach the
+            # trigger), so every signal of the name is evaluated and records condition_false.
+            conditions[0] = {"name": matched_name, "where": {"i": {"<": 0}}}
         return {
             "id": f"bench-idle-{nonce}-{w}",
             "triggers": [{"signal": {"all_of": [c]}} for c in conditions],
