@@ -9,6 +9,7 @@ import uuid
 import pytest
 from sqlalchemy import func, select
 
+from maestro.db import signals as signals_db
 from maestro.db.tables import Run, Signal, SignalName, SignalTriggerRow, WorkflowVersion
 from maestro.runs import RunsService
 from maestro.signals import SignalBus
@@ -598,6 +599,33 @@ async def test_batch_publish_counts_and_dedupes(api, sessions):
     assert again.status_code == 200
     assert all(r["duplicate"] and r["runs"] == [] for r in again.json()["results"])
     assert len(await runs_of(sessions, wid)) == 50
+
+
+async def test_a_batch_looks_triggers_up_in_chunks_and_matches_each_once(
+    api, sessions, monkeypatch
+):
+    """A batch's routes are looked up a chunk at a time (long arrays would make PostgreSQL
+    scan the table); a trigger reached from two chunks is still matched once per signal."""
+    monkeypatch.setattr(signals_db, "ROUTES_PER_QUERY", 1)
+    orders, fx = name("orders"), name("fx")
+    wid = unique_id("sig-chunks")
+    conditions = [{"name": orders, "where": {"table": "o"}}, {"name": fx}]
+    await push(api, noop_workflow(wid, [{"signal": {"all_of": conditions, "join_on": ["dt"]}}]))
+    response = await api.post(
+        "/api/v1/signals/batch",
+        json={
+            "signals": [
+                {"name": orders, "params": {"table": "o", "dt": "D"}},
+                {"name": fx, "params": {"dt": "D"}},
+            ]
+        },
+    )
+    assert response.status_code == 201, response.text
+    assert len(await runs_of(sessions, wid)) == 1
+    # The completed join records its run on both signals.
+    for result in response.json()["results"]:
+        detail = (await api.get(f"/api/v1/signals/{result['signal']['id']}")).json()
+        assert [m["outcome"] for m in detail["matches"]] == ["started_run"]
 
 
 @pytest.mark.parametrize(
