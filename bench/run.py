@@ -799,24 +799,41 @@ async def scenarios(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {}
     client = await Client.connect(stack.temporal_address)
     async with Api.connect(stack, connections=args.concurrency) as api:
+
+        def raw_tp(m: int, part: str) -> Callable[[], Awaitable[dict[str, Any]]]:
+            return lambda: raw_throughput(client, m, args.concurrency, nonce + part)
+
+        def tp(m: int, part: str) -> Callable[[], Awaitable[dict[str, Any]]]:
+            return lambda: throughput(
+                api, client, m, args.concurrency, nonce + part, args.bystanders
+            )
+
+        # (3) in one phase each, the raw floor first; or interleaved as raw, Maestro, Maestro,
+        # raw (half of the workflows each), which cancels a machine's steady drift and gives
+        # each side the first and the second place once.
+        half = args.throughput // 2
+        pairs = (
+            [
+                ("raw_throughput.1", raw_tp(half, "a")),
+                ("throughput.1", tp(half, "a")),
+                ("throughput.2", tp(args.throughput - half, "b")),
+                ("raw_throughput.2", raw_tp(args.throughput - half, "b")),
+            ]
+            if args.interleave
+            else [
+                ("raw_throughput", raw_tp(args.throughput, "")),
+                ("throughput", tp(args.throughput, "")),
+            ]
+        )
         steps: list[tuple[str, Callable[[], Awaitable[dict[str, Any]]]]] = [
             ("raw_latency", lambda: raw_latency(client, args.signals, nonce)),
             ("signal", lambda: signal_latency(api, client, args.signals, nonce)),
             ("on_finish", lambda: on_finish_latency(api, client, args.on_finish, nonce)),
-            (
-                "raw_throughput",
-                lambda: raw_throughput(client, args.throughput, args.concurrency, nonce),
-            ),
-            (
-                "throughput",
-                lambda: throughput(
-                    api, client, args.throughput, args.concurrency, nonce, args.bystanders
-                ),
-            ),
+            *pairs,
             ("ingest", lambda: ingest(api, args.triggers, args.batches, args.matching, nonce)),
         ]
         for key, scenario in steps:
-            if args.only and key not in args.only:
+            if args.only and key.split(".")[0] not in args.only:
                 continue
             stack.check()
             await wait_for_quiet(stack)
@@ -836,7 +853,41 @@ async def scenarios(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
             used["others"] = max(0.0, used.pop("machine") - sum(used.values()))
             results[key]["cpu_seconds"] = {name: round(v, 2) for name, v in used.items()}
             print(f"   {key} done in {wall:.1f}s", file=sys.stderr, flush=True)
+    for key in ("raw_throughput", "throughput"):
+        parts = [results[k] for k in (f"{key}.1", f"{key}.2") if k in results]
+        if parts:
+            results[key] = combined(parts)
     return results
+
+
+def combined(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One throughput result from the interleaved halves: counts, seconds, CPU and disk
+    summed; the rate over the summed seconds; the halves kept as they were."""
+    out = dict(parts[0])
+    summed = (
+        "workflows",
+        "signals",
+        "seconds",
+        "wall_seconds",
+        "runs",
+        "succeeded",
+        "runs_in_post_responses",
+        "distinct_cause_signal_ids",
+        "lost",
+        "duplicated",
+    )
+    for name in summed:
+        if name in out:
+            out[name] = round(sum(p[name] for p in parts), 3)
+    for name in ("cpu_seconds", "disk"):
+        out[name] = {k: round(sum(p[name].get(k, 0.0) for p in parts), 2) for k in parts[0][name]}
+    count = out.get("signals", out.get("workflows"))
+    out["per_s"] = round(count / out["seconds"], 1)
+    if "cause_ids_equal_posted_ids" in out:
+        out["cause_ids_equal_posted_ids"] = all(p["cause_ids_equal_posted_ids"] for p in parts)
+    out.pop("per_s_by_last_ended_at", None)
+    out["halves"] = parts
+    return out
 
 
 def main() -> None:
@@ -860,6 +911,11 @@ def main() -> None:
         "--only",
         type=lambda v: v.split(","),
         help=f"comma-separated scenarios to run (default all: {', '.join(SCENARIOS)})",
+    )
+    parser.add_argument(
+        "--interleave",
+        action="store_true",
+        help="(3) as raw, Maestro, Maestro, raw, with half of the workflows each",
     )
     parser.add_argument("--out", type=Path, help="write JSON results here")
     parser.add_argument("--keep", action="store_true", help="keep the data dir and logs")
