@@ -1,0 +1,53 @@
+"""Routing of signals to triggers (pure functions; the database side is in test_signals.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from maestro.definitions import SignalCondition
+from maestro.triggers import condition_route, signal_routes, where_matches
+
+
+@pytest.mark.parametrize(
+    ("where", "route"),
+    [
+        ({}, "orders"),
+        ({"table": "events"}, "orders?table=events"),
+        # The first string equality in key order; numbers, booleans and operators skip.
+        ({"table": "events", "dt": "2026-11-28"}, "orders?dt=2026-11-28"),
+        ({"a_rows": 5, "b_ok": True, "c_table": "t"}, "orders?c_table=t"),
+        ({"table": {"=": "events"}, "rows": {">": 0}}, "orders"),
+        ({"table": "a=b?c"}, "orders?table=a=b?c"),
+    ],
+)
+def test_a_condition_is_indexed_under_its_first_required_string(where, route):
+    assert condition_route(SignalCondition(name="orders", where=where)) == route
+
+
+def test_a_signal_reaches_its_name_and_its_name_with_each_string_param():
+    params = {"table": "events", "dt": "2026-11-28", "rows": 5, "ok": True}
+    assert signal_routes("orders", params) == [
+        "orders",
+        "orders?table=events",
+        "orders?dt=2026-11-28",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("where", "params", "reached"),
+    [
+        ({"table": "events"}, {"table": "events", "dt": "D"}, True),
+        ({"table": "events"}, {"table": "users"}, False),
+        ({"table": "events"}, {"table": 5}, False),
+        ({"table": "events"}, {}, False),
+        ({"rows": 5}, {"rows": 5.0}, True),
+        ({"rows": {">": 1}, "dt": "D"}, {"rows": 2, "dt": "D"}, True),
+        # Reached through `dt`, then evaluated: `env` differs (condition_false).
+        ({"dt": "D", "env": "prod"}, {"dt": "D", "env": "dev"}, True),
+    ],
+)
+def test_routing_skips_only_signals_that_cannot_satisfy_the_condition(where, params, reached):
+    condition = SignalCondition(name="orders", where=where)
+    assert (condition_route(condition) in signal_routes("orders", params)) is reached
+    if where_matches(where, params):
+        assert reached
