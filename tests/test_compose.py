@@ -370,6 +370,15 @@ def test_temporal_gets_the_dynamic_config_maestro_up_uses(compose, clean_env, tm
     assert f"worker.schedulerNamespaceStartWorkflowRPS={rate}" in command
 
 
+def test_dev_server_keeps_the_search_attribute_cache(tmp_path):
+    """Without the key, the dev server reads the cluster metadata on every start and
+    visibility write that carries search attributes; production servers cache it."""
+    command = temporal_dev_server_command(tmp_path, port=1, ui_port=None)
+    assert "system.forceSearchAttributesCacheRefreshOnRead=false" in command
+    # Maestro's attributes are on the command line: known before the first cached read.
+    assert "MaestroWorkflowId=Keyword" in command
+
+
 def test_dev_server_syncs_each_commit_unless_told_not_to(clean_env, tmp_path):
     """`maestro up`'s dev server keeps SQLite's synced commits by default;
     MAESTRO_TEMPORAL__DEV_SERVER_SYNC=false turns the sync off."""
