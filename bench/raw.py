@@ -8,9 +8,11 @@ measures start -> activity code exactly as it does for a Maestro run's first ste
 from __future__ import annotations
 
 import time
-from datetime import timedelta
 
 from temporalio import activity, workflow
+
+with workflow.unsafe.imports_passed_through():
+    from maestro.runtime import DEFAULT_HEARTBEAT_TIMEOUT, DEFAULT_STEP_TIMEOUT
 
 RAW_WORKFLOW = "RawWorkflow"
 RAW_TASK_QUEUE = "bench-raw"
@@ -28,8 +30,11 @@ class RawWorkflow:
 
     @workflow.run
     async def run(self) -> float:
+        # A Maestro step's default timeouts: both leave Temporal the same timers to fire later.
         return await workflow.execute_activity(
-            raw_stamp, start_to_close_timeout=timedelta(seconds=30)
+            raw_stamp,
+            start_to_close_timeout=DEFAULT_STEP_TIMEOUT,
+            heartbeat_timeout=DEFAULT_HEARTBEAT_TIMEOUT,
         )
 
 
@@ -38,7 +43,7 @@ async def _serve(address: str, task_queue: str, max_concurrent_activities: int) 
     import signal
 
     from temporalio.client import Client
-    from temporalio.worker import Worker
+    from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
     client = await Client.connect(address)
     stop = asyncio.Event()
@@ -50,8 +55,9 @@ async def _serve(address: str, task_queue: str, max_concurrent_activities: int) 
         task_queue=task_queue,
         workflows=[RawWorkflow],
         activities=[raw_stamp],
-        # The same limit as a Maestro worker's default.
+        # The same limit and workflow runner as a Maestro worker's defaults.
         max_concurrent_activities=max_concurrent_activities,
+        workflow_runner=UnsandboxedWorkflowRunner(),
     )
     async with worker:
         print("raw worker ready", flush=True)

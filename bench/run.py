@@ -40,9 +40,13 @@ from temporalio.client import Client, WorkflowFailureError
 
 from bench.raw import RAW_TASK_QUEUE, RAW_WORKFLOW
 from bench.stack import ROOT, Stack
+from maestro.runtime import DEFAULT_HEARTBEAT_TIMEOUT
 
 WARMUP = 10
 RUN_TIMEOUT = 60.0  # one run, start to end
+# After a (3) phase, its workflows' timers still fire on Temporal: workflow task timeouts (10 s)
+# and the step's heartbeat timeout (60 s after it started, the raw activity's too).
+SETTLE_SECONDS = DEFAULT_HEARTBEAT_TIMEOUT.total_seconds() + 5
 MAX_TRIGGERS_PER_WORKFLOW = 50
 SCENARIOS = ("raw_latency", "signal", "on_finish", "raw_throughput", "throughput", "ingest")
 STRATEGY = {"kind": "parallel", "max_concurrency": 10_000}
@@ -165,12 +169,16 @@ async def history_times(client: Client, workflow_id: str) -> dict[str, float]:
     return times
 
 
-async def wait_workflow(client: Client, workflow_id: str, timeout: float = RUN_TIMEOUT) -> Any:
-    """Wait (long poll on Temporal, no load on the API) until a workflow closes."""
+async def wait_workflow(
+    client: Client, workflow_id: str, run_id: str | None = None, timeout: float = RUN_TIMEOUT
+) -> Any:
+    """Wait (long poll on Temporal, no load on the API) until a workflow closes. With its run
+    id, Temporal need not look up the current run first (the raw floor's handle has it too)."""
     deadline = Deadline(timeout, f"workflow {workflow_id}")
     while True:
         try:
-            return await asyncio.wait_for(client.get_workflow_handle(workflow_id).result(), timeout)
+            handle = client.get_workflow_handle(workflow_id, run_id=run_id)
+            return await asyncio.wait_for(handle.result(), timeout)
         except WorkflowFailureError as exc:
             raise BenchError(f"workflow {workflow_id} failed: {exc.cause}") from exc
         except TimeoutError:
@@ -277,7 +285,8 @@ async def raw_latency(client: Client, n: int, nonce: str) -> dict[str, Any]:
 
 
 async def raw_throughput(client: Client, m: int, concurrency: int, nonce: str) -> dict[str, Any]:
-    """M workflows started by `concurrency` concurrent callers, until every result is back."""
+    """M workflows from `concurrency` clients, each starting one and waiting for its result
+    before the next: the closed loop that (3)'s clients run."""
     gate = asyncio.Semaphore(concurrency)
 
     async def one(i: int) -> float:
@@ -285,7 +294,7 @@ async def raw_throughput(client: Client, m: int, concurrency: int, nonce: str) -
             handle = await client.start_workflow(
                 RAW_WORKFLOW, id=f"raw-tp-{nonce}-{i}", task_queue=RAW_TASK_QUEUE
             )
-        return await handle.result()
+            return await handle.result()
 
     t0 = time.time()
     results = await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(m))), 600)
@@ -316,7 +325,7 @@ async def signal_latency(api: Api, client: Client, n: int, nonce: str) -> dict[s
         )
         t_posted = time.time()
         [run] = published["runs"]
-        await wait_workflow(client, run["temporal_workflow_id"])
+        await wait_workflow(client, run["temporal_workflow_id"], run["temporal_run_id"])
         t = step_output(await api.run(run["run_id"]), "t")
         if i < WARMUP:
             continue
@@ -454,7 +463,7 @@ async def throughput(
                 raise BenchError(f"signal {i} started {len(published['runs'])} runs, not 1")
             run = published["runs"][0]
             started_runs.append(run["run_id"])
-            await wait_workflow(client, run["temporal_workflow_id"])
+            await wait_workflow(client, run["temporal_workflow_id"], run["temporal_run_id"])
 
     t0 = time.time()
     await asyncio.wait_for(asyncio.gather(*(client_loop() for _ in range(concurrency))), 600)
@@ -832,10 +841,14 @@ async def scenarios(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
             *pairs,
             ("ingest", lambda: ingest(api, args.triggers, args.batches, args.matching, nonce)),
         ]
+        settled = 0.0  # when Temporal has fired the timers of the last (3) phase
         for key, scenario in steps:
             if args.only and key.split(".")[0] not in args.only:
                 continue
             stack.check()
+            if (wait := settled - time.monotonic()) > 0:
+                print(f"   {wait:.0f}s for Temporal's timers to fire", file=sys.stderr, flush=True)
+                await asyncio.sleep(wait)
             await wait_for_quiet(stack)
             print(f"-- {key} ...", file=sys.stderr, flush=True)
             t, cpu, disk = time.monotonic(), stack.cpu_seconds(), stack.disk_counters()
@@ -853,6 +866,11 @@ async def scenarios(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
             used["others"] = max(0.0, used.pop("machine") - sum(used.values()))
             results[key]["cpu_seconds"] = {name: round(v, 2) for name, v in used.items()}
             print(f"   {key} done in {wall:.1f}s", file=sys.stderr, flush=True)
+            if key.split(".")[0] in ("raw_throughput", "throughput"):
+                # Each of its workflows left Temporal timers (workflow task timeouts, the
+                # step's heartbeat timeout) that fire after it ended: the next phase must not
+                # pay for them.
+                settled = time.monotonic() + args.settle
     for key in ("raw_throughput", "throughput"):
         parts = [results[k] for k in (f"{key}.1", f"{key}.2") if k in results]
         if parts:
@@ -898,6 +916,12 @@ def main() -> None:
     parser.add_argument("--on-finish", type=int, default=50, help="on_finish samples (2)")
     parser.add_argument("--throughput", type=int, default=1000, help="signals/workflows (3)")
     parser.add_argument("--concurrency", type=int, default=32, help="concurrent clients (3)")
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=SETTLE_SECONDS,
+        help="seconds after each (3) phase before the next scenario, for Temporal's timers",
+    )
     parser.add_argument(
         "--bystanders",
         type=int,
