@@ -86,15 +86,20 @@ _CONNECTION_ERRORS = (
     asyncpg.PostgresConnectionError,
     asyncpg.CannotConnectNowError,
     asyncpg.InterfaceError,
+    # The server refused a new connection: its max_connections are taken (by every process's
+    # pool together). Retrying later succeeds once connections are returned.
+    asyncpg.TooManyConnectionsError,
 )
 
 
 def _is_connection_problem(exc: BaseException) -> bool:
     if isinstance(exc, DBAPIError):
+        # The driver's own exception is behind SQLAlchemy's adapter error (`orig`).
         return (
             exc.connection_invalidated
             or isinstance(exc, OperationalError | InterfaceError)
             or isinstance(exc.orig, _CONNECTION_ERRORS)
+            or isinstance(getattr(exc.orig, "__cause__", None), _CONNECTION_ERRORS)
         )
     return isinstance(exc, _CONNECTION_ERRORS)
 
@@ -129,7 +134,9 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         )
         return JSONResponse(
             error_body(
-                "database_unavailable", "the database cannot be reached; retry in a few seconds"
+                "database_unavailable",
+                "the database cannot be reached or takes no more connections; retry in a few "
+                "seconds",
             ),
             503,
             headers={"Retry-After": "5"},

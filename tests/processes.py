@@ -24,6 +24,10 @@ class Processes:
             MAESTRO_TEMPORAL__ADDRESS=settings.temporal.address,
             MAESTRO_TEMPORAL__TASK_QUEUE=task_queue,
             MAESTRO_API__PORT=str(self.api_port),
+            # Several processes share the test server's 100 connections with the test
+            # process: each keeps a small pool, as a deployment sizes pools to max_connections.
+            MAESTRO_DATABASE_POOL_SIZE="5",
+            MAESTRO_DATABASE_MAX_OVERFLOW="5",
         )
         self.procs: list[subprocess.Popen] = []
 

@@ -4,10 +4,12 @@ recovers by itself. Uses its own embedded server, so the shared test database st
 from __future__ import annotations
 
 import asyncio
+import uuid
 
+import asyncpg
 import httpx
 import pytest
-from sqlalchemy import text
+from sqlalchemy import make_url, text
 
 from api.app import create_app
 from maestro.db.engine import create_engine, upgrade
@@ -61,3 +63,39 @@ def test_local_url_falls_back_to_tcp_when_the_socket_path_is_too_long(tmp_path):
     assert short.local_url.endswith("&port=55432")
     deep = EmbeddedPostgres(tmp_path / ("d" * 120) / "pg", 55432)
     assert deep.local_url == deep.url == "postgresql://postgres@127.0.0.1:55432/postgres"
+
+
+async def test_no_free_connection_on_the_server_gives_503(settings, auth_headers):
+    """PostgreSQL refusing a new connection (its connection limit reached: SQLSTATE 53300) is
+    a retryable 503, not a 500; the API recovers when connections free up. The limit is
+    reached here through a role's own limit, on the shared test server."""
+    role = f"maestro_limited_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(settings.database_url)
+    try:
+        await admin.execute(f'CREATE ROLE "{role}" LOGIN')
+        await admin.execute(f'GRANT ALL ON ALL TABLES IN SCHEMA public TO "{role}"')
+        await admin.execute(f'GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO "{role}"')
+        url = make_url(settings.database_url).set(username=role).render_as_string(False)
+        app = create_app(settings.model_copy(update={"database_url": url}))
+        async with app.router.lifespan_context(app):
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app),
+                base_url="http://maestro",
+                headers=auth_headers,
+            ) as api:
+                assert (await api.get("/api/v1/workflows")).status_code == 200
+                await admin.execute(f'ALTER ROLE "{role}" CONNECTION LIMIT 0')
+                await app.state.engine.dispose()  # the next request needs a new connection
+                full = await api.get("/api/v1/workflows")
+                assert full.status_code == 503, full.text
+                assert full.headers["retry-after"] == "5"
+                assert full.json()["error"] == "database_unavailable"
+                await admin.execute(f'ALTER ROLE "{role}" CONNECTION LIMIT -1')
+                assert (await api.get("/api/v1/workflows")).status_code == 200
+    finally:
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1", role
+        )
+        await admin.execute(f'DROP OWNED BY "{role}"')
+        await admin.execute(f'DROP ROLE IF EXISTS "{role}"')
+        await admin.close()
