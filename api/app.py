@@ -105,6 +105,7 @@ def create_app(settings: Settings) -> FastAPI:
         sweeper.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sweeper
+        await app.state.runs.close()
         await engine.dispose()
 
     app = FastAPI(

@@ -29,7 +29,6 @@ from temporalio.service import RPCError, RPCStatusCode
 from maestro import metrics, strategies
 from maestro.db import runs as runs_db
 from maestro.db import workflows as workflows_db
-from maestro.db.engine import autocommit
 from maestro.db.tables import Run, SignalWait, StepRun, Workflow
 from maestro.definitions import RunStrategyKind, WorkflowDefinition, resolve_run_params
 from maestro.errors import (
@@ -107,6 +106,11 @@ class RunsService:
         # Workflows whose strategy asked this process to stop runs (sent after the commit;
         # the sweeper covers a process that dies first).
         self._stops_due: set[str] = set()
+        # Temporal run ids of launched runs, recorded off the request path and many per
+        # statement (launches that end while one write runs join the next); until then, and
+        # if the process dies first, the worker or the sweeper records them.
+        self._run_ids_due: dict[str, str] = {}
+        self._recording: asyncio.Task[None] | None = None
         # Set by the signal bus: (publish a run's completion signal in a transaction, finish
         # what that publication left to do after the commit).
         self.completion_hooks: (
@@ -235,12 +239,12 @@ class RunsService:
             started = [
                 (r, rid) for r, rid in zip(todo, results, strict=True) if isinstance(rid, str)
             ]
-            if started:
-                async with autocommit(self._sessions) as session:  # each write stands alone
-                    for run, temporal_run_id in started:
-                        run.temporal_run_id = temporal_run_id
-                        await runs_db.set_temporal_run_id(session, run.run_id, temporal_run_id)
-                _observe_lag([r for r, _ in started])
+            for run, temporal_run_id in started:
+                run.temporal_run_id = temporal_run_id
+                self._run_ids_due[run.run_id] = temporal_run_id
+            if started and (self._recording is None or self._recording.done()):
+                self._recording = asyncio.create_task(self._record_run_ids())
+            _observe_lag([r for r, _ in started])
             failures = [e for e in results if isinstance(e, BaseException)]
         due = {r.workflow_id for r in runs} & self._stops_due
         if due:
@@ -249,6 +253,23 @@ class RunsService:
         if failures:
             # The runs exist; the sweeper retries them. The caller learns Temporal is down.
             raise Unavailable(f"Temporal is unavailable: {failures[0]}") from failures[0]
+
+    async def _record_run_ids(self) -> None:
+        while self._run_ids_due:
+            batch, self._run_ids_due = self._run_ids_due, {}
+            try:
+                async with self._sessions.begin() as session:
+                    await runs_db.set_temporal_run_ids(session, batch)
+            except Exception as exc:  # noqa: BLE001 - the worker or the sweeper records them
+                logger.warning(
+                    "recording Temporal run ids failed",
+                    extra={"runs": len(batch), "error": str(exc)},
+                )
+
+    async def close(self) -> None:
+        """Finish recording the Temporal run ids of launched runs (before the engine closes)."""
+        if self._recording is not None:
+            await self._recording
 
     async def sweep(self, older_than: timedelta = timedelta(seconds=5), limit: int = 200) -> int:
         """Finish launches and stops a dead process left undone; any process may run this.

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
+from sqlalchemy.engine import Engine
 
 from maestro.db.tables import Run
 from maestro.embedded import free_port, wait_for_port
@@ -356,3 +357,41 @@ async def test_the_sweep_launches_runs_admitted_long_ago_not_those_queued_long_a
         (await session.get(Run, run.run_id)).admitted_at = datetime.now(UTC) - timedelta(minutes=1)
     await runs.sweep()  # or the API's own sweep, whichever comes first
     assert (await wait_for_run(api, run.run_id))["status"] == "succeeded"
+
+
+async def test_launch_records_temporal_run_ids_off_the_request_path_in_one_statement(
+    api, sessions, settings, temporal_client
+):
+    """Launched runs' Temporal run ids reach the database without a worker (their task queue
+    has none), all of one launch in one statement, and `close` waits for that write."""
+    wid = unique_id("runids")
+    await push(api, sleeper(wid, {"kind": "parallel", "max_concurrency": 20}))
+    nobody = settings.temporal.model_copy(update={"task_queue": unique_id("no-worker")})
+    runs = RunsService(sessions, temporal_client, nobody)
+    async with sessions.begin() as session:
+        created = [
+            (await runs.create_run(session, wid, {}, cause=Cause(kind="manual")))[0]
+            for _ in range(12)
+        ]
+    writes: list[str] = []
+
+    def count(conn, cursor, statement, params, context, executemany) -> None:
+        if statement.startswith("UPDATE runs SET temporal_run_id"):
+            writes.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", count)
+    try:
+        await runs.launch(created)
+        await runs.close()
+    finally:
+        event.remove(Engine, "before_cursor_execute", count)
+    assert len(writes) == 1
+    async with sessions() as session:
+        stored = {
+            r.run_id: r.temporal_run_id
+            for r in (await session.execute(select(Run).where(Run.workflow_id == wid))).scalars()
+        }
+    for run in created:
+        handle = temporal_client.get_workflow_handle(run.temporal_workflow_id)
+        assert stored[run.run_id] == (await handle.describe()).run_id == run.temporal_run_id
+        await handle.terminate("test cleanup")

@@ -103,5 +103,6 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
         queues = [settings.temporal.task_queue, *settings.worker.task_queues]
         logger.info("worker started", extra={"task_queues": queues})
         await stop.wait()
+    await runs.close()
     await engine.dispose()
     logger.info("worker stopped")
