@@ -10,8 +10,8 @@ from temporalio.api.operatorservice.v1 import (
     ListSearchAttributesRequest,
 )
 from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
 
-from maestro.payloads import DATA_CONVERTER
 from maestro.runtime import SEARCH_ATTRIBUTES
 from maestro.settings import TemporalSettings
 
@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 async def connect(settings: TemporalSettings) -> Client:
     """A Temporal client that (de)serialises Maestro's pydantic models."""
     return await Client.connect(
-        settings.address, namespace=settings.namespace, data_converter=DATA_CONVERTER
+        settings.address, namespace=settings.namespace, data_converter=pydantic_data_converter
     )
 
 

@@ -13,6 +13,7 @@ from sqlalchemy import select
 from temporalio import activity
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowFailureError, WorkflowHistory
+from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer, Worker
@@ -21,7 +22,6 @@ from maestro.db import runs as runs_db
 from maestro.db import workflows as workflows_db
 from maestro.db.tables import Run, Signal, StepRun
 from maestro.definitions import parse_definition, resolve_run_params
-from maestro.payloads import DATA_CONVERTER
 from maestro.runs import RunsService
 from maestro.runtime import (
     RUN_STEP_ACTIVITY,
@@ -57,7 +57,7 @@ def _test_server_path() -> str:
 @pytest.fixture(scope="module")
 async def env(sessions, tmp_path_factory) -> AsyncIterator[WorkflowEnvironment]:
     async with await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=_test_server_path(), data_converter=DATA_CONVERTER
+        test_server_existing_path=_test_server_path(), data_converter=pydantic_data_converter
     ) as env:
         runs = RunsService(
             sessions, env.client, TemporalSettings(task_queue=TASK_QUEUE), search_attributes=False
@@ -424,7 +424,9 @@ async def test_history_replays_deterministically(env, sessions):
         },
     )
     history: WorkflowHistory = await env.client.get_workflow_handle(temporal_id).fetch_history()
-    await Replayer(workflows=[RunWorkflow], data_converter=DATA_CONVERTER).replay_workflow(history)
+    await Replayer(workflows=[RunWorkflow], data_converter=pydantic_data_converter).replay_workflow(
+        history
+    )
     # Recording is local: the server scheduled activity tasks for the two steps only, and c's
     # skip is a marker in the workflow task that decided it. The run's end rode with b's
     # success (b was the last step), so there is no finish_run marker.
@@ -452,7 +454,9 @@ async def test_a_run_input_from_earlier_code_records_locally_through_the_patch(e
     assert "TemporalChangeVersion" in upserted(history)  # what the field saves
     types = [e.event_type for e in history.events]
     assert types.count(EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED) == 1
-    await Replayer(workflows=[RunWorkflow], data_converter=DATA_CONVERTER).replay_workflow(history)
+    await Replayer(workflows=[RunWorkflow], data_converter=pydantic_data_converter).replay_workflow(
+        history
+    )
 
 
 async def completion_signals(sessions, run_id: str) -> list[str]:
@@ -491,7 +495,9 @@ async def test_the_last_step_records_the_run_end_with_its_own(env, sessions):
     assert await completion_signals(sessions, run_id) == ["maestro.run.succeeded"]
     history = await env.client.get_workflow_handle(temporal_id).fetch_history()
     assert marker_names(history) == set()  # no local activity: no finish_run
-    await Replayer(workflows=[RunWorkflow], data_converter=DATA_CONVERTER).replay_workflow(history)
+    await Replayer(workflows=[RunWorkflow], data_converter=pydantic_data_converter).replay_workflow(
+        history
+    )
 
 
 async def test_a_run_end_recorded_by_the_last_step_outlives_a_timeout_that_races_it(
@@ -655,7 +661,9 @@ async def test_runs_started_before_local_recording_still_replay(name):
     )
     types = [e.event_type for e in history.events]
     assert EventType.EVENT_TYPE_MARKER_RECORDED not in types  # really the old command order
-    await Replayer(workflows=[RunWorkflow], data_converter=DATA_CONVERTER).replay_workflow(history)
+    await Replayer(workflows=[RunWorkflow], data_converter=pydantic_data_converter).replay_workflow(
+        history
+    )
 
 
 async def test_timed_runs_recorded_earlier_still_replay():
@@ -664,18 +672,18 @@ async def test_timed_runs_recorded_earlier_still_replay():
     history = WorkflowHistory.from_json(
         "timed", (HISTORIES / "timed_run.json").read_text(encoding="utf-8")
     )
-    await Replayer(workflows=[TimedRunWorkflow], data_converter=DATA_CONVERTER).replay_workflow(
-        history
-    )
+    await Replayer(
+        workflows=[TimedRunWorkflow], data_converter=pydantic_data_converter
+    ).replay_workflow(history)
 
 
 async def test_fires_started_before_the_local_fire_still_replay():
     history = WorkflowHistory.from_json(
         "fire", (HISTORIES / "fire_schedule.json").read_text(encoding="utf-8")
     )
-    await Replayer(workflows=[FireScheduleWorkflow], data_converter=DATA_CONVERTER).replay_workflow(
-        history
-    )
+    await Replayer(
+        workflows=[FireScheduleWorkflow], data_converter=pydantic_data_converter
+    ).replay_workflow(history)
 
 
 async def test_step_start_is_recorded_with_its_end_when_quick_and_at_once_when_slow(env, sessions):
@@ -765,9 +773,9 @@ async def test_a_timed_run_carries_its_fire_and_ends_stopped_when_cancelled_at_o
     assert types.count(EventType.EVENT_TYPE_MARKER_RECORDED) == 1
     assert marker_names(history) == {"core_local_activity"}  # the admitted input needs no patch
     assert "TemporalChangeVersion" not in upserted(history)
-    await Replayer(workflows=[TimedRunWorkflow], data_converter=DATA_CONVERTER).replay_workflow(
-        history
-    )
+    await Replayer(
+        workflows=[TimedRunWorkflow], data_converter=pydantic_data_converter
+    ).replay_workflow(history)
     if os.environ.get("MAESTRO_RECORD_HISTORIES"):
         (HISTORIES / "timed_run.json").write_text(history.to_json(), encoding="utf-8")
 
