@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -377,3 +379,16 @@ def test_demo_runs_the_reference_pipeline(api_url: str, admin_key: str):
     assert re.search(r"model digits-classifier version \d+: accuracy=0\.\d+", output)
     assert ("-> production" in output) or ("not deployed" in output)
     assert "training run  http://" in output
+
+
+def test_api_and_worker_processes_leave_their_start_up_heap_out_of_garbage_collection():
+    code = (
+        "import gc\n"
+        "from maestro.cli import GC_THRESHOLD, _settle_heap\n"
+        "before = gc.get_freeze_count()\n"
+        "_settle_heap()\n"
+        "print(before, gc.get_freeze_count(), gc.get_threshold()[0] == GC_THRESHOLD)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    before, frozen, threshold_set = done.stdout.split()
+    assert before == "0" and int(frozen) > 10_000 and threshold_set == "True"
