@@ -104,8 +104,9 @@ def breakdown(rows: list[dict[str, float]]) -> dict[str, float]:
 
 def without_dispatch_wait(rows: list[dict[str, float]], code: str) -> dict[str, float]:
     """Latency minus the wait between the workflow's start and its first workflow task: that
-    wait swings with the phase of a periodic ~50 ms cycle on the Temporal side, so removing it
-    compares the work each path does (see docs/benchmarks.md)."""
+    wait swings with the phase of Temporal's transfer-queue reads (every 50 ms at Temporal's
+    default rate, 1 ms with maestro/temporal-dynamic-config.yaml), so removing it compares the
+    work each path does (see docs/benchmarks.md)."""
     return summary_ms(
         [r[code] - (r["first_workflow_task_started"] - r["workflow_started"]) for r in rows]
     )
@@ -253,35 +254,99 @@ def one_python_step(entrypoint: str) -> list[dict[str, Any]]:
 # -- scenarios ----------------------------------------------------------------------------------
 
 
-async def raw_latency(client: Client, n: int, nonce: str) -> dict[str, Any]:
-    """start_workflow -> the activity's first line, sequentially."""
-    samples, rows = [], []
+# One latency sample: (seconds from t0 to the code, {event: seconds since t0}).
+Sample = tuple[float, dict[str, float]]
+Sampler = Callable[[int], Awaitable[Sample]]
+# A latency sample asks for its outcome (a long poll on Temporal) only this long after the start
+# or the POST returned, once the measured path has run its course (20-40 ms here): a request
+# during the path would take CPU from the stack it measures, and it lands at a different point
+# of each path (before the raw floor's first workflow task, in the middle of Maestro's).
+OBSERVE_AFTER = 0.1
+# Where each path's code starts, in its sample's rows.
+LATENCY_CODE = {"raw_latency": "activity_code", "signal": "step_code"}
+
+
+def latency_result(samples: list[Sample], code: str) -> dict[str, Any]:
+    """Summary, breakdown and raw rows of one path's latency samples (`code`: the row key of
+    the code's entry)."""
+    seconds, rows = [s for s, _ in samples], [r for _, r in samples]
+    result = {
+        "latency_ms": summary_ms(seconds),
+        "without_dispatch_wait_ms": without_dispatch_wait(rows, code),
+        "breakdown_p50_ms": breakdown(rows),
+        "rows_ms": rows_ms(rows),
+        "samples_s": seconds,
+    }
+    if all("post_returned" in r for r in rows):
+        result["post_rtt_ms"] = summary_ms([r["post_returned"] for r in rows])
+    return result
+
+
+async def latencies(samplers: dict[str, Sampler], n: int) -> dict[str, list[Sample]]:
+    """`n` samples of each path after a warm-up, one at a time; several paths alternate
+    sample by sample, their order flipping every round, so the machine's drift (which moves a
+    path's p50 by a third from one minute to the next here) hits them alike."""
+    kept: dict[str, list[Sample]] = {key: [] for key in samplers}
+    order = list(samplers)
     for i in range(WARMUP + n):
+        for key in order if i % 2 == 0 else order[::-1]:
+            sample = await samplers[key](i)
+            if i >= WARMUP:
+                kept[key].append(sample)
+    return kept
+
+
+async def raw_sampler(client: Client, nonce: str) -> Sampler:
+    """start_workflow -> the activity's first line."""
+
+    async def sample(i: int) -> Sample:
         workflow_id = f"raw-lat-{nonce}-{i}"
         t0 = time.time()
         handle = await client.start_workflow(
             RAW_WORKFLOW, id=workflow_id, task_queue=RAW_TASK_QUEUE
         )
         t_started = time.time()
+        await asyncio.sleep(OBSERVE_AFTER)
         entered = await asyncio.wait_for(handle.result(), RUN_TIMEOUT)
-        if i < WARMUP:
-            continue
-        samples.append(entered - t0)
         events = await history_times(client, workflow_id)
-        rows.append(
-            {
-                "start_call_returned": t_started - t0,
-                **{k: v - t0 for k, v in events.items() if k != "workflow_closed"},
-                "activity_code": entered - t0,
-            }
+        return entered - t0, {
+            "start_call_returned": t_started - t0,
+            **{k: v - t0 for k, v in events.items() if k != "workflow_closed"},
+            "activity_code": entered - t0,
+        }
+
+    return sample
+
+
+async def signal_sampler(api: Api, client: Client, nonce: str) -> Sampler:
+    """POST /signals -> the first step's code of the run the signal starts."""
+    name = f"bench.sig.{nonce}"
+    await api.push(
+        {
+            "id": f"bench-sig-{nonce}",
+            "triggers": [{"signal": {"all_of": [{"name": name}]}}],
+            "steps": one_python_step("bench.steps:stamp"),
+        }
+    )
+
+    async def sample(i: int) -> Sample:
+        t0 = time.time()
+        published = await api.call(
+            "POST", "/signals", json={"name": name, "params": {"i": i, "nonce": nonce}}, ok=(201,)
         )
-    return {
-        "latency_ms": summary_ms(samples),
-        "without_dispatch_wait_ms": without_dispatch_wait(rows, "activity_code"),
-        "breakdown_p50_ms": breakdown(rows),
-        "rows_ms": rows_ms(rows),
-        "samples_s": samples,
-    }
+        t_posted = time.time()
+        [run] = published["runs"]
+        await asyncio.sleep(OBSERVE_AFTER)
+        await wait_workflow(client, run["temporal_workflow_id"], run["temporal_run_id"])
+        t = step_output(await api.run(run["run_id"]), "t")
+        events = await history_times(client, run["temporal_workflow_id"])
+        return t - t0, {
+            "post_returned": t_posted - t0,
+            **{k: v - t0 for k, v in events.items() if not k.startswith(("finish", "workflow_c"))},
+            "step_code": t - t0,
+        }
+
+    return sample
 
 
 async def raw_throughput(client: Client, m: int, concurrency: int, nonce: str) -> dict[str, Any]:
@@ -304,52 +369,6 @@ async def raw_throughput(client: Client, m: int, concurrency: int, nonce: str) -
         "seconds": round(elapsed, 3),
         "per_s": round(m / elapsed, 1),
         "concurrency": concurrency,
-    }
-
-
-async def signal_latency(api: Api, client: Client, n: int, nonce: str) -> dict[str, Any]:
-    """POST /signals -> the first step's code of the run the signal starts."""
-    name = f"bench.sig.{nonce}"
-    await api.push(
-        {
-            "id": f"bench-sig-{nonce}",
-            "triggers": [{"signal": {"all_of": [{"name": name}]}}],
-            "steps": one_python_step("bench.steps:stamp"),
-        }
-    )
-    samples, post_rtt, rows = [], [], []
-    for i in range(WARMUP + n):
-        t0 = time.time()
-        published = await api.call(
-            "POST", "/signals", json={"name": name, "params": {"i": i, "nonce": nonce}}, ok=(201,)
-        )
-        t_posted = time.time()
-        [run] = published["runs"]
-        await wait_workflow(client, run["temporal_workflow_id"], run["temporal_run_id"])
-        t = step_output(await api.run(run["run_id"]), "t")
-        if i < WARMUP:
-            continue
-        samples.append(t - t0)
-        post_rtt.append(t_posted - t0)
-        events = await history_times(client, run["temporal_workflow_id"])
-        rows.append(
-            {
-                "post_returned": t_posted - t0,
-                **{
-                    k: v - t0
-                    for k, v in events.items()
-                    if not k.startswith(("finish", "workflow_c"))
-                },
-                "step_code": t - t0,
-            }
-        )
-    return {
-        "latency_ms": summary_ms(samples),
-        "post_rtt_ms": summary_ms(post_rtt),
-        "without_dispatch_wait_ms": without_dispatch_wait(rows, "step_code"),
-        "breakdown_p50_ms": breakdown(rows),
-        "rows_ms": rows_ms(rows),
-        "samples_s": samples,
     }
 
 
@@ -834,16 +853,38 @@ async def scenarios(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
                 ("throughput", tp(args.throughput, "")),
             ]
         )
+
+        async def latency(keys: list[str]) -> dict[str, Any]:
+            """(1) and/or its floor; each path's result goes into `results`. Returns the
+            phase's own entry (the path's result when it is one path)."""
+            make = {
+                "raw_latency": lambda: raw_sampler(client, nonce),
+                "signal": lambda: signal_sampler(api, client, nonce),
+            }
+            kept = await latencies({key: await make[key]() for key in keys}, args.signals)
+            for key in keys:
+                results[key] = latency_result(kept[key], LATENCY_CODE[key])
+            return results[keys[0]] if len(keys) == 1 else {}
+
+        # (1) and its floor in one phase each, the floor first; or, interleaved, in one phase
+        # that alternates them sample by sample.
+        both = ["raw_latency", "signal"]
+        if args.only:
+            both = [k for k in both if k in args.only]
+        firsts: list[tuple[str, Callable[[], Awaitable[dict[str, Any]]]]] = (
+            [("+".join(both), lambda: latency(both))]
+            if args.interleave and len(both) == 2
+            else [(k, lambda k=k: latency([k])) for k in both]
+        )
         steps: list[tuple[str, Callable[[], Awaitable[dict[str, Any]]]]] = [
-            ("raw_latency", lambda: raw_latency(client, args.signals, nonce)),
-            ("signal", lambda: signal_latency(api, client, args.signals, nonce)),
+            *firsts,
             ("on_finish", lambda: on_finish_latency(api, client, args.on_finish, nonce)),
             *pairs,
             ("ingest", lambda: ingest(api, args.triggers, args.batches, args.matching, nonce)),
         ]
         settled = 0.0  # when Temporal has fired the timers of the last (3) phase
         for key, scenario in steps:
-            if args.only and key.split(".")[0] not in args.only:
+            if args.only and not set(key.split(".")[0].split("+")) & set(args.only):
                 continue
             stack.check()
             if (wait := settled - time.monotonic()) > 0:
@@ -939,7 +980,8 @@ def main() -> None:
     parser.add_argument(
         "--interleave",
         action="store_true",
-        help="(3) as raw, Maestro, Maestro, raw, with half of the workflows each",
+        help="(1) and its raw floor alternating sample by sample; (3) as raw, Maestro, "
+        "Maestro, raw, with half of the workflows each",
     )
     parser.add_argument("--out", type=Path, help="write JSON results here")
     parser.add_argument("--keep", action="store_true", help="keep the data dir and logs")

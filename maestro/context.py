@@ -21,15 +21,34 @@ class StepContext:
     params: dict[str, Any]
     args: dict[str, Any]
     upstream: dict[str, dict[str, Any]]
-    work_dir: Path
+    # The directories behind `work_dir` and `artifact_dir`, made when first asked for: most
+    # steps write no files, and their start should not wait for the disk.
+    _work_dir: Path
     # Details from the previous attempt's last heartbeat, to resume from a checkpoint.
     previous_progress: Any = None
-    # Where to write files that should become artifacts (`{"artifacts": {name: path}}`).
-    artifact_dir: Path | None = None
+    _artifact_dir: Path | None = None
     # train/evaluate: the input data reference; evaluate: the model version's files.
     data: str | None = None
     model_path: Path | None = None
     _report: Callable[[Any], None] = field(default=lambda details: None, repr=False)
+    _made: set[Path] = field(default_factory=set, repr=False)
+
+    def _made_dir(self, path: Path) -> Path:
+        if path not in self._made:
+            path.mkdir(parents=True, exist_ok=True)
+            self._made.add(path)
+        return path
+
+    @property
+    def work_dir(self) -> Path:
+        """The run's working directory, shared by its steps (exists once asked for)."""
+        return self._made_dir(self._work_dir)
+
+    @property
+    def artifact_dir(self) -> Path | None:
+        """Where to write files that should become artifacts (`{"artifacts": {name: path}}`);
+        exists once asked for."""
+        return None if self._artifact_dir is None else self._made_dir(self._artifact_dir)
 
     def local_path(self, uri: str) -> Path:
         """A local path for a `file://` artifact URI (as found in upstream outputs)."""

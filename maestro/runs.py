@@ -59,6 +59,10 @@ from maestro.settings import TemporalSettings
 logger = logging.getLogger(__name__)
 
 LIVE = (RunStatus.queued, RunStatus.running)
+# Launched runs' Temporal run ids are written this long after their start: the write then
+# stays off the new runs' way to their first step (it competes for the same cores), and the
+# launches of a burst share one statement. The response to the launch carries the ids.
+RECORD_RUN_IDS_AFTER = 0.1
 
 
 def run_actions(run: Run) -> list[str]:
@@ -157,24 +161,30 @@ class RunsService:
         run strategy), or the run this request id made before. `fresh_request_id`: the id
         cannot have been used (it names a signal stored in this transaction), so no lookup."""
         # The row lock serialises numbering, request-id checks and admission per workflow.
-        workflow = await workflows_db.get_workflow(session, workflow_id, lock=True)
         if request_id is not None and not fresh_request_id:
+            workflow = await workflows_db.get_workflow(session, workflow_id, lock=True)
             existing = await runs_db.find_by_request_id(session, workflow_id, request_id)
             if existing is not None:
                 return existing, False
-        if version is None:
-            if not workflow.is_active or workflow.active_version is None:
-                raise WorkflowInactive(
-                    f"workflow {workflow_id!r} is inactive: activate a "
-                    "version or start an explicit version"
-                )
-            version = workflow.active_version
-        definition = await self.definition(session, workflow_id, version)
-        resolved = resolve_run_params(definition, params) | (system_params or {})
-        decision = await strategies.decide(
-            session, workflow, definition.run_strategy, jump_queue=jump_queue
-        )
-        workflow.run_counter += 1
+            workflow.run_counter += 1
+        else:
+            workflow = await workflows_db.get_workflow(session, workflow_id, count_run=True)
+        try:
+            if version is None:
+                if not workflow.is_active or workflow.active_version is None:
+                    raise WorkflowInactive(
+                        f"workflow {workflow_id!r} is inactive: activate a "
+                        "version or start an explicit version"
+                    )
+                version = workflow.active_version
+            definition = await self.definition(session, workflow_id, version)
+            resolved = resolve_run_params(definition, params) | (system_params or {})
+            decision = await strategies.decide(
+                session, workflow, definition.run_strategy, jump_queue=jump_queue
+            )
+        except BaseException:
+            workflow.run_counter -= 1  # no run: run numbers stay without gaps
+            raise
         now = datetime.now(UTC)
         run = Run(
             run_id=RunInput.new_run_id(),
@@ -255,6 +265,7 @@ class RunsService:
             raise Unavailable(f"Temporal is unavailable: {failures[0]}") from failures[0]
 
     async def _record_run_ids(self) -> None:
+        await asyncio.sleep(RECORD_RUN_IDS_AFTER)
         while self._run_ids_due:
             batch, self._run_ids_due = self._run_ids_due, {}
             try:

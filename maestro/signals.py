@@ -29,7 +29,8 @@ from maestro import metrics
 from maestro.db import signals as signals_db
 from maestro.db import workflows as workflows_db
 from maestro.db.runs import set_step_waiting
-from maestro.db.tables import Run, Signal, SignalTriggerRow, SignalWait
+from maestro.db.signals import ReachedTrigger
+from maestro.db.tables import Run, Signal, SignalWait
 from maestro.definitions import (
     FINISH_STATUSES,
     SIGNAL_NAME_PATTERN,
@@ -256,12 +257,12 @@ class SignalBus:
                 }
                 for key, s in fresh.items()
             }
-            waited_on = await self._insert(session, list(rows.values()), inserted)
+            waited_on, reached = await self._insert(session, list(rows.values()), inserted)
             raced = [k for k in fresh if k not in inserted]
             existing.update(await signals_db.find_by_dedupe_keys(session, raced))
             new_signals = sorted(inserted.values(), key=lambda s: s.id)
             if new_signals:
-                await self._dispatch(session, new_signals, waited_on, pending)
+                await self._dispatch(session, new_signals, waited_on, pending, reached)
         metrics.SIGNALS.labels("new").inc(len(inserted))
         metrics.SIGNALS.labels("duplicate").inc(len(keys) - len(inserted))
         runs_by_signal: dict[int, list[Run]] = {}
@@ -281,15 +282,21 @@ class SignalBus:
     @staticmethod
     async def _insert(
         session: AsyncSession, rows: list[dict[str, Any]], inserted: dict[str, Signal]
-    ) -> list[str]:
+    ) -> tuple[list[str], list[ReachedTrigger] | None]:
         """Store new signals (each with the next `seq` of its name) into `inserted`; returns
-        the names flagged as waited on. One signal is one statement; a batch allocates each
-        name's numbers first (one statement per name), then inserts all rows at once."""
+        the names flagged as waited on, and the triggers the signals reach where the insert
+        looked them up. One signal is one statement, its trigger lookup included; a batch
+        allocates each name's numbers first (one statement per name), then inserts all rows
+        at once."""
         if len(rows) == 1:
-            signal, has_waits = await signals_db.insert_signal(session, rows[0])
-            if signal is not None:
-                inserted[signal.dedupe_key] = signal
-            return [rows[0]["name"]] if has_waits else []
+            [row] = rows
+            stored = await signals_db.insert_signal(
+                session, row, signal_routes(row["name"], row["params"])
+            )
+            if stored is None:
+                return [], None
+            inserted[stored.signal.dedupe_key] = stored.signal
+            return ([row["name"]] if stored.has_waits else []), stored.triggers
         groups: dict[str, list[dict[str, Any]]] = {}
         for row in rows:
             groups.setdefault(row["name"], []).append(row)
@@ -303,7 +310,7 @@ class SignalBus:
         ]
         for signal in await signals_db.insert_signals(session, numbered):
             inserted[signal.dedupe_key] = signal
-        return sorted(name for name, a in allocated.items() if a.has_waits)
+        return sorted(name for name, a in allocated.items() if a.has_waits), None
 
     async def _dispatch(
         self,
@@ -311,12 +318,16 @@ class SignalBus:
         signals: list[Signal],
         waited_on: list[str],
         pending: _Pending,
+        reached: list[ReachedTrigger] | None = None,
     ) -> None:
-        """Match new signals to the triggers they reach (`maestro.triggers.signal_routes`), and
-        to open waits on `waited_on` (the names flagged as waited on, whose locks this
-        transaction holds: only those can have open waits)."""
+        """Match new signals to the triggers they reach (`maestro.triggers.signal_routes`;
+        `reached`, unless they are to be looked up), and to open waits on `waited_on` (the
+        names flagged as waited on, whose locks this transaction holds: only those can have
+        open waits)."""
         routes = {s.id: set(signal_routes(s.name, s.params)) for s in signals}
-        triggers = await signals_db.triggers_reached(session, set().union(*routes.values()))
+        triggers = reached
+        if triggers is None:
+            triggers = await signals_db.triggers_reached(session, set().union(*routes.values()))
         waits = list(await signals_db.open_waits(session, waited_on)) if waited_on else []
         # Names whose waits have all been matched or dropped lose the flag.
         await signals_db.clear_has_waits(session, sorted(set(waited_on) - {w.name for w in waits}))
@@ -335,7 +346,7 @@ class SignalBus:
         await session.flush()
 
     async def _match(
-        self, session: AsyncSession, row: SignalTriggerRow, signal: Signal, pending: _Pending
+        self, session: AsyncSession, row: ReachedTrigger, signal: Signal, pending: _Pending
     ) -> None:
         trigger = CompiledTrigger.model_validate(row.spec)
         base = {"workflow_id": row.workflow_id, "trigger_id": row.trigger_id}

@@ -191,7 +191,6 @@ class StepActivities:
                 non_retryable=True,
             ) from None
         work_dir = self._runs_dir / step_input.run_id
-        work_dir.mkdir(parents=True, exist_ok=True)
         previous = info.heartbeat_details[0] if info.heartbeat_details else None
         progress = _Progress(previous)
         ctx = StepContext(
@@ -203,12 +202,11 @@ class StepActivities:
             params=step_input.run_params,
             args={},
             upstream=step_input.upstream,
-            work_dir=work_dir,
+            _work_dir=work_dir,
             previous_progress=previous,
-            artifact_dir=work_dir / step.id / "artifacts",
+            _artifact_dir=work_dir / step.id / "artifacts",
             _report=progress.report,
         )
-        ctx.artifact_dir.mkdir(parents=True, exist_ok=True)
         activity.logger.info("step attempt started", extra=log_extra)
         heartbeats = asyncio.create_task(self._heartbeat(progress, info.heartbeat_timeout))
         began = time.monotonic()

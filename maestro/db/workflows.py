@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import bindparam, delete, func, select
+from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -21,11 +21,27 @@ from maestro.errors import NotFound
 
 _GET_WORKFLOW = select(Workflow).where(Workflow.id == bindparam("workflow_id"))
 _LOCK_WORKFLOW = _GET_WORKFLOW.with_for_update()  # built once: its cache key is memoized
+_WORKFLOWS = Workflow.__table__
+# Lock the row and count one more run in one statement (an UPDATE locks what it changes).
+_TAKE_RUN_NUMBER = (
+    select(Workflow)
+    .from_statement(
+        update(_WORKFLOWS)
+        .where(_WORKFLOWS.c.id == bindparam("workflow_id"))
+        .values(run_counter=_WORKFLOWS.c.run_counter + 1)
+        .returning(*_WORKFLOWS.c)
+    )
+    .execution_options(populate_existing=True)
+)
 
 
-async def get_workflow(session: AsyncSession, workflow_id: str, *, lock: bool = False) -> Workflow:
-    """The workflow row, or NotFound."""
-    query = _LOCK_WORKFLOW if lock else _GET_WORKFLOW
+async def get_workflow(
+    session: AsyncSession, workflow_id: str, *, lock: bool = False, count_run: bool = False
+) -> Workflow:
+    """The workflow row, or NotFound; `lock` locks it, `count_run` locks it and adds one to
+    its `run_counter` in the same statement (the caller subtracts it again if no run comes
+    of it)."""
+    query = _TAKE_RUN_NUMBER if count_run else _LOCK_WORKFLOW if lock else _GET_WORKFLOW
     result = await session.execute(query, {"workflow_id": workflow_id})
     workflow = result.scalar_one_or_none()
     if workflow is None:

@@ -14,6 +14,9 @@ from maestro.runtime import StepResult
 from maestro.steps import PythonParams
 from workers.executors.services import Services
 
+# Entrypoints imported before: later steps call them without a thread hop for the lookup.
+_loaded: dict[str, Any] = {}
+
 
 def load_entrypoint(entrypoint: str) -> Any:
     """Import `module:function`, or fail the step for good with a clear message."""
@@ -40,7 +43,9 @@ async def call_entrypoint(entrypoint: str, ctx: StepContext) -> dict:
     """Import and call a step function: coroutines on the loop, sync (often CPU-bound) code in
     a thread. It must return a dict (or None). The import runs in a thread too: a first import
     of a heavy library takes seconds, and the loop must keep heartbeating meanwhile."""
-    function = await asyncio.to_thread(load_entrypoint, entrypoint)
+    function = _loaded.get(entrypoint)
+    if function is None:
+        function = _loaded[entrypoint] = await asyncio.to_thread(load_entrypoint, entrypoint)
     if inspect.iscoroutinefunction(function):
         result = await function(ctx)
     else:
