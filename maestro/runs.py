@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -156,10 +156,13 @@ class RunsService:
         system_params: dict[str, Any] | None = None,
         jump_queue: bool = False,
         fresh_request_id: bool = False,
+        consumed: Sequence[int] = (),
     ) -> tuple[Run, bool]:
         """In the caller's transaction: a new numbered run (admitted, queued or skipped by the
         run strategy), or the run this request id made before. `fresh_request_id`: the id
-        cannot have been used (it names a signal stored in this transaction), so no lookup."""
+        cannot have been used (it names a signal stored in this transaction), so no lookup.
+        `consumed`: the ids of the signals a new run consumes for `trigger_id`, recorded
+        `started_run` with it."""
         # The row lock serialises numbering, request-id checks and admission per workflow.
         if request_id is not None and not fresh_request_id:
             workflow = await workflows_db.get_workflow(session, workflow_id, lock=True)
@@ -201,14 +204,13 @@ class RunsService:
         )
         if decision.skip_reason:
             run.status, run.error, run.ended_at = RunStatus.skipped, decision.skip_reason, now
-        session.add(run)
+        await runs_db.insert_run(session, run, consumed)
         await strategies.request_stop(session, decision.stop)
         if decision.stop:
             self._stops_due.add(workflow_id)
         await strategies.mark_skipped(
             session, decision.drop, f"last_only: replaced by run {run.run_number}"
         )
-        await session.flush()
         return run, True
 
     async def start_run(

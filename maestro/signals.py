@@ -453,6 +453,7 @@ class SignalBus:
                 trigger_id=row.trigger_id,
                 # The id holds the id of the signal this transaction stored.
                 fresh_request_id=True,
+                consumed=ids,
             )
         except ParamsInvalid as exc:
             problems = "; ".join(f"{'.'.join(map(str, p.loc))}: {p.msg}" for p in exc.problems)
@@ -461,9 +462,11 @@ class SignalBus:
         except WorkflowInactive as exc:
             await record("workflow_inactive", ids, detail=exc.message)
             return
-        await record("started_run" if created else "duplicate_run", ids, run)
-        if created:
+        if created:  # its matches were recorded with it
+            metrics.TRIGGER_EVALUATIONS.labels("started_run").inc(len(ids))
             pending.runs.append(run)
+        else:
+            await record("duplicate_run", ids, run)
 
     # -- waiting steps ---------------------------------------------------------------------------
 

@@ -6,11 +6,26 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import String, Text, bindparam, delete, func, select, text, tuple_, update
+from sqlalchemy import (
+    ARRAY,
+    BigInteger,
+    String,
+    Text,
+    bindparam,
+    delete,
+    func,
+    literal,
+    select,
+    text,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects.postgresql import JSONB, Insert, insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import make_transient_to_detached
+from sqlalchemy.orm.attributes import set_committed_value
 
-from maestro.db.tables import Run, SignalWait, StepRun, Workflow
+from maestro.db.tables import Run, SignalMatch, SignalWait, StepRun, Workflow
 from maestro.errors import NotFound
 from maestro.runtime import RunStatus, StepState, StepStatus
 
@@ -97,6 +112,65 @@ async def set_temporal_run_ids(session: AsyncSession, run_ids: dict[str, str]) -
         _SET_TEMPORAL_RUN_IDS,
         {"run_ids": list(run_ids), "temporal_run_ids": list(run_ids.values())},
     )
+
+
+_RUNS = Run.__table__
+_RUN_FIELDS = [c.key for c in _RUNS.c if c.key != "created_at"]
+_INSERT_RUN = (
+    insert(_RUNS)
+    .values(
+        {
+            # None is SQL NULL in every column, JSON ones included (as the ORM writes it).
+            k: bindparam(
+                f"r_{k}", type_=JSONB(none_as_null=True) if k == "outputs" else _RUNS.c[k].type
+            )
+            for k in _RUN_FIELDS
+        }
+    )
+    .returning(_RUNS.c.run_id, _RUNS.c.workflow_id, _RUNS.c.trigger_id, _RUNS.c.created_at)
+)
+_NEW_RUN = _INSERT_RUN.cte("new_run")
+_MATCHES = SignalMatch.__table__
+_CONSUMED = insert(_MATCHES).from_select(
+    ["signal_id", "workflow_id", "trigger_id", "outcome", "run_id"],
+    select(
+        func.unnest(bindparam("signal_ids", type_=ARRAY(BigInteger))),
+        _NEW_RUN.c.workflow_id,
+        _NEW_RUN.c.trigger_id,
+        literal("started_run"),
+        _NEW_RUN.c.run_id,
+    ),
+)
+# A run and the matches of the signals it consumes, in one statement (a signal that waited in
+# a partial join has a match already: it becomes `started_run`).
+_INSERT_RUN_CONSUMING = _CONSUMED.on_conflict_do_update(
+    index_elements=["signal_id", "workflow_id", "trigger_id"],
+    set_={
+        "outcome": _CONSUMED.excluded.outcome,
+        "run_id": _CONSUMED.excluded.run_id,
+        "detail": None,
+        "updated_at": func.now(),
+    },
+).returning(select(_NEW_RUN.c.created_at).scalar_subquery())
+
+
+async def insert_run(session: AsyncSession, run: Run, consumed: Sequence[int] = ()) -> None:
+    """Insert a new run's row, and record the signals it `consumed` as `started_run` for its
+    trigger, in one statement; `run` then belongs to the session as if loaded (later changes
+    in the transaction are UPDATEs). Cheaper than the ORM's flush on the signal path."""
+    values = {f"r_{k}": getattr(run, k) for k in _RUN_FIELDS}
+    if consumed:
+        values["signal_ids"] = list(consumed)
+        result = await session.execute(_INSERT_RUN_CONSUMING, values)
+        created_at = result.scalars().first()
+    else:
+        created_at = (await session.execute(_INSERT_RUN, values)).one().created_at
+    for key, value in values.items():
+        if key.startswith("r_"):
+            set_committed_value(run, key[2:], value)
+    set_committed_value(run, "created_at", created_at)
+    make_transient_to_detached(run)
+    session.add(run)
 
 
 # The run is running (its Temporal run id is recorded here too, in case the process that
