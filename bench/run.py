@@ -813,6 +813,8 @@ def cpu_table(results: dict[str, Any]) -> str:
         "| --- | --- | " + " | ".join("---" for _ in [*names, *disk]) + " |",
     ]
     for key, r in results.items():
+        if "cpu_seconds" not in r:
+            continue  # a path measured inside another phase (interleaved)
         cpu, io = r.get("cpu_seconds", {}), r.get("disk", {})
         cells = [f"{cpu.get(n, 0):.1f}" for n in names] + [f"{io.get(n, 0):.0f}" for n in disk]
         lines.append(f"| {key} | {r.get('wall_seconds', 0):.1f} | {' | '.join(cells)} |")
