@@ -197,6 +197,42 @@ async def test_join_fires_once_per_complete_set_and_shows_partial_joins(api, ses
     assert {tuple(j["missing"]) for j in triggers[0]["pending_joins"]} == {(fx,), (orders,)}
 
 
+async def test_a_trigger_whose_params_are_invalid_takes_no_run_number(api, sessions):
+    # The run's number is taken with the workflow row's lock; a signal that makes no run gives
+    # it back, so the numbers of the runs that exist have no gaps.
+    topic = name("sized")
+    wid = unique_id("sig-badparams")
+    await push(
+        api,
+        noop_workflow(
+            wid,
+            [
+                {
+                    "signal": {
+                        "all_of": [{"name": topic}],
+                        "params": {"n": f'signals["{topic}"].params.v'},
+                    }
+                }
+            ],
+            params={"n": {"type": "integer"}},
+        ),
+    )
+    bad = await publish(api, topic, {"v": "many"})
+    assert bad["runs"] == []
+    detail = (await api.get(f"/api/v1/signals/{bad['signal']['id']}")).json()
+    assert [m["outcome"] for m in detail["matches"]] == ["params_invalid"]
+    good = await publish(api, topic, {"v": 3})
+    [run] = good["runs"]
+    assert run["run_number"] == 1
+    assert [r.run_number for r in await runs_of(sessions, wid)] == [1]
+    workflow = (await api.get(f"/api/v1/workflows/{wid}")).json()
+    assert workflow["run_count"] == 1
+    consumed = (await api.get(f"/api/v1/signals/{good['signal']['id']}")).json()
+    assert [(m["outcome"], m["run_id"]) for m in consumed["matches"]] == [
+        ("started_run", run["run_id"])
+    ]
+
+
 async def test_join_within_expires_old_signals(api, sessions):
     a, b = name("a"), name("b")
     wid = unique_id("sig-within")

@@ -18,6 +18,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer, Worker
 
+from maestro.context import StepContext
 from maestro.db import runs as runs_db
 from maestro.db import workflows as workflows_db
 from maestro.db.tables import Run, Signal, StepRun
@@ -792,3 +793,24 @@ async def runs_of(sessions, workflow_id: str) -> list[Run]:
     async with sessions() as session:
         query = select(Run).where(Run.workflow_id == workflow_id).order_by(Run.run_number)
         return list((await session.execute(query)).scalars())
+
+
+def test_step_directories_are_made_when_a_step_first_asks_for_them(tmp_path):
+    run_dir = tmp_path / "runs" / "r1"
+    ctx = StepContext(
+        run_id="r1",
+        workflow_id="w",
+        run_number=1,
+        step_id="s",
+        attempt=1,
+        params={},
+        args={},
+        upstream={},
+        _work_dir=run_dir,
+        _artifact_dir=run_dir / "s" / "artifacts",
+    )
+    assert not run_dir.exists()  # a step that writes no files costs no directory
+    assert ctx.work_dir == run_dir and run_dir.is_dir()
+    assert not (run_dir / "s").exists()
+    assert ctx.artifact_dir == run_dir / "s" / "artifacts"
+    assert ctx.artifact_dir.is_dir()
