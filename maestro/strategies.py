@@ -8,10 +8,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from sqlalchemy import and_, bindparam, func, or_, select, update
+from sqlalchemy import and_, any_, bindparam, func, or_, select, update
+from sqlalchemy.dialects.postgresql import array
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import BindParameter
 
+from maestro.db.direct import DirectStatement
 from maestro.db.tables import Run, Workflow
 from maestro.definitions import RunStrategy, RunStrategyKind
 from maestro.runtime import RunStatus
@@ -53,16 +55,23 @@ def _waiting(workflow_id: str | BindParameter[str]):
 
 
 _WORKFLOW_ID: BindParameter[str] = bindparam("workflow_id")
-# Built once (its cache key is memoized): every run's admission and end asks it.
-_OCCUPANCY = select(
-    func.count().filter(_waiting(_WORKFLOW_ID)), func.count().filter(_holding_slot(_WORKFLOW_ID))
-).where(Run.workflow_id == _WORKFLOW_ID, Run.status.in_([RunStatus.queued, RunStatus.running]))
+# Every run's admission and end asks it.
+_OCCUPANCY = DirectStatement(
+    select(
+        func.count().filter(_waiting(_WORKFLOW_ID)).label("waiting"),
+        func.count().filter(_holding_slot(_WORKFLOW_ID)).label("holding"),
+    ).where(
+        Run.workflow_id == _WORKFLOW_ID,
+        Run.status == any_(array([RunStatus.queued.value, RunStatus.running.value])),
+    )
+)
 
 
 async def _occupancy(session: AsyncSession, workflow_id: str) -> tuple[int, int]:
     """(runs waiting for a slot, runs holding one), in one query."""
-    waiting, holding = (await session.execute(_OCCUPANCY, {"workflow_id": workflow_id})).one()
-    return waiting, holding
+    row = await _OCCUPANCY.fetchrow(session, {"workflow_id": workflow_id})
+    assert row is not None  # an aggregate has one row
+    return row["waiting"], row["holding"]
 
 
 async def _runs(session: AsyncSession, condition, limit: int | None = None) -> list[Run]:

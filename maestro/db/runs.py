@@ -22,9 +22,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB, Insert, insert
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import make_transient_to_detached
-from sqlalchemy.orm.attributes import set_committed_value
 
+from maestro.db.direct import DirectStatement, adopt
 from maestro.db.tables import Run, SignalMatch, SignalWait, StepRun, Workflow
 from maestro.errors import NotFound
 from maestro.runtime import RunStatus, StepState, StepStatus
@@ -143,15 +142,18 @@ _CONSUMED = insert(_MATCHES).from_select(
 )
 # A run and the matches of the signals it consumes, in one statement (a signal that waited in
 # a partial join has a match already: it becomes `started_run`).
-_INSERT_RUN_CONSUMING = _CONSUMED.on_conflict_do_update(
-    index_elements=["signal_id", "workflow_id", "trigger_id"],
-    set_={
-        "outcome": _CONSUMED.excluded.outcome,
-        "run_id": _CONSUMED.excluded.run_id,
-        "detail": None,
-        "updated_at": func.now(),
-    },
-).returning(select(_NEW_RUN.c.created_at).scalar_subquery())
+_INSERT_RUN_CONSUMING = DirectStatement(
+    _CONSUMED.on_conflict_do_update(
+        index_elements=["signal_id", "workflow_id", "trigger_id"],
+        set_={
+            "outcome": _CONSUMED.excluded.outcome,
+            "run_id": _CONSUMED.excluded.run_id,
+            "detail": None,
+            "updated_at": func.now(),
+        },
+    ).returning(select(_NEW_RUN.c.created_at).scalar_subquery().label("created_at"))
+)
+_INSERT_RUN_ALONE = DirectStatement(_INSERT_RUN)
 
 
 async def insert_run(session: AsyncSession, run: Run, consumed: Sequence[int] = ()) -> None:
@@ -160,17 +162,13 @@ async def insert_run(session: AsyncSession, run: Run, consumed: Sequence[int] = 
     in the transaction are UPDATEs). Cheaper than the ORM's flush on the signal path."""
     values = {f"r_{k}": getattr(run, k) for k in _RUN_FIELDS}
     if consumed:
-        values["signal_ids"] = list(consumed)
-        result = await session.execute(_INSERT_RUN_CONSUMING, values)
-        created_at = result.scalars().first()
+        row = await _INSERT_RUN_CONSUMING.fetchrow(session, values | {"signal_ids": list(consumed)})
     else:
-        created_at = (await session.execute(_INSERT_RUN, values)).one().created_at
-    for key, value in values.items():
-        if key.startswith("r_"):
-            set_committed_value(run, key[2:], value)
-    set_committed_value(run, "created_at", created_at)
-    make_transient_to_detached(run)
-    session.add(run)
+        row = await _INSERT_RUN_ALONE.fetchrow(session, values)
+    assert row is not None  # an INSERT without a conflict clause on runs returns its row
+    adopt(
+        session, run, {k: values[f"r_{k}"] for k in _RUN_FIELDS} | {"created_at": row["created_at"]}
+    )
 
 
 # The run is running (its Temporal run id is recorded here too, in case the process that

@@ -10,13 +10,12 @@ from typing import Any
 from sqlalchemy import (
     ARRAY,
     BigInteger,
-    Boolean,
     String,
     Text,
     bindparam,
-    column,
     delete,
     exists,
+    false,
     func,
     literal,
     literal_column,
@@ -27,6 +26,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from maestro.db.direct import DirectStatement, adopt
 from maestro.db.tables import (
     Signal,
     SignalMatch,
@@ -84,8 +84,8 @@ _INSERT_SIGNALS = (
 _NEXT_SEQ = (
     insert(SignalName)
     .from_select(
-        ["name", "last_seq"],
-        select(bindparam("b_name", type_=String), literal(1, BigInteger)).where(
+        ["name", "last_seq", "has_waits"],
+        select(bindparam("b_name", type_=String), literal(1, BigInteger), false()).where(
             ~exists().where(Signal.dedupe_key == bindparam("b_dedupe_key", type_=String))
         ),
     )
@@ -107,9 +107,7 @@ _REACHED_JSON = (
     .label("triggers")
 )
 _SIGNAL_TABLE = Signal.__table__
-_INSERT_ONE_SIGNAL = select(
-    Signal, column("has_waits", Boolean), column("triggers", JSONB)
-).from_statement(
+_INSERT_ONE_SIGNAL = DirectStatement(
     insert(_SIGNAL_TABLE)
     .from_select(
         [_SIGNAL_TABLE.c[c] for c in ("name", "seq", "params", "payload", "dedupe_key")]
@@ -199,11 +197,14 @@ async def insert_signal(
     """Lock the name, take its next `seq`, insert one signal and look up the triggers its
     `routes` reach, in one statement; None if its dedupe key is stored already."""
     values = {f"b_{k}": v for k, v in row.items()} | {"b_routes": sorted(set(routes))}
-    stored = (await session.execute(_INSERT_ONE_SIGNAL, values)).one_or_none()
+    stored = await _INSERT_ONE_SIGNAL.fetchrow(session, values)
     if stored is None:
         return None
-    signal, has_waits, triggers = stored
-    return InsertedSignal(signal, has_waits, [ReachedTrigger(**t) for t in triggers])
+    return InsertedSignal(
+        adopt(session, Signal(), stored),
+        stored["has_waits"],
+        [ReachedTrigger(**t) for t in stored["triggers"]],
+    )
 
 
 async def get_signal(session: AsyncSession, signal_id: int) -> Signal:

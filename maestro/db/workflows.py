@@ -8,6 +8,7 @@ from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from maestro.db.direct import DirectStatement, adopt
 from maestro.db.tables import (
     DeletedWorkflow,
     Run,
@@ -23,15 +24,11 @@ _GET_WORKFLOW = select(Workflow).where(Workflow.id == bindparam("workflow_id"))
 _LOCK_WORKFLOW = _GET_WORKFLOW.with_for_update()  # built once: its cache key is memoized
 _WORKFLOWS = Workflow.__table__
 # Lock the row and count one more run in one statement (an UPDATE locks what it changes).
-_TAKE_RUN_NUMBER = (
-    select(Workflow)
-    .from_statement(
-        update(_WORKFLOWS)
-        .where(_WORKFLOWS.c.id == bindparam("workflow_id"))
-        .values(run_counter=_WORKFLOWS.c.run_counter + 1)
-        .returning(*_WORKFLOWS.c)
-    )
-    .execution_options(populate_existing=True)
+_TAKE_RUN_NUMBER = DirectStatement(
+    update(_WORKFLOWS)
+    .where(_WORKFLOWS.c.id == bindparam("workflow_id"))
+    .values(run_counter=_WORKFLOWS.c.run_counter + 1)
+    .returning(*_WORKFLOWS.c)
 )
 
 
@@ -41,9 +38,14 @@ async def get_workflow(
     """The workflow row, or NotFound; `lock` locks it, `count_run` locks it and adds one to
     its `run_counter` in the same statement (the caller subtracts it again if no run comes
     of it)."""
-    query = _TAKE_RUN_NUMBER if count_run else _LOCK_WORKFLOW if lock else _GET_WORKFLOW
-    result = await session.execute(query, {"workflow_id": workflow_id})
-    workflow = result.scalar_one_or_none()
+    workflow: Workflow | None
+    if count_run:
+        row = await _TAKE_RUN_NUMBER.fetchrow(session, {"workflow_id": workflow_id})
+        workflow = adopt(session, Workflow(), row) if row is not None else None
+    else:
+        query = _LOCK_WORKFLOW if lock else _GET_WORKFLOW
+        result = await session.execute(query, {"workflow_id": workflow_id})
+        workflow = result.scalar_one_or_none()
     if workflow is None:
         raise NotFound(f"workflow {workflow_id!r} not found")
     return workflow
