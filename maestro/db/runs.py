@@ -305,21 +305,20 @@ async def record_step_states(session: AsyncSession, run_id: str, states: list[St
         )
 
 
-_RUN_ENDED = (
-    update(Run)
-    .where(Run.run_id == bindparam("b_run_id"))
+_RUN_ENDED = DirectStatement(
+    update(_RUNS)
+    .where(_RUNS.c.run_id == bindparam("b_run_id"))
     .values(
         status=bindparam("b_status", type_=String),
         error=bindparam("b_error", type_=Text),
         outputs=bindparam("b_outputs", type_=JSONB),
         ended_at=func.now(),
-        started_at=func.coalesce(Run.started_at, func.now()),
+        started_at=func.coalesce(_RUNS.c.started_at, func.now()),
         temporal_run_id=func.coalesce(
-            Run.temporal_run_id, bindparam("b_temporal_run_id", type_=String)
+            _RUNS.c.temporal_run_id, bindparam("b_temporal_run_id", type_=String)
         ),
     )
-    .returning(Run)
-    .execution_options(populate_existing=True)
+    .returning(*_RUNS.c)
 )
 
 
@@ -343,8 +342,8 @@ async def finish_run(
             )
         )
     await record_step_states(session, run_id, [s for s in steps if s.status.is_terminal])
-    ended = await session.execute(
-        _RUN_ENDED,
+    ended = await _RUN_ENDED.fetchrow(
+        session,
         {
             "b_run_id": run_id,
             "b_status": status,
@@ -353,10 +352,9 @@ async def finish_run(
             "b_temporal_run_id": temporal_run_id,
         },
     )
-    run = ended.scalar_one_or_none()
-    if run is None:
+    if ended is None:
         raise NotFound(f"run {run_id!r} not found")
-    return run
+    return adopt(session, Run(), ended)
 
 
 async def set_step_waiting(session: AsyncSession, run_id: str, step_id: str) -> None:

@@ -21,8 +21,11 @@ from maestro.definitions import WorkflowDefinition
 from maestro.errors import NotFound
 
 _GET_WORKFLOW = select(Workflow).where(Workflow.id == bindparam("workflow_id"))
-_LOCK_WORKFLOW = _GET_WORKFLOW.with_for_update()  # built once: its cache key is memoized
 _WORKFLOWS = Workflow.__table__
+# Every run's creation and end locks its workflow's row.
+_LOCK_WORKFLOW = DirectStatement(
+    select(_WORKFLOWS).where(_WORKFLOWS.c.id == bindparam("workflow_id")).with_for_update()
+)
 # Lock the row and count one more run in one statement (an UPDATE locks what it changes).
 _TAKE_RUN_NUMBER = DirectStatement(
     update(_WORKFLOWS)
@@ -39,12 +42,12 @@ async def get_workflow(
     its `run_counter` in the same statement (the caller subtracts it again if no run comes
     of it)."""
     workflow: Workflow | None
-    if count_run:
-        row = await _TAKE_RUN_NUMBER.fetchrow(session, {"workflow_id": workflow_id})
+    if count_run or lock:
+        statement = _TAKE_RUN_NUMBER if count_run else _LOCK_WORKFLOW
+        row = await statement.fetchrow(session, {"workflow_id": workflow_id})
         workflow = adopt(session, Workflow(), row) if row is not None else None
     else:
-        query = _LOCK_WORKFLOW if lock else _GET_WORKFLOW
-        result = await session.execute(query, {"workflow_id": workflow_id})
+        result = await session.execute(_GET_WORKFLOW, {"workflow_id": workflow_id})
         workflow = result.scalar_one_or_none()
     if workflow is None:
         raise NotFound(f"workflow {workflow_id!r} not found")
