@@ -29,6 +29,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from maestro import metrics, strategies
 from maestro.db import runs as runs_db
 from maestro.db import workflows as workflows_db
+from maestro.db.engine import autocommit
 from maestro.db.tables import Run, SignalWait, StepRun, Workflow
 from maestro.definitions import RunStrategyKind, WorkflowDefinition, resolve_run_params
 from maestro.errors import (
@@ -271,7 +272,7 @@ class RunsService:
         while self._run_ids_due:
             batch, self._run_ids_due = self._run_ids_due, {}
             try:
-                async with self._sessions.begin() as session:
+                async with autocommit(self._sessions) as session:
                     await runs_db.set_temporal_run_ids(session, batch)
             except Exception as exc:  # noqa: BLE001 - the worker or the sweeper records them
                 logger.warning(

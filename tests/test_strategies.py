@@ -9,9 +9,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import event, select
-from sqlalchemy.engine import Engine
+from sqlalchemy import select
 
+from maestro.db import runs as runs_db
 from maestro.db.tables import Run
 from maestro.embedded import free_port, wait_for_port
 from maestro.runs import RunsService
@@ -360,7 +360,7 @@ async def test_the_sweep_launches_runs_admitted_long_ago_not_those_queued_long_a
 
 
 async def test_launch_records_temporal_run_ids_off_the_request_path_in_one_statement(
-    api, sessions, settings, temporal_client
+    api, sessions, settings, temporal_client, monkeypatch
 ):
     """Launched runs' Temporal run ids reach the database without a worker (their task queue
     has none), all of one launch in one statement, and `close` waits for that write."""
@@ -373,19 +373,18 @@ async def test_launch_records_temporal_run_ids_off_the_request_path_in_one_state
             (await runs.create_run(session, wid, {}, cause=Cause(kind="manual")))[0]
             for _ in range(12)
         ]
-    writes: list[str] = []
+    writes: list[int] = []  # the run ids each statement records
+    statement = runs_db._SET_TEMPORAL_RUN_IDS  # a direct statement: no cursor events
 
-    def count(conn, cursor, statement, params, context, executemany) -> None:
-        if statement.startswith("UPDATE runs SET temporal_run_id"):
-            writes.append(statement)
+    class Counted:
+        async def execute(self, session, params) -> None:
+            writes.append(len(params["run_ids"]))
+            await statement.execute(session, params)
 
-    event.listen(Engine, "before_cursor_execute", count)
-    try:
-        await runs.launch(created)
-        await runs.close()
-    finally:
-        event.remove(Engine, "before_cursor_execute", count)
-    assert len(writes) == 1
+    monkeypatch.setattr(runs_db, "_SET_TEMPORAL_RUN_IDS", Counted())
+    await runs.launch(created)
+    await runs.close()
+    assert writes == [12]
     async with sessions() as session:
         stored = {
             r.run_id: r.temporal_run_id

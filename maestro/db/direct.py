@@ -52,6 +52,10 @@ class DirectStatement:
             args.append(processor(value) if processor is not None else value)
         return args
 
+    async def execute(self, session: AsyncSession, params: Mapping[str, Any]) -> None:
+        driver = await _driver(session)
+        await driver.execute(self.sql, *self._args(params))
+
     async def fetch(self, session: AsyncSession, params: Mapping[str, Any]) -> list[asyncpg.Record]:
         driver = await _driver(session)
         return await driver.fetch(self.sql, *self._args(params))

@@ -95,21 +95,25 @@ async def set_temporal_run_id(session: AsyncSession, run_id: str, temporal_run_i
     )
 
 
-_SET_TEMPORAL_RUN_IDS = text(
-    "UPDATE runs SET temporal_run_id = v.temporal_run_id"
-    " FROM unnest(CAST(:run_ids AS text[]), CAST(:temporal_run_ids AS text[]))"
-    " AS v(run_id, temporal_run_id)"
-    " WHERE runs.run_id = v.run_id AND runs.temporal_run_id IS NULL"
+# `set_config(..., true)` holds for the statement's own transaction: its commit does not wait
+# for the disk.
+_SET_TEMPORAL_RUN_IDS = DirectStatement(
+    text(
+        "UPDATE runs SET temporal_run_id = v.temporal_run_id"
+        " FROM unnest(CAST(:run_ids AS text[]), CAST(:temporal_run_ids AS text[]))"
+        " AS v(run_id, temporal_run_id),"
+        " (SELECT set_config('synchronous_commit', 'off', true)) AS without_flush"
+        " WHERE runs.run_id = v.run_id AND runs.temporal_run_id IS NULL"
+    )
 )
 
 
 async def set_temporal_run_ids(session: AsyncSession, run_ids: dict[str, str]) -> None:
-    """Record many launched runs' Temporal run ids in one statement, without waiting for the
-    disk: a write lost in a database crash costs the sweeper a describe, nothing more."""
-    await session.execute(text("SET LOCAL synchronous_commit TO OFF"))
-    await session.execute(
-        _SET_TEMPORAL_RUN_IDS,
-        {"run_ids": list(run_ids), "temporal_run_ids": list(run_ids.values())},
+    """Record many launched runs' Temporal run ids in one statement (in an autocommit session,
+    one round trip), without waiting for the disk: a write lost in a database crash costs the
+    sweeper a describe, nothing more."""
+    await _SET_TEMPORAL_RUN_IDS.execute(
+        session, {"run_ids": list(run_ids), "temporal_run_ids": list(run_ids.values())}
     )
 
 
@@ -204,8 +208,12 @@ def _step_write_starting_run(values: dict[str, Any]) -> Insert:
 
 _STARTED_VALUES = {"status": StepStatus.running, "attempt": bindparam("b_attempt"), "error": None}
 # A late write (its attempt was cancelled meanwhile) never reopens a finished step.
-_STEP_STARTED = _step_write_starting_run(_STARTED_VALUES).on_conflict_do_update(
-    index_elements=["run_id", "step_id"], set_=_STARTED_VALUES, where=StepRun.ended_at.is_(None)
+_STEP_STARTED = DirectStatement(
+    _step_write_starting_run(_STARTED_VALUES).on_conflict_do_update(
+        index_elements=["run_id", "step_id"],
+        set_=_STARTED_VALUES,
+        where=StepRun.ended_at.is_(None),
+    )
 )
 _SUCCEEDED_VALUES = {
     "status": StepStatus.succeeded,
@@ -215,13 +223,15 @@ _SUCCEEDED_VALUES = {
     "details": bindparam("b_details", type_=JSONB),
     "error": None,
 }
-_STEP_SUCCEEDED = (
+_STEP_SUCCEEDED = DirectStatement(
     update(StepRun)
     .where(StepRun.run_id == bindparam("b_run_id"), StepRun.step_id == bindparam("b_step_id"))
     .values(**_SUCCEEDED_VALUES)
 )
-_STEP_STARTED_AND_SUCCEEDED = _step_write_starting_run(_SUCCEEDED_VALUES).on_conflict_do_update(
-    index_elements=["run_id", "step_id"], set_=_SUCCEEDED_VALUES
+_STEP_STARTED_AND_SUCCEEDED = DirectStatement(
+    _step_write_starting_run(_SUCCEEDED_VALUES).on_conflict_do_update(
+        index_elements=["run_id", "step_id"], set_=_SUCCEEDED_VALUES
+    )
 )
 
 
@@ -234,8 +244,8 @@ async def mark_step_started(
     started_at: datetime,
 ) -> None:
     """An attempt began: the step is running and so is its run (one statement)."""
-    await session.execute(
-        _STEP_STARTED,
+    await _STEP_STARTED.execute(
+        session,
         {
             "b_run_id": run_id,
             "b_step_id": step_id,
@@ -277,12 +287,11 @@ async def mark_step_succeeded(
         "b_details": details,
     }
     if started is None:
-        await session.execute(_STEP_SUCCEEDED, values)
+        await _STEP_SUCCEEDED.execute(session, values)
         return
     temporal_run_id, started_at = started
-    await session.execute(
-        _STEP_STARTED_AND_SUCCEEDED,
-        {**values, "b_temporal_run_id": temporal_run_id, "b_started_at": started_at},
+    await _STEP_STARTED_AND_SUCCEEDED.execute(
+        session, {**values, "b_temporal_run_id": temporal_run_id, "b_started_at": started_at}
     )
 
 
