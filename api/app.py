@@ -20,6 +20,7 @@ from api.schemas import ErrorBody
 from maestro import __version__
 from maestro.db.engine import create_engine, session_factory
 from maestro.definitions import WorkflowDefinition
+from maestro.ends import RunEnds
 from maestro.keys import KeyCache, Scope
 from maestro.registry import Registry
 from maestro.runs import RunsService
@@ -91,6 +92,7 @@ def create_app(settings: Settings) -> FastAPI:
             sessions, client, settings.temporal, search_attributes=search_attributes
         )
         app.state.bus = SignalBus(sessions, app.state.runs, client)
+        app.state.ends = RunEnds(sessions, app.state.runs, app.state.bus)
         app.state.registry = Registry(sessions, app.state.bus)
         app.state.schedules = Schedules(sessions, app.state.runs, client, settings.temporal)
         app.state.workflows = WorkflowsService(

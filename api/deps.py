@@ -10,6 +10,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from maestro.ends import RunEnds
 from maestro.runs import RunsService
 from maestro.schedules import Schedules
 from maestro.settings import Settings
@@ -31,6 +32,10 @@ async def get_runs_service(request: Request) -> RunsService:
     return request.app.state.runs
 
 
+async def get_run_ends(request: Request) -> RunEnds:
+    return request.app.state.ends
+
+
 async def get_signal_bus(request: Request) -> SignalBus:
     return request.app.state.bus
 
@@ -46,6 +51,7 @@ async def get_workflows_service(request: Request) -> WorkflowsService:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 RunsDep = Annotated[RunsService, Depends(get_runs_service)]
+EndsDep = Annotated[RunEnds, Depends(get_run_ends)]
 BusDep = Annotated[SignalBus, Depends(get_signal_bus)]
 SchedulesDep = Annotated[Schedules, Depends(get_schedules)]
 WorkflowsDep = Annotated[WorkflowsService, Depends(get_workflows_service)]

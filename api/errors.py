@@ -10,9 +10,11 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError as SQLDataError
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from temporalio.service import RPCError
 
+from maestro.db.engine import UNAVAILABLE_ERRORS, is_unavailable
 from maestro.errors import (
     ConfigurationError,
     Conflict,
@@ -78,32 +80,6 @@ def _http_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-_CONNECTION_ERRORS = (
-    OperationalError,
-    InterfaceError,
-    ConnectionError,
-    OSError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.InterfaceError,
-    # The server refused a new connection: its max_connections are taken (by every process's
-    # pool together). Retrying later succeeds once connections are returned.
-    asyncpg.TooManyConnectionsError,
-)
-
-
-def _is_connection_problem(exc: BaseException) -> bool:
-    if isinstance(exc, DBAPIError):
-        # The driver's own exception is behind SQLAlchemy's adapter error (`orig`).
-        return (
-            exc.connection_invalidated
-            or isinstance(exc, OperationalError | InterfaceError)
-            or isinstance(exc.orig, _CONNECTION_ERRORS)
-            or isinstance(getattr(exc.orig, "__cause__", None), _CONNECTION_ERRORS)
-        )
-    return isinstance(exc, _CONNECTION_ERRORS)
-
-
 def _bad_value(exc: BaseException) -> BaseException | None:
     """The database's complaint about a value (out of range, a NUL character, ...), if any."""
     seen: BaseException | None = exc
@@ -112,6 +88,19 @@ def _bad_value(exc: BaseException) -> BaseException | None:
             return seen
         seen = getattr(seen, "orig", None) or seen.__cause__
     return None
+
+
+async def _temporal_error(request: Request, exc: Exception) -> JSONResponse:
+    # Routes turn the answers they expect (not found, already started) into their own errors;
+    # anything else Temporal says means it cannot serve the request now.
+    logger.warning(
+        "temporal unavailable", extra={"error": str(exc)[:500], "path": request.url.path}
+    )
+    return JSONResponse(
+        error_body("unavailable", f"Temporal is unavailable: {str(exc)[:200]}; retry later"),
+        503,
+        headers={"Retry-After": "5"},
+    )
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -128,7 +117,7 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
             ),
             422,
         )
-    if _is_connection_problem(exc):
+    if is_unavailable(exc):
         logger.warning(
             "database unavailable", extra={"error": str(exc)[:500], "path": request.url.path}
         )
@@ -149,8 +138,9 @@ def install_error_handlers(app: FastAPI) -> None:
     """Map core errors and request errors to HTTP in this one place."""
     # A lost or refused database connection is a 503 with a retry hint, never a 500 with a
     # traceback; the engine's pre-ping replaces dead connections, so the API recovers alone.
-    for kind in (DBAPIError, OverflowError, asyncpg.DataError, *_CONNECTION_ERRORS):
+    for kind in (DBAPIError, OverflowError, asyncpg.DataError, *UNAVAILABLE_ERRORS):
         app.add_exception_handler(kind, _unexpected)
+    app.add_exception_handler(RPCError, _temporal_error)
     app.add_exception_handler(Exception, _unexpected)
     app.add_exception_handler(MaestroError, _maestro_error)
     app.add_exception_handler(RequestValidationError, _request_invalid)

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
@@ -30,8 +30,9 @@ from maestro import metrics, strategies
 from maestro.db import runs as runs_db
 from maestro.db import workflows as workflows_db
 from maestro.db.engine import autocommit
-from maestro.db.tables import Run, SignalWait, StepRun, Workflow
+from maestro.db.tables import Run, StepRun, Workflow
 from maestro.definitions import RunStrategyKind, WorkflowDefinition, resolve_run_params
+from maestro.ends import LIVE, not_allowed, skip_waiting
 from maestro.errors import (
     InvalidInput,
     InvalidRunState,
@@ -59,18 +60,16 @@ from maestro.settings import TemporalSettings
 
 logger = logging.getLogger(__name__)
 
-LIVE = (RunStatus.queued, RunStatus.running)
 # Launched runs' Temporal run ids are written this long after their start: the write then
 # stays off the new runs' way to their first step (it competes for the same cores), and the
 # launches of a burst share one statement. The response to the launch carries the ids.
 RECORD_RUN_IDS_AFTER = 0.1
-
-
-def run_actions(run: Run) -> list[str]:
-    """The actions a run's status allows."""
-    if RunStatus(run.status) in LIVE:
-        return ["stop", "kill"]
-    return ["restart"]
+# After Temporal was found unreachable, requests leave launches to the sweeper this long (it
+# keeps trying every sweep) instead of each waiting for Temporal; a start call waits at most
+# START_TIMEOUT.
+TEMPORAL_PAUSE = 2.0
+START_TIMEOUT = 2.0
+_UNREACHABLE = (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED)
 
 
 def step_actions(run: Run, status: StepStatus) -> list[str]:
@@ -82,13 +81,6 @@ def step_actions(run: Run, status: StepStatus) -> list[str]:
     if status in (StepStatus.pending, StepStatus.running):
         return ["skip"]
     return []
-
-
-def _not_allowed(what: str, run: Run, action: str) -> InvalidRunState:
-    allowed = ", ".join(run_actions(run)) or "none"
-    return InvalidRunState(
-        f"cannot {action} run {run.run_id} ({what} is {run.status}); allowed actions: {allowed}"
-    )
 
 
 class RunsService:
@@ -116,11 +108,8 @@ class RunsService:
         # if the process dies first, the worker or the sweeper records them.
         self._run_ids_due: dict[str, str] = {}
         self._recording: asyncio.Task[None] | None = None
-        # Set by the signal bus: (publish a run's completion signal in a transaction, finish
-        # what that publication left to do after the commit).
-        self.completion_hooks: (
-            tuple[Callable[..., Awaitable[Any]], Callable[[Any], Awaitable[None]]] | None
-        ) = None
+        # Until this loop time, Temporal counts as down: launches are left to the sweeper.
+        self._temporal_down_until = 0.0
 
     @property
     def search_attributes(self) -> bool:
@@ -209,9 +198,7 @@ class RunsService:
         await strategies.request_stop(session, decision.stop)
         if decision.stop:
             self._stops_due.add(workflow_id)
-        await strategies.mark_skipped(
-            session, decision.drop, f"last_only: replaced by run {run.run_number}"
-        )
+        await skip_waiting(session, decision.drop, f"last_only: replaced by run {run.run_number}")
         return run, True
 
     async def start_run(
@@ -235,7 +222,9 @@ class RunsService:
 
     async def launch(self, runs: Iterable[Run]) -> None:
         """After a commit: start admitted runs on Temporal, record their Temporal run ids, and
-        send the stops their workflows' strategies requested."""
+        send the stops their workflows' strategies requested. Never raises: a run Temporal does
+        not take now stays `queued`, waiting for launch, and the sweeper launches it; while
+        Temporal is known to be down, requests do not wait for it at all."""
         runs = list(runs)
         todo = [
             r
@@ -244,7 +233,9 @@ class RunsService:
             and r.temporal_run_id is None
             and r.status == RunStatus.queued
         ]
-        failures: list[BaseException] = []
+        if todo and self.temporal_down():
+            logger.info("Temporal is down: runs wait for launch", extra={"runs": len(todo)})
+            return
         if todo:
             results = await asyncio.gather(
                 *(self._start_on_temporal(r) for r in todo), return_exceptions=True
@@ -259,13 +250,25 @@ class RunsService:
                 self._recording = asyncio.create_task(self._record_run_ids())
             _observe_lag([r for r, _ in started])
             failures = [e for e in results if isinstance(e, BaseException)]
+            if failures:
+                logger.warning(
+                    "launch failed; the sweeper retries",
+                    extra={"runs": len(failures), "error": str(failures[0])},
+                )
         due = {r.workflow_id for r in runs} & self._stops_due
-        if due:
+        if due and not self.temporal_down():
             self._stops_due -= due
             await self._send_stops(due)
-        if failures:
-            # The runs exist; the sweeper retries them. The caller learns Temporal is down.
-            raise Unavailable(f"Temporal is unavailable: {failures[0]}") from failures[0]
+
+    def temporal_down(self) -> bool:
+        """Whether a call to Temporal failed for being unreachable in the last moments."""
+        return asyncio.get_running_loop().time() < self._temporal_down_until
+
+    def _temporal_failed(self, exc: BaseException) -> None:
+        if isinstance(exc, TimeoutError) or (
+            isinstance(exc, RPCError) and exc.status in _UNREACHABLE
+        ):
+            self._temporal_down_until = asyncio.get_running_loop().time() + TEMPORAL_PAUSE
 
     async def _record_run_ids(self) -> None:
         await asyncio.sleep(RECORD_RUN_IDS_AFTER)
@@ -333,7 +336,9 @@ class RunsService:
             local_recording=True,
         )
 
-    async def _start_on_temporal(self, run: Run) -> str:
+    async def _start_on_temporal(self, run: Run, start_delay: timedelta | None = None) -> str:
+        """Start the run's RunWorkflow (once: its Temporal id is derived from the run);
+        returns its Temporal run id. Marks Temporal down when it cannot be reached."""
         if (run.workflow_id, run.version) not in self._definitions:
             async with self._sessions() as session:
                 await self.definition(session, run.workflow_id, run.version)
@@ -348,23 +353,55 @@ class RunsService:
                 ]
             )
         try:
-            handle = await self._client.start_workflow(
-                RUN_WORKFLOW,
-                run_input,
-                id=run.temporal_workflow_id,
-                task_queue=self._settings.task_queue,
-                search_attributes=search_attributes,
-                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-            )
-            return handle.result_run_id or ""
-        except WorkflowAlreadyStartedError:
-            description = await self._client.get_workflow_handle(
-                run.temporal_workflow_id
-            ).describe()
-            return description.run_id
-        except RPCError as exc:
+            async with asyncio.timeout(START_TIMEOUT):
+                try:
+                    handle = await self._client.start_workflow(
+                        RUN_WORKFLOW,
+                        run_input,
+                        id=run.temporal_workflow_id,
+                        task_queue=self._settings.task_queue,
+                        search_attributes=search_attributes,
+                        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                        start_delay=start_delay,
+                    )
+                    temporal_run_id = handle.result_run_id or ""
+                except WorkflowAlreadyStartedError:
+                    temporal_run_id = (await self._handle(run).describe()).run_id
+        except (RPCError, TimeoutError) as exc:
+            self._temporal_failed(exc)
             logger.warning("temporal start failed", extra={"run_id": run.run_id, "error": str(exc)})
             raise
+        self._temporal_down_until = 0.0
+        return temporal_run_id
+
+    async def cancel_on_temporal(self, run: Run) -> bool:
+        """Ask RunWorkflow to stop (it records the end); False if Temporal has no such
+        execution. An admitted run not yet started there is started first, so that a launch
+        racing with the stop cannot run it unstopped."""
+        try:
+            if run.temporal_run_id is None:
+                await self._start_on_temporal(run)
+            await self._handle(run).cancel()
+        except (RPCError, TimeoutError) as exc:
+            if isinstance(exc, RPCError) and exc.status == RPCStatusCode.NOT_FOUND:
+                return False
+            raise Unavailable(f"Temporal is unavailable: {exc}") from exc
+        return True
+
+    async def terminate_on_temporal(self, run: Run, reason: str, start_delay: timedelta) -> None:
+        """Terminate the run's RunWorkflow (no cleanup, no end recorded by it). An admitted run
+        not yet started there is first started `start_delay` ahead, so none of its code runs
+        and a racing launch is refused as a duplicate."""
+        try:
+            if run.temporal_run_id is None:
+                await self._start_on_temporal(run, start_delay=start_delay)
+            description = await self._handle(run).describe()
+            if description.status == WorkflowExecutionStatus.RUNNING:
+                await self._handle(run).terminate(reason=reason)
+        except (RPCError, TimeoutError) as exc:
+            if isinstance(exc, RPCError) and exc.status == RPCStatusCode.NOT_FOUND:
+                return
+            raise Unavailable(f"Temporal is unavailable: {exc}") from exc
 
     # -- ends, admission and stops ----------------------------------------------------------------
 
@@ -414,90 +451,6 @@ class RunsService:
 
     # -- operator actions --------------------------------------------------------------------
 
-    async def stop_run(self, run_id: str) -> Run:
-        """Stop gracefully: running steps are cancelled (process groups killed) and the run
-        ends `stopped`; a run that never reached Temporal (queued) ends at once."""
-        async with self._sessions() as session:
-            run = await runs_db.get_run(session, run_id)
-        if RunStatus(run.status) not in LIVE:
-            raise _not_allowed("it", run, "stop")
-        if run.admitted_at is None or not await self._on_temporal(run):
-            async with self._sessions.begin() as session:
-                run = await runs_db.get_run(session, run_id, lock=True)
-                to_launch, published = [], None
-                if RunStatus(run.status) in LIVE:
-                    to_launch = await self._end_without_temporal(session, run, "stopped")
-                    published = await self._publish_end(session, run)
-            await self._after_end(published)
-            await self.launch(to_launch)
-            return run
-        async with self._sessions.begin() as session:
-            await strategies.request_stop(session, [run])
-        try:
-            await self._handle(run).cancel()
-        except RPCError as exc:
-            if exc.status != RPCStatusCode.NOT_FOUND:
-                raise Unavailable(f"Temporal is unavailable: {exc}") from exc
-        return run
-
-    async def _on_temporal(self, run: Run) -> bool:
-        try:
-            await self._handle(run).describe()
-        except RPCError as exc:
-            if exc.status == RPCStatusCode.NOT_FOUND:
-                return False
-            raise Unavailable(f"Temporal is unavailable: {exc}") from exc
-        return True
-
-    async def _end_without_temporal(self, session: AsyncSession, run: Run, how: str) -> list[Run]:
-        run.status = RunStatus.stopped
-        run.error = f"{how} before it started"
-        run.ended_at = datetime.now(UTC)
-        await session.flush()
-        return await self.run_ended(session, run)
-
-    async def kill_run(self, run_id: str) -> Run:
-        """Terminate now: Temporal ends the run without cleanup; steps are recorded stopped and
-        the next queued run is admitted."""
-        async with self._sessions.begin() as session:
-            run = await runs_db.get_run(session, run_id, lock=True)
-            if RunStatus(run.status) not in LIVE:
-                raise _not_allowed("it", run, "kill")
-            try:
-                description = await self._handle(run).describe()
-                if description.status == WorkflowExecutionStatus.RUNNING:
-                    await self._handle(run).terminate(reason="killed by an operator")
-            except RPCError as exc:
-                if exc.status != RPCStatusCode.NOT_FOUND:
-                    raise Unavailable(f"Temporal is unavailable: {exc}") from exc
-            now = datetime.now(UTC)
-            run.status, run.error, run.ended_at = RunStatus.stopped, "killed", now
-            for step in (
-                await session.execute(
-                    select(StepRun).where(StepRun.run_id == run_id).with_for_update()
-                )
-            ).scalars():
-                if not StepStatus(step.status).is_terminal:
-                    step.status, step.ended_at, step.error = StepStatus.stopped, now, "killed"
-            await session.flush()
-            await session.execute(
-                delete(SignalWait).where(
-                    SignalWait.run_id == run_id, SignalWait.matched_signal_id.is_(None)
-                )
-            )
-            to_launch = await self.run_ended(session, run)
-            published = await self._publish_end(session, run)
-        await self._after_end(published)
-        await self.launch(to_launch)
-        return run
-
-    async def _publish_end(self, session: AsyncSession, run: Run) -> Any:
-        return await self.completion_hooks[0](session, run) if self.completion_hooks else None
-
-    async def _after_end(self, published: Any) -> None:
-        if published is not None and self.completion_hooks:
-            await self.completion_hooks[1](published)
-
     async def restart_run(self, run_id: str, start_from: str) -> Run:
         """A new run of the same version and params. `failed`: reuse the outputs of steps that
         succeeded and run the rest; `beginning`: run everything; a step id: rerun that step
@@ -505,7 +458,7 @@ class RunsService:
         async with self._sessions() as session:
             original = await runs_db.get_run(session, run_id)
             if RunStatus(original.status) in LIVE:
-                raise _not_allowed("it", original, "restart")
+                raise not_allowed(original, "restart")
             definition = await self.definition(session, original.workflow_id, original.version)
             steps = {s.step_id: s for s in await runs_db.list_steps(session, run_id)}
         step_ids = [s.id for s in definition.steps]
@@ -553,32 +506,6 @@ class RunsService:
         await self.launch([run])
         return run
 
-    async def stop_workflow(self, workflow_id: str) -> list[Run]:
-        """Stop every live run of a workflow: queued ones end now, running ones are cancelled."""
-        async with self._sessions.begin() as session:
-            await workflows_db.get_workflow(session, workflow_id, lock=True)
-            live = list(
-                (
-                    await session.execute(
-                        select(Run).where(
-                            Run.workflow_id == workflow_id, Run.status.in_(list(LIVE))
-                        )
-                    )
-                ).scalars()
-            )
-            now = datetime.now(UTC)
-            published = []
-            for run in live:
-                if run.admitted_at is None:  # waiting in the queue: it ends here
-                    run.status, run.error, run.ended_at = RunStatus.stopped, "workflow stopped", now
-                    await session.flush()
-                    published.append(await self._publish_end(session, run))
-            await strategies.request_stop(session, [r for r in live if r.admitted_at])
-        for item in published:
-            await self._after_end(item)
-        await self._send_stops({workflow_id})
-        return live
-
     async def unblock(self, workflow_id: str) -> list[Run]:
         """Release a strict_sequential queue held by a failed run."""
         async with self._sessions.begin() as session:
@@ -590,10 +517,6 @@ class RunsService:
             admitted = await strategies.admit_waiting(session, workflow, definition.run_strategy)
         await self.launch(admitted)
         return admitted
-
-    async def cancel_run(self, run_id: str) -> Run:
-        """Alias of `stop_run` (the core-loop API's name)."""
-        return await self.stop_run(run_id)
 
     async def bypass_wait(self, run_id: str, step_id: str) -> Run:
         """Release a step that waits for a signal, as if the signal had come."""

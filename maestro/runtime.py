@@ -18,6 +18,7 @@ RUN_STEP_ACTIVITY = "run_step"
 RECORD_STEPS_ACTIVITY = "record_steps"
 FINISH_RUN_ACTIVITY = "finish_run"
 REGISTER_WAITS_ACTIVITY = "register_waits"
+RECORD_SUCCESS_ACTIVITY = "record_step_success"
 # What a time trigger's schedule starts: the run itself (TimedRunWorkflow). Fires started by
 # earlier schedules went through FireScheduleWorkflow, which is still registered for them.
 TIMED_RUN_WORKFLOW = "TimedRunWorkflow"
@@ -181,6 +182,22 @@ class StepInput(BaseModel):
     finish: FinishRunInput | None = None
 
 
+class StepSuccess(BaseModel):
+    """A step attempt's success as PostgreSQL records it: the step's row, and the signals it
+    emits (SignalIn fields), published in the same transaction."""
+
+    run_id: str
+    workflow_id: str
+    step_id: str
+    attempt: int
+    outputs: dict[str, Any] = Field(default_factory=dict)
+    details: dict[str, Any] = Field(default_factory=dict)
+    temporal_run_id: str
+    # Set when the attempt's start is not recorded yet: written with the success.
+    started_at: datetime | None = None
+    emits: list[dict[str, Any]] = Field(default_factory=list)
+
+
 class StepResult(BaseModel):
     """What a successful step attempt returns."""
 
@@ -189,6 +206,10 @@ class StepResult(BaseModel):
     # The attempt recorded the run's end as StepInput.finish asked (and published its
     # completion signal); the workflow then ends `succeeded` without finish_run.
     run_recorded: bool = False
+    # The step's code succeeded but recording it failed (the database was away): Temporal
+    # keeps the success here and the workflow records it (RECORD_SUCCESS_ACTIVITY, retried
+    # until the database is back) instead of the step running again.
+    unrecorded: StepSuccess | None = None
 
 
 class RecordStepsInput(BaseModel):

@@ -157,8 +157,6 @@ class SignalBus:
         self._sessions = sessions
         self._runs = runs
         self._client = client
-        # Runs the API ends itself (killed, stopped while queued) publish completion too.
-        runs.completion_hooks = (self.publish_completion_in, self.after_commit)
 
     @property
     def runs(self) -> RunsService:
@@ -186,8 +184,8 @@ class SignalBus:
         return pending.results
 
     async def publish_completion_in(self, session: AsyncSession, run: Run) -> _Pending:
-        """In the transaction that records a run's end: its `maestro.run.<status>` signal, with
-        the run's ids and its own scalar params (those that fit a signal's limits)."""
+        """A run's `maestro.run.<status>` signal (published by maestro.ends), with the run's ids
+        and its own scalar params (those that fit a signal's limits)."""
         own = {
             k: v
             for k, v in run.params.items()

@@ -10,8 +10,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from maestro.db import workflows as workflows_db
 from maestro.db.tables import Workflow, WorkflowVersion
 from maestro.definitions import WorkflowDefinition
+from maestro.ends import LIVE
 from maestro.errors import Conflict
-from maestro.runs import LIVE, RunsService
+from maestro.runs import RunsService
 from maestro.schedules import Schedules
 from maestro.signals import SignalBus
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -22,9 +23,9 @@ from maestro import metrics
 from maestro.artifacts import ArtifactStore, LocalArtifactStore
 from maestro.context import StepContext
 from maestro.db import runs as runs_db
-from maestro.db import workflows as workflows_db
-from maestro.db.engine import autocommit
-from maestro.db.tables import Run
+from maestro.db.engine import autocommit, is_unavailable
+from maestro.db.tables import Run, StepRun
+from maestro.ends import RunEnds
 from maestro.expressions import ExpressionError, resolve_values
 from maestro.registry import Registry
 from maestro.runtime import (
@@ -32,6 +33,7 @@ from maestro.runtime import (
     FINISH_RUN_ACTIVITY,
     FIRE_TIME_TRIGGER_ACTIVITY,
     RECORD_STEPS_ACTIVITY,
+    RECORD_SUCCESS_ACTIVITY,
     REGISTER_WAITS_ACTIVITY,
     RUN_STEP_ACTIVITY,
     AdmitFireInput,
@@ -41,8 +43,11 @@ from maestro.runtime import (
     RecordStepsInput,
     RegisterWaitsInput,
     RegisterWaitsResult,
+    RunStatus,
     StepInput,
     StepResult,
+    StepStatus,
+    StepSuccess,
 )
 from maestro.schedules import Schedules
 from maestro.settings import WorkerSettings
@@ -74,6 +79,8 @@ class _Progress:
             return self._details
 
 
+# How often a step attempt that waits for the database tries again.
+DATABASE_RETRY_SECONDS = 2.0
 # A step attempt that ends sooner than this has its start recorded with its end, in one
 # transaction; a longer one shows `running` from this moment on.
 RECORD_START_AFTER = 0.1
@@ -146,6 +153,7 @@ class StepActivities:
         self._bus = bus
         store = artifacts or LocalArtifactStore(runs_dir.parent / "artifacts")
         self._services = Services(sessions, store, Registry(sessions, bus))
+        self._ends = RunEnds(sessions, bus.runs, bus) if bus is not None else None
 
     @activity.defn(name=RUN_STEP_ACTIVITY)
     async def run_step(self, step_input: StepInput) -> StepResult:
@@ -192,6 +200,11 @@ class StepActivities:
             ) from None
         work_dir = self._runs_dir / step_input.run_id
         previous = info.heartbeat_details[0] if info.heartbeat_details else None
+        if info.attempt > 1:
+            done = await self._recorded_success(step_input, previous)
+            if done is not None:
+                activity.logger.info("step had succeeded already", extra=log_extra)
+                return done
         progress = _Progress(previous)
         ctx = StepContext(
             run_id=step_input.run_id,
@@ -229,18 +242,17 @@ class StepActivities:
         metrics.STEP_DURATION.labels(step.type, "succeeded").observe(time.monotonic() - began)
         started = await start.settle()
         emitted = self._emitted(step_input, result)
-
-        async def succeeded(session: AsyncSession) -> None:
-            await runs_db.mark_step_succeeded(
-                session,
-                step_input.run_id,
-                step.id,
-                info.attempt,
-                result.outputs,
-                result.details,
-                started=started,
-            )
-
+        success = StepSuccess(
+            run_id=step_input.run_id,
+            workflow_id=step_input.workflow_id,
+            step_id=step.id,
+            attempt=info.attempt,
+            outputs=result.outputs,
+            details=result.details,
+            temporal_run_id=info.workflow_run_id,
+            started_at=started[1] if started else None,
+            emits=[e.model_dump() for e in emitted],
+        )
         if step_input.finish is not None and not emitted:
             # The run's last step: its success and the run's end in one transaction.
             finish = step_input.finish
@@ -248,26 +260,84 @@ class StepActivities:
                 finish = finish.model_copy(
                     update={"outputs": {**finish.outputs, step.id: result.outputs}}
                 )
-            if await self._end_run_with_step(finish, info.workflow_run_id, succeeded):
+            written = functools.partial(self._write_success, success, [])
+            if await self._end_run_with_step(finish, info.workflow_run_id, written):
                 activity.logger.info("step attempt succeeded", extra=log_extra)
                 return result.model_copy(update={"run_recorded": True})
+        try:
+            await self._record_success(success, emitted)
+        except Exception as exc:  # noqa: BLE001 - never the step's failure (see StepResult)
+            logger.warning(
+                "recording a step's success failed; the workflow records it",
+                extra={**log_extra, "error": str(exc)},
+            )
+            return result.model_copy(update={"unrecorded": success})
+        activity.logger.info("step attempt succeeded", extra=log_extra)
+        return result
+
+    async def _write_success(
+        self, success: StepSuccess, emitted: list[SignalIn], session: AsyncSession
+    ) -> Any:
+        """In the caller's transaction: the step's success and the signals it emits."""
+        started = (success.temporal_run_id, success.started_at) if success.started_at else None
+        await runs_db.mark_step_succeeded(
+            session,
+            success.run_id,
+            success.step_id,
+            success.attempt,
+            success.outputs,
+            success.details,
+            started=started,
+        )
+        if not emitted:
+            return None
+        producer = Producer(
+            kind="step",
+            workflow_id=success.workflow_id,
+            run_id=success.run_id,
+            step_id=success.step_id,
+        )
+        return await self._bus.publish_in(session, emitted, producer, lookup=False)
+
+    async def _record_success(self, success: StepSuccess, emitted: list[SignalIn]) -> None:
         # One statement unless the step emits signals: then one transaction for both.
         writing = self._sessions.begin() if emitted else autocommit(self._sessions)
         async with writing as session:
-            await succeeded(session)
-            pending = None
-            if emitted:
-                producer = Producer(
-                    kind="step",
-                    workflow_id=step_input.workflow_id,
-                    run_id=step_input.run_id,
-                    step_id=step.id,
-                )
-                pending = await self._bus.publish_in(session, emitted, producer, lookup=False)
+            pending = await self._write_success(success, emitted, session)
         if pending is not None:
             await self._bus.after_commit(pending)
-        activity.logger.info("step attempt succeeded", extra=log_extra)
-        return result
+
+    @activity.defn(name=RECORD_SUCCESS_ACTIVITY)
+    async def record_step_success(self, success: StepSuccess) -> None:
+        """Record a step's success that its attempt could not record (the database was
+        away); idempotent, so the workflow retries it until the database is back."""
+        emitted = [SignalIn.model_validate(e) for e in success.emits]
+        await self._record_success(success, emitted)
+
+    async def _recorded_success(self, step_input: StepInput, progress: Any) -> StepResult | None:
+        """On a retry: the success an earlier attempt recorded if its result never reached
+        Temporal (it died or Temporal was away), so the step's code does not run again. Waits
+        for an unreachable database, heartbeating, rather than failing the attempt."""
+        key = (step_input.run_id, step_input.step.id)
+        while True:
+            try:
+                async with self._sessions() as session:
+                    row = await session.get(StepRun, key)
+                    if row is None or row.status != StepStatus.succeeded:
+                        return None
+                    run = await session.get(Run, step_input.run_id)
+                break
+            except Exception as exc:
+                if not is_unavailable(exc):
+                    raise
+                activity.heartbeat(progress)
+                await asyncio.sleep(DATABASE_RETRY_SECONDS)
+        ended = run is not None and run.status == RunStatus.succeeded
+        return StepResult(
+            outputs=row.outputs or {},
+            details=row.details or {},
+            run_recorded=ended and step_input.finish is not None,
+        )
 
     @staticmethod
     def _emitted(step_input: StepInput, result: StepResult) -> list[SignalIn]:
@@ -344,52 +414,10 @@ class StepActivities:
 
     @activity.defn(name=FINISH_RUN_ACTIVITY)
     async def finish_run(self, finish: FinishRunInput) -> None:
-        """Persist the run's end (status, error, outputs, every step's final state) and admit
-        the next queued runs; then publish its completion signal."""
-        run, admitted = await self._record_end(finish, activity.info().workflow_run_id)
-        pending = await self._publish_end(run)
-        await self._bus.runs.launch(admitted)
-        await self._bus.after_commit(pending)
+        """Record the run's end (through maestro.ends): its status, outputs and every step's
+        final state, the next queued runs' admission, its completion signal."""
+        await self._ends.finish(finish, activity.info().workflow_run_id)
         # No log line here: the workflow logs "run ended" with the same fields.
-
-    async def _record_end(
-        self,
-        finish: FinishRunInput,
-        temporal_run_id: str,
-        also: Callable[[AsyncSession], Awaitable[None]] | None = None,
-    ) -> tuple[Run, list[Run]]:
-        """In one transaction: `also` (the last step's success), the run's end, and the
-        admission of the next queued runs. Returns the run and the runs to launch."""
-        async with self._sessions.begin() as session:
-            workflow = None
-            if also is not None:
-                # The workflow's row lock first, as every run-creating transaction takes it:
-                # run_ended's lock would come after this transaction's second write to the
-                # run's row, whose foreign-key check share-locks the workflow row, and two
-                # such transactions upgrading their share locks deadlock each other.
-                workflow = await workflows_db.get_workflow(session, finish.workflow_id, lock=True)
-                await also(session)
-            run = await runs_db.finish_run(
-                session,
-                finish.run_id,
-                finish.status,
-                finish.error,
-                finish.outputs,
-                finish.steps,
-                temporal_run_id,
-                waits=finish.waits,
-            )
-            return run, await self._bus.runs.run_ended(session, run, workflow)
-
-    async def _publish_end(self, run: Run) -> Any:
-        """The completion signal, in its own transaction: publishing it takes the signal name's
-        lock before the downstream workflows' locks, and taking that after this workflow's row
-        lock would deadlock with a downstream run ending at the same moment. A crash between
-        the two commits retries the activity; both halves are idempotent."""
-        async with self._sessions.begin() as session:
-            pending = await self._bus.publish_completion_in(session, run)
-        metrics.RUNS_ENDED.labels(run.status).inc()
-        return pending
 
     async def _end_run_with_step(
         self,
@@ -397,29 +425,17 @@ class StepActivities:
         temporal_run_id: str,
         step_succeeded: Callable[[AsyncSession], Awaitable[None]],
     ) -> bool:
-        """Record the last step's success with the run's end and publish its completion.
-        False when that could not be done: the step's success is then written alone (the
-        caller's usual path) and the workflow's finish_run records the end, as for any run."""
-        log_extra = {"run_id": finish.run_id}
+        """Record the last step's success with the run's end. False when that could not be
+        done: the step's success is then written alone (the caller's usual path) and the
+        workflow's finish_run records the end, as for any run."""
         try:
-            run, admitted = await self._record_end(finish, temporal_run_id, step_succeeded)
+            await self._ends.finish(finish, temporal_run_id, step_succeeded)
         except Exception as exc:  # noqa: BLE001 - the usual path follows
             logger.warning(
                 "recording the run's end with its last step failed; the workflow will",
-                extra={**log_extra, "error": str(exc)},
+                extra={"run_id": finish.run_id, "error": str(exc)},
             )
             return False
-        try:
-            pending = await self._publish_end(run)
-        except Exception as exc:  # noqa: BLE001 - finish_run records the end again, publishes
-            logger.warning(
-                "publishing the run's completion failed; the workflow will",
-                extra={**log_extra, "error": str(exc)},
-            )
-            return False
-        with contextlib.suppress(Exception):  # the sweeper launches what was admitted
-            await self._bus.runs.launch(admitted)
-        await self._bus.after_commit(pending)
         return True
 
 

@@ -42,6 +42,7 @@ def new_worker(
     activity_list = [
         activities.run_step,
         activities.record_steps,
+        activities.record_step_success,
         activities.register_waits,
         activities.finish_run,
     ]

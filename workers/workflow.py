@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 from datetime import timedelta
 from typing import Any
 
@@ -21,6 +22,7 @@ with workflow.unsafe.imports_passed_through():
         DEFAULT_STEP_TIMEOUT,
         FINISH_RUN_ACTIVITY,
         RECORD_STEPS_ACTIVITY,
+        RECORD_SUCCESS_ACTIVITY,
         REGISTER_WAITS_ACTIVITY,
         RUN_STEP_ACTIVITY,
         SIGNAL_MATCHED_SIGNAL,
@@ -39,6 +41,7 @@ with workflow.unsafe.imports_passed_through():
         StepResult,
         StepState,
         StepStatus,
+        StepSuccess,
         WaitSpec,
     )
 
@@ -76,6 +79,9 @@ class RunWorkflow:
         self._error: str | None = None
         self._unrecorded: list[str] = []
         self._recorded_by_activity: set[str] = set()  # succeeded: run_step wrote the row
+        # Successes run_step could not record (the database was away), and their recording.
+        self._unrecorded_successes: list[StepSuccess] = []
+        self._recording_successes: list[asyncio.Task[None]] = []
         self._run_recorded = False  # the last step's activity recorded the run's end
         self._matched: dict[str, dict[int, MatchedSignal]] = {}
         self._bypassed: set[str] = set()
@@ -168,6 +174,10 @@ class RunWorkflow:
             cancelled = True
             self._status = RunStatus.stopped
             self._error = "run was cancelled"
+        for task in self._recording_successes:
+            # Emitted signals must be published before the run's end is.
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         if self._run_recorded:
             # The last step's activity recorded the run's end, `succeeded`, with its own
             # success: a timeout, stop or skip that arrived meanwhile came too late.
@@ -275,6 +285,9 @@ class RunWorkflow:
                 self._schedule(running)
                 if self._unrecorded:
                     recording.append(asyncio.create_task(self._record_unrecorded()))
+                if self._unrecorded_successes:
+                    task = asyncio.create_task(self._record_successes())
+                    self._recording_successes.append(task)
                 if not running:
                     break
                 # Wake on a finished step, or on an operator action (skip) between steps.
@@ -470,7 +483,10 @@ class RunWorkflow:
                 self._step_failed(step, message)
             return
         self._set(step_id, StepStatus.succeeded, outputs=result.outputs)
-        self._recorded_by_activity.add(step_id)
+        if result.unrecorded is not None:
+            self._unrecorded_successes.append(result.unrecorded)
+        else:
+            self._recorded_by_activity.add(step_id)
 
     def _step_failed(
         self, step: Step, error: str, *, status: StepStatus = StepStatus.failed
@@ -482,6 +498,16 @@ class RunWorkflow:
         if step.failure_mode is FailureMode.fail_immediately:
             self._error = f"step {step.id} {status.value}: {error}"
             raise _FailFast()
+
+    async def _record_successes(self) -> None:
+        successes, self._unrecorded_successes = self._unrecorded_successes, []
+        for success in successes:
+            await workflow.execute_local_activity(
+                RECORD_SUCCESS_ACTIVITY,
+                success,
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=_RECORD_RETRY,
+            )
 
     async def _record_unrecorded(self) -> None:
         assert self._input is not None

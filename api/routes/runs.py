@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, Request, Response
 
 from api.auth import owners_filter
-from api.deps import RunsDep, SessionDep, SettingsDep
+from api.deps import EndsDep, RunsDep, SessionDep, SettingsDep
 from api.schemas import (
     Lineage,
     LineageEdge,
@@ -24,8 +24,9 @@ from maestro.db import runs as runs_db
 from maestro.db import signals as signals_db
 from maestro.db import workflows as workflows_db
 from maestro.db.tables import Run, Signal, StepRun
+from maestro.ends import run_actions
 from maestro.errors import InvalidInput, Problem
-from maestro.runs import run_actions, step_actions
+from maestro.runs import step_actions
 from maestro.runtime import RunStatus, StepStatus, temporal_ui_url
 from maestro.settings import Settings
 
@@ -162,23 +163,23 @@ async def list_runs(
 
 
 @router.post("/runs/{run_id}/stop", response_model=RunOut, status_code=202)
-async def stop_run(run_id: str, runs: RunsDep, settings: SettingsDep) -> RunOut:
+async def stop_run(run_id: str, ends: EndsDep, settings: SettingsDep) -> RunOut:
     """Stop gracefully: running steps are cancelled (a shell step's process group is killed)
     and the run ends `stopped`; a queued run ends at once. 409 if the run already ended."""
-    return run_out(await runs.stop_run(run_id), settings)
+    return run_out(await ends.stop_run(run_id), settings)
 
 
 @router.post("/runs/{run_id}/cancel", response_model=RunOut, status_code=202)
-async def cancel_run(run_id: str, runs: RunsDep, settings: SettingsDep) -> RunOut:
+async def cancel_run(run_id: str, ends: EndsDep, settings: SettingsDep) -> RunOut:
     """The same as `stop`."""
-    return run_out(await runs.stop_run(run_id), settings)
+    return run_out(await ends.stop_run(run_id), settings)
 
 
 @router.post("/runs/{run_id}/kill", response_model=RunOut, status_code=202)
-async def kill_run(run_id: str, runs: RunsDep, settings: SettingsDep) -> RunOut:
+async def kill_run(run_id: str, ends: EndsDep, settings: SettingsDep) -> RunOut:
     """Terminate now, without cleanup (Temporal terminate); the run ends `stopped` with error
     `killed`. Prefer `stop`. 409 if the run already ended."""
-    return run_out(await runs.kill_run(run_id), settings)
+    return run_out(await ends.kill_run(run_id), settings)
 
 
 @router.post("/runs/{run_id}/restart", response_model=RunOut, status_code=201)

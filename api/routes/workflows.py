@@ -10,7 +10,7 @@ import yaml
 from fastapi import APIRouter, Query, Request, Response
 
 from api.auth import owners_filter
-from api.deps import RunsDep, SchedulesDep, SessionDep, SettingsDep, WorkflowsDep
+from api.deps import EndsDep, RunsDep, SchedulesDep, SessionDep, SettingsDep, WorkflowsDep
 from api.routes.runs import run_out
 from api.schemas import (
     BackfillIn,
@@ -218,9 +218,9 @@ async def resume_workflow(workflow_id: str, workflows: WorkflowsDep) -> Workflow
 
 
 @router.post("/{workflow_id}/stop", response_model=list[RunOut], status_code=202)
-async def stop_workflow(workflow_id: str, runs: RunsDep, settings: SettingsDep) -> list[RunOut]:
+async def stop_workflow(workflow_id: str, ends: EndsDep, settings: SettingsDep) -> list[RunOut]:
     """Stop every queued and running run of the workflow; returns the runs it stopped."""
-    return [run_out(r, settings) for r in await runs.stop_workflow(workflow_id)]
+    return [run_out(r, settings) for r in await ends.stop_workflow(workflow_id)]
 
 
 @router.post("/{workflow_id}/unblock", response_model=list[RunOut])

@@ -6,6 +6,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import asyncpg
+from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_dbapi
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -48,6 +51,44 @@ async def autocommit(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterato
     async with sessions() as session:
         await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
         yield session
+
+
+UNAVAILABLE_ERRORS = (
+    OperationalError,
+    InterfaceError,
+    ConnectionError,
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.InterfaceError,
+    # The server is shutting down or restarting (an immediate stop ends every backend).
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    # The server refused a new connection: its max_connections are taken (by every process's
+    # pool together). Retrying later succeeds once connections are returned.
+    asyncpg.TooManyConnectionsError,
+    # Statements run straight through the driver (maestro.db.direct) fail with the adapter's
+    # own errors when their connection is gone.
+    AsyncAdapt_asyncpg_dbapi.InterfaceError,
+    AsyncAdapt_asyncpg_dbapi.OperationalError,
+)
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether `exc` says the database cannot be reached (down, restarting, connection lost,
+    out of connections), rather than that a statement was wrong: such a failure is the
+    platform's, and retrying later succeeds."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # the driver's error sits behind one or two wrappers
+        if seen is None:
+            return False
+        if isinstance(seen, DBAPIError) and seen.connection_invalidated:
+            return True
+        if isinstance(seen, UNAVAILABLE_ERRORS):
+            return True
+        seen = getattr(seen, "orig", None) or seen.__cause__ or seen.__context__
+    return False
 
 
 def upgrade(url: str, revision: str = "head") -> None:

@@ -11,6 +11,7 @@ from sqlalchemy import (
     BigInteger,
     String,
     Text,
+    any_,
     bindparam,
     delete,
     func,
@@ -20,7 +21,7 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy.dialects.postgresql import JSONB, Insert, insert
+from sqlalchemy.dialects.postgresql import JSONB, Insert, array, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from maestro.db.direct import DirectStatement, adopt
@@ -314,9 +315,13 @@ async def record_step_states(session: AsyncSession, run_id: str, states: list[St
         )
 
 
+# Only a live run ends: a run ends exactly once, whoever tries.
 _RUN_ENDED = DirectStatement(
     update(_RUNS)
-    .where(_RUNS.c.run_id == bindparam("b_run_id"))
+    .where(
+        _RUNS.c.run_id == bindparam("b_run_id"),
+        _RUNS.c.status == any_(array([RunStatus.queued.value, RunStatus.running.value])),
+    )
     .values(
         status=bindparam("b_status", type_=String),
         error=bindparam("b_error", type_=Text),
@@ -341,16 +346,10 @@ async def finish_run(
     temporal_run_id: str,
     *,
     waits: bool = True,
-) -> Run:
-    """The run ended: its final status and every step's final state. Returns the run."""
-    if waits:
-        # Waits the run no longer needs must not catch later signals.
-        await session.execute(
-            delete(SignalWait).where(
-                SignalWait.run_id == run_id, SignalWait.matched_signal_id.is_(None)
-            )
-        )
-    await record_step_states(session, run_id, [s for s in steps if s.status.is_terminal])
+) -> tuple[Run, bool]:
+    """The run ended: its final status and every step's final state. Returns the run and
+    whether this call ended it (False: it had ended already, and is returned as it is).
+    The run's row is written first (lock order: run, then its steps)."""
     ended = await _RUN_ENDED.fetchrow(
         session,
         {
@@ -362,8 +361,16 @@ async def finish_run(
         },
     )
     if ended is None:
-        raise NotFound(f"run {run_id!r} not found")
-    return adopt(session, Run(), ended)
+        return await get_run(session, run_id), False
+    if waits:
+        # Waits the run no longer needs must not catch later signals.
+        await session.execute(
+            delete(SignalWait).where(
+                SignalWait.run_id == run_id, SignalWait.matched_signal_id.is_(None)
+            )
+        )
+    await record_step_states(session, run_id, [s for s in steps if s.status.is_terminal])
+    return adopt(session, Run(), ended), True
 
 
 async def set_step_waiting(session: AsyncSession, run_id: str, step_id: str) -> None:

@@ -133,6 +133,20 @@ _INSERT_ONE_SIGNAL = DirectStatement(
 )
 
 
+_LOCK_NAME = (
+    insert(SignalName)
+    .values(name=bindparam("name"), last_seq=0, has_waits=False)
+    .on_conflict_do_update(index_elements=["name"], set_={"last_seq": SignalName.last_seq})
+)
+
+
+async def lock_names(session: AsyncSession, names: Sequence[str]) -> None:
+    """Take the per-name locks (in a fixed order) before locks that publishing to these names
+    would otherwise take after them (see maestro.ends)."""
+    for name in sorted(set(names)):
+        await session.execute(_LOCK_NAME, {"name": name})
+
+
 async def lock_names_for_waits(session: AsyncSession, names: Sequence[str]) -> None:
     """Take the per-name locks (in a fixed order, so no deadlock) that order publishing and
     waiting on the same names, and flag the names as waited on."""
