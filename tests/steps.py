@@ -79,3 +79,16 @@ def whoami(ctx: StepContext) -> dict:
     """Which worker process ran this step."""
     time.sleep(ctx.args.get("seconds", 0.2))
     return {"pid": os.getpid()}
+
+
+def gated(ctx: StepContext) -> dict:
+    """Mark that it started, wait until the file `release` exists, then count the call: lets a
+    test stop the database while steps are about to finish."""
+    directory = Path(ctx.args["dir"])
+    (directory / f"started-{ctx.run_id}-{ctx.step_id}").touch()
+    deadline = time.monotonic() + ctx.args.get("timeout", 120)
+    while not (directory / "release").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with (directory / "calls").open("a") as f:
+        f.write(f"{ctx.run_id} {ctx.step_id} {ctx.attempt}\n")
+    return {"attempt": ctx.attempt}

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import asyncpg
 from sqlalchemy import inspect
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.sql import Executable
@@ -53,26 +53,35 @@ class DirectStatement:
         return args
 
     async def execute(self, session: AsyncSession, params: Mapping[str, Any]) -> None:
-        driver = await _driver(session)
-        await driver.execute(self.sql, *self._args(params))
+        await self._run(session, "execute", params)
 
     async def fetch(self, session: AsyncSession, params: Mapping[str, Any]) -> list[asyncpg.Record]:
-        driver = await _driver(session)
-        return await driver.fetch(self.sql, *self._args(params))
+        return await self._run(session, "fetch", params)
 
     async def fetchrow(
         self, session: AsyncSession, params: Mapping[str, Any]
     ) -> asyncpg.Record | None:
-        driver = await _driver(session)
-        return await driver.fetchrow(self.sql, *self._args(params))
+        return await self._run(session, "fetchrow", params)
+
+    async def _run(self, session: AsyncSession, method: str, params: Mapping[str, Any]) -> Any:
+        connection = await session.connection()
+        driver = await _driver(session, connection)
+        try:
+            return await getattr(driver, method)(self.sql, *self._args(params))
+        except (asyncpg.InterfaceError, asyncpg.PostgresConnectionError) as exc:
+            # SQLAlchemy does not see this error: tell its pool that the connection is gone
+            # (the server restarted, the link broke), or it would be handed out again.
+            if driver.is_closed() or isinstance(exc, asyncpg.PostgresConnectionError):
+                await connection.invalidate(exc)
+            raise
 
 
-async def _driver(session: AsyncSession) -> asyncpg.Connection:
-    """The asyncpg connection of the session's transaction; changes the session holds are
-    flushed first, as `session.execute` does (autoflush), so the statement sees them."""
+async def _driver(session: AsyncSession, connection: AsyncConnection) -> asyncpg.Connection:
+    """The asyncpg connection of the session's transaction (`connection`); changes the
+    session holds are flushed first, as `session.execute` does (autoflush), so the statement
+    sees them."""
     if session.new or session.dirty or session.deleted:
         await session.flush()
-    connection = await session.connection()
     fairy = connection.sync_connection.connection
     driver = fairy.driver_connection
     if not driver.is_in_transaction():

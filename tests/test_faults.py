@@ -1,0 +1,243 @@
+"""Faults on the run path, with real processes: PostgreSQL stopping while steps finish, and
+Temporal away while runs are started. Platform failures never count as a step's failures and
+never run a step's finished code again; answers match what was stored."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from api.app import create_app
+from maestro.db.engine import create_engine, session_factory, upgrade
+from maestro.db.tables import Run, StepRun
+from maestro.embedded import (
+    EmbeddedPostgres,
+    free_port,
+    temporal_dev_server_command,
+    wait_for_port,
+)
+from maestro.keys import create_admin_key
+from maestro.settings import Settings
+from tests.conftest import unique_id
+from workers.main import run_worker
+
+pytestmark = [pytest.mark.e2e, pytest.mark.fault, pytest.mark.timeout(300)]
+
+
+@contextlib.asynccontextmanager
+async def stack(settings: Settings, key: str) -> AsyncIterator[httpx.AsyncClient]:
+    """The API (in-process, over ASGI) and a worker for `settings`."""
+    stop = asyncio.Event()
+    worker = asyncio.create_task(run_worker(settings, stop=stop))
+    app = create_app(settings)
+    try:
+        async with app.router.lifespan_context(app):
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app),
+                base_url="http://maestro",
+                headers={"Authorization": f"Bearer {key}"},
+            ) as api:
+                yield api
+    finally:
+        stop.set()
+        await asyncio.wait_for(worker, 60)
+
+
+async def until(predicate, timeout: float = 120, every: float = 0.2):
+    """Poll `predicate` (a coroutine function) until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            found = await predicate()
+            if found:
+                return found
+        await asyncio.sleep(every)
+    raise AssertionError(f"{predicate.__name__} not true after {timeout}s")
+
+
+async def test_database_outage_as_steps_finish_fails_and_repeats_nothing(settings, tmp_path):
+    """Steps whose code finishes while PostgreSQL is down: their success travels with Temporal
+    and is recorded when the database is back. No step fails, none runs twice, and the
+    outage (longer than the step's three attempts with their backoff) spends no attempt."""
+    server = EmbeddedPostgres(tmp_path / "pg", free_port())
+    server.start()
+    steps_dir = tmp_path / "steps"
+    steps_dir.mkdir()
+    try:
+        await asyncio.to_thread(upgrade, server.local_url)
+        key = await create_admin_key(server.local_url, "faults")
+        own = settings.model_copy(
+            update={
+                "database_url": server.local_url,
+                "data_dir": tmp_path / "data",
+                "temporal": settings.temporal.model_copy(
+                    update={"task_queue": f"faults-{uuid.uuid4().hex[:8]}"}
+                ),
+            }
+        )
+        wid = unique_id("outage")
+        gate = {"entrypoint": "tests.steps:gated", "args": {"dir": str(steps_dir)}}
+        async with stack(own, key) as api:
+            pushed = await api.post(
+                "/api/v1/workflows",
+                json={
+                    "id": wid,
+                    "run_strategy": {"kind": "parallel", "max_concurrency": 10},
+                    "steps": [
+                        {"id": "a", "type": "python", "params": gate},
+                        {"id": "b", "type": "python", "params": gate, "depends_on": ["a"]},
+                    ],
+                },
+            )
+            assert pushed.status_code == 201, pushed.text
+            runs = [
+                (await api.post(f"/api/v1/workflows/{wid}/runs", json={})).json() for _ in range(3)
+            ]
+            run_ids = [r["run_id"] for r in runs]
+
+            async def all_started() -> bool:
+                return all((steps_dir / f"started-{r}-a").exists() for r in run_ids)
+
+            await until(all_started, 60)
+            await asyncio.to_thread(server.stop)
+            (steps_dir / "release").touch()
+            # Every step a finishes now and b runs: neither can be recorded. Three attempts
+            # with the default backoff (1 s, 2 s) would be spent in about 3 s.
+            await asyncio.sleep(12)
+            down = await api.get(f"/api/v1/runs/{run_ids[0]}")
+            assert down.status_code == 503 and down.headers["retry-after"] == "5"
+            await asyncio.to_thread(server.start)
+
+            async def all_ended() -> list[dict]:
+                bodies = [(await api.get(f"/api/v1/runs/{r}")).json() for r in run_ids]
+                return bodies if all(b.get("status") == "succeeded" for b in bodies) else []
+
+            ended = await until(all_ended, 120)
+    finally:
+        await asyncio.to_thread(server.stop)
+    calls = Counter(
+        tuple(line.split()[:2]) for line in (steps_dir / "calls").read_text().splitlines()
+    )
+    assert calls == Counter({(r, s): 1 for r in run_ids for s in ("a", "b")}), calls
+    for body in ended:
+        attempts = {s["step_id"]: s["attempt"] for s in body["steps"]}
+        statuses = {s["step_id"]: s["status"] for s in body["steps"]}
+        assert statuses == {"a": "succeeded", "b": "succeeded"}, body
+        assert attempts == {"a": 1, "b": 1}, body
+
+
+class DevServer:
+    """A Temporal dev server this test can kill and bring back on the same port and data."""
+
+    def __init__(self, data: Path) -> None:
+        self.data, self.port = data, free_port()
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        log = open(self.data / "server.log", "ab")  # noqa: SIM115 - closed with the process
+        command = temporal_dev_server_command(self.data, port=self.port, ui_port=None)
+        self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        wait_for_port("127.0.0.1", self.port, timeout=60)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(30)
+
+
+async def test_starts_while_temporal_is_down_answer_at_once_and_run_when_it_is_back(
+    settings, database_url, admin_key, tmp_path
+):
+    """With Temporal killed, a manual start and a signal that starts a run are stored and
+    answered at once (201, the run `queued`, waiting for launch), not a 503 after seconds;
+    when Temporal is back the sweeper launches them and they succeed, each once."""
+    temporal = DevServer(tmp_path)
+    temporal.start()
+    own = settings.model_copy(
+        update={
+            "data_dir": tmp_path / "data",
+            "temporal": settings.temporal.model_copy(
+                update={
+                    "address": f"127.0.0.1:{temporal.port}",
+                    "task_queue": f"temporal-down-{uuid.uuid4().hex[:8]}",
+                }
+            ),
+        }
+    )
+    wid, topic = unique_id("tdown"), f"tdown.{uuid.uuid4().hex[:8]}"
+    engine = create_engine(database_url)
+    sessions = session_factory(engine)
+    try:
+        async with stack(own, admin_key) as api:
+            pushed = await api.post(
+                "/api/v1/workflows",
+                json={
+                    "id": wid,
+                    "run_strategy": {"kind": "parallel", "max_concurrency": 10},
+                    "triggers": [{"signal": {"all_of": [{"name": topic}]}}],
+                    "steps": [{"id": "a", "type": "noop"}],
+                },
+            )
+            assert pushed.status_code == 201, pushed.text
+            temporal.kill()
+            timings, run_ids = [], []
+            for i in range(3):
+                began = time.monotonic()
+                started = await api.post(
+                    f"/api/v1/workflows/{wid}/runs", json={"request_id": f"r{i}"}
+                )
+                timings.append(time.monotonic() - began)
+                assert started.status_code == 201, started.text
+                assert started.json()["status"] == "queued"
+                run_ids.append(started.json()["run_id"])
+                began = time.monotonic()
+                published = await api.post(
+                    "/api/v1/signals", json={"name": topic, "params": {"i": i}}
+                )
+                timings.append(time.monotonic() - began)
+                assert published.status_code == 201, published.text
+                [run] = published.json()["runs"]
+                run_ids.append(run["run_id"])
+            # The first call finds Temporal gone (bounded wait); the rest do not wait for it.
+            assert timings[0] < 3.0, timings
+            assert max(timings[1:]) < 1.0, timings
+            repeated = await api.post(f"/api/v1/workflows/{wid}/runs", json={"request_id": "r0"})
+            assert repeated.status_code == 200 and repeated.json()["run_id"] == run_ids[0]
+            temporal.start()
+
+            async def all_succeeded() -> bool:
+                async with sessions() as session:
+                    statuses = (
+                        (await session.execute(select(Run.status).where(Run.workflow_id == wid)))
+                        .scalars()
+                        .all()
+                    )
+                return len(statuses) == 6 and set(statuses) == {"succeeded"}
+
+            await until(all_succeeded, 120)
+        async with sessions() as session:
+            runs = (
+                (await session.execute(select(Run).where(Run.workflow_id == wid))).scalars().all()
+            )
+            steps = (
+                (await session.execute(select(StepRun).where(StepRun.run_id.in_(run_ids))))
+                .scalars()
+                .all()
+            )
+        assert sorted(r.run_id for r in runs) == sorted(run_ids)
+        assert {(s.run_id, s.attempt) for s in steps} == {(r, 1) for r in run_ids}
+    finally:
+        temporal.kill()
+        await engine.dispose()
