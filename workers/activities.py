@@ -55,7 +55,7 @@ logger = logging.getLogger(__name__)
 
 def _module_allowed(entrypoint: str, allowed: list[str]) -> bool:
     module = entrypoint.partition(":")[0]
-    return not allowed or any(module == a or module.startswith(a + ".") for a in allowed)
+    return any(a == "*" or module == a or module.startswith(a + ".") for a in allowed)
 
 
 class _Progress:
@@ -172,7 +172,8 @@ class StepActivities:
         ):
             raise ApplicationError(
                 f"entrypoint {entrypoint!r} is outside this worker's allowed modules "
-                f"({', '.join(self._policy.allowed_modules)})",
+                f"({', '.join(self._policy.allowed_modules) or 'none'}); add its module to "
+                f"MAESTRO_WORKER__ALLOWED_MODULES",
                 type="EntrypointNotAllowed",
                 non_retryable=True,
             )
