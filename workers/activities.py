@@ -47,7 +47,7 @@ from maestro.runtime import (
 from maestro.schedules import Schedules
 from maestro.settings import WorkerSettings
 from maestro.signals import Producer, SignalBus, SignalIn
-from maestro.steps import STEP_TYPES
+from maestro.steps import STEP_TYPES, unsafe_params
 from workers.executors import EXECUTORS, Services
 
 logger = logging.getLogger(__name__)
@@ -164,6 +164,13 @@ class StepActivities:
                 f"this worker does not run {step.type!r} steps (it runs "
                 f"{', '.join(self._policy.step_types)}); route the step with task_queue",
                 type="StepTypeNotAllowed",
+                non_retryable=True,
+            )
+        if unsafe := unsafe_params(step.type, step.params):
+            # Definitions stored before these checks ran at registration.
+            raise ApplicationError(
+                "; ".join(f"{'.'.join(map(str, p.loc))}: {p.msg}" for p in unsafe),
+                type="UnsafeStepParams",
                 non_retryable=True,
             )
         entrypoint = step_input.params.get("entrypoint")
