@@ -130,6 +130,7 @@ class Stack:
             MAESTRO_TEMPORAL__UI_URL=f"http://127.0.0.1:{self.ui_port}",
             MAESTRO_EMBEDDED_POSTGRES_PORT=str(self.pg_port),
             # The worker imports `bench.steps` by name.
+            MAESTRO_WORKER__ALLOWED_MODULES='["examples", "bench.steps"]',
             PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         )
         return env

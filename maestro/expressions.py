@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+import shlex
 from functools import lru_cache
 from typing import Any
 
@@ -17,9 +19,35 @@ TRIGGER_ROOTS = frozenset({"signals", "signal"})
 
 _POSITION = re.compile(r"<input>:(\d+):(\d+)")
 
+# Just enough of CEL's lexer to split an expression into its top-level `+` operands: string
+# literals (raw ones first: a backslash does not escape there), names, and single characters.
+_TOKEN = re.compile(
+    r"""
+    (?P<space>\s+|//[^\n]*)
+    |(?P<string>
+        (?:[rR][bB]?|[bB][rR])(?:'''.*?'''|\"\"\".*?\"\"\"|'[^'\n]*'|"[^"\n]*")
+        |[bB]?(?:'''(?:\\.|[^\\])*?'''|\"\"\"(?:\\.|[^\\])*?\"\"\"
+                |'(?:\\.|[^\\'\n])*'|"(?:\\.|[^\\"\n])*"))
+    |(?P<name>[A-Za-z_]\w*)
+    |(?P<other>.)
+    """,
+    re.VERBOSE | re.DOTALL,
+)
+_TEXT = re.compile(r"[rR]?['\"]")  # a string literal, not bytes
+
 
 class ExpressionError(ValueError):
     """An expression does not compile or cannot be evaluated."""
+
+
+def shell_quote(value: Any) -> str:
+    """The CEL function `shell_quote(x)`: one shell word that stands for `x` literally (strings
+    as they are, other values as JSON, as in `$MAESTRO_PARAM_*`)."""
+    return shlex.quote(value if isinstance(value, str) else json.dumps(value, default=str))
+
+
+# Functions every expression may call, besides CEL's own.
+FUNCTIONS = {"shell_quote": shell_quote}
 
 
 def is_expr(value: Any) -> bool:
@@ -53,7 +81,8 @@ def compile_expression(source: str, roots: frozenset[str] = RUN_ROOTS) -> Any:
 def evaluate(source: str, context: dict[str, Any], roots: frozenset[str] = RUN_ROOTS) -> Any:
     """Evaluate a CEL expression over `context`; every root variable is always defined."""
     program = compile_expression(source, roots)
-    full = {name: context.get(name, {}) for name in roots}
+    full: dict[str, Any] = {name: context.get(name, {}) for name in roots}
+    full.update(FUNCTIONS)
     try:
         return program.execute(full)
     except (ValueError, RuntimeError, TypeError, ArithmeticError, LookupError) as exc:
@@ -83,3 +112,47 @@ def find_expressions(value: Any, loc: tuple[str | int, ...] = ()) -> list[tuple[
         for i, v in enumerate(value):
             found += find_expressions(v, (*loc, i))
     return found
+
+
+def quoted_concatenation(source: str) -> list[str | None] | None:
+    """`source` as a `+` of string literals (their values) and `shell_quote(...)` calls (None),
+    or None when it is anything else."""
+    terms: list[list[tuple[str, str]]] = [[]]
+    depth = 0
+    for match in _TOKEN.finditer(source):
+        kind, text = match.lastgroup or "other", match.group()
+        if kind == "space":
+            continue
+        if kind == "other" and text in "([{":
+            depth += 1
+        elif kind == "other" and text in ")]}":
+            depth -= 1
+        if kind == "other" and text == "+" and depth == 0:
+            terms.append([])
+        else:
+            terms[-1].append((kind, text))
+    parts: list[str | None] = []
+    for term in terms:
+        if len(term) == 1 and term[0][0] == "string" and _TEXT.match(term[0][1]):
+            try:
+                parts.append(cel.evaluate(term[0][1]))
+            except (ValueError, RuntimeError):  # a bad escape: reported as not compiling
+                return None
+        elif term[:2] == [("name", "shell_quote"), ("other", "(")] and _closes_last(term):
+            parts.append(None)
+        else:
+            return None
+    return parts
+
+
+def _closes_last(term: list[tuple[str, str]]) -> bool:
+    """The bracket opened at term[1] closes at the term's last token, not before."""
+    depth = 0
+    for i, (kind, text) in enumerate(term[1:], 1):
+        if kind == "other" and text in "([{":
+            depth += 1
+        elif kind == "other" and text in ")]}":
+            depth -= 1
+            if depth == 0:
+                return i == len(term) - 1
+    return False

@@ -61,8 +61,9 @@ class WorkerSettings(BaseModel):
     # Step types this worker runs (others fail non-retryably); empty = all.
     step_types: list[str] = Field(default_factory=list)
     # Module prefixes `python`/`train`/`evaluate` entrypoints may come from ("examples",
-    # "mycompany.ml"); empty = any module. Restrict this in production.
-    allowed_modules: list[str] = Field(default_factory=list)
+    # "mycompany.ml"); a step naming any other module fails. "*" allows every importable
+    # module, the standard library's too (`os:system`), so only for trusted definitions.
+    allowed_modules: list[str] = Field(default_factory=lambda: ["examples"])
     # Serve Prometheus metrics (step durations, run ends) on <metrics_host>:<port>; 0 = off.
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"

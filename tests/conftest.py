@@ -19,13 +19,15 @@ from api.app import create_app
 from maestro.db.engine import create_engine, session_factory, upgrade
 from maestro.embedded import EmbeddedPostgres, free_port, temporal_dev_server_command, wait_for_port
 from maestro.keys import create_key
-from maestro.settings import Settings, TemporalSettings
+from maestro.settings import Settings, TemporalSettings, WorkerSettings
 from maestro.temporal_client import connect
 from workers.main import run_worker
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
-# Step functions used by test workflows live in tests/steps.py; workers import them by name.
+# Step functions used by test workflows live in tests/steps.py; workers import them by name, and
+# may, since the suite's workers allow the module explicitly (the default is `examples` only).
+TEST_WORKER = WorkerSettings(allowed_modules=["examples", "tests.steps"])
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
 
 
@@ -88,6 +90,7 @@ def settings(database_url: str, temporal_address: str, tmp_path_factory) -> Sett
         temporal=TemporalSettings(
             address=temporal_address, task_queue="maestro-tests", ui_url="http://127.0.0.1:8233"
         ),
+        worker=TEST_WORKER,
     )
 
 

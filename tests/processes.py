@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -24,6 +25,7 @@ class Processes:
             MAESTRO_TEMPORAL__ADDRESS=settings.temporal.address,
             MAESTRO_TEMPORAL__TASK_QUEUE=task_queue,
             MAESTRO_API__PORT=str(self.api_port),
+            MAESTRO_WORKER__ALLOWED_MODULES=json.dumps(settings.worker.allowed_modules),
             # Several processes share the test server's 100 connections with the test
             # process: each keeps a small pool, as a deployment sizes pools to max_connections.
             MAESTRO_DATABASE_POOL_SIZE="5",

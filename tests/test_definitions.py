@@ -301,8 +301,8 @@ def test_step_params_valid(step_type, params):
     ("step_type", "params"),
     [
         ("sleep", {"seconds": {"expr": "params.delay"}}),
-        ("python", {"entrypoint": {"expr": "params.entrypoint"}}),
-        ("shell", {"command": {"expr": "params.command"}}),
+        ("python", {"entrypoint": "m:f", "args": {"expr": "params.args"}}),
+        ("shell", {"command": ["echo", {"expr": "params.command"}]}),
         ("noop", {"outputs": {"expr": "steps.a.outputs"}}),
     ],
 )
@@ -319,8 +319,12 @@ def test_expression_does_not_hide_other_param_problems():
         body(
             steps=[
                 step(
-                    step_type="python",
-                    params={"entrypoint": {"expr": "params.e"}, "args": "not a dict"},
+                    step_type="train",
+                    params={
+                        "entrypoint": "m:f",
+                        "model_name": {"expr": "params.m"},
+                        "args": "not a dict",
+                    },
                 )
             ]
         )
@@ -899,3 +903,108 @@ def test_cron_both_readers_agree_on_is_accepted(cron):
     parse_definition(
         {"id": "wf", "steps": [{"id": "a", "type": "noop"}], "triggers": [{"cron": cron}]}
     )
+
+
+# -- what runs is never chosen by run data ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("step_type", "params"),
+    [
+        ("python", {"entrypoint": {"expr": "params.entrypoint"}}),
+        ("train", {"entrypoint": {"expr": "'m:' + params.f"}, "model_name": "m"}),
+        ("evaluate", {"entrypoint": {"expr": "params.e"}, "model_name": "m", "model_version": 1}),
+    ],
+)
+def test_entrypoint_expression_is_refused(step_type, params):
+    found = problem(body(steps=[step(step_type=step_type, params=params)]))
+
+    assert found.loc == ("steps", 0, "params", "entrypoint")
+    assert found.type == "expression_not_allowed"
+    assert found.msg.startswith("entrypoint cannot be an expression")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        {"expr": "'echo ' + params.x"},
+        {"expr": "'echo hello'"},
+        {"expr": "['echo', params.x]"},
+        # The opt-in quoting function without the opt-in is still refused.
+        {"expr": "'echo ' + shell_quote(params.x)"},
+    ],
+)
+def test_shell_command_built_by_an_expression_is_refused(command):
+    found = problem(body(steps=[step(step_type="shell", params={"command": command})]))
+
+    assert found.loc == ("steps", 0, "params", "command")
+    assert found.type == "shell_injection"
+    assert 'command: ["echo", {expr: "params.x"}]' in found.msg
+    assert "$MAESTRO_PARAM_X" in found.msg and "shell_interpolation" in found.msg
+
+
+@pytest.mark.parametrize(
+    ("command", "index", "fragment"),
+    [
+        (["sh", "-c", {"expr": "'echo ' + params.x"}], 2, "shell command built by a CEL"),
+        (["/bin/bash", "-e", "-o", "pipefail", "-c", {"expr": "params.x"}], 5, "built by a CEL"),
+        (["bash", {"expr": "params.script"}], 1, "options and script cannot be expressions"),
+        (["sh", "-o", {"expr": "params.o"}, "-c", "x"], 2, "options and script"),
+        ([{"expr": "params.program"}, "x"], 0, "the program (the first argv element)"),
+    ],
+)
+def test_shell_code_position_in_argv_is_refused(command, index, fragment):
+    found = problem(body(steps=[step(step_type="shell", params={"command": command})]))
+
+    assert found.loc == ("steps", 0, "params", "command", index)
+    assert found.type == "shell_injection" and fragment in found.msg
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"command": 'echo "$MAESTRO_PARAM_X"'},
+        {"command": ["echo", {"expr": "params.x"}, "--", {"expr": "steps.a.outputs.y"}]},
+        # Values after the script are its $1, $2: data, not code.
+        {"command": ["sh", "-c", 'echo "$1"', "sh", {"expr": "params.x"}]},
+        {"command": ["sleep", 1.5]},
+        {
+            "command": {"expr": "'echo ' + shell_quote(params.x) + ' > out.txt'"},
+            "shell_interpolation": True,
+        },
+        {
+            "command": ["sh", "-c", {"expr": "'ls -l ' + shell_quote(params.dir)"}],
+            "shell_interpolation": True,
+        },
+    ],
+)
+def test_safe_shell_commands_are_accepted(params):
+    definition = parse_definition(body(steps=[step(step_type="shell", params=params)]))
+
+    assert definition.steps[0].params == params
+
+
+@pytest.mark.parametrize(
+    ("command", "fragment"),
+    [
+        ("'echo ' + params.x", "must be string literals and shell_quote(...) calls joined by +"),
+        ("'echo ' + shell_quote(params.x).substring(1)", "must be string literals"),
+        ("'echo \"' + shell_quote(params.x) + '\"'", 'inside "..."'),
+        ("'eval ' + shell_quote(params.x)", "an argument of `eval`"),
+        ("shell_quote(params.x)", "where a command name goes"),
+    ],
+)
+def test_opt_in_still_requires_every_value_quoted_in_a_plain_spot(command, fragment):
+    params = {"command": {"expr": command}, "shell_interpolation": True}
+    found = problem(body(steps=[step(step_type="shell", params=params)]))
+
+    assert found.loc == ("steps", 0, "params", "command")
+    assert fragment in found.msg
+
+
+def test_opt_in_cannot_be_an_expression():
+    params = {"command": "ls", "shell_interpolation": {"expr": "params.unsafe"}}
+    found = problem(body(steps=[step(step_type="shell", params=params)]))
+
+    assert found.loc == ("steps", 0, "params", "shell_interpolation")
+    assert found.type == "expression_not_allowed"

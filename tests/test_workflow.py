@@ -38,6 +38,7 @@ from maestro.runtime import (
 from maestro.schedules import Schedules, time_triggers
 from maestro.settings import TemporalSettings
 from maestro.signals import SignalBus
+from tests.conftest import TEST_WORKER
 from workers.activities import ScheduleActivities, StepActivities
 from workers.main import new_worker
 from workers.schedules import FireScheduleWorkflow, TimedRunWorkflow
@@ -64,7 +65,9 @@ async def env(sessions, tmp_path_factory) -> AsyncIterator[WorkflowEnvironment]:
             sessions, env.client, TemporalSettings(task_queue=TASK_QUEUE), search_attributes=False
         )
         bus = SignalBus(sessions, runs, env.client)
-        activities = StepActivities(sessions, tmp_path_factory.mktemp("runs"), bus)
+        activities = StepActivities(
+            sessions, tmp_path_factory.mktemp("runs"), bus, policy=TEST_WORKER
+        )
         schedules = Schedules(sessions, runs, env.client, TemporalSettings(task_queue=TASK_QUEUE))
         async with new_worker(env.client, TASK_QUEUE, activities, ScheduleActivities(schedules)):
             yield env
@@ -511,7 +514,9 @@ async def test_a_run_end_recorded_by_the_last_step_outlives_a_timeout_that_races
     runs = RunsService(
         sessions, env.client, TemporalSettings(task_queue=TASK_QUEUE), search_attributes=False
     )
-    real = StepActivities(sessions, tmp_path, SignalBus(sessions, runs, env.client))
+    real = StepActivities(
+        sessions, tmp_path, SignalBus(sessions, runs, env.client), policy=TEST_WORKER
+    )
 
     @activity.defn(name=RUN_STEP_ACTIVITY)
     async def late_run_step(step_input: StepInput) -> StepResult:

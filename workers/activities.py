@@ -52,7 +52,7 @@ from maestro.runtime import (
 from maestro.schedules import Schedules
 from maestro.settings import WorkerSettings
 from maestro.signals import Producer, SignalBus, SignalIn
-from maestro.steps import STEP_TYPES
+from maestro.steps import STEP_TYPES, unsafe_params
 from workers.executors import EXECUTORS, Services
 
 logger = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ logger = logging.getLogger(__name__)
 
 def _module_allowed(entrypoint: str, allowed: list[str]) -> bool:
     module = entrypoint.partition(":")[0]
-    return not allowed or any(module == a or module.startswith(a + ".") for a in allowed)
+    return any(a == "*" or module == a or module.startswith(a + ".") for a in allowed)
 
 
 class _Progress:
@@ -174,13 +174,21 @@ class StepActivities:
                 type="StepTypeNotAllowed",
                 non_retryable=True,
             )
+        if unsafe := unsafe_params(step.type, step.params):
+            # Definitions stored before these checks ran at registration.
+            raise ApplicationError(
+                "; ".join(f"{'.'.join(map(str, p.loc))}: {p.msg}" for p in unsafe),
+                type="UnsafeStepParams",
+                non_retryable=True,
+            )
         entrypoint = step_input.params.get("entrypoint")
         if isinstance(entrypoint, str) and not _module_allowed(
             entrypoint, self._policy.allowed_modules
         ):
             raise ApplicationError(
                 f"entrypoint {entrypoint!r} is outside this worker's allowed modules "
-                f"({', '.join(self._policy.allowed_modules)})",
+                f"({', '.join(self._policy.allowed_modules) or 'none'}); add its module to "
+                f"MAESTRO_WORKER__ALLOWED_MODULES",
                 type="EntrypointNotAllowed",
                 non_retryable=True,
             )
