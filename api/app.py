@@ -27,7 +27,7 @@ from maestro.runs import RunsService
 from maestro.schedules import Schedules
 from maestro.settings import Settings
 from maestro.signals import SignalBus
-from maestro.temporal_client import connect, register_search_attributes
+from maestro.temporal_client import API_RETRY, connect, register_search_attributes
 from maestro.workflows import WorkflowsService
 
 logger = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def create_app(settings: Settings) -> FastAPI:
             pool_size=settings.database_pool_size,
             max_overflow=settings.database_max_overflow,
         )
-        client = await connect(settings.temporal)
+        client = await connect(settings.temporal, API_RETRY)
         search_attributes = await register_search_attributes(client, settings.temporal)
         sessions = session_factory(engine)
         app.state.settings = settings

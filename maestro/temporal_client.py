@@ -11,6 +11,7 @@ from temporalio.api.operatorservice.v1 import (
 )
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import RetryConfig
 
 from maestro.runtime import SEARCH_ATTRIBUTES
 from maestro.settings import TemporalSettings
@@ -18,10 +19,25 @@ from maestro.settings import TemporalSettings
 logger = logging.getLogger(__name__)
 
 
-async def connect(settings: TemporalSettings) -> Client:
-    """A Temporal client that (de)serialises Maestro's pydantic models."""
+# How long a call to an unreachable Temporal is retried before it fails. The API answers
+# people: it gives up within about 1.5 s (a 503, or a run left to the sweeper, which tries
+# again every second). A worker holds finished work (an activity's result, a workflow task's
+# commands): it keeps retrying through an outage of a few minutes instead of losing it, which
+# would run the step again.
+API_RETRY = RetryConfig(max_interval_millis=500, max_elapsed_time_millis=1_500, max_retries=6)
+WORKER_RETRY = RetryConfig(
+    max_interval_millis=5_000, max_elapsed_time_millis=300_000, max_retries=1_000
+)
+
+
+async def connect(settings: TemporalSettings, retry: RetryConfig | None = None) -> Client:
+    """A Temporal client that (de)serialises Maestro's pydantic models; `retry`: how long an
+    unreachable Temporal is retried (the SDK's default: 10 s)."""
     return await Client.connect(
-        settings.address, namespace=settings.namespace, data_converter=pydantic_data_converter
+        settings.address,
+        namespace=settings.namespace,
+        data_converter=pydantic_data_converter,
+        retry_config=retry,
     )
 
 

@@ -106,6 +106,8 @@ class WorkflowsService:
     async def _reconcile(self, workflow_id: str) -> None:
         # The database already holds the truth; if Temporal is unreachable now, the periodic
         # reconciliation of every API process catches up.
+        if self._runs.temporal_down():
+            return
         try:
             await self._schedules.reconcile(workflow_id)
         except Exception as exc:  # noqa: BLE001

@@ -18,7 +18,7 @@ from maestro.runs import RunsService
 from maestro.schedules import Schedules
 from maestro.settings import Settings
 from maestro.signals import SignalBus
-from maestro.temporal_client import connect, register_search_attributes
+from maestro.temporal_client import WORKER_RETRY, connect, register_search_attributes
 from workers.activities import ScheduleActivities, StepActivities
 from workers.schedules import FireScheduleWorkflow, TimedRunWorkflow
 from workers.workflow import RunWorkflow
@@ -69,7 +69,7 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
         pool_size=settings.database_pool_size,
         max_overflow=settings.database_max_overflow,
     )
-    client = await connect(settings.temporal)
+    client = await connect(settings.temporal, WORKER_RETRY)
     sessions = session_factory(engine)
     search_attributes = await register_search_attributes(client, settings.temporal)
     runs = RunsService(sessions, client, settings.temporal, search_attributes=search_attributes)
