@@ -7,6 +7,7 @@ the step's code, not the thread hop (which a plain-function activity pays on raw
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from maestro.context import StepContext
@@ -20,3 +21,11 @@ async def stamp(ctx: StepContext) -> dict:
 async def end(ctx: StepContext) -> dict:
     """The last code of an upstream run: when it ended."""
     return {"t_end": time.time()}
+
+
+async def nap_and_count(ctx: StepContext) -> dict:
+    """Sleep `seconds`, then append `<run id> <step id>` to `file`: one line per execution."""
+    await asyncio.sleep(ctx.args.get("seconds", 0))
+    with open(ctx.args["file"], "a") as f:  # noqa: ASYNC230 - one short append
+        f.write(f"{ctx.run_id} {ctx.step_id}\n")
+    return {}

@@ -153,9 +153,11 @@ class EmbeddedPostgres:
         )
         return result.returncode == 0
 
-    def stop(self) -> None:
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server: `fast` (roll back sessions, checkpoint) or `immediate` (as a
+        crash: every backend ends at once, recovery runs on the next start)."""
         if self.is_running():
-            self._run("pg_ctl", "-D", str(self.data_dir), "-m", "fast", "-w", "stop")
+            self._run("pg_ctl", "-D", str(self.data_dir), "-m", mode, "-w", "stop")
 
 
 def temporal_executable() -> str:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
-from maestro.embedded import free_port
+from maestro.embedded import free_port, temporal_dev_server_command, wait_for_port
 from maestro.settings import Settings
 
 
@@ -56,3 +57,26 @@ class Processes:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+class TemporalDevServer:
+    """A Temporal dev server a test can SIGKILL and bring back on the same port and data."""
+
+    def __init__(self, data: Path) -> None:
+        self.data, self.port = data, free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        log = open(self.data / "temporal.log", "ab")  # noqa: SIM115 - closed with the process
+        command = temporal_dev_server_command(self.data, port=self.port, ui_port=None)
+        self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        wait_for_port("127.0.0.1", self.port, timeout=60)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(30)

@@ -92,3 +92,10 @@ def gated(ctx: StepContext) -> dict:
     with (directory / "calls").open("a") as f:
         f.write(f"{ctx.run_id} {ctx.step_id} {ctx.attempt}\n")
     return {"attempt": ctx.attempt}
+
+
+def record_call(ctx: StepContext) -> dict:
+    """Append `<run id> <step id> <attempt> <pid>` to the file `file`: one line per execution."""
+    with Path(ctx.args["file"]).open("a") as f:
+        f.write(f"{ctx.run_id} {ctx.step_id} {ctx.attempt} {os.getpid()}\n")
+    return {"pid": os.getpid()}

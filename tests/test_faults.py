@@ -6,14 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
-import subprocess
 import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -25,12 +21,11 @@ from maestro.db.tables import Run, StepRun
 from maestro.embedded import (
     EmbeddedPostgres,
     free_port,
-    temporal_dev_server_command,
-    wait_for_port,
 )
 from maestro.keys import create_admin_key
 from maestro.settings import Settings
 from tests.conftest import unique_id
+from tests.processes import TemporalDevServer
 from workers.main import run_worker
 
 pytestmark = [pytest.mark.e2e, pytest.mark.fault, pytest.mark.timeout(300)]
@@ -138,32 +133,13 @@ async def test_database_outage_as_steps_finish_fails_and_repeats_nothing(setting
         assert attempts == {"a": 1, "b": 1}, body
 
 
-class DevServer:
-    """A Temporal dev server this test can kill and bring back on the same port and data."""
-
-    def __init__(self, data: Path) -> None:
-        self.data, self.port = data, free_port()
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        log = open(self.data / "server.log", "ab")  # noqa: SIM115 - closed with the process
-        command = temporal_dev_server_command(self.data, port=self.port, ui_port=None)
-        self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        wait_for_port("127.0.0.1", self.port, timeout=60)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(30)
-
-
 async def test_starts_while_temporal_is_down_answer_at_once_and_run_when_it_is_back(
     settings, database_url, admin_key, tmp_path
 ):
     """With Temporal killed, a manual start and a signal that starts a run are stored and
     answered at once (201, the run `queued`, waiting for launch), not a 503 after seconds;
     when Temporal is back the sweeper launches them and they succeed, each once."""
-    temporal = DevServer(tmp_path)
+    temporal = TemporalDevServer(tmp_path)
     temporal.start()
     own = settings.model_copy(
         update={

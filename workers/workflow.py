@@ -47,7 +47,7 @@ with workflow.unsafe.imports_passed_through():
 
 # Recording must outlive a database restart; it is idempotent, so it retries without limit.
 _RECORD_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=10)
+    initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=5)
 )
 # Since this patch, recording (finish_run, record_steps) runs as local activities: in the
 # workflow task that decided it, with no activity task or extra workflow task on the server.
