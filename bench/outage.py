@@ -175,12 +175,16 @@ def main() -> None:
     parser.add_argument("--outage", type=float, default=60.0)
     parser.add_argument("--nap", type=float, default=20.0, help="seconds step `a` sleeps")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="maestro-bench-outage-"))
     try:
         result = asyncio.run(measure(args, work))
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if args.keep:
+            print(f"logs in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

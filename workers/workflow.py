@@ -10,7 +10,13 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, TimeoutError
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    CancelledError,
+    FailureError,
+    TimeoutError,
+)
 
 with workflow.unsafe.imports_passed_through():
     from maestro.dag import topological_order
@@ -48,6 +54,12 @@ with workflow.unsafe.imports_passed_through():
 # Recording must outlive a database restart; it is idempotent, so it retries without limit.
 _RECORD_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=5)
+)
+# The quick tries of a local recording before it becomes a regular activity (see _record).
+_LOCAL_RECORD_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=0.5),
+    maximum_interval=timedelta(seconds=1),
+    maximum_attempts=3,
 )
 # Since this patch, recording (finish_run, record_steps) runs as local activities: in the
 # workflow task that decided it, with no activity task or extra workflow task on the server.
@@ -502,12 +514,7 @@ class RunWorkflow:
     async def _record_successes(self) -> None:
         successes, self._unrecorded_successes = self._unrecorded_successes, []
         for success in successes:
-            await workflow.execute_local_activity(
-                RECORD_SUCCESS_ACTIVITY,
-                success,
-                start_to_close_timeout=timedelta(seconds=30),
-                retry_policy=_RECORD_RETRY,
-            )
+            await _record(True, RECORD_SUCCESS_ACTIVITY, success)
 
     async def _record_unrecorded(self) -> None:
         assert self._input is not None
@@ -522,12 +529,25 @@ class RunWorkflow:
 
 async def _record(local: bool, activity: str, arg: Any) -> None:
     """Run an idempotent recording activity: local when the input says so or since
-    LOCAL_RECORDING_PATCH, else regular (a run started before the patch)."""
-    execute = (
-        workflow.execute_local_activity
-        if local or workflow.patched(LOCAL_RECORDING_PATCH)
-        else workflow.execute_activity
-    )
-    await execute(
-        activity, arg, start_to_close_timeout=timedelta(seconds=30), retry_policy=_RECORD_RETRY
+    LOCAL_RECORDING_PATCH, else regular (a run started before the patch). A local attempt
+    holds the worker's workflow-task slot while it retries, so after a few quick tries (the
+    database is away) it becomes a regular activity, retried by Temporal without limit and
+    holding nothing meanwhile."""
+    timeout = timedelta(seconds=30)
+    if local or workflow.patched(LOCAL_RECORDING_PATCH):
+        try:
+            await workflow.execute_local_activity(
+                activity, arg, start_to_close_timeout=timeout, retry_policy=_LOCAL_RECORD_RETRY
+            )
+            return
+        except CancelledError:
+            raise
+        except FailureError:
+            # A local activity's failure arrives as its cause (an ApplicationError), not
+            # wrapped in an ActivityError as a regular activity's is.
+            workflow.logger.warning(
+                "recording waits for the database", extra={"activity": activity}
+            )
+    await workflow.execute_activity(
+        activity, arg, start_to_close_timeout=timeout, retry_policy=_RECORD_RETRY
     )
