@@ -34,6 +34,7 @@ from temporalio.common import SearchAttributeKey
 from bench.raw import RAW_TASK_QUEUE, RAW_WORKFLOW
 from bench.run import Api, machine, percentile
 from bench.stack import Stack
+from maestro.embedded import EmbeddedPostgres
 
 # Temporal sets this on every workflow a schedule starts: the time it was scheduled for.
 SCHEDULED_START = SearchAttributeKey.for_datetime("TemporalScheduledStartTime")
@@ -73,7 +74,7 @@ async def scenario(stack: Stack, workflows: int, minutes: int) -> dict:
         await asyncio.gather(*(push(i) for i in range(workflows)))
         register_s = time.monotonic() - began  # each push also creates its schedule
     window = await _window(minutes)
-    url = f"postgresql://postgres@127.0.0.1:{stack.pg_port}/postgres"
+    url = EmbeddedPostgres(stack.data_dir / "postgres", stack.pg_port).url  # with its password
     connection = await asyncpg.connect(url)
     try:
         rows = await connection.fetch(

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Coroutine
@@ -100,39 +100,49 @@ def worker() -> None:
     _run(run_worker(settings))
 
 
-class _Children:
-    """Child processes started by `maestro up`, stopped in reverse order."""
+class _ConsoleHandler(logging.Handler):
+    """`maestro up`'s own events (a child died, restarted) on the console, one line each."""
 
-    def __init__(self) -> None:
-        self.procs: list[tuple[str, subprocess.Popen]] = []
+    _STYLES = {logging.WARNING: "yellow", logging.ERROR: "red"}
 
-    def start(self, name: str, command: list[str], env: dict[str, str], log: Path | None) -> None:
-        out = open(log, "ab") if log else None  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen(
-            command,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT if out else None,
-            start_new_session=True,
+    def emit(self, record: logging.LogRecord) -> None:
+        style = self._STYLES.get(record.levelno)
+        console.print(
+            record.getMessage(), style=style, markup=False, highlight=False, soft_wrap=True
         )
-        self.procs.append((name, proc))
 
-    def dead(self) -> tuple[str, int] | None:
-        for name, proc in self.procs:
-            if proc.poll() is not None:
-                return name, proc.returncode
-        return None
 
-    def stop(self, grace: float = 15.0) -> None:
-        for name, proc in reversed(self.procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(grace)
-                except subprocess.TimeoutExpired:
-                    console.print(f"[yellow]{name} did not stop in {grace:.0f}s; killing it[/]")
-                    proc.kill()
-                    proc.wait()
+def _log_supervision(log_file: Path) -> None:
+    """Send the supervisor's events to the console and, as JSON lines, to `log_file`."""
+    from maestro.logs import JsonFormatter
+
+    to_file = logging.FileHandler(log_file)
+    to_file.setFormatter(JsonFormatter())
+    supervisor_log = logging.getLogger("maestro.supervisor")
+    supervisor_log.handlers[:] = [_ConsoleHandler(), to_file]
+    supervisor_log.setLevel(logging.INFO)
+    supervisor_log.propagate = False
+
+
+def _print_up(settings: Settings, data_dir: Path, database_url: str, password_note: str) -> None:
+    """The addresses of the running stack; the database URL with its password masked."""
+    from sqlalchemy import make_url
+
+    api_url = f"http://{settings.api.host}:{settings.api.port}"
+    shown_url = make_url(database_url).render_as_string(hide_password=True)
+    console.print(
+        f"""[bold green]Maestro is up[/]
+  API        {api_url}/api/v1   (OpenAPI: {api_url}/docs)
+  Temporal   {settings.temporal.address}   (UI: {settings.temporal.ui_url})
+  PostgreSQL {shown_url}{password_note}
+  data       {data_dir}   (logs in {data_dir / "logs"})
+Press Ctrl-C to stop; a child that dies is restarted.""",
+        soft_wrap=True,
+    )
+
+
+# How long `maestro up` waits for Temporal, then for the API, to accept connections.
+START_TIMEOUT = 60.0
 
 
 @app.command()
@@ -142,18 +152,20 @@ def up(
     ),
 ) -> None:
     """Start everything on one machine: embedded PostgreSQL, the Temporal dev server with its UI,
-    the API and a worker. Data lives under MAESTRO_DATA_DIR (default .maestro/).
-    Ctrl-C stops all."""
+    the API and a worker, and keep them running (a child that dies is restarted). Data lives
+    under MAESTRO_DATA_DIR (default .maestro/). Ctrl-C stops all."""
     from maestro.db.engine import upgrade
-    from maestro.embedded import EmbeddedPostgres, temporal_dev_server_command, wait_for_port
+    from maestro.embedded import EmbeddedPostgres, port_open, temporal_dev_server_command
     from maestro.keys import create_admin_key
+    from maestro.supervisor import ChildProcess, CrashLoopError, PostgresProcess, Supervisor
 
     settings = _settings()
     data_dir = settings.data_dir.resolve()
-    (data_dir / "logs").mkdir(parents=True, exist_ok=True)
+    logs = data_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    _log_supervision(logs / "supervisor.log")
     env = dict(os.environ, MAESTRO_DATA_DIR=str(data_dir))
-    postgres: EmbeddedPostgres | None = None
-    children = _Children()
+    supervisor = Supervisor(data_dir / "status.json")
     stopping = False
 
     def request_stop(signum: int, frame: object) -> None:
@@ -163,12 +175,16 @@ def up(
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
     try:
-        database_url = shown_database_url = settings.database_url
-        if not database_url:
+        if settings.database_url:
+            database_url = shown_database_url = settings.database_url
+            password_note = ""
+        else:
             postgres = EmbeddedPostgres(data_dir / "postgres", settings.embedded_postgres_port)
             console.print("starting embedded PostgreSQL ...")
-            shown_database_url = postgres.start()
+            supervisor.add(PostgresProcess("postgres", postgres))
+            shown_database_url = postgres.url
             database_url = postgres.local_url  # the children connect over its Unix socket
+            password_note = f"   (password in {postgres.password_file})"
         env["MAESTRO_DATABASE_URL"] = database_url
         upgrade(database_url)
         key_file = data_dir / "api-key"
@@ -180,52 +196,51 @@ def up(
         host, _, port = settings.temporal.address.rpartition(":")
         if not external_temporal:
             console.print("starting Temporal dev server ...")
-            children.start(
-                "temporal",
-                temporal_dev_server_command(
-                    data_dir / "temporal",
-                    port=int(port),
-                    ui_port=settings.temporal.ui_port,
-                    namespace=settings.temporal.namespace,
-                    sync=settings.temporal.dev_server_sync,
-                ),
-                env,
-                data_dir / "logs" / "temporal.log",
+            supervisor.add(
+                ChildProcess(
+                    "temporal",
+                    temporal_dev_server_command(
+                        data_dir / "temporal",
+                        port=int(port),
+                        ui_port=settings.temporal.ui_port,
+                        namespace=settings.temporal.namespace,
+                        sync=settings.temporal.dev_server_sync,
+                    ),
+                    env,
+                    logs / "temporal.log",
+                )
             )
-        wait_for_port(host or "127.0.0.1", int(port), timeout=60)
         python = sys.executable
-        children.start(
-            "api", [python, "-m", "maestro.cli", "api"], env, data_dir / "logs" / "api.log"
-        )
-        children.start(
-            "worker", [python, "-m", "maestro.cli", "worker"], env, data_dir / "logs" / "worker.log"
-        )
-        wait_for_port(settings.api.host, settings.api.port, timeout=60)
-        api_url = f"http://{settings.api.host}:{settings.api.port}"
-        console.print(f"""[bold green]Maestro is up[/]
-  API        {api_url}/api/v1   (OpenAPI: {api_url}/docs)
-  Temporal   {settings.temporal.address}   (UI: {settings.temporal.ui_url})
-  PostgreSQL {shown_database_url}
-  data       {data_dir}   (logs in {data_dir / "logs"})
-Press Ctrl-C to stop.""")
-        if new_key:
-            console.print(
-                f"[bold]admin API key[/]: {new_key}\n  (kept in {key_file}; the CLI "
-                "and `maestro demo` use it)"
-            )
-        else:
-            console.print(f"admin API key: in {key_file}")
+        waiting_for, since = "temporal", time.monotonic()
         while not stopping:
-            dead = children.dead()
-            if dead:
-                console.print(f"[red]{dead[0]} exited with code {dead[1]}; stopping[/]")
+            supervisor.check()
+            if waiting_for == "temporal" and port_open(host or "127.0.0.1", int(port)):
+                for name in ("api", "worker"):
+                    command = [python, "-m", "maestro.cli", name]
+                    supervisor.add(ChildProcess(name, command, env, logs / f"{name}.log"))
+                waiting_for, since = "api", time.monotonic()
+            elif waiting_for == "api" and port_open(settings.api.host, settings.api.port):
+                supervisor.mark_up()
+                _print_up(settings, data_dir, shown_database_url, password_note)
+                if new_key:
+                    console.print(
+                        f"[bold]admin API key[/]: {new_key}\n  (kept in {key_file}; the CLI "
+                        "and `maestro demo` use it)"
+                    )
+                else:
+                    console.print(f"admin API key: in {key_file}")
+                waiting_for = ""
+            elif waiting_for and time.monotonic() - since > START_TIMEOUT:
+                console.print(
+                    f"[red]{waiting_for} accepts no connections after {START_TIMEOUT:.0f} s[/]"
+                )
                 raise typer.Exit(1)
-            time.sleep(0.5)
+            time.sleep(0.2 if waiting_for else 0.5)
+    except CrashLoopError:
+        raise typer.Exit(1) from None
     finally:
         console.print("stopping ...")
-        children.stop()
-        if postgres is not None:
-            postgres.stop()
+        supervisor.stop()
         console.print("stopped")
 
 

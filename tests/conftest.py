@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -41,6 +43,16 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data", free_port())
     yield server.start()
     server.stop()
+
+
+@pytest.fixture
+def own_tmp_path() -> Iterator[Path]:
+    """A temporary directory outside pytest's: run as root, the embedded PostgreSQL runs as
+    another user, which pytest's base directory (reset to mode 0700 whenever a pytest starts)
+    would lock out."""
+    path = Path(tempfile.mkdtemp(prefix="maestro-test-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

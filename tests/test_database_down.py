@@ -19,10 +19,10 @@ from maestro.keys import create_admin_key
 pytestmark = [pytest.mark.e2e, pytest.mark.fault, pytest.mark.timeout(180)]
 
 
-async def test_database_down_gives_503_then_the_api_recovers(settings, tmp_path):
+async def test_database_down_gives_503_then_the_api_recovers(settings, own_tmp_path):
     """Over the embedded server's Unix socket, as `maestro up` connects its API: a stopped
     server removes the socket file, which must be a 503 like a refused TCP connection."""
-    server = EmbeddedPostgres(tmp_path / "pg", free_port())
+    server = EmbeddedPostgres(own_tmp_path / "pg", free_port())
     url = server.start()
     try:
         await asyncio.to_thread(upgrade, url)
@@ -59,7 +59,8 @@ async def test_database_down_gives_503_then_the_api_recovers(settings, tmp_path)
 
 def test_local_url_falls_back_to_tcp_when_the_socket_path_is_too_long(tmp_path):
     short = EmbeddedPostgres(tmp_path / "pg", 55432)
-    assert short.local_url.startswith("postgresql://postgres@/postgres?host=/")
+    short.password_file.write_text("p/w@rd\n")
+    assert short.local_url.startswith("postgresql://postgres:p%2Fw%40rd@/postgres?host=/")
     assert short.local_url.endswith("&port=55432")
     deep = EmbeddedPostgres(tmp_path / ("d" * 120) / "pg", 55432)
     assert deep.local_url == deep.url == "postgresql://postgres@127.0.0.1:55432/postgres"
@@ -72,10 +73,12 @@ async def test_no_free_connection_on_the_server_gives_503(settings, auth_headers
     role = f"maestro_limited_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(settings.database_url)
     try:
-        await admin.execute(f'CREATE ROLE "{role}" LOGIN')
+        # A password, as the embedded test server requires one; the machine's may trust.
+        await admin.execute(f"CREATE ROLE \"{role}\" LOGIN PASSWORD '{role}'")
         await admin.execute(f'GRANT ALL ON ALL TABLES IN SCHEMA public TO "{role}"')
         await admin.execute(f'GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO "{role}"')
-        url = make_url(settings.database_url).set(username=role).render_as_string(False)
+        url = make_url(settings.database_url).set(username=role, password=role)
+        url = url.render_as_string(False)
         app = create_app(settings.model_copy(update={"database_url": url}))
         async with app.router.lifespan_context(app):
             async with httpx.AsyncClient(

@@ -1,14 +1,19 @@
 """`maestro up` as a user runs it: everything starts, Ctrl-C stops every child, and a run that
-was in flight continues after the next start."""
+was in flight continues after the next start; a child that dies is restarted while the others
+keep running, and one that keeps dying stops the whole stack."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import NamedTuple
 
 import httpx
 import psutil
@@ -20,6 +25,29 @@ from tests.conftest import unique_id, wait_for_run, wait_for_step
 pytestmark = [pytest.mark.e2e, pytest.mark.fault, pytest.mark.timeout(400)]
 
 
+class Ports(NamedTuple):
+    api: int
+    temporal: int
+    ui: int
+    postgres: int
+
+
+def up_env(data_dir: Path) -> tuple[dict[str, str], Ports]:
+    """The environment of a `maestro up` with all its data in `data_dir`, on free ports."""
+    data_dir.mkdir()
+    ports = Ports(*(free_port() for _ in range(4)))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAESTRO_")}
+    env.update(
+        MAESTRO_DATA_DIR=str(data_dir),
+        MAESTRO_API__PORT=str(ports.api),
+        MAESTRO_TEMPORAL__ADDRESS=f"127.0.0.1:{ports.temporal}",
+        MAESTRO_TEMPORAL__UI_PORT=str(ports.ui),
+        MAESTRO_TEMPORAL__UI_URL=f"http://127.0.0.1:{ports.ui}",
+        MAESTRO_EMBEDDED_POSTGRES_PORT=str(ports.postgres),
+    )
+    return env, ports
+
+
 def start_up(env: dict[str, str], log: Path) -> subprocess.Popen:
     with open(log, "ab") as out:
         return subprocess.Popen(
@@ -29,6 +57,23 @@ def start_up(env: dict[str, str], log: Path) -> subprocess.Popen:
             stderr=subprocess.STDOUT,
             cwd=env["MAESTRO_DATA_DIR"],
         )
+
+
+def sleep_then_noop(workflow_id: str, seconds: int, heartbeat_timeout: str) -> dict:
+    """A workflow whose first step sleeps, heartbeating: a worker can die in the middle."""
+    return {
+        "id": workflow_id,
+        "steps": [
+            {
+                "id": "long",
+                "type": "sleep",
+                "params": {"seconds": seconds},
+                "heartbeat_timeout": heartbeat_timeout,
+                "retry": {"max_attempts": 5, "initial_backoff": "0.5s"},
+            },
+            {"id": "after", "type": "noop", "depends_on": ["long"]},
+        ],
+    }
 
 
 async def wait_until_up(api: httpx.AsyncClient, proc: subprocess.Popen, log: Path) -> None:
@@ -51,46 +96,24 @@ def interrupt(proc: subprocess.Popen) -> list[int]:
     return children
 
 
-async def test_up_restart_keeps_data_and_resumes_in_flight_run(tmp_path: Path):
-    data_dir = tmp_path / "data"
-    data_dir.mkdir()
-    api_port, temporal_port, ui_port, pg_port = (free_port() for _ in range(4))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MAESTRO_")}
-    env.update(
-        MAESTRO_DATA_DIR=str(data_dir),
-        MAESTRO_API__PORT=str(api_port),
-        MAESTRO_TEMPORAL__ADDRESS=f"127.0.0.1:{temporal_port}",
-        MAESTRO_TEMPORAL__UI_PORT=str(ui_port),
-        MAESTRO_TEMPORAL__UI_URL=f"http://127.0.0.1:{ui_port}",
-        MAESTRO_EMBEDDED_POSTGRES_PORT=str(pg_port),
-    )
-    log = tmp_path / "up.log"
+async def test_up_restart_keeps_data_and_resumes_in_flight_run(own_tmp_path: Path):
+    data_dir = own_tmp_path / "data"
+    env, ports = up_env(data_dir)
+    log = own_tmp_path / "up.log"
     wid = unique_id("up")
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}", timeout=30) as api:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{ports.api}", timeout=30) as api:
         proc = start_up(env, log)
         await wait_until_up(api, proc, log)
         assert (await api.get("/api/v1/workflows")).status_code == 401, "keys are required"
         key = (data_dir / "api-key").read_text().strip()
         assert "admin API key" in log.read_text() and key in log.read_text()
+        password = (data_dir / "postgres-password").read_text().strip()
+        assert password not in log.read_text(), "the database password is never printed"
+        assert f"postgresql://postgres:***@127.0.0.1:{ports.postgres}/postgres" in log.read_text()
         api.headers["Authorization"] = f"Bearer {key}"
-        ui = await api.get(f"http://127.0.0.1:{ui_port}/")
+        ui = await api.get(f"http://127.0.0.1:{ports.ui}/")
         assert ui.status_code == 200, "the Temporal Web UI is served"
-        pushed = await api.post(
-            "/api/v1/workflows",
-            json={
-                "id": wid,
-                "steps": [
-                    {
-                        "id": "long",
-                        "type": "sleep",
-                        "params": {"seconds": 8},
-                        "heartbeat_timeout": "3s",
-                        "retry": {"max_attempts": 5, "initial_backoff": "0.5s"},
-                    },
-                    {"id": "after", "type": "noop", "depends_on": ["long"]},
-                ],
-            },
-        )
+        pushed = await api.post("/api/v1/workflows", json=sleep_then_noop(wid, 8, "3s"))
         assert pushed.status_code == 201
         run = (await api.post(f"/api/v1/workflows/{wid}/runs", json={})).json()
         await wait_for_step(api, run["run_id"], "long", "running")
@@ -114,3 +137,167 @@ async def test_up_restart_keeps_data_and_resumes_in_flight_run(tmp_path: Path):
             assert done["steps"][0]["attempt"] >= 2, "the interrupted attempt was retried"
         finally:
             interrupt(proc)
+
+
+def status(data_dir: Path) -> dict:
+    """`maestro up`'s status file: its state and each child's pid, restarts and last exit."""
+    return json.loads((data_dir / "status.json").read_text())
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+async def kill_and_wait_for_restart(
+    data_dir: Path, name: str, api: httpx.AsyncClient | None = None
+) -> int:
+    """SIGKILL the child `name`; return its new pid once it runs again. With `api`, the API
+    must answer its health check all along."""
+    old = status(data_dir)["children"][name]
+    os.kill(old["pid"], signal.SIGKILL)
+    for _ in range(300):
+        if api is not None:
+            assert (await api.get("/healthz")).status_code == 200, "the API stays up"
+        child = status(data_dir)["children"][name]
+        if child["state"] == "running" and child["pid"] != old["pid"]:
+            assert child["restarts"] > old["restarts"]
+            assert not alive(old["pid"])
+            return child["pid"]
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{name} was not restarted: {status(data_dir)}")
+
+
+async def wait_until_healthy(api: httpx.AsyncClient, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while (await api.get("/healthz")).status_code != 200:
+        assert time.monotonic() < deadline, "the API did not recover"
+        await asyncio.sleep(0.2)
+
+
+async def start_run(api: httpx.AsyncClient, workflow_id: str) -> str:
+    started = await api.post(f"/api/v1/workflows/{workflow_id}/runs", json={})
+    assert started.status_code in (200, 201), started.text
+    return started.json()["run_id"]
+
+
+async def assert_succeeds(api: httpx.AsyncClient, run_id: str) -> dict:
+    done = await wait_for_run(api, run_id, timeout=90)
+    assert done["status"] == "succeeded", done
+    return done
+
+
+async def test_up_restarts_each_dead_child_and_keeps_the_others_running(own_tmp_path: Path):
+    """Worker, Temporal dev server and PostgreSQL, each SIGKILLed in turn: each is restarted,
+    the API process stays the same, no data is lost and runs (one in flight) succeed."""
+    data_dir = own_tmp_path / "data"
+    env, ports = up_env(data_dir)
+    log = own_tmp_path / "up.log"
+    wid = unique_id("supervised")
+    seen: set[int] = set()
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{ports.api}", timeout=30) as api:
+        proc = start_up(env, log)
+        try:
+            await wait_until_up(api, proc, log)
+            api.headers["Authorization"] = f"Bearer {(data_dir / 'api-key').read_text().strip()}"
+            first = status(data_dir)
+            assert first["state"] == "up" and first["pid"] == proc.pid
+            assert list(first["children"]) == ["postgres", "temporal", "api", "worker"]
+            seen |= {child["pid"] for child in first["children"].values()}
+            pushed = await api.post("/api/v1/workflows", json=sleep_then_noop(wid, 4, "2s"))
+            assert pushed.status_code == 201, pushed.text
+            quick = await api.post(
+                "/api/v1/workflows",
+                json={"id": f"{wid}-quick", "steps": [{"id": "a", "type": "noop"}]},
+            )
+            assert quick.status_code == 201, quick.text
+            in_flight = await start_run(api, wid)
+            await wait_for_step(api, in_flight, "long", "running")
+
+            seen.add(await kill_and_wait_for_restart(data_dir, "worker", api))
+            after_worker = await start_run(api, f"{wid}-quick")
+            done = await assert_succeeds(api, in_flight)
+            assert done["steps"][0]["attempt"] >= 2, "the killed attempt was retried"
+            await assert_succeeds(api, after_worker)
+            assert "worker exited with code -9; restarting in 1 s (restart 1)" in log.read_text()
+
+            seen.add(await kill_and_wait_for_restart(data_dir, "temporal"))
+            await assert_succeeds(api, await start_run(api, f"{wid}-quick"))
+
+            seen.add(await kill_and_wait_for_restart(data_dir, "postgres"))
+            await wait_until_healthy(api)
+            kept = (await api.get(f"/api/v1/workflows/{wid}")).json()
+            assert kept["active_version"] == 1, "the data survived"
+            runs = (await api.get("/api/v1/runs", params={"workflow_id": f"{wid}-quick"})).json()
+            assert [r["status"] for r in runs["items"]] == ["succeeded"] * 2
+            # The API and the worker reconnect by themselves; a step finishing on a connection
+            # its worker held before the restart may still fail its run (docs/architecture.md,
+            # known gaps), so the stack must only recover within a few runs.
+            for _ in range(5):
+                done = await wait_for_run(api, await start_run(api, f"{wid}-quick"), timeout=90)
+                if done["status"] == "succeeded":
+                    break
+            assert done["status"] == "succeeded", done
+
+            final = status(data_dir)["children"]
+            assert final["api"]["pid"] == first["children"]["api"]["pid"]
+            assert final["api"]["restarts"] == 0, "the API was never restarted"
+            assert [final[name]["restarts"] for name in ("worker", "temporal")] == [1, 1]
+            assert final["postgres"]["restarts"] >= 1
+            assert final["worker"]["last_exit"]["code"] == -9
+            events = [
+                json.loads(line)
+                for line in (data_dir / "logs" / "supervisor.log").read_text().splitlines()
+            ]
+            assert {e["child"] for e in events if e["level"] == "warning"} == {
+                "worker",
+                "temporal",
+                "postgres",
+            }
+        finally:
+            interrupt(proc)
+    assert not [pid for pid in seen if alive(pid)], "every child stopped"
+    assert status(data_dir)["state"] == "stopped"
+
+
+async def test_up_stops_everything_when_a_child_keeps_crashing(own_tmp_path: Path):
+    """The API cannot bind its port (uvicorn exits with 3): after five crashes `maestro up`
+    stops the other children and exits 1, leaving no process behind."""
+    data_dir = own_tmp_path / "data"
+    env, ports = up_env(data_dir)
+    log = own_tmp_path / "up.log"
+    seen: dict[str, set[int]] = {}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", ports.api))
+        taken.listen()
+        proc = start_up(env, log)
+        try:
+            deadline = time.monotonic() + 150
+            while proc.poll() is None:
+                assert time.monotonic() < deadline, log.read_text()
+                if (data_dir / "status.json").exists():
+                    for name, child in status(data_dir)["children"].items():
+                        if child["pid"]:
+                            seen.setdefault(name, set()).add(child["pid"])
+                await asyncio.sleep(0.1)
+        finally:
+            if proc.poll() is None:
+                interrupt(proc)
+    assert proc.returncode == 1, log.read_text()
+    output = log.read_text()
+    assert "api exited with code 3; restarting in 1 s (restart 1)" in output
+    assert "api exited with code 3; restarting in 8 s (restart 4)" in output
+    assert "crashed 5 times within 120 s: stopping everything" in output
+    assert set(seen) == {"postgres", "temporal", "api", "worker"}, seen
+    assert len(seen["api"]) >= 2, "the API was restarted"
+    assert not [pid for pids in seen.values() for pid in pids if alive(pid)], "no process left"
+    assert not (data_dir / "postgres" / "postmaster.pid").exists(), "PostgreSQL stopped"
+    final = status(data_dir)
+    assert final["state"] == "failed"
+    assert final["children"]["api"]["state"] == "failed"
+    assert final["children"]["api"]["restarts"] == 4
+    assert {final["children"][n]["state"] for n in ("postgres", "temporal", "worker")} == {
+        "stopped"
+    }
