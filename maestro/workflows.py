@@ -13,6 +13,7 @@ from maestro.definitions import WorkflowDefinition
 from maestro.errors import Conflict
 from maestro.runs import LIVE, RunsService
 from maestro.schedules import Schedules
+from maestro.secrets import check_references
 from maestro.signals import SignalBus
 
 logger = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ class WorkflowsService:
         async with self._sessions.begin() as session:
             workflow, version, created = await workflows_db.push_version(session, definition)
             if created:
+                await check_references(session, definition)
                 await self._bus.check_trigger_loop(session, definition)
                 await self._bus.sync_triggers(session, definition.id)
         if created:

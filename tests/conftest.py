@@ -13,13 +13,14 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
+from cryptography.fernet import Fernet
 from temporalio.client import Client
 
 from api.app import create_app
 from maestro.db.engine import create_engine, session_factory, upgrade
 from maestro.embedded import EmbeddedPostgres, free_port, temporal_dev_server_command, wait_for_port
 from maestro.keys import create_key
-from maestro.settings import Settings, TemporalSettings
+from maestro.settings import Settings, TemporalSettings, WorkerSettings
 from maestro.temporal_client import connect
 from workers.main import run_worker
 
@@ -85,6 +86,8 @@ def settings(database_url: str, temporal_address: str, tmp_path_factory) -> Sett
     return Settings(
         database_url=database_url,
         data_dir=tmp_path_factory.mktemp("maestro"),
+        worker=WorkerSettings(work_root=tmp_path_factory.mktemp("work")),
+        secrets_key=Fernet.generate_key().decode(),
         temporal=TemporalSettings(
             address=temporal_address, task_queue="maestro-tests", ui_url="http://127.0.0.1:8233"
         ),

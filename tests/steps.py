@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from pathlib import Path
@@ -79,3 +80,15 @@ def whoami(ctx: StepContext) -> dict:
     """Which worker process ran this step."""
     time.sleep(ctx.args.get("seconds", 0.2))
     return {"pid": os.getpid()}
+
+
+def use_secret(ctx: StepContext) -> dict:
+    """Return the secret `args.name` (which the worker masks) and its hash (which it does not);
+    report it as progress and fail with it in the message when asked to."""
+    value = ctx.secrets[ctx.args["name"]]
+    if ctx.args.get("report_seconds"):
+        ctx.progress({"token": value})
+        time.sleep(ctx.args["report_seconds"])
+    if ctx.args.get("fail"):
+        raise RuntimeError(f"cannot log in with {value}")
+    return {"value": value, "sha256": hashlib.sha256(value.encode()).hexdigest()}

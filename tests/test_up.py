@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -63,6 +64,7 @@ async def test_up_restart_keeps_data_and_resumes_in_flight_run(tmp_path: Path):
         MAESTRO_TEMPORAL__UI_PORT=str(ui_port),
         MAESTRO_TEMPORAL__UI_URL=f"http://127.0.0.1:{ui_port}",
         MAESTRO_EMBEDDED_POSTGRES_PORT=str(pg_port),
+        MAESTRO_WORKER__WORK_ROOT=str(tmp_path / "work"),
     )
     log = tmp_path / "up.log"
     wid = unique_id("up")
@@ -73,6 +75,13 @@ async def test_up_restart_keeps_data_and_resumes_in_flight_run(tmp_path: Path):
         key = (data_dir / "api-key").read_text().strip()
         assert "admin API key" in log.read_text() and key in log.read_text()
         api.headers["Authorization"] = f"Bearer {key}"
+        for private, mode in (("", {0o700, 0o711}), ("api-key", {0o600}), ("secrets-key", {0o600})):
+            assert stat.S_IMODE((data_dir / private).stat().st_mode) in mode, private
+        assert {stat.S_IMODE(p.stat().st_mode) for p in data_dir.iterdir() if p.is_dir()} == {
+            0o700
+        }, "logs, artifacts, temporal and postgres are their owners' only"
+        stored = await api.put("/api/v1/secrets/up-token", json={"value": "kept-across-restarts"})
+        assert stored.status_code == 201, "the API stores secrets with the key up created"
         ui = await api.get(f"http://127.0.0.1:{ui_port}/")
         assert ui.status_code == 200, "the Temporal Web UI is served"
         pushed = await api.post(
@@ -112,5 +121,17 @@ async def test_up_restart_keeps_data_and_resumes_in_flight_run(tmp_path: Path):
             assert done["status"] == "succeeded", done
             assert [s["status"] for s in done["steps"]] == ["succeeded", "succeeded"]
             assert done["steps"][0]["attempt"] >= 2, "the interrupted attempt was retried"
+            secret_step = {
+                "id": "len",
+                "type": "shell",
+                "params": {"command": 'echo "${#T}"', "env": {"T": {"secret": "up-token"}}},
+            }
+            pushed = await api.post(
+                "/api/v1/workflows", json={"id": f"{wid}-s", "steps": [secret_step]}
+            )
+            assert pushed.status_code == 201, pushed.text
+            started = (await api.post(f"/api/v1/workflows/{wid}-s/runs", json={})).json()
+            done = await wait_for_run(api, started["run_id"], timeout=60)
+            assert done["steps"][0]["outputs"]["stdout_tail"] == "20", done
         finally:
             interrupt(proc)
