@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from maestro.db.tables import Secret, StepRun
 from maestro.secrets import MASK, Masker, SecretBox
-from tests.conftest import unique_id, wait_for_run
+from tests.conftest import unique_id, wait_for_run, wait_for_step
 from tests.test_auth import as_key, make_key
 
 pytestmark = pytest.mark.usefixtures("worker")
@@ -314,3 +314,33 @@ def test_masker_masks_whole_values_and_each_line_of_multi_line_ones():
     assert mask("x abcdef y abc") == "x *** y ***"
     assert mask({"k abc": ["line two", 3, ("line one",)]}) == {"k ***": ["***", 3, ("***",)]}
     assert Masker([])("abc") == "abc"
+
+
+async def test_a_new_value_takes_effect_on_the_next_attempt(api):
+    name = unique_id("rotated-mid-run")
+    wid = unique_id("secret-attempts")
+    await put(api, name, "short")
+    await push(
+        api,
+        {
+            "id": wid,
+            "steps": [
+                {
+                    "id": "sh",
+                    "type": "shell",
+                    "retry": {"max_attempts": 2, "initial_backoff": "0.1s"},
+                    "params": {
+                        "env": {"T": {"secret": name}},
+                        "command": 'echo "${#T}"; [ "$MAESTRO_ATTEMPT" = 2 ] || '
+                        "{ sleep 2; exit 1; }",
+                    },
+                }
+            ],
+        },
+    )
+    started = (await api.post(f"/api/v1/workflows/{wid}/runs", json={})).json()
+    await wait_for_step(api, started["run_id"], "sh", "running")
+    await put(api, name, "a much longer value")
+    done = await wait_for_run(api, started["run_id"])
+    sh = steps(done)["sh"]
+    assert sh["attempt"] == 2 and sh["outputs"]["stdout_tail"] == str(len("a much longer value"))

@@ -207,9 +207,16 @@ def test_root_is_refused_as_the_step_user():
 async def test_step_user_reaches_neither_the_worker_nor_the_data_dir_nor_another_run(
     api, as_nobody: StepWorker, private_data_dir: Path
 ):
-    first = await run_shell(api, "id -u; echo other-run-private > mine.txt", queue=as_nobody.queue)
+    first = await run_shell(
+        api,
+        "id -u; echo other-run-private > mine.txt; "
+        'printf \'{"by": "step user"}\' > "$MAESTRO_OUTPUTS"',
+        queue=as_nobody.queue,
+    )
     assert first["status"] == "succeeded", first
-    assert probe(first)["outputs"]["stdout_tail"] == "65534"
+    outputs = probe(first)["outputs"]
+    assert outputs["stdout_tail"] == "65534"
+    assert outputs["by"] == "step user", "the worker collects what the step user wrote"
     first_dir = as_nobody.root / first["run_id"]
     # Between its steps a run's directory is the worker's again: nobody else gets in.
     assert first_dir.stat().st_uid == 0 and stat.S_IMODE(first_dir.stat().st_mode) == 0o700
