@@ -54,6 +54,19 @@ def use_secret(name: str, **args) -> dict:
     }
 
 
+RETRY_ONCE = {"max_attempts": 2, "initial_backoff": "0.1s"}
+
+
+def with_secret(name: str, command: str, variable: str = "TOKEN", **step) -> dict:
+    """A shell step `sh` that has secret `name` as $`variable`."""
+    return {
+        "id": "sh",
+        "type": "shell",
+        "params": {"env": {variable: {"secret": name}}, "command": command},
+        **step,
+    }
+
+
 def steps(done: dict) -> dict[str, dict]:
     return {s["step_id"]: s for s in done["steps"]}
 
@@ -187,16 +200,12 @@ async def test_steps_get_their_secrets_masked_everywhere(api, sessions, temporal
             "id": wid,
             "owner": "team-s",
             "steps": [
-                {
-                    "id": "sh",
-                    "type": "shell",
-                    "params": {
-                        "env": {"TOKEN": {"secret": name}},
-                        "command": 'echo "token=$TOKEN"; echo "$TOKEN" >&2; '
-                        'printf \'{"token": "%s", "length": %d}\' "$TOKEN" "${#TOKEN}" '
-                        '> "$MAESTRO_OUTPUTS"',
-                    },
-                },
+                with_secret(
+                    name,
+                    'echo "token=$TOKEN"; echo "$TOKEN" >&2; '
+                    'printf \'{"token": "%s", "length": %d}\' "$TOKEN" "${#TOKEN}" '
+                    '> "$MAESTRO_OUTPUTS"',
+                ),
                 use_secret(name),
             ],
         },
@@ -217,22 +226,13 @@ async def test_a_failing_step_does_not_leak_its_secret(api, sessions, temporal_c
     name, value = unique_id("token"), new_value()
     await put(api, name, value)
     wid = unique_id("secret-fail")
-    retry = {"max_attempts": 2, "initial_backoff": "0.1s"}
     await push(
         api,
         {
             "id": wid,
             "steps": [
-                {
-                    "id": "sh",
-                    "type": "shell",
-                    "retry": retry,
-                    "params": {
-                        "env": {"TOKEN": {"secret": name}},
-                        "command": 'echo "login failed for $TOKEN" >&2; exit 2',
-                    },
-                },
-                {**use_secret(name, fail=True), "retry": retry},
+                with_secret(name, 'echo "login failed for $TOKEN" >&2; exit 2', retry=RETRY_ONCE),
+                {**use_secret(name, fail=True), "retry": RETRY_ONCE},
             ],
         },
     )
@@ -287,21 +287,14 @@ async def test_a_missing_or_foreign_secret_fails_the_step_for_good(api):
         {
             "id": wid,
             "owner": "team-m",
-            "steps": [
-                {
-                    "id": "sh",
-                    "type": "shell",
-                    "retry": {"max_attempts": 3, "initial_backoff": "0.1s"},
-                    "params": {"command": "true", "env": {"T": {"secret": name}}},
-                }
-            ],
+            "steps": [with_secret(name, "true", retry=RETRY_ONCE)],
         },
     )
     await put(api, name, new_value(), owner="team-other")
     foreign = steps(await run(api, wid))["sh"]
     assert foreign["status"] == "failed" and foreign["attempt"] == 1
     assert (
-        f"secret {name!r} does not belong to this workflow's owner ('team-m')" in (foreign["error"])
+        f"secret {name!r} does not belong to this workflow's owner ('team-m')" in foreign["error"]
     )
     assert (await api.delete(f"/api/v1/secrets/{name}")).status_code == 204
     missing = steps(await run(api, wid))["sh"]
@@ -325,16 +318,11 @@ async def test_a_new_value_takes_effect_on_the_next_attempt(api):
         {
             "id": wid,
             "steps": [
-                {
-                    "id": "sh",
-                    "type": "shell",
-                    "retry": {"max_attempts": 2, "initial_backoff": "0.1s"},
-                    "params": {
-                        "env": {"T": {"secret": name}},
-                        "command": 'echo "${#T}"; [ "$MAESTRO_ATTEMPT" = 2 ] || '
-                        "{ sleep 2; exit 1; }",
-                    },
-                }
+                with_secret(
+                    name,
+                    'echo "${#TOKEN}"; [ "$MAESTRO_ATTEMPT" = 2 ] || { sleep 2; exit 1; }',
+                    retry=RETRY_ONCE,
+                )
             ],
         },
     )
