@@ -15,7 +15,7 @@ from sqlalchemy import text
 from api.auth import guard
 from api.errors import install_error_handlers
 from api.limits import BodySizeLimit
-from api.routes import keys, metrics, models, runs, signals, workflows
+from api.routes import keys, metrics, models, runs, secrets, signals, workflows
 from api.schemas import ErrorBody
 from maestro import __version__
 from maestro.db.engine import create_engine, session_factory
@@ -25,6 +25,7 @@ from maestro.keys import KeyCache, Scope
 from maestro.registry import Registry
 from maestro.runs import RunsService
 from maestro.schedules import Schedules
+from maestro.secrets import SecretBox
 from maestro.settings import Settings
 from maestro.signals import SignalBus
 from maestro.temporal_client import API_RETRY, connect, register_search_attributes
@@ -87,6 +88,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.settings = settings
         app.state.sessions = sessions
         app.state.key_cache = KeyCache(settings.api.key_cache_seconds)
+        app.state.secret_box = SecretBox.from_settings(settings)
         app.state.engine = engine
         app.state.runs = RunsService(
             sessions, client, settings.temporal, search_attributes=search_attributes
@@ -136,6 +138,7 @@ def create_app(settings: Settings) -> FastAPI:
         (runs.router, Scope.write, Scope.read, "/api/v1"),
         (signals.router, Scope.publish, Scope.read, "/api/v1"),
         (models.router, Scope.write, Scope.read, "/api/v1"),
+        (secrets.router, Scope.secrets_write, Scope.read, "/api/v1"),
         (keys.router, Scope.admin, Scope.admin, "/api/v1"),
         (metrics.router, Scope.read, Scope.read, ""),
     ):

@@ -145,6 +145,21 @@ Press Ctrl-C to stop; a child that dies is restarted.""",
 START_TIMEOUT = 60.0
 
 
+def restrict_data_dir(data_dir: Path) -> None:
+    """The data directory holds the API key, the secrets key, the database and every run's
+    history: only its owner may read it. Embedded PostgreSQL, run as its own user when we are
+    root, must pass through it (and opens it up on each start): everyone may then pass through
+    but not list it, and each entry but PostgreSQL's own is its owner's only."""
+    postgres = data_dir / "postgres"
+    shared = postgres.exists() and postgres.stat().st_uid != os.geteuid()
+    data_dir.chmod(0o711 if shared else 0o700)
+    for name in ("logs", "artifacts", "temporal"):
+        (data_dir / name).mkdir(mode=0o700, exist_ok=True)
+    for entry in data_dir.iterdir():
+        if entry != postgres and not entry.is_symlink():
+            entry.chmod(0o700 if entry.is_dir() else 0o600)
+
+
 @app.command()
 def up(
     external_temporal: bool = typer.Option(
@@ -157,6 +172,7 @@ def up(
     from maestro.db.engine import upgrade
     from maestro.embedded import EmbeddedPostgres, port_open, temporal_dev_server_command
     from maestro.keys import create_admin_key
+    from maestro.secrets import write_key_file
     from maestro.supervisor import ChildProcess, CrashLoopError, PostgresProcess, Supervisor
 
     settings = _settings()
@@ -188,6 +204,9 @@ def up(
         env["MAESTRO_DATABASE_URL"] = database_url
         upgrade(database_url)
         key_file = data_dir / "api-key"
+        restrict_data_dir(data_dir)
+        if settings.secrets_key is None and write_key_file(settings.secrets_key_path):
+            console.print(f"secrets key created in {settings.secrets_key_path}")
         new_key = None
         if not key_file.exists():  # first start: a local admin key for the CLI
             new_key = asyncio.run(create_admin_key(database_url, "local admin (maestro up)"))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,7 +11,8 @@ from urllib.parse import unquote, urlparse
 
 @dataclass
 class StepContext:
-    """Params, upstream outputs, a per-run working directory and a progress callback."""
+    """Params, upstream outputs, the secrets the step names, a per-run working directory and a
+    progress callback."""
 
     run_id: str
     workflow_id: str
@@ -30,25 +31,32 @@ class StepContext:
     # train/evaluate: the input data reference; evaluate: the model version's files.
     data: str | None = None
     model_path: Path | None = None
+    # The values of the secrets the step's `secrets` param names, by name (never logged).
+    secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
     _report: Callable[[Any], None] = field(default=lambda details: None, repr=False)
     _made: set[Path] = field(default_factory=set, repr=False)
 
     def _made_dir(self, path: Path) -> Path:
         if path not in self._made:
-            path.mkdir(parents=True, exist_ok=True)
+            # Owner only: other runs' steps must not read it.
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
             self._made.add(path)
         return path
 
     @property
     def work_dir(self) -> Path:
-        """The run's working directory, shared by its steps (exists once asked for)."""
+        """The run's working directory (mode 0700), shared by its steps (exists once asked
+        for)."""
         return self._made_dir(self._work_dir)
 
     @property
     def artifact_dir(self) -> Path | None:
         """Where to write files that should become artifacts (`{"artifacts": {name: path}}`);
         exists once asked for."""
-        return None if self._artifact_dir is None else self._made_dir(self._artifact_dir)
+        if self._artifact_dir is None:
+            return None
+        self._made_dir(self._work_dir)  # first, so that it gets its mode
+        return self._made_dir(self._artifact_dir)
 
     def local_path(self, uri: str) -> Path:
         """A local path for a `file://` artifact URI (as found in upstream outputs)."""

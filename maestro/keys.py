@@ -1,8 +1,9 @@
 """API keys: creation (the secret is shown once, only its hash is stored), lookup, scopes.
 
 Scopes: `read` (every GET), `write` (register and activate workflows, start and act on runs,
-promote models; includes read), `publish` (publish signals only), `admin` (everything, and
-keys). A key may be limited to workflows of some owners (teams).
+promote models; includes read), `publish` (publish signals only), `secrets:write` (store and
+delete secrets only), `admin` (everything, and keys). A key may be limited to workflows and
+secrets of some owners (teams).
 """
 
 from __future__ import annotations
@@ -30,12 +31,14 @@ class Scope(StrEnum):
     read = "read"
     write = "write"
     publish = "publish"
+    secrets_write = "secrets:write"
     admin = "admin"
 
 
 # What each scope also grants.
 _GRANTS = {
-    Scope.admin: {Scope.admin, Scope.write, Scope.read, Scope.publish},
+    Scope.admin: {Scope.admin, Scope.write, Scope.read, Scope.publish, Scope.secrets_write},
+    Scope.secrets_write: {Scope.secrets_write},
     Scope.write: {Scope.write, Scope.read},
     Scope.read: {Scope.read},
     Scope.publish: {Scope.publish},
@@ -64,7 +67,7 @@ async def create_key(
     session: AsyncSession, name: str, scopes: Sequence[str], owners: Sequence[str] = ()
 ) -> tuple[ApiKey, str]:
     """A new key; returns the row and the secret (shown once)."""
-    unknown = [s for s in scopes if s not in Scope.__members__]
+    unknown = [s for s in scopes if s not in {scope.value for scope in Scope}]
     if not scopes or unknown:
         raise InvalidInput(
             "invalid scopes",

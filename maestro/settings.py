@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # PostgreSQL connections a process keeps open, and how many more it may open for a burst. A
@@ -72,6 +73,23 @@ class WorkerSettings(BaseModel):
     # docs/benchmarks.md), and Maestro's workflow code is fixed, not user code; the test suite
     # runs it sandboxed and replays recorded histories to keep it deterministic.
     workflow_sandbox: bool = False
+    # Where per-run working directories live (one per run, mode 0700); never inside data_dir,
+    # whose API key, secrets key and database socket a step must not reach. Unset: the
+    # `maestro-runs` directory under the system's temporary directory.
+    work_root: Path | None = None
+    # On a worker running as root: the user (name or uid) shell steps run as, with that user's
+    # group and no supplementary groups; their run's directory is theirs while they run.
+    # Unset: shell steps run as the worker's own user.
+    run_as_user: str | None = None
+    # With run_as_user: uids [first, last] reserved for steps (no other use on the machine).
+    # Each run gets one of its own while its steps run here, so steps of concurrent runs cannot
+    # see each other's processes or files either; what they leave running is killed.
+    run_as_uid_range: tuple[int, int] | None = None
+
+    def work_root_dir(self) -> Path:
+        """The directory that holds the per-run working directories."""
+        root = self.work_root or Path(tempfile.gettempdir()) / "maestro-runs"
+        return root.expanduser().resolve()
 
 
 class Settings(BaseSettings):
@@ -91,11 +109,17 @@ class Settings(BaseSettings):
     api: ApiSettings = Field(default_factory=ApiSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     log_level: str = "INFO"
+    # The key that encrypts secrets at rest (a Fernet key: 32 bytes, URL-safe base64; several
+    # separated by commas while rotating it: the first encrypts, all decrypt). Unset: read from
+    # `secrets_key_file`.
+    secrets_key: SecretStr | None = None
+    # Unset: `<data_dir>/secrets-key`, which `maestro up` creates (mode 0600) on first start.
+    secrets_key_file: Path | None = None
 
     @property
-    def runs_dir(self) -> Path:
-        """Per-run working directories live here."""
-        return self.data_dir / "runs"
+    def secrets_key_path(self) -> Path:
+        """Where the secrets key is read from when MAESTRO_SECRETS_KEY is unset."""
+        return self.secrets_key_file or self.data_dir / "secrets-key"
 
     def require_database_url(self) -> str:
         """The database URL, or an error if none is configured and embedded is not running."""

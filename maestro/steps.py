@@ -4,18 +4,52 @@ from __future__ import annotations
 
 import re
 from pathlib import PurePosixPath
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+)
 
 from maestro.errors import Problem
 from maestro.expressions import find_expressions, is_expr, quoted_concatenation
 
 ENTRYPOINT_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
+SECRET_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$"
 
 
 class _StepParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class SecretRef(BaseModel):
+    """`{secret: <name>}`: the value of the workflow owner's secret, filled in by the worker."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    secret: str = Field(pattern=SECRET_NAME_PATTERN)
+
+
+def _env_kind(value: Any) -> str:
+    secret = isinstance(value, SecretRef) or (isinstance(value, dict) and "secret" in value)
+    return "secret" if secret else "value"
+
+
+EnvValue = Annotated[
+    Annotated[str, Tag("value")] | Annotated[SecretRef, Tag("secret")], Discriminator(_env_kind)
+]
+SecretNames = Annotated[
+    list[Annotated[str, Field(pattern=SECRET_NAME_PATTERN)]],
+    Field(
+        max_length=50,
+        description="Names of the workflow owner's secrets the step reads as `ctx.secrets[name]`",
+    ),
+]
 
 
 class NoopParams(_StepParams):
@@ -35,15 +69,18 @@ class PythonParams(_StepParams):
 
     entrypoint: str = Field(pattern=ENTRYPOINT_PATTERN)
     args: dict[str, Any] = Field(default_factory=dict)
+    secrets: SecretNames = Field(default_factory=list)
 
 
 class ShellParams(_StepParams):
-    """Runs `command` (an argv list, or a string for `/bin/sh -c`) in the run's work dir;
-    `shell_interpolation` allows shell text built by expressions that quote every value."""
+    """Runs `command` (an argv list, or a string for `/bin/sh -c`) in the run's work dir, with
+    a small environment: PATH, LANG, TZ, the run's MAESTRO_* variables and `env`, whose values
+    are strings or `{secret: <name>}`. `shell_interpolation` allows shell text built by
+    expressions that quote every value."""
 
     command: str | list[str] = Field(min_length=1)
     shell_interpolation: bool = False
-    env: dict[str, str] = Field(default_factory=dict)
+    env: dict[str, EnvValue] = Field(default_factory=dict)
     tail_lines: int = Field(default=50, ge=1, le=10_000)
 
     @field_validator("command", mode="before")
@@ -81,6 +118,7 @@ class TrainParams(_StepParams):
     model_name: str = Field(min_length=1, max_length=200)
     data: str | None = Field(default=None, max_length=1000)
     args: dict[str, Any] = Field(default_factory=dict)
+    secrets: SecretNames = Field(default_factory=list)
 
 
 class ChampionCheck(_StepParams):
@@ -103,6 +141,7 @@ class EvaluateParams(_StepParams):
     args: dict[str, Any] = Field(default_factory=dict)
     gates: list[str] = Field(default_factory=list)
     better_than: ChampionCheck | None = None
+    secrets: SecretNames = Field(default_factory=list)
 
     @field_validator("gates")
     @classmethod
@@ -143,6 +182,17 @@ ARGV_HINT = (
     'pass each value as its own argv element (command: ["echo", {expr: "params.x"}]) or read it '
     'as "$MAESTRO_PARAM_X" in a literal command'
 )
+
+
+def secret_references(spec: BaseModel) -> list[tuple[tuple[str | int, ...], str]]:
+    """The secrets a step's validated params name, each with its location in the params."""
+    if isinstance(spec, ShellParams):
+        return [
+            (("env", key, "secret"), value.secret)
+            for key, value in spec.env.items()
+            if isinstance(value, SecretRef)
+        ]
+    return [(("secrets", i), name) for i, name in enumerate(getattr(spec, "secrets", ()))]
 
 
 def check_step_params(step_type: str, params: dict[str, Any]) -> list[Problem]:

@@ -14,6 +14,7 @@ from maestro.ends import LIVE
 from maestro.errors import Conflict
 from maestro.runs import RunsService
 from maestro.schedules import Schedules
+from maestro.secrets import check_references
 from maestro.signals import SignalBus
 
 logger = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ class WorkflowsService:
         async with self._sessions.begin() as session:
             workflow, version, created = await workflows_db.push_version(session, definition)
             if created:
+                await check_references(session, definition)
                 await self._bus.check_trigger_loop(session, definition)
                 await self._bus.sync_triggers(session, definition.id)
         if created:

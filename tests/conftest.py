@@ -15,6 +15,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
+from cryptography.fernet import Fernet
 from temporalio.client import Client
 
 from api.app import create_app
@@ -99,6 +100,8 @@ def settings(database_url: str, temporal_address: str, tmp_path_factory) -> Sett
     return Settings(
         database_url=database_url,
         data_dir=tmp_path_factory.mktemp("maestro"),
+        worker=WorkerSettings(work_root=tmp_path_factory.mktemp("work")),
+        secrets_key=Fernet.generate_key().decode(),
         temporal=TemporalSettings(
             address=temporal_address, task_queue="maestro-tests", ui_url="http://127.0.0.1:8233"
         ),

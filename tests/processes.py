@@ -23,6 +23,8 @@ class Processes:
             os.environ,
             MAESTRO_DATABASE_URL=settings.database_url,
             MAESTRO_DATA_DIR=str(settings.data_dir),
+            MAESTRO_WORKER__WORK_ROOT=str(settings.worker.work_root_dir()),
+            MAESTRO_SECRETS_KEY=settings.secrets_key.get_secret_value(),  # type: ignore[union-attr]
             MAESTRO_TEMPORAL__ADDRESS=settings.temporal.address,
             MAESTRO_TEMPORAL__TASK_QUEUE=task_queue,
             MAESTRO_API__PORT=str(self.api_port),

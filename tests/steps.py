@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from pathlib import Path
@@ -99,3 +100,15 @@ def record_call(ctx: StepContext) -> dict:
     with Path(ctx.args["file"]).open("a") as f:
         f.write(f"{ctx.run_id} {ctx.step_id} {ctx.attempt} {os.getpid()}\n")
     return {"pid": os.getpid()}
+
+
+def use_secret(ctx: StepContext) -> dict:
+    """Return the secret `args.name` (which the worker masks) and its hash (which it does not);
+    report it as progress and fail with it in the message when asked to."""
+    value = ctx.secrets[ctx.args["name"]]
+    if ctx.args.get("report_seconds"):
+        ctx.progress({"token": value})
+        time.sleep(ctx.args["report_seconds"])
+    if ctx.args.get("fail"):
+        raise RuntimeError(f"cannot log in with {value}")
+    return {"value": value, "sha256": hashlib.sha256(value.encode()).hexdigest()}

@@ -267,7 +267,20 @@ def test_unknown_step_type_lists_known_types():
         ("shell", {"command": ""}, ("command",), "at least 1 item"),
         ("shell", {"command": []}, ("command",), "at least 1 item"),
         ("shell", {"command": "ls", "tail_lines": 0}, ("tail_lines",), "greater than or equal"),
-        ("shell", {"command": "ls", "env": {"A": 1}}, ("env", "A"), "valid string"),
+        ("shell", {"command": "ls", "env": {"A": 1}}, ("env", "A", "value"), "valid string"),
+        (
+            "shell",
+            {"command": "ls", "env": {"A": {"secret": "no spaces"}}},
+            ("env", "A", "secret", "secret"),
+            "should match pattern",
+        ),
+        (
+            "shell",
+            {"command": "ls", "env": {"A": {"secret": "t", "value": "x"}}},
+            ("env", "A", "secret", "value"),
+            "Extra inputs are not permitted",
+        ),
+        ("python", {"entrypoint": "m:f", "secrets": ["../x"]}, ("secrets", 0), "should match"),
         ("noop", {"output": {}}, ("output",), "Extra inputs are not permitted"),
     ],
 )
@@ -289,6 +302,9 @@ def test_step_params_invalid(step_type, params, loc, msg):
         ("python", {"entrypoint": "_m:_f"}),
         ("shell", {"command": "echo hi", "tail_lines": 10_000}),
         ("shell", {"command": ["echo", "hi"], "env": {"A": "1"}}),
+        ("shell", {"command": "env", "env": {"A": "1", "TOKEN": {"secret": "team.token"}}}),
+        ("python", {"entrypoint": "m:f", "secrets": ["db-password", "api_token"]}),
+        ("train", {"entrypoint": "m:f", "model_name": "m", "secrets": ["s3.key"]}),
     ],
 )
 def test_step_params_valid(step_type, params):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import httpx
 import psutil
@@ -157,7 +156,7 @@ async def test_cancel_kills_the_shell_process_group(http, settings):
     )
     run = await start(http, wid)
     await wait_for_step(http, run["run_id"], "long", "running")
-    work_dir = Path(settings.data_dir).resolve() / "runs" / run["run_id"]
+    work_dir = settings.worker.work_root_dir() / run["run_id"]
     for _ in range(100):
         if (work_dir / "child.pid").exists() and (work_dir / "shell.pid").exists():
             break
@@ -301,12 +300,7 @@ async def test_worker_killed_during_training_and_the_pipeline_still_succeeds(
     run = await start(http, wid)
     await wait_for_step(http, run["run_id"], "train", "running")
     checkpoint = (
-        Path(settings.data_dir).resolve()
-        / "runs"
-        / run["run_id"]
-        / "train"
-        / "artifacts"
-        / "checkpoint.pkl"
+        settings.worker.work_root_dir() / run["run_id"] / "train" / "artifacts" / "checkpoint.pkl"
     )
     for _ in range(100):
         if checkpoint.exists():

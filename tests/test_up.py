@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -44,6 +45,7 @@ def up_env(data_dir: Path) -> tuple[dict[str, str], Ports]:
         MAESTRO_TEMPORAL__UI_PORT=str(ports.ui),
         MAESTRO_TEMPORAL__UI_URL=f"http://127.0.0.1:{ports.ui}",
         MAESTRO_EMBEDDED_POSTGRES_PORT=str(ports.postgres),
+        MAESTRO_WORKER__WORK_ROOT=str(data_dir.parent / "work"),
     )
     return env, ports
 
@@ -111,6 +113,13 @@ async def test_up_restart_keeps_data_and_resumes_in_flight_run(own_tmp_path: Pat
         assert password not in log.read_text(), "the database password is never printed"
         assert f"postgresql://postgres:***@127.0.0.1:{ports.postgres}/postgres" in log.read_text()
         api.headers["Authorization"] = f"Bearer {key}"
+        for private, mode in (("", {0o700, 0o711}), ("api-key", {0o600}), ("secrets-key", {0o600})):
+            assert stat.S_IMODE((data_dir / private).stat().st_mode) in mode, private
+        assert {stat.S_IMODE(p.stat().st_mode) for p in data_dir.iterdir() if p.is_dir()} == {
+            0o700
+        }, "logs, artifacts, temporal and postgres are their owners' only"
+        stored = await api.put("/api/v1/secrets/up-token", json={"value": "kept-across-restarts"})
+        assert stored.status_code == 201, "the API stores secrets with the key up created"
         ui = await api.get(f"http://127.0.0.1:{ports.ui}/")
         assert ui.status_code == 200, "the Temporal Web UI is served"
         pushed = await api.post("/api/v1/workflows", json=sleep_then_noop(wid, 8, "3s"))
@@ -135,6 +144,18 @@ async def test_up_restart_keeps_data_and_resumes_in_flight_run(own_tmp_path: Pat
             assert done["status"] == "succeeded", done
             assert [s["status"] for s in done["steps"]] == ["succeeded", "succeeded"]
             assert done["steps"][0]["attempt"] >= 2, "the interrupted attempt was retried"
+            secret_step = {
+                "id": "len",
+                "type": "shell",
+                "params": {"command": 'echo "${#T}"', "env": {"T": {"secret": "up-token"}}},
+            }
+            pushed = await api.post(
+                "/api/v1/workflows", json={"id": f"{wid}-s", "steps": [secret_step]}
+            )
+            assert pushed.status_code == 201, pushed.text
+            started = (await api.post(f"/api/v1/workflows/{wid}-s/runs", json={})).json()
+            done = await wait_for_run(api, started["run_id"], timeout=60)
+            assert done["steps"][0]["outputs"]["stdout_tail"] == "20", done
         finally:
             interrupt(proc)
 

@@ -26,6 +26,7 @@ from maestro.db import runs as runs_db
 from maestro.db.engine import autocommit, is_unavailable
 from maestro.db.tables import Run, StepRun
 from maestro.ends import RunEnds
+from maestro.errors import ConfigurationError, Forbidden, NotFound
 from maestro.expressions import ExpressionError, resolve_values
 from maestro.registry import Registry
 from maestro.runtime import (
@@ -50,10 +51,12 @@ from maestro.runtime import (
     StepSuccess,
 )
 from maestro.schedules import Schedules
+from maestro.secrets import Masker, SecretBox, resolve_secrets
 from maestro.settings import WorkerSettings
 from maestro.signals import Producer, SignalBus, SignalIn
-from maestro.steps import STEP_TYPES, unsafe_params
+from maestro.steps import STEP_TYPES, secret_references, unsafe_params
 from workers.executors import EXECUTORS, Services
+from workers.workdirs import WorkRoot
 
 logger = logging.getLogger(__name__)
 
@@ -63,14 +66,33 @@ def _module_allowed(entrypoint: str, allowed: list[str]) -> bool:
     return any(a == "*" or module == a or module.startswith(a + ".") for a in allowed)
 
 
+def _masked_failure(exc: BaseException, mask: Masker) -> ApplicationError:
+    """The failure of an attempt that held secrets, its text masked and without the original
+    exception attached (whose message would reach Temporal unmasked)."""
+    if isinstance(exc, ApplicationError):
+        return ApplicationError(
+            mask(exc.message),
+            *mask(list(exc.details)),
+            type=exc.type,
+            non_retryable=exc.non_retryable,
+            next_retry_delay=exc.next_retry_delay,
+            category=exc.category,
+        )
+    return ApplicationError(mask(f"{type(exc).__name__}: {exc}"), type=type(exc).__name__)
+
+
 class _Progress:
     """The latest progress a step reported, sent by the heartbeat loop (safe from any thread)."""
 
     def __init__(self, initial: Any) -> None:
         self._lock = threading.Lock()
         self._details = initial
+        # Set when the step holds secrets: what it reports goes to Temporal masked.
+        self.mask: Masker | None = None
 
     def report(self, details: Any) -> None:
+        if self.mask is not None:
+            details = self.mask(details)
         with self._lock:
             self._details = details
 
@@ -142,17 +164,22 @@ class StepActivities:
     def __init__(
         self,
         sessions: async_sessionmaker[AsyncSession],
-        runs_dir: Path,
+        work_root: Path,
         bus: SignalBus,
         artifacts: ArtifactStore | None = None,
         policy: WorkerSettings | None = None,
+        secret_box: SecretBox | None = None,
     ) -> None:
         self._policy = policy or WorkerSettings()
         self._sessions = sessions
-        self._runs_dir = runs_dir
+        self._work_root = WorkRoot(
+            work_root, self._policy.run_as_user, self._policy.run_as_uid_range
+        )
+        self._work_root.prepare()
         self._bus = bus
-        store = artifacts or LocalArtifactStore(runs_dir.parent / "artifacts")
-        self._services = Services(sessions, store, Registry(sessions, bus))
+        self._secret_box = secret_box
+        store = artifacts or LocalArtifactStore(work_root.parent / "artifacts")
+        self._services = Services(sessions, store, Registry(sessions, bus), self._work_root)
         self._ends = RunEnds(sessions, bus.runs, bus) if bus is not None else None
 
     @activity.defn(name=RUN_STEP_ACTIVITY)
@@ -206,7 +233,7 @@ class StepActivities:
                 type="InvalidStepParams",
                 non_retryable=True,
             ) from None
-        work_dir = self._runs_dir / step_input.run_id
+        work_dir = self._work_root.run_dir(step_input.run_id)
         previous = info.heartbeat_details[0] if info.heartbeat_details else None
         if info.attempt > 1:
             done = await self._recorded_success(step_input, previous)
@@ -232,7 +259,12 @@ class StepActivities:
         heartbeats = asyncio.create_task(self._heartbeat(progress, info.heartbeat_timeout))
         began = time.monotonic()
         start = _AttemptStart(self._sessions, step_input, info, RECORD_START_AFTER)
+        mask: Masker | None = None
         try:
+            secrets = await self._secrets(step_input, secret_references(spec))
+            if secrets:
+                ctx.secrets = secrets
+                mask = progress.mask = Masker(secrets.values())
             result = await executor(ctx, spec, self._services)
         except asyncio.CancelledError:
             activity.logger.info("step attempt cancelled", extra=log_extra)
@@ -241,13 +273,22 @@ class StepActivities:
             raise
         except Exception as exc:
             metrics.STEP_DURATION.labels(step.type, "failed").observe(time.monotonic() - began)
-            await self._record_failed_attempt(step_input, info.attempt, exc, await start.settle())
+            failure = exc if mask is None else _masked_failure(exc, mask)
+            await self._record_failed_attempt(
+                step_input, info.attempt, failure, await start.settle()
+            )
+            if failure is not exc:
+                raise failure from None
             if isinstance(exc, ApplicationError):
                 raise
             raise ApplicationError(f"{type(exc).__name__}: {exc}", type=type(exc).__name__) from exc
         finally:
             heartbeats.cancel()
         metrics.STEP_DURATION.labels(step.type, "succeeded").observe(time.monotonic() - began)
+        if mask is not None:
+            result = result.model_copy(
+                update={"outputs": mask(result.outputs), "details": mask(result.details)}
+            )
         started = await start.settle()
         emitted = self._emitted(step_input, result)
         success = StepSuccess(
@@ -346,6 +387,28 @@ class StepActivities:
             details=row.details or {},
             run_recorded=ended and step_input.finish is not None,
         )
+
+    async def _secrets(
+        self, step_input: StepInput, references: list[tuple[Any, str]]
+    ) -> dict[str, str]:
+        """The values of the secrets a step names, read now (a new value takes effect on the
+        next attempt); a missing or foreign secret fails the step for good."""
+        if not references:
+            return {}
+        try:
+            async with self._sessions() as session:
+                return await resolve_secrets(
+                    session,
+                    self._secret_box,
+                    step_input.workflow_id,
+                    [name for _, name in references],
+                )
+        except (NotFound, Forbidden, ConfigurationError) as exc:
+            raise ApplicationError(
+                f"step {step_input.step.id!r} cannot have its secrets: {exc.message}",
+                type="SecretUnavailable",
+                non_retryable=True,
+            ) from None
 
     @staticmethod
     def _emitted(step_input: StepInput, result: StepResult) -> list[SignalIn]:

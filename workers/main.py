@@ -5,17 +5,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from datetime import timedelta
+from pathlib import Path
 
 from prometheus_client import start_http_server
 from temporalio.client import Client
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
+from maestro.artifacts import LocalArtifactStore
 from maestro.db.engine import create_engine, session_factory
+from maestro.errors import ConfigurationError
 from maestro.runs import RunsService
 from maestro.schedules import Schedules
+from maestro.secrets import SecretBox
 from maestro.settings import Settings
 from maestro.signals import SignalBus
 from maestro.temporal_client import WORKER_RETRY, connect, register_search_attributes
@@ -62,6 +67,23 @@ def new_worker(
     )
 
 
+def work_root(settings: Settings) -> Path:
+    """Where runs' directories go: never inside the data directory, which holds the API key,
+    the secrets key and the embedded database."""
+    root = settings.worker.work_root_dir()
+    if root.is_relative_to(settings.data_dir.resolve()):
+        raise ConfigurationError(
+            f"MAESTRO_WORKER__WORK_ROOT ({root}) is inside MAESTRO_DATA_DIR; steps could reach "
+            "its keys and database there: choose a directory outside it"
+        )
+    if os.geteuid() == 0 and not settings.worker.run_as_user:
+        logger.warning(
+            "the worker runs as root and MAESTRO_WORKER__RUN_AS_USER is unset: shell steps "
+            "run as root"
+        )
+    return root
+
+
 async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     """Run until `stop` is set (or SIGTERM/SIGINT), then drain and return."""
     engine = create_engine(
@@ -74,7 +96,14 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
     search_attributes = await register_search_attributes(client, settings.temporal)
     runs = RunsService(sessions, client, settings.temporal, search_attributes=search_attributes)
     bus = SignalBus(sessions, runs, client)
-    activities = StepActivities(sessions, settings.runs_dir.resolve(), bus, policy=settings.worker)
+    activities = StepActivities(
+        sessions,
+        work_root(settings),
+        bus,
+        LocalArtifactStore(settings.data_dir.resolve() / "artifacts"),
+        policy=settings.worker,
+        secret_box=SecretBox.from_settings(settings),
+    )
     schedule_activities = ScheduleActivities(Schedules(sessions, runs, client, settings.temporal))
     limit = settings.worker.max_concurrent_activities
     if settings.worker.metrics_port:

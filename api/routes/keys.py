@@ -18,9 +18,11 @@ class KeyIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=200)
-    scopes: list[str] = Field(min_length=1, description="read, write, publish, admin")
+    scopes: list[str] = Field(
+        min_length=1, description="read, write, publish, secrets:write, admin"
+    )
     owners: list[str] = Field(
-        default_factory=list, description="Limit the key to workflows of these owners"
+        default_factory=list, description="Limit the key to workflows and secrets of these owners"
     )
 
 

@@ -359,3 +359,20 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None]
 
     __table_args__ = (UniqueConstraint("key_hash"),)
+
+
+class Secret(Base):
+    """A named secret of one owner: only its value encrypted with the operator's key is kept."""
+
+    __tablename__ = "secrets"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(200))
+    # A Fernet token over the name, owner and value (maestro.secrets.SecretBox).
+    ciphertext: Mapped[str] = mapped_column(Text)
+    # 1 when created, +1 on each new value (rotation).
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+    __table_args__ = (Index("ix_secrets_owner", "owner", "name"),)

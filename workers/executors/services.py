@@ -12,6 +12,7 @@ from maestro.artifacts import ArtifactStore
 from maestro.context import StepContext
 from maestro.db import models as models_db
 from maestro.registry import Registry
+from workers.workdirs import WorkRoot
 
 
 @dataclass
@@ -19,6 +20,8 @@ class Services:
     sessions: async_sessionmaker[AsyncSession]
     artifacts: ArtifactStore
     registry: Registry
+    # Where runs' directories are and the user shell steps run as.
+    work_root: WorkRoot | None = None
 
     async def store_artifacts(self, ctx: StepContext, artifacts: dict[str, Any]) -> dict[str, str]:
         """Store `{name: path}` (paths relative to the artifact dir or absolute) and record
