@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -55,6 +56,22 @@ async def database_url(postgres_server: str) -> AsyncIterator[str]:
     admin = await asyncpg.connect(base)
     await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     await admin.close()
+
+
+@contextlib.asynccontextmanager
+async def scratch_database(postgres_server: str, revision: str = "head") -> AsyncIterator[str]:
+    """A database of its own on the server, migrated to `revision`, dropped afterwards."""
+    name = f"maestro_scratch_{uuid.uuid4().hex[:10]}"
+    base = postgres_server.replace("postgresql+asyncpg://", "postgresql://")
+    admin = await asyncpg.connect(base)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    url = base.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        await asyncio.to_thread(upgrade, url, revision)
+        yield url
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
 
 
 @pytest.fixture(scope="session")
