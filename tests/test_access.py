@@ -10,7 +10,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from maestro.db.tables import Model
+from maestro.db.tables import AuditEntry, Model
 from tests.conftest import scratch_database, unique_id, wait_for_run
 from tests.test_auth import as_key
 from tests.test_ml import fixed_pipeline
@@ -417,3 +417,38 @@ async def test_concurrent_revocations_never_leave_zero_admin_keys(isolated_api):
             finally:
                 await db.close()
             assert active == 1
+
+
+async def test_audit_writer_keeps_good_rows_when_the_database_refuses_one(sessions):
+    """A row the database cannot hold (too long a method) is dropped and counted; the rest
+    of its batch is written."""
+    from api.audit import AuditWriter
+
+    writer = AuditWriter(sessions)
+    marker = unique_id("/writer")
+    base = {
+        "at": datetime.now(UTC),
+        "key_id": None,
+        "key_name": None,
+        "owners": ["team-w"],
+        "path": marker,
+        "targets": {"workflow_id": "w"},
+        "status": 200,
+        "duration_ms": 1.5,
+    }
+    for method in ("POST", "X" * 50, "DELETE"):
+        writer.record({**base, "method": method})
+    await writer.flush()
+    assert writer.dropped == 1
+    async with sessions() as session:
+        stored = (
+            await session.execute(
+                select(AuditEntry.method, AuditEntry.targets, AuditEntry.owners)
+                .where(AuditEntry.path == marker)
+                .order_by(AuditEntry.id)
+            )
+        ).all()
+    assert [tuple(r) for r in stored] == [
+        ("POST", {"workflow_id": "w"}, ["team-w"]),
+        ("DELETE", {"workflow_id": "w"}, ["team-w"]),
+    ]
