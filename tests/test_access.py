@@ -67,10 +67,17 @@ async def ml_model(api) -> dict:
     return {"model": model, "workflow_id": workflow_id, "run": run}
 
 
-async def completion_signal(api, run_id: str) -> dict:
-    found = await api.get("/api/v1/signals", params={"param.run_id": run_id, "limit": 5})
-    [signal] = [s for s in found.json()["items"] if s["name"].startswith("maestro.run.")]
-    return signal
+async def completion_signal(api, run_id: str, timeout: float = 10) -> dict:
+    """The run's `maestro.run.<status>` signal (published just after the run's end commits)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        found = await api.get("/api/v1/signals", params={"param.run_id": run_id, "limit": 5})
+        ends = [s for s in found.json()["items"] if s["name"].startswith("maestro.run.")]
+        if ends:
+            [signal] = ends
+            return signal
+        assert asyncio.get_running_loop().time() < deadline, f"run {run_id} published no end"
+        await asyncio.sleep(0.1)
 
 
 async def test_another_teams_write_key_cannot_promote_or_read_a_model(api, ml_model):
