@@ -12,10 +12,11 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from sqlalchemy import text
 
+from api.audit import AuditMiddleware, AuditWriter
 from api.auth import guard
 from api.errors import install_error_handlers
 from api.limits import BodySizeLimit
-from api.routes import keys, metrics, models, runs, secrets, signals, workflows
+from api.routes import audit, keys, metrics, models, runs, secrets, signals, workflows
 from api.schemas import ErrorBody
 from maestro import __version__
 from maestro.db.engine import create_engine, session_factory
@@ -89,6 +90,8 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.sessions = sessions
         app.state.key_cache = KeyCache(settings.api.key_cache_seconds)
         app.state.secret_box = SecretBox.from_settings(settings)
+        app.state.audit = AuditWriter(sessions)
+        app.state.audit.start()
         app.state.engine = engine
         app.state.runs = RunsService(
             sessions, client, settings.temporal, search_attributes=search_attributes
@@ -110,6 +113,10 @@ def create_app(settings: Settings) -> FastAPI:
         with contextlib.suppress(asyncio.CancelledError):
             await sweeper
         await app.state.runs.close()
+        try:
+            await app.state.audit.close()
+        except Exception as exc:  # noqa: BLE001 - shutting down: log what could not be written
+            logger.error("audit rows lost at shutdown", extra={"error": str(exc)[:500]})
         await engine.dispose()
 
     app = FastAPI(
@@ -119,6 +126,8 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.api.max_body_bytes)
+    # Outside the size limit, so refused bodies (413) are audited too.
+    app.add_middleware(AuditMiddleware)
     install_error_handlers(app)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     errors = {
@@ -133,20 +142,21 @@ def create_app(settings: Settings) -> FastAPI:
             (503, "PostgreSQL or Temporal unavailable; retry after Retry-After seconds"),
         )
     }
-    for router, scope, read_scope, prefix in (
-        (workflows.router, Scope.write, Scope.read, "/api/v1"),
-        (runs.router, Scope.write, Scope.read, "/api/v1"),
-        (signals.router, Scope.publish, Scope.read, "/api/v1"),
-        (models.router, Scope.write, Scope.read, "/api/v1"),
-        (secrets.router, Scope.secrets_write, Scope.read, "/api/v1"),
-        (keys.router, Scope.admin, Scope.admin, "/api/v1"),
-        (metrics.router, Scope.read, Scope.read, ""),
+    for router, scope, read_scopes, prefix in (
+        (workflows.router, Scope.write, (Scope.read,), "/api/v1"),
+        (runs.router, Scope.write, (Scope.read,), "/api/v1"),
+        (signals.router, Scope.publish, (Scope.read, Scope.signals_read), "/api/v1"),
+        (models.router, Scope.write, (Scope.read,), "/api/v1"),
+        (secrets.router, Scope.secrets_write, (Scope.read,), "/api/v1"),
+        (keys.router, Scope.admin, (Scope.admin,), "/api/v1"),
+        (audit.router, Scope.admin, (Scope.admin,), "/api/v1"),
+        (metrics.router, Scope.read, (Scope.read,), ""),
     ):
         app.include_router(
             router,
             prefix=prefix,
             responses=errors,
-            dependencies=[guard(scope, read_scope=read_scope)],
+            dependencies=[guard(scope, read_scopes=read_scopes)],
         )
 
     @app.get("/healthz", tags=["health"])

@@ -251,6 +251,7 @@ class StageChangeOut(BaseModel):
 
 class ModelOut(BaseModel):
     name: str
+    owner: str = Field(description="The owner of the workflow that registered the model")
     latest_version: int
     stages: dict[str, int] = Field(description="stage -> version holding it")
     created_at: datetime

@@ -325,8 +325,10 @@ class MaestroClient:
     def list_keys(self) -> list[dict[str, Any]]:
         return self._request("GET", "/keys")
 
-    def revoke_key(self, key_id: str) -> dict[str, Any]:
-        return self._request("POST", f"/keys/{_segment(key_id)}/revoke")
+    def revoke_key(self, key_id: str, *, confirm: bool = False) -> dict[str, Any]:
+        """Revoke a key; `confirm` is needed to revoke the key this client uses."""
+        params = {"confirm": "true"} if confirm else None
+        return self._request("POST", f"/keys/{_segment(key_id)}/revoke", params=params)
 
     def get_signal(self, signal_id: int) -> dict[str, Any]:
         """A signal and what it did to every trigger it reached."""

@@ -754,8 +754,14 @@ def keys_list(ctx: typer.Context) -> None:
 
 
 @keys_app.command("revoke")
-def keys_revoke(ctx: typer.Context, key_id: str) -> None:
-    """Revoke a key; it stops working at once."""
+def keys_revoke(
+    ctx: typer.Context,
+    key_id: str,
+    confirm: Annotated[
+        bool, typer.Option("--confirm", help="needed to revoke the key in use")
+    ] = False,
+) -> None:
+    """Revoke a key; it stops working at once. The last admin key cannot be revoked."""
     with _client(ctx) as client:
-        client.revoke_key(key_id)
+        client.revoke_key(key_id, confirm=confirm)
     out.print(f"key {key_id} revoked")

@@ -10,7 +10,9 @@ MaestroError
 ├── NotFound                  no such workflow, version or run            -> 404
 ├── Conflict                  the thing exists but is in the wrong state  -> 409
 │   ├── WorkflowInactive
-│   └── InvalidRunState
+│   ├── InvalidRunState
+│   ├── LastAdminKey          revoking it would leave no active admin key
+│   └── ConfirmationRequired  the action needs `confirm=true` (revoking one's own key)
 └── Unavailable               a backing service cannot be reached         -> 503
 """
 
@@ -88,6 +90,14 @@ class WorkflowInactive(Conflict):
 
 class InvalidRunState(Conflict):
     code = "invalid_run_state"
+
+
+class LastAdminKey(Conflict):
+    code = "last_admin_key"
+
+
+class ConfirmationRequired(Conflict):
+    code = "confirmation_required"
 
 
 class Unavailable(MaestroError):

@@ -3,7 +3,12 @@
 Scopes: `read` (every GET), `write` (register and activate workflows, start and act on runs,
 promote models; includes read), `publish` (publish signals only), `secrets:write` (store and
 delete secrets only), `admin` (everything, and keys). A key may be limited to workflows and
-secrets of some owners (teams).
+secrets of some owners (teams): it then reaches only their workflows, runs, models and secrets,
+and only the signals they produced.
+`signals:read`: read the whole signal log, whoever produced a signal (for owner-limited keys).
+
+The last active admin key cannot be revoked, and revoking the key one is using needs
+`confirm`: either would lock people out of key management.
 """
 
 from __future__ import annotations
@@ -22,7 +27,14 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from maestro.db.tables import ApiKey
-from maestro.errors import Forbidden, InvalidInput, NotFound, Problem
+from maestro.errors import (
+    ConfirmationRequired,
+    Forbidden,
+    InvalidInput,
+    LastAdminKey,
+    NotFound,
+    Problem,
+)
 
 KEY_PREFIX = "mst_"
 
@@ -33,15 +45,24 @@ class Scope(StrEnum):
     publish = "publish"
     secrets_write = "secrets:write"
     admin = "admin"
+    signals_read = "signals:read"
 
 
 # What each scope also grants.
 _GRANTS = {
-    Scope.admin: {Scope.admin, Scope.write, Scope.read, Scope.publish, Scope.secrets_write},
+    Scope.admin: {
+        Scope.admin,
+        Scope.write,
+        Scope.read,
+        Scope.publish,
+        Scope.secrets_write,
+        Scope.signals_read,
+    },
     Scope.secrets_write: {Scope.secrets_write},
     Scope.write: {Scope.write, Scope.read},
     Scope.read: {Scope.read},
     Scope.publish: {Scope.publish},
+    Scope.signals_read: {Scope.signals_read},
 }
 
 
@@ -51,7 +72,21 @@ def hash_key(secret: str) -> str:
 
 
 def allows(scopes: Sequence[str], needed: Scope) -> bool:
-    return any(needed in _GRANTS[Scope(s)] for s in scopes)
+    """Whether any of `scopes` grants `needed` (a scope this version does not know grants
+    nothing)."""
+    return any(needed in _GRANTS.get(s, ()) for s in scopes)
+
+
+def sees_every_signal(scopes: Sequence[str], owners: Sequence[str]) -> bool:
+    """Unlimited keys and keys with `signals:read` read the whole signal log; other
+    owner-limited keys only the signals their owners' workflows or keys produced."""
+    return not owners or allows(scopes, Scope.signals_read)
+
+
+def produced_for(readable: Sequence[str] | None, producer_owners: Sequence[str] | None) -> bool:
+    """Whether a signal of `producer_owners` is among those of the owners `readable` (None:
+    every signal)."""
+    return readable is None or not set(readable).isdisjoint(producer_owners or ())
 
 
 def check_owner(owners: Sequence[str], owner: str) -> None:
@@ -67,7 +102,8 @@ async def create_key(
     session: AsyncSession, name: str, scopes: Sequence[str], owners: Sequence[str] = ()
 ) -> tuple[ApiKey, str]:
     """A new key; returns the row and the secret (shown once)."""
-    unknown = [s for s in scopes if s not in {scope.value for scope in Scope}]
+    known = {scope.value for scope in Scope}
+    unknown = [s for s in scopes if s not in known]
     if not scopes or unknown:
         raise InvalidInput(
             "invalid scopes",
@@ -151,11 +187,39 @@ async def list_keys(session: AsyncSession) -> Sequence[ApiKey]:
     return (await session.execute(select(ApiKey).order_by(ApiKey.created_at))).scalars().all()
 
 
-async def revoke_key(session: AsyncSession, key_id: str) -> ApiKey:
+async def revoke_key(
+    session: AsyncSession, key_id: str, *, acting_key_id: str | None = None, confirm: bool = False
+) -> ApiKey:
+    """Revoke a key (again: a no-op). Refuses the last active admin key, and the caller's own
+    key (`acting_key_id`) unless `confirm`."""
+    # Every active admin key's row is locked, in id order: a concurrent revocation waits here,
+    # then re-reads the rows and no longer counts the key this one revoked. So two revocations
+    # of the last two admin keys cannot both pass the count below.
+    admins = (
+        await session.execute(
+            select(ApiKey.id)
+            .where(ApiKey.revoked_at.is_(None), ApiKey.scopes.contains([Scope.admin.value]))
+            .order_by(ApiKey.id)
+            .with_for_update()
+        )
+    ).scalars()
+    admin_ids = list(admins)
     row = await session.get(ApiKey, key_id, with_for_update=True)
     if row is None:
         raise NotFound(f"key {key_id!r} not found")
-    row.revoked_at = row.revoked_at or datetime.now(UTC)
+    if row.revoked_at is not None:
+        return row
+    if key_id == acting_key_id and not confirm:
+        raise ConfirmationRequired(
+            f"key {key_id!r} is the key this request uses: revoking it ends your own access; "
+            "send the request again with `?confirm=true` to revoke it anyway"
+        )
+    if admin_ids == [key_id]:
+        raise LastAdminKey(
+            f"key {key_id!r} is the last active admin key: revoking it would leave nobody able "
+            "to manage keys; create another admin key first"
+        )
+    row.revoked_at = datetime.now(UTC)
     await session.flush()
     return row
 

@@ -1,5 +1,7 @@
 """The model registry service: promoting a version to a stage archives the previous holder and
-publishes `model.deployed` in the same transaction (so downstream workflows can react)."""
+publishes `model.deployed` in the same transaction (so downstream workflows can react). A model
+belongs to the owner of the workflow that registered it: only that owner's runs promote it
+(the API checks the calling key's owners before it gets here)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from maestro.db import models as models_db
 from maestro.db.tables import Model, ModelVersion, StageChange
-from maestro.errors import InvalidInput, Problem
+from maestro.errors import Forbidden, InvalidInput, Problem
 from maestro.signals import Producer, SignalBus, SignalIn
 
 STAGES = ("staging", "production")
@@ -72,8 +74,21 @@ class Registry:
                 ],
             )
         # The model row lock orders stage changes of one model.
-        await session.execute(select(Model).where(Model.name == name).with_for_update())
+        model = (
+            await session.execute(select(Model).where(Model.name == name).with_for_update())
+        ).scalar_one_or_none()
         target = await models_db.get_version(session, name, version, lock=True)
+        assert model is not None  # a version exists, so its model does
+        if run_id is not None:
+            owner = await models_db.run_owner(session, run_id)
+            if owner != model.owner:
+                raise Forbidden(
+                    f"model {name!r} belongs to {model.owner or 'no owner'!r}; run {run_id} of "
+                    f"a workflow of {owner or 'no owner'!r} cannot promote it"
+                )
+        if producer.owners is None and producer.workflow_id is None:
+            # Promoted from outside (the API): the deploy signal is the model owner's.
+            producer = producer.model_copy(update={"owners": [model.owner]})
         if request_key is not None:
             earlier = await models_db.change_by_key(session, request_key)
             if earlier is not None:

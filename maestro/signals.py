@@ -118,6 +118,10 @@ class Producer(BaseModel):
     workflow_id: str | None = None
     run_id: str | None = None
     step_id: str | None = None
+    # An outside signal's owners (the publishing key's; none for an unlimited key), stored in
+    # `signals.producer_owners`; None for a run's or step's, whose workflow's owner the
+    # database fills in.
+    owners: list[str] | None = Field(default=None, exclude=True)
 
 
 @dataclass
@@ -252,6 +256,7 @@ class SignalBus:
                     "request_id": s.request_id,
                     "producer": produced_by,
                     "producer_run_id": producer.run_id,
+                    "producer_owners": producer.owners,
                 }
                 for key, s in fresh.items()
             }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import subprocess
@@ -72,6 +73,22 @@ async def database_url(postgres_server: str) -> AsyncIterator[str]:
     await admin.close()
 
 
+@contextlib.asynccontextmanager
+async def scratch_database(postgres_server: str, revision: str = "head") -> AsyncIterator[str]:
+    """A database of its own on the server, migrated to `revision`, dropped afterwards."""
+    name = f"maestro_scratch_{uuid.uuid4().hex[:10]}"
+    base = postgres_server.replace("postgresql+asyncpg://", "postgresql://")
+    admin = await asyncpg.connect(base)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    url = base.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        await asyncio.to_thread(upgrade, url, revision)
+        yield url
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
 @pytest.fixture(scope="session")
 async def sessions(database_url: str):
     engine = create_engine(database_url)
@@ -100,12 +117,11 @@ def settings(database_url: str, temporal_address: str, tmp_path_factory) -> Sett
     return Settings(
         database_url=database_url,
         data_dir=tmp_path_factory.mktemp("maestro"),
-        worker=WorkerSettings(work_root=tmp_path_factory.mktemp("work")),
+        worker=TEST_WORKER.model_copy(update={"work_root": tmp_path_factory.mktemp("work")}),
         secrets_key=Fernet.generate_key().decode(),
         temporal=TemporalSettings(
             address=temporal_address, task_queue="maestro-tests", ui_url="http://127.0.0.1:8233"
         ),
-        worker=TEST_WORKER,
     )
 
 

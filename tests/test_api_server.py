@@ -54,3 +54,43 @@ def test_an_idle_connection_outlives_client_pools(api_port: int):
         assert exchange(sock) == b"HTTP/1.1 200 OK"
         time.sleep(6.5)
         assert exchange(sock) == b"HTTP/1.1 200 OK"
+
+
+async def test_a_stopped_process_writes_its_last_audit_rows(settings, admin_key, tmp_path):
+    """Under uvicorn the middleware sees the key authentication found (and none for a 401),
+    and a process stopped (SIGTERM) right after answering has written both rows when it
+    exits. (That the shutdown itself flushes is shown in-process, in test_access.py: here the
+    periodic flush may come first.)"""
+    import asyncio
+    import uuid
+
+    import asyncpg
+    import httpx
+
+    procs = Processes(settings, tmp_path, task_queue="maestro-api-audit")
+    proc = procs.start("api")
+    name = f"audited.{uuid.uuid4().hex[:8]}"
+    try:
+        await asyncio.to_thread(wait_for_port, "127.0.0.1", procs.api_port, timeout=60)
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{procs.api_port}",
+            headers={"Authorization": f"Bearer {admin_key}"},
+        ) as client:
+            published = await client.post("/api/v1/signals", json={"name": name})
+            refused = await client.post(
+                "/api/v1/signals", json={"name": name}, headers={"Authorization": "Bearer x"}
+            )
+        proc.terminate()  # uvicorn shuts the app down, then exits by the same signal
+        await asyncio.to_thread(proc.wait, 20)
+    finally:
+        procs.stop_all()
+    assert (published.status_code, refused.status_code) == (201, 401)
+    db = await asyncpg.connect(settings.database_url)
+    try:
+        rows = await db.fetch(
+            "SELECT key_name, status FROM audit_log WHERE path = '/api/v1/signals'"
+            " AND at >= now() - interval '1 minute' ORDER BY id DESC LIMIT 2"
+        )
+    finally:
+        await db.close()
+    assert [tuple(r) for r in rows] == [(None, 401), ("tests-admin", 201)]

@@ -369,6 +369,26 @@ def test_keys_create_list_revoke(cli):
     assert "revoked" in ok(cli("keys", "revoke", key_id))
 
 
+def test_revoking_the_key_in_use_needs_confirm(api_url: str, cli):
+    """A throwaway admin key revokes itself: refused without `--confirm`, done with it."""
+    created = ok(cli("keys", "create", "ci-self", "--scope", "admin"))
+    secret = created.strip().splitlines()[-1]
+    listed = ok(cli("keys", "list"))
+    key_id = next(line.split()[0] for line in listed.splitlines() if "ci-self" in line)
+    runner = CliRunner()
+
+    def as_self(*args: str) -> Result:
+        command = ["keys", "--api-url", api_url, *args]
+        return runner.invoke(app, command, env={"MAESTRO_API_KEY": secret})
+
+    refused = as_self("revoke", key_id)
+    assert refused.exit_code == 1
+    assert refused.stderr.startswith("error: 409 confirmation_required: ")
+    assert "confirm" in refused.stderr
+    assert "revoked" in ok(as_self("revoke", key_id, "--confirm"))
+    assert as_self("list").exit_code == 1  # the key no longer works
+
+
 def test_demo_runs_the_reference_pipeline(api_url: str, admin_key: str):
     result = CliRunner().invoke(
         app, ["demo", "--api-url", api_url], env={"MAESTRO_API_KEY": admin_key, "COLUMNS": "200"}

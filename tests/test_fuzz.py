@@ -16,6 +16,9 @@ failing case is shrunk and reported like any Hypothesis failure.
 No operation is skipped: with random ids, the destructive ones (stop, kill, revoke, deactivate,
 ...) meet nothing that exists and answer 404; random step types fail validation, so pushes store
 nothing (should one succeed, the workflow is deactivated at once so its triggers never fire).
+Key revocation is fuzzed with a throwaway admin key of its own (and a second one, so that it is
+never the last admin key): a case that revokes the key it is sent with (`confirm=true`) can
+then lock out only that key, never the session's admin key the other tests use.
 """
 
 from __future__ import annotations
@@ -120,6 +123,19 @@ async def test_fuzz_covers_every_served_operation(fuzz_schema):
     assert served == set(OPERATIONS)
 
 
+REVOKE = "POST /api/v1/keys/{key_id}/revoke"
+
+
+async def throwaway_admin_headers(api: httpx.AsyncClient) -> dict[str, str]:
+    """The headers of a new admin key, for a fuzzed operation that may revoke its caller."""
+    secret = ""
+    for name in ("fuzz-revoke-caller", "fuzz-revoke-spare"):
+        response = await api.post("/api/v1/keys", json={"name": name, "scopes": ["admin"]})
+        response.raise_for_status()
+        secret = secret or response.json()["key"]
+    return {"Authorization": f"Bearer {secret}"}
+
+
 @pytest.mark.parametrize(("mode", "label"), _params())
 async def test_fuzz_operation(
     mode: GenerationMode, label: str, fuzz_schema, api: httpx.AsyncClient, auth_headers
@@ -127,6 +143,8 @@ async def test_fuzz_operation(
     operation = fuzz_schema.find_operation_by_label(label)
     assert operation is not None, f"{label} is not in the served schema"
     loop = asyncio.get_running_loop()
+    if label == REVOKE:
+        auth_headers = await throwaway_admin_headers(api)
 
     async def send(case) -> httpx.Response:
         kwargs = case.as_transport_kwargs(base_url=str(api.base_url))
@@ -170,3 +188,5 @@ async def test_fuzz_operation(
                 raise AssertionError(f"{request}\n-> {response.status_code} {body!r}") from exc
 
     await asyncio.to_thread(fuzz)
+    if label == REVOKE:  # the session's admin key still works
+        assert (await api.get("/api/v1/keys")).status_code == 200

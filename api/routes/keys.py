@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from api.auth import PrincipalDep
 from api.deps import SessionDep
 from maestro import keys
 from maestro.db.tables import ApiKey
@@ -19,7 +21,7 @@ class KeyIn(BaseModel):
 
     name: str = Field(min_length=1, max_length=200)
     scopes: list[str] = Field(
-        min_length=1, description="read, write, publish, secrets:write, admin"
+        min_length=1, description="read, write, publish, admin, signals:read, secrets:write"
     )
     owners: list[str] = Field(
         default_factory=list, description="Limit the key to workflows and secrets of these owners"
@@ -66,11 +68,31 @@ async def list_keys(session: SessionDep) -> list[KeyOut]:
     return [key_out(row) for row in await keys.list_keys(session)]
 
 
-@router.post("/{key_id}/revoke", response_model=KeyOut)
-async def revoke_key(key_id: str, request: Request) -> KeyOut:
+@router.post(
+    "/{key_id}/revoke",
+    response_model=KeyOut,
+    responses={
+        409: {
+            "description": "`last_admin_key`: the last active admin key; "
+            "`confirmation_required`: the calling key, without `confirm=true`"
+        }
+    },
+)
+async def revoke_key(
+    key_id: str,
+    request: Request,
+    principal: PrincipalDep,
+    confirm: Annotated[
+        bool, Query(description="Required to revoke the key this request is made with")
+    ] = False,
+) -> KeyOut:
     """Revoke a key. It stops working at once on this API process, and within
-    `MAESTRO_API__KEY_CACHE_SECONDS` (default 5 s) on others."""
+    `MAESTRO_API__KEY_CACHE_SECONDS` (default 5 s) on others. Refused (409) for the last
+    active admin key, and for the calling key itself unless `confirm=true`. Revoking a revoked
+    key changes nothing."""
     async with request.app.state.sessions.begin() as session:
-        row = await keys.revoke_key(session, key_id)
+        row = await keys.revoke_key(
+            session, key_id, acting_key_id=principal.key_id, confirm=confirm
+        )
     request.app.state.key_cache.clear()
     return key_out(row)

@@ -1,4 +1,6 @@
-"""Model registry routes: models, versions (with lineage), promotion and rollback."""
+"""Model registry routes: models, versions (with lineage), promotion and rollback. A model
+belongs to the owner of the workflow that registered it: an owner-limited key lists, reads and
+promotes only its owners' models (the guard checks `{model_name}`)."""
 
 from __future__ import annotations
 
@@ -6,8 +8,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Request
 
+from api.auth import owners_filter, signal_owners_filter
 from api.deps import SessionDep
 from api.schemas import ModelOut, ModelVersionOut, PromoteIn, PromoteOut, StageChangeOut
+from maestro import keys
 from maestro.db import models as models_db
 from maestro.db import runs as runs_db
 from maestro.db import signals as signals_db
@@ -38,6 +42,7 @@ def model_out(model: Model, rows: list[ModelVersion], **extra) -> ModelOut:
     stages = {v.stage: v.version for v in rows if v.stage in ("staging", "production")}
     return ModelOut(
         name=model.name,
+        owner=model.owner,
         latest_version=model.latest_version,
         stages=stages,
         created_at=model.created_at,
@@ -46,19 +51,20 @@ def model_out(model: Model, rows: list[ModelVersion], **extra) -> ModelOut:
 
 
 @router.get("", response_model=list[ModelOut])
-async def list_models(session: SessionDep) -> list[ModelOut]:
-    """Registered models with the versions holding each stage."""
+async def list_models(request: Request, session: SessionDep) -> list[ModelOut]:
+    """Registered models with the versions holding each stage (those of the key's owners,
+    for an owner-limited key)."""
     return [
         model_out(m, list(await models_db.list_versions(session, m.name)))
-        for m in await models_db.list_models(session)
+        for m in await models_db.list_models(session, owners=owners_filter(request))
     ]
 
 
-@router.get("/{name}", response_model=ModelOut)
-async def get_model(name: str, session: SessionDep) -> ModelOut:
+@router.get("/{model_name}", response_model=ModelOut)
+async def get_model(model_name: str, session: SessionDep) -> ModelOut:
     """A model with every version and its stage history."""
-    model = await models_db.get_model(session, name)
-    versions = list(await models_db.list_versions(session, name))
+    model = await models_db.get_model(session, model_name)
+    versions = list(await models_db.list_versions(session, model_name))
     history = [
         StageChangeOut(
             version=c.version,
@@ -68,24 +74,30 @@ async def get_model(name: str, session: SessionDep) -> ModelOut:
             reason=c.reason,
             changed_at=c.changed_at,
         )
-        for c in await models_db.stage_history(session, name)
+        for c in await models_db.stage_history(session, model_name)
     ]
     return model_out(model, versions, versions=[version_out(v) for v in versions], history=history)
 
 
-@router.get("/{name}/versions/{version}", response_model=ModelVersionOut)
+@router.get("/{model_name}/versions/{version}", response_model=ModelVersionOut)
 async def get_model_version(
-    name: str, version: VersionNumber, session: SessionDep
+    model_name: str, version: VersionNumber, request: Request, session: SessionDep
 ) -> ModelVersionOut:
-    """A version with its lineage: the run that trained it and the signals that started it."""
-    found = await models_db.get_version(session, name, version)
+    """A version with its lineage: the run that trained it and the signals that started it
+    (those the key may read)."""
+    found = await models_db.get_version(session, model_name, version)
     lineage: dict = {"run_id": found.run_id}
     try:
         run = await runs_db.get_run(session, found.run_id)
     except NotFound:
         run = None
     if run is not None:
-        signals = await signals_db.signals_consumed_by_run(session, run.run_id)
+        readable = signal_owners_filter(request)
+        signals = [
+            s
+            for s in await signals_db.signals_consumed_by_run(session, run.run_id)
+            if keys.produced_for(readable, s.producer_owners)
+        ]
         lineage.update(
             workflow_id=run.workflow_id,
             run_number=run.run_number,
@@ -95,13 +107,14 @@ async def get_model_version(
     return version_out(found, lineage)
 
 
-@router.post("/{name}/versions/{version}/promote", response_model=PromoteOut)
+@router.post("/{model_name}/versions/{version}/promote", response_model=PromoteOut)
 async def promote_model_version(
-    name: str, version: int, body: PromoteIn, request: Request
+    model_name: str, version: int, body: PromoteIn, request: Request
 ) -> PromoteOut:
     """Move a version to `staging` or `production`; the previous holder is archived and
-    `model.deployed` is published. Promoting an older version is a rollback."""
-    promotion = await request.app.state.registry.promote(name, version, body.stage)
+    `model.deployed` is published (as the model owner's signal). Promoting an older version
+    is a rollback."""
+    promotion = await request.app.state.registry.promote(model_name, version, body.stage)
     return PromoteOut(
         version=version_out(promotion.version), previous_version=promotion.previous_version
     )

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 
-from api.auth import owners_filter
+from api.auth import owners_filter, signal_owners_filter
 from api.deps import EndsDep, RunsDep, SessionDep, SettingsDep
 from api.schemas import (
     Lineage,
@@ -20,10 +20,11 @@ from api.schemas import (
     StartRunRequest,
     StepOut,
 )
+from maestro import keys
 from maestro.db import runs as runs_db
 from maestro.db import signals as signals_db
 from maestro.db import workflows as workflows_db
-from maestro.db.tables import Run, Signal, StepRun
+from maestro.db.tables import Run, Signal, StepRun, Workflow
 from maestro.ends import run_actions
 from maestro.errors import InvalidInput, Problem
 from maestro.runs import step_actions
@@ -208,12 +209,30 @@ async def bypass_step_wait(
 
 @router.get("/runs/{run_id}/lineage", response_model=Lineage)
 async def run_lineage(
-    run_id: str, session: SessionDep, depth: Annotated[int, Query(ge=1, le=10)] = 3
+    run_id: str,
+    request: Request,
+    session: SessionDep,
+    depth: Annotated[int, Query(ge=1, le=10)] = 3,
 ) -> Lineage:
     """Upstream (the signals that caused this run and the runs that produced them,
     recursively) and downstream (the signals it emitted and the runs they started), up to
-    `depth` hops of run -> run each way."""
+    `depth` hops of run -> run each way. For an owner-limited key, other owners' runs and
+    signals it may not read are left out (and not followed)."""
     root = await runs_db.get_run(session, run_id)
+    owners, readable = owners_filter(request), signal_owners_filter(request)
+    workflow_owners: dict[str, str] = {}
+
+    async def visible_run(run: Run) -> bool:
+        if owners is None:
+            return True
+        if run.workflow_id not in workflow_owners:
+            workflow = await session.get(Workflow, run.workflow_id)
+            workflow_owners[run.workflow_id] = workflow.owner if workflow else ""
+        return workflow_owners[run.workflow_id] in owners
+
+    def visible_signal(signal: Signal) -> bool:
+        return keys.produced_for(readable, signal.producer_owners)
+
     nodes: dict[str, LineageNode] = {}
     edges: set[tuple[str, str, str]] = set()
 
@@ -259,19 +278,23 @@ async def run_lineage(
         next_up: list[Run] = []
         for run in upstream:
             for signal in await signals_db.signals_consumed_by_run(session, run.run_id):
+                if not visible_signal(signal):
+                    continue
                 edges.add((add_signal(signal), f"run:{run.run_id}", "started"))
                 if signal.producer_run_id:
                     producer = await session.get(Run, signal.producer_run_id)
-                    if producer is not None:
+                    if producer is not None and await visible_run(producer):
                         edges.add((add_run(producer), f"signal:{signal.id}", "produced"))
                         next_up.append(producer)
         next_down: list[Run] = []
         for run in downstream:
             for signal in await signals_db.signals_produced_by_run(session, run.run_id):
+                if not visible_signal(signal):
+                    continue
                 edges.add((f"run:{run.run_id}", add_signal(signal), "produced"))
                 for started_id in await signals_db.runs_started_by_signal(session, signal.id):
                     started = await session.get(Run, started_id)
-                    if started is not None:
+                    if started is not None and await visible_run(started):
                         edges.add((f"signal:{signal.id}", add_run(started), "started"))
                         next_down.append(started)
         upstream, downstream = next_up, next_down

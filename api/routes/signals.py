@@ -1,4 +1,9 @@
-"""Signal routes: publish (one or a batch), read the log, explain a signal."""
+"""Signal routes: publish (one or a batch), read the log, explain a signal.
+
+A signal belongs to its producer's owners: a run's or step's signal to its workflow's owner, an
+outside signal to the owners of the key that published it. An owner-limited key reads only
+its owners' signals, unless it has `signals:read`; it may not publish Maestro's own signals
+(`maestro.*`, `model.deployed`), which would pose as another team's runs and models."""
 
 from __future__ import annotations
 
@@ -8,15 +13,17 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import ValidationError
 
+from api.auth import Principal, PrincipalDep, owners_filter, signal_owners_filter
 from api.deps import BusDep, SessionDep, SettingsDep
 from api.routes.runs import run_out
 from api.schemas import BatchIn, BatchOut, PublishOut, SignalDetail, SignalOut, SignalPage
 from maestro.db import signals as signals_db
 from maestro.db.tables import Signal
 from maestro.definitions import problems_from_validation
-from maestro.errors import InvalidInput, Problem
+from maestro.errors import Forbidden, InvalidInput, Problem
+from maestro.registry import DEPLOYED_SIGNAL
 from maestro.settings import Settings
-from maestro.signals import MAX_BATCH, Published, SignalIn
+from maestro.signals import MAX_BATCH, Producer, Published, SignalIn
 
 router = APIRouter(prefix="/signals", tags=["signals"])
 BIGINT_MAX = 2**63 - 1
@@ -35,6 +42,19 @@ def signal_out(signal: Signal) -> SignalOut:
     )
 
 
+def _producer(principal: Principal, names: list[str]) -> Producer:
+    """The outside producer a key publishes as; owner-limited keys may not publish Maestro's
+    own signal names."""
+    if principal.owners:
+        for name in names:
+            if name.startswith("maestro.") or name == DEPLOYED_SIGNAL:
+                raise Forbidden(
+                    f"signal {name!r} is one Maestro publishes itself; this key is limited to "
+                    f"owners {', '.join(principal.owners)} and may not publish it"
+                )
+    return Producer(owners=principal.owners)
+
+
 def publish_out(result: Published, settings: Settings) -> PublishOut:
     return PublishOut(
         signal=signal_out(result.signal),
@@ -50,13 +70,18 @@ def publish_out(result: Published, settings: Settings) -> PublishOut:
     responses={200: {"model": PublishOut, "description": "Duplicate: already published"}},
 )
 async def publish_signal(
-    body: SignalIn, response: Response, bus: BusDep, settings: SettingsDep
+    body: SignalIn,
+    response: Response,
+    bus: BusDep,
+    settings: SettingsDep,
+    principal: PrincipalDep,
 ) -> PublishOut:
     """Publish a signal. It is stored, matched against every signal trigger and waiting step,
     and the runs it completes are created, all before this returns; `runs` lists them. The same
     `request_id` (or, without one, the same name and params) again returns the stored signal
-    with `duplicate: true` (200) and starts nothing."""
-    [result] = await bus.publish([body])
+    with `duplicate: true` (200) and starts nothing. The signal belongs to the publishing
+    key's owners."""
+    [result] = await bus.publish([body], _producer(principal, [body.name]))
     if result.duplicate:
         response.status_code = 200
     return publish_out(result, settings)
@@ -64,7 +89,11 @@ async def publish_signal(
 
 @router.post("/batch", response_model=BatchOut, status_code=201)
 async def publish_batch(
-    body: BatchIn, response: Response, bus: BusDep, settings: SettingsDep
+    body: BatchIn,
+    response: Response,
+    bus: BusDep,
+    settings: SettingsDep,
+    principal: PrincipalDep,
 ) -> BatchOut:
     """Publish up to 1,000 signals in one transaction, with the same semantics per signal. Any
     invalid signal rejects the whole batch (422, locations like `signals.3.params.dt`)."""
@@ -87,7 +116,7 @@ async def publish_batch(
             problems += problems_from_validation(exc, ("body", "signals", i))
     if problems:
         raise InvalidInput("batch contains invalid signals", problems)
-    results = await bus.publish(signals)
+    results = await bus.publish(signals, _producer(principal, [s.name for s in signals]))
     if all(r.duplicate for r in results):
         response.status_code = 200
     return BatchOut(results=[publish_out(r, settings) for r in results])
@@ -105,13 +134,20 @@ async def list_signals(
     ] = None,
 ) -> SignalPage:
     """The signal log, newest first. Filter by `name`, `since` (ISO time) and params with
-    `param.<key>=<value>` (equality; `5` matches both the number and the string)."""
+    `param.<key>=<value>` (equality; `5` matches both the number and the string). An
+    owner-limited key without `signals:read` sees only its owners' signals."""
     params: dict[str, object] = {}
     for key, value in request.query_params.items():
         if key.startswith("param."):
             params[key.removeprefix("param.")] = value
     rows = await signals_db.list_signals(
-        session, name=name, since=since, params=params, limit=limit, before_id=cursor
+        session,
+        name=name,
+        since=since,
+        params=params,
+        limit=limit,
+        before_id=cursor,
+        producer_owners=signal_owners_filter(request),
     )
     next_cursor = str(rows[-1].id) if len(rows) == limit else None
     return SignalPage(items=[signal_out(s) for s in rows], next_cursor=next_cursor)
@@ -119,14 +155,15 @@ async def list_signals(
 
 @router.get("/{signal_id}", response_model=SignalDetail)
 async def get_signal(
-    signal_id: Annotated[int, Path(ge=1, le=BIGINT_MAX)], session: SessionDep
+    signal_id: Annotated[int, Path(ge=1, le=BIGINT_MAX)], request: Request, session: SessionDep
 ) -> SignalDetail:
     """A signal, who produced it, and for every trigger it reached: the run it started or why
     not (condition false, join incomplete, workflow inactive, duplicate run, ...). A trigger
     whose `where` requires a string param the signal does not carry (another upstream's
-    `on_finish`, `table: events` for a `users` signal) is not reached and not listed."""
+    `on_finish`, `table: events` for a `users` signal) is not reached and not listed. An
+    owner-limited key sees only its owners' triggers."""
     signal = await signals_db.get_signal(session, signal_id)
-    matches = await signals_db.matches_of_signal(session, signal_id)
+    matches = await signals_db.matches_of_signal(session, signal_id, owners_filter(request))
     return SignalDetail(
         **signal_out(signal).model_dump(),
         matches=[

@@ -9,8 +9,8 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from maestro.db.tables import Artifact, Model, ModelVersion, StageChange
-from maestro.errors import NotFound
+from maestro.db.tables import Artifact, Model, ModelVersion, Run, StageChange, Workflow
+from maestro.errors import Forbidden, NotFound
 
 
 async def record_artifact(
@@ -40,14 +40,26 @@ async def register_version(
     run_id: str,
     step_id: str,
 ) -> ModelVersion:
-    """A new version of `model_name` (created on first use); a retried training step of the
-    same run gets its earlier version back, updated."""
+    """A new version of `model_name` (created on first use, owned by the run's workflow's
+    owner); a retried training step of the same run gets its earlier version back, updated.
+    A run of another owner's workflow cannot add versions to the model."""
+    owner = await run_owner(session, run_id)
     await session.execute(
-        insert(Model).values(name=model_name, latest_version=0).on_conflict_do_nothing()
+        insert(Model)
+        .values(name=model_name, owner=owner, latest_version=0)
+        .on_conflict_do_nothing()
     )
     model = (
         await session.execute(select(Model).where(Model.name == model_name).with_for_update())
     ).scalar_one()
+    if model.owner != owner:
+        if model.owner:
+            raise Forbidden(
+                f"model {model_name!r} belongs to {model.owner!r}; run {run_id} of a workflow "
+                f"of {owner or 'no owner'!r} cannot add versions to it"
+            )
+        # Registered before models had owners and not derivable: the first owner claims it.
+        model.owner = owner
     existing = (
         await session.execute(
             select(ModelVersion).where(
@@ -77,8 +89,20 @@ async def register_version(
     return version
 
 
-async def list_models(session: AsyncSession) -> Sequence[Model]:
-    return (await session.execute(select(Model).order_by(Model.name))).scalars().all()
+async def run_owner(session: AsyncSession, run_id: str) -> str:
+    """The owner of the run's workflow ('' if the run is gone)."""
+    query = select(Workflow.owner).join(Run, Run.workflow_id == Workflow.id)
+    return (await session.scalar(query.where(Run.run_id == run_id))) or ""
+
+
+async def list_models(
+    session: AsyncSession, owners: Sequence[str] | None = None
+) -> Sequence[Model]:
+    """Models by name; with `owners`, only theirs."""
+    query = select(Model).order_by(Model.name)
+    if owners is not None:
+        query = query.where(Model.owner.in_(list(owners)))
+    return (await session.execute(query)).scalars().all()
 
 
 async def get_model(session: AsyncSession, name: str) -> Model:

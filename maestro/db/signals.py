@@ -34,6 +34,7 @@ from maestro.db.tables import (
     SignalTriggerRow,
     SignalWait,
     TriggerJoin,
+    Workflow,
 )
 from maestro.errors import NotFound
 from maestro.triggers import CompiledTrigger
@@ -111,7 +112,8 @@ _INSERT_ONE_SIGNAL = DirectStatement(
     insert(_SIGNAL_TABLE)
     .from_select(
         [_SIGNAL_TABLE.c[c] for c in ("name", "seq", "params", "payload", "dedupe_key")]
-        + [_SIGNAL_TABLE.c[c] for c in ("request_id", "producer", "producer_run_id")],
+        + [_SIGNAL_TABLE.c[c] for c in ("request_id", "producer", "producer_run_id")]
+        + [_SIGNAL_TABLE.c.producer_owners],
         select(
             bindparam("b_name", type_=String),
             _NEXT_SEQ.c.last_seq,
@@ -122,6 +124,7 @@ _INSERT_ONE_SIGNAL = DirectStatement(
             bindparam("b_request_id", type_=String),
             bindparam("b_producer", type_=JSONB),
             bindparam("b_producer_run_id", type_=String),
+            bindparam("b_producer_owners", type_=ARRAY(String)),
         ),
     )
     .on_conflict_do_nothing(index_elements=["dedupe_key"])
@@ -236,9 +239,13 @@ async def list_signals(
     params: dict[str, Any],
     limit: int,
     before_id: int | None,
+    producer_owners: Sequence[str] | None = None,
 ) -> Sequence[Signal]:
-    """Newest first; `params` filters by equality (JSONB containment, indexed)."""
+    """Newest first; `params` filters by equality (JSONB containment, indexed);
+    `producer_owners` (None: all) keeps the signals produced for any of these owners."""
     query = select(Signal)
+    if producer_owners is not None:
+        query = query.where(Signal.producer_owners.overlap(list(producer_owners)))
     if name:
         query = query.where(Signal.name == name)
     if since:
@@ -452,12 +459,19 @@ async def consumed_signal_ids(
     return set((await session.execute(query)).scalars())
 
 
-async def matches_of_signal(session: AsyncSession, signal_id: int) -> Sequence[SignalMatch]:
+async def matches_of_signal(
+    session: AsyncSession, signal_id: int, owners: Sequence[str] | None = None
+) -> Sequence[SignalMatch]:
+    """What a signal did to each trigger it reached; with `owners`, only their workflows'."""
     query = (
         select(SignalMatch)
         .where(SignalMatch.signal_id == signal_id)
         .order_by(SignalMatch.workflow_id, SignalMatch.trigger_id)
     )
+    if owners is not None:
+        query = query.join(Workflow, Workflow.id == SignalMatch.workflow_id).where(
+            Workflow.owner.in_(list(owners))
+        )
     return (await session.execute(query)).scalars().all()
 
 

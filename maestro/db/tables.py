@@ -172,6 +172,11 @@ class Signal(Base):
     request_id: Mapped[str | None] = mapped_column(String(200))
     producer: Mapped[dict[str, Any]]
     producer_run_id: Mapped[str | None] = mapped_column(String(64))
+    # Whose signal it is, for owner-limited keys: the owners of the publishing key (none for
+    # an unlimited key), or, for a signal a run or step produced (left NULL by the insert),
+    # the producing workflow's owner, filled by the database trigger
+    # `signals_producer_owners` (migration 0010) so that no publishing path pays a query.
+    producer_owners: Mapped[list[str] | None] = mapped_column(ARRAY(String(200)))
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
     __table_args__ = (
@@ -296,6 +301,9 @@ class Model(Base):
     __tablename__ = "models"
 
     name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    # The owner of the workflow whose run registered the first version; only its keys (and
+    # unlimited ones) read and promote the model, only its runs add versions.
+    owner: Mapped[str] = mapped_column(String(200), default="", server_default="")
     latest_version: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
@@ -376,3 +384,23 @@ class Secret(Base):
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
     __table_args__ = (Index("ix_secrets_owner", "owner", "name"),)
+
+
+class AuditEntry(Base):
+    """One mutating API request: who (key), what (method, path, target ids), when, result."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    at: Mapped[datetime]
+    key_id: Mapped[str | None] = mapped_column(String(64))
+    key_name: Mapped[str | None] = mapped_column(String(200))
+    owners: Mapped[list[str]] = mapped_column(ARRAY(String(200)))
+    method: Mapped[str] = mapped_column(String(10))
+    path: Mapped[str] = mapped_column(String(2000))
+    # The path's parameters (workflow_id, run_id, key_id, model_name, ...).
+    targets: Mapped[dict[str, Any]]
+    status: Mapped[int] = mapped_column(Integer)
+    duration_ms: Mapped[float]
+
+    __table_args__ = (Index("ix_audit_log_key_id", "key_id", "id"),)
