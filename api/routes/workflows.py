@@ -48,6 +48,9 @@ _DEFINITION_BODY = {
 
 
 _YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml")
+# Definitions are decoded one at a time: a decoding thread still takes turns at the GIL with the
+# event loop, and several at once would leave the loop a small share of it.
+_DECODING = asyncio.Semaphore(1)
 
 
 async def read_definition(request: Request) -> WorkflowDefinition:
@@ -56,7 +59,8 @@ async def read_definition(request: Request) -> WorkflowDefinition:
     loop."""
     raw = await request.body()
     content_type = request.headers.get("content-type", "application/json").split(";")[0].strip()
-    return await asyncio.to_thread(_definition_from, raw, content_type)
+    async with _DECODING:
+        return await asyncio.to_thread(_definition_from, raw, content_type)
 
 
 def _definition_from(raw: bytes, content_type: str) -> WorkflowDefinition:
