@@ -166,3 +166,28 @@ async def test_a_step_over_its_input_limit_fails_the_run_with_the_reason(api):
 def test_the_bomb_documents_are_small():
     assert len(billion_laughs()) < 500
     assert len(json.dumps(nested(1_000))) < 2_100
+
+
+async def test_definitions_posted_at_once_are_each_decoded(api):
+    bodies = [yaml_definition(unique_id("at-once")) for _ in range(6)]
+    responses = await asyncio.gather(
+        *(
+            api.post(
+                "/api/v1/workflows/validate",
+                content=body,
+                headers={"content-type": "application/yaml"},
+            )
+            for body in bodies
+        )
+    )
+    assert [r.status_code for r in responses] == [200] * 6
+    assert [r.json()["definition"]["id"] for r in responses] == [
+        b.split("\n", 1)[0].removeprefix("id: ") for b in bodies
+    ]
+
+
+def yaml_definition(workflow_id: str, steps: int = 200) -> str:
+    lines = [f"id: {workflow_id}", "steps:"]
+    for i in range(steps):
+        lines += [f"  - id: s{i}", "    type: noop", "    params: {outputs: {k: v}}"]
+    return "\n".join(lines) + "\n"

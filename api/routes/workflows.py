@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import weakref
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
@@ -48,9 +49,11 @@ _DEFINITION_BODY = {
 
 
 _YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml")
-# Definitions are decoded one at a time: a decoding thread still takes turns at the GIL with the
-# event loop, and several at once would leave the loop a small share of it.
-_DECODING = asyncio.Semaphore(1)
+# Definitions are decoded one at a time per event loop: a decoding thread still takes turns at
+# the GIL with the loop, and several at once would leave the loop a small share of it.
+_DECODING: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 async def read_definition(request: Request) -> WorkflowDefinition:
@@ -59,7 +62,8 @@ async def read_definition(request: Request) -> WorkflowDefinition:
     loop."""
     raw = await request.body()
     content_type = request.headers.get("content-type", "application/json").split(";")[0].strip()
-    async with _DECODING:
+    turn = _DECODING.setdefault(asyncio.get_running_loop(), asyncio.Semaphore(1))
+    async with turn:
         return await asyncio.to_thread(_definition_from, raw, content_type)
 
 
