@@ -4,8 +4,8 @@ expand a YAML document to are limited, so a small document can never cost a lot 
 from __future__ import annotations
 
 import json
-import operator
-from itertools import accumulate, count
+from array import array
+from itertools import accumulate
 from typing import Any
 
 import yaml
@@ -14,9 +14,9 @@ MAX_DEPTH = 64
 MAX_ALIASES = 100
 MAX_EXPANDED_NODES = 100_000
 
-_NOT_BRACKETS = bytes(range(256)).translate(None, b"[]{}")
-_STEPS = bytes.maketrans(b"[{]}", b"\x02\x02\x00\x00")  # twice the opens so far, per bracket
-_CHUNK = 65_536  # brackets scanned per call into C, so a thread running this lets others run
+_NOT_STRUCTURE = bytes(range(256)).translate(None, b'[]{}"')
+_STEPS = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")  # +1 and -1 as signed bytes
+_CHUNK = 65_536  # brackets per call into C, so a thread running this lets others run between
 
 _SafeLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -30,18 +30,18 @@ def json_too_deep(raw: bytes, limit: int = MAX_DEPTH) -> bool:
     (outside strings), before anything parses it. Linear, in a few passes of C code."""
     if b"\\" in raw:  # only escaped quotes and backslashes matter for finding strings
         raw = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
-    if b'"' in raw:
-        raw = b"".join(raw.split(b'"')[::2])
-    brackets = raw.translate(None, _NOT_BRACKETS)
+    structure = raw.translate(None, _NOT_STRUCTURE)  # brackets and quotes
+    brackets = b"".join(structure.split(b'"')[::2]) if b'"' in structure else structure
     depth = 0
     for start in range(0, len(brackets), _CHUNK):
         chunk = brackets[start : start + _CHUNK]
-        room = limit - depth
-        if len(chunk) > room:
-            depths = map(operator.sub, accumulate(chunk.translate(_STEPS)), count(1))
-            if any(map(room.__lt__, depths)):
+        if len(chunk) > limit - depth:  # else it cannot reach past the limit
+            steps = array("b", chunk.translate(_STEPS))
+            if max(accumulate(steps, initial=depth)) > limit:
                 return True
-        depth += 2 * (chunk.count(b"[") + chunk.count(b"{")) - len(chunk)
+            depth += sum(steps)
+        else:
+            depth += 2 * (chunk.count(b"[") + chunk.count(b"{")) - len(chunk)
     return False
 
 
