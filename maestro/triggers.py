@@ -177,6 +177,8 @@ def evaluate_trigger(trigger: CompiledTrigger, context: dict[str, Any]) -> tuple
     """The trigger's `when` and its run params for a complete set of signals (one
     `Evaluation`: their costs share one budget)."""
     sources = [*([trigger.when] if trigger.when is not None else []), *trigger.params.values()]
+    if not sources:
+        return True, {}
     evaluation = Evaluation(sources, context, TRIGGER_ROOTS)
     if trigger.when is not None and evaluation.evaluate(trigger.when) is not True:
         return False, {}
