@@ -11,6 +11,9 @@ import cel
 from maestro import expression_limits
 from maestro.expression_limits import LimitExceeded
 
+# Functions every expression may call besides CEL's own, given to each `Evaluation`.
+FUNCTIONS: dict[str, Any] = {}
+
 # The names an expression may use; anything else is a typo caught at registration.
 # In a run (step params, `when`, `emits`, `wait_for`): the run's params, upstream steps, the run
 # itself and the signals its waiting steps received.
@@ -89,7 +92,7 @@ class Evaluation:
         try:
             expression_limits.check_total(analyses)
             self._variables = cel.Context(
-                variables=expression_limits.bounded_inputs(analyses, full)
+                variables=expression_limits.bounded_inputs(analyses, full), functions=FUNCTIONS
             )
         except LimitExceeded as exc:
             raise ExpressionError(f"evaluating {what} refused: {exc}") from None
