@@ -57,6 +57,10 @@ SHAPES: dict[str, tuple[Callable[[int], str], dict]] = {
         lambda k: "size(" + " + ".join(["params.l"] * k) + ") > 0",
         _INPUTS,
     ),
+    "`params.l + params.b0 + …` (k other inputs)": (
+        lambda k: "size(params.l + " + " + ".join(f"params.b{i}" for i in range(k)) + ") > 0",
+        {"params": {"l": _STRINGS[:-100], **{f"b{i}": [] for i in range(40)}}},
+    ),
     "`size(params.m) > 0` × k": (
         lambda k: " && ".join(["size(params.m) > 0"] * k),
         _INPUTS,

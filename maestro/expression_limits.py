@@ -34,6 +34,7 @@ MAX_PATTERN_CHARS = 256
 CHARS_PER_UNIT = 64
 
 _COPY = 2  # per weight unit copied, compared or scanned
+_TEXT_PER_COPY = 8  # weight units of a string copied for one cost unit
 _CONVERT = 40  # per weight unit of the inputs converted into CEL values, once
 _ITERATION = 10  # per element a macro visits
 _UNKNOWN_GROWTH = 8  # result size of a function this module does not know, per argument unit
@@ -42,6 +43,9 @@ _MACROS = frozenset({"all", "exists", "exists_one", "existsOne", "map", "filter"
 _SCALAR_FUNCTIONS = frozenset({"size", "int", "uint", "double", "type"})
 _CONVERSIONS = frozenset({"string", "bytes", "timestamp", "duration", "dyn"})
 _SCANS = frozenset({"contains", "startsWith", "endsWith"})
+# Functions Maestro adds: the growth of the result over the argument, and whether it is a string
+# (`shell_quote`: at most 5 characters for each, `'` being `'"'"'`, in a word of JSON or text).
+_FUNCTIONS = {"shell_quote": (5, True)}
 
 
 class LimitExceeded(ValueError):
@@ -331,9 +335,14 @@ class _Cost:
     cost: int
     size: int  # the value's weight, at most
     count: int  # the elements of a list or map, at most
+    text: bool = False  # certainly a string or bytes: copied in bulk, far cheaper per unit
 
 
 _SCALAR = _Cost(1, 1, 1)
+
+
+def _copy(value_size: int, text: bool) -> int:
+    return value_size // _TEXT_PER_COPY + 1 if text else _COPY * value_size
 
 
 def _weight_of_string(text: str) -> int:
@@ -344,10 +353,38 @@ class _Estimator:
     """Worst-case cost by abstract interpretation: every cost and size is a polynomial with
     non-negative coefficients in the sizes of the comprehension variables, so a macro's total
     over its elements is bounded by `n * f(0) + f(s) - f(0)` (f evaluated at an empty element
-    and at the whole range of size s)."""
+    and at the whole range of size s).
 
-    def __init__(self, roots: frozenset[str]) -> None:
+    The inputs an expression reads weigh at most `MAX_INPUT_WEIGHT` together. With `active`
+    None, every input path read counts that much (always sound). With `active` a set of
+    related paths (one path and those it contains or is contained in), those count that much
+    and every other path one unit: when the cost is linear in the input sizes, its maximum is
+    the largest of these estimates."""
+
+    def __init__(
+        self, roots: frozenset[str], active: frozenset[tuple[str, ...]] | None = None
+    ) -> None:
         self.roots = roots
+        self.active = active
+
+    def input_size(self, path: tuple[str, ...]) -> int:
+        """The weight of the input at `path` (the root variable first), at most."""
+        if self.active is None or any(_related(path, p) for p in self.active):
+            return MAX_INPUT_WEIGHT
+        return 1
+
+    def input_path(self, node: _Node, env: dict[str, tuple[int, int]]) -> tuple[str, ...] | None:
+        """The input path a chain of selects and constant indexes reads from a root."""
+        keys: list[str] = []
+        while node.kind in ("select", "index"):
+            key = node.value if node.kind == "select" else _constant_key(node)
+            if key is None:
+                return None
+            keys.append(key)
+            node = node.children[0]
+        if node.kind == "ident" and node.value in self.roots and node.value not in env:
+            return (node.value, *reversed(keys))
+        return None
 
     def cost(self, node: _Node, env: dict[str, tuple[int, int]], nested: int) -> _Cost:
         kids = node.children
@@ -356,33 +393,36 @@ class _Estimator:
                 return _SCALAR
             case "str":
                 weight = _weight_of_string(node.value)
-                return _Cost(_COPY * weight, weight, weight)
+                return _Cost(_copy(weight, True), weight, weight, True)
             case "ident":
                 if node.value in env:
                     size, count = env[node.value]
                     return _Cost(_COPY * size + 1, size, count)
                 if node.value in self.roots:
-                    return _Cost(1, MAX_INPUT_WEIGHT, MAX_INPUT_WEIGHT)
+                    size = self.input_size((node.value,))
+                    return _Cost(1, size, size)
                 return _SCALAR  # a type name such as `int`
             case "list" | "map":
                 parts = [self.cost(k, env, nested) for k in kids]
                 size = 1 + sum(p.size for p in parts)
                 count = len(parts) if node.kind == "list" else len(parts) // 2
                 return _Cost(sum(p.cost for p in parts) + _COPY * size, size, count)
-            case "select":
+            case "select" | "index":
+                # The value selected is copied: an input's own size, or its container's at most.
                 inner = self.cost(kids[0], env, nested)
-                return _Cost(inner.cost + _COPY * inner.size + 1, inner.size, inner.size)
-            case "index":
-                inner, key = (self.cost(k, env, nested) for k in kids)
-                cost = inner.cost + key.cost + _COPY * (inner.size + key.size) + 1
-                return _Cost(cost, inner.size, inner.size)
+                key = self.cost(kids[1], env, nested) if node.kind == "index" else _SCALAR
+                path = self.input_path(node, env)
+                size = inner.size if path is None else self.input_size(path)
+                cost = inner.cost + key.cost + _COPY * (size + key.size) + 1
+                return _Cost(cost, size, size)
             case "unary":
                 return _Cost(self.cost(kids[0], env, nested).cost + 1, 1, 1)
             case "cond":
                 test, then, otherwise = (self.cost(k, env, nested) for k in kids)
                 size = then.size + otherwise.size
                 cost = test.cost + then.cost + otherwise.cost + 1
-                return _Cost(cost, size, then.count + otherwise.count)
+                text = then.text and otherwise.text
+                return _Cost(cost, size, then.count + otherwise.count, text)
             case "binary":
                 return self.binary(node, env, nested)
             case "call":
@@ -395,7 +435,8 @@ class _Estimator:
         match node.value:
             case "+":  # numbers, or a new string, bytes or list holding both sides
                 size = left.size + right.size
-                return _Cost(base + _COPY * size, size, left.count + right.count)
+                text = left.text or right.text  # CEL adds a string only to a string
+                return _Cost(base + _copy(size, text), size, left.count + right.count, text)
             case "==" | "!=" | "<" | "<=" | ">" | ">=":
                 # A comparison stops at the shorter side; a side without variables is constant.
                 constant = [
@@ -429,10 +470,13 @@ class _Estimator:
         if name in _SCALAR_FUNCTIONS or name.startswith("get"):
             return _Cost(spent, 1, 1)
         if name in _CONVERSIONS:
-            return _Cost(spent + _COPY * sizes, sizes + 1, sizes + 1)
-        # A function this module does not know: assumed linear in its arguments.
-        size = _UNKNOWN_GROWTH * sizes + 1
-        return _Cost(spent + _COPY * size, size, size)
+            text = name in ("string", "bytes")
+            return _Cost(spent + _COPY * sizes, sizes + 1, sizes + 1, text)
+        # A function Maestro adds (a Python callback: its arguments are converted to Python) or
+        # one this module does not know: assumed linear in its arguments.
+        growth, text = _FUNCTIONS.get(name, (_UNKNOWN_GROWTH, False))
+        size = growth * sizes + 1
+        return _Cost(spent + _CONVERT * sizes + _copy(size, text), size, size, text)
 
     def macro(self, node: _Node, env: dict[str, tuple[int, int]], nested: int) -> _Cost:
         if nested >= MAX_NESTED_MACROS:
@@ -545,7 +589,52 @@ def analyze(source: str, roots: frozenset[str]) -> Analysis:
     check_source(source)
     tree = _Parser(source).parse()
     paths = {name: frozenset(p) for name, p in _root_paths(tree, roots).items()}
-    return Analysis(_Estimator(roots).cost(tree, {}, 0).cost, paths)
+    read = [(name, *p) for name, found in paths.items() for p in found]
+    if not read or _multiplies_inputs(tree, roots):
+        work = _Estimator(roots).cost(tree, {}, 0).cost
+    else:
+        work = max(
+            _Estimator(roots, group).cost(tree, {}, 0).cost for group in _related_groups(read)
+        )
+    return Analysis(work, paths)
+
+
+def _related(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
+    return a[: len(b)] == b or b[: len(a)] == a
+
+
+def _related_groups(paths: list[tuple[str, ...]]) -> list[frozenset[tuple[str, ...]]]:
+    """The paths, grouped by the relation "one contains the other", transitively."""
+    groups: list[set[tuple[str, ...]]] = []
+    for path in paths:
+        joined = {path}
+        for group in [g for g in groups if any(_related(path, p) for p in g)]:
+            groups.remove(group)
+            joined |= group
+        groups.append(joined)
+    return [frozenset(g) for g in groups]
+
+
+def _multiplies_inputs(tree: _Node, roots: frozenset[str]) -> bool:
+    """Whether a macro iterates over an input and reads an input per element: then the cost
+    may grow with the product of two input sizes, and only the all-inputs estimate is sound."""
+
+    def reads_root(node: _Node, bound: frozenset[str]) -> bool:
+        if node.kind == "ident":
+            return node.value in roots and node.value not in bound
+        if node.kind == "call" and node.target and node.value in _MACROS and _macro_var(node):
+            inner = bound | {node.children[1].value}
+            return reads_root(node.children[0], bound) or any(
+                reads_root(k, inner) for k in node.children[2:]
+            )
+        return any(reads_root(k, bound) for k in node.children)
+
+    for node in _walk(tree):
+        if node.kind == "call" and node.target and node.value in _MACROS and _macro_var(node):
+            body_reads = any(reads_root(k, frozenset()) for k in node.children[2:])
+            if body_reads and reads_root(node.children[0], frozenset()):
+                return True
+    return False
 
 
 def check_total(analyses: list[Analysis]) -> int:

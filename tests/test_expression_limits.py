@@ -67,6 +67,7 @@ def test_everyday_expressions_are_within_the_limits(source):
         ("params.items.map(steps, steps).size() > 0", "the limit is 300,000"),
         ("params.items.filter(steps, steps > 0).size() > 0", "the limit is 300,000"),
         ("params.a.exists(run, params.a.exists(steps, run == steps))", "the limit is 300,000"),
+        ("params.a.exists(run, run in params.b)", "the limit is 300,000"),
         ("params.s.matches('(a{100}){100}')", "the limit is 300,000"),
         ("'x'.matches('\\\\w{1000}')", "the limit is 300,000"),
         ("params.s.matches(params.pattern)", "matches() needs a literal pattern"),
@@ -81,6 +82,16 @@ def test_expensive_expressions_are_refused_at_compile_time(source, fragment):
     with pytest.raises(ExpressionError, match="limit") as info:
         compile_expression(source)
     assert fragment in str(info.value)
+
+
+def test_inputs_share_one_size_limit_so_reading_many_costs_like_reading_one():
+    # The inputs read weigh 2,048 units together: ten quoted params cost about what one does.
+    def command(n: int) -> str:
+        return "'train'" + "".join(f" + ' --a{i} ' + shell_quote(params.a{i})" for i in range(n))
+
+    one, ten = (limits.analyze(command(n), RUN_ROOTS).work for n in (1, 10))
+    assert ten < 1.5 * one
+    assert compile_expression(command(10))
 
 
 def test_a_refused_expression_costs_nothing_to_evaluate():
