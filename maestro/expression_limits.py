@@ -37,14 +37,14 @@ _COPY = 2  # per weight unit copied, compared or scanned
 _TEXT_PER_COPY = 8  # weight units of a string copied for one cost unit
 _CONVERT = 40  # per weight unit of the inputs converted into CEL values, once
 _ITERATION = 10  # per element a macro visits
-_UNKNOWN_GROWTH = 8  # result size of a function this module does not know, per argument unit
 
 _MACROS = frozenset({"all", "exists", "exists_one", "existsOne", "map", "filter"})
 _SCALAR_FUNCTIONS = frozenset({"size", "int", "uint", "double", "type"})
 _CONVERSIONS = frozenset({"string", "bytes", "timestamp", "duration", "dyn"})
 _SCANS = frozenset({"contains", "startsWith", "endsWith"})
-# Functions Maestro adds: the growth of the result over the argument, and whether it is a string
-# (`shell_quote`: at most 5 characters for each, `'` being `'"'"'`, in a word of JSON or text).
+# Functions Maestro adds (`expressions.FUNCTIONS`; each needs an entry here, or it counts as
+# undefined): the growth of the result over the argument, and whether it is a string.
+# `shell_quote`: at most 5 characters for each (`'` is `'"'"'`), of text or JSON.
 _FUNCTIONS = {"shell_quote": (5, True)}
 
 
@@ -472,11 +472,11 @@ class _Estimator:
         if name in _CONVERSIONS:
             text = name in ("string", "bytes")
             return _Cost(spent + _COPY * sizes, sizes + 1, sizes + 1, text)
-        # A function Maestro adds (a Python callback: its arguments are converted to Python) or
-        # one this module does not know: assumed linear in its arguments.
-        growth, text = _FUNCTIONS.get(name, (_UNKNOWN_GROWTH, False))
-        size = growth * sizes + 1
-        return _Cost(spent + _CONVERT * sizes + _copy(size, text), size, size, text)
+        if name in _FUNCTIONS:  # a Python callback: its arguments are converted to Python
+            growth, text = _FUNCTIONS[name]
+            size = growth * sizes + 1
+            return _Cost(spent + _CONVERT * sizes + _copy(size, text), size, size, text)
+        return _Cost(spent, 1, 1)  # undefined: evaluating it is an error, after its arguments
 
     def macro(self, node: _Node, env: dict[str, tuple[int, int]], nested: int) -> _Cost:
         if nested >= MAX_NESTED_MACROS:

@@ -10,6 +10,7 @@ import pytest
 
 from maestro import expression_limits as limits
 from maestro.expressions import (
+    FUNCTIONS,
     RUN_ROOTS,
     TRIGGER_ROOTS,
     Evaluation,
@@ -92,6 +93,16 @@ def test_inputs_share_one_size_limit_so_reading_many_costs_like_reading_one():
     one, ten = (limits.analyze(command(n), RUN_ROOTS).work for n in (1, 10))
     assert ten < 1.5 * one
     assert compile_expression(command(10))
+
+
+def test_every_function_maestro_adds_has_a_cost():
+    assert set(FUNCTIONS) <= set(limits._FUNCTIONS)
+
+
+def test_an_undefined_function_costs_only_its_arguments():
+    assert limits.analyze("nope(1)", RUN_ROOTS).work < 10
+    with pytest.raises(ExpressionError, match="Undefined"):
+        evaluate("nope(1)", {})
 
 
 def test_a_refused_expression_costs_nothing_to_evaluate():
