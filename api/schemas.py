@@ -147,9 +147,8 @@ class MatchOut(BaseModel):
     workflow_id: str
     trigger_id: str
     outcome: str = Field(
-        description="started_run, duplicate_run, join_incomplete, "
-        "condition_false, superseded, expired, workflow_inactive, workflow_paused, "
-        "params_invalid"
+        description="started_run, duplicate_run, join_incomplete, condition_false, "
+        "condition_error, superseded, expired, workflow_inactive, workflow_paused, params_invalid"
     )
     run_id: str | None
     detail: str | None

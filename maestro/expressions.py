@@ -10,6 +10,11 @@ from typing import Any
 
 import cel
 
+from maestro import expression_limits
+from maestro.expression_limits import LimitExceeded
+
+# Functions every expression may call besides CEL's own, given to each `Evaluation`.
+
 # The names an expression may use; anything else is a typo caught at registration.
 # In a run (step params, `when`, `emits`, `wait_for`): the run's params, upstream steps, the run
 # itself and the signals its waiting steps received.
@@ -60,6 +65,7 @@ def compile_expression(source: str, roots: frozenset[str] = RUN_ROOTS) -> Any:
     """Compile a CEL expression, or raise ExpressionError naming line and column."""
     if not source.strip():
         raise ExpressionError("empty expression")
+    _check_length(source)
     try:
         program = cel.compile(source)
     except (ValueError, RuntimeError) as exc:
@@ -75,28 +81,81 @@ def compile_expression(source: str, roots: frozenset[str] = RUN_ROOTS) -> Any:
             f"unknown variable {', '.join(map(repr, unknown))}: "
             f"expressions here can use {', '.join(sorted(roots))}"
         )
+    _check_cost(source, roots)
     return program
+
+
+def _check_length(source: str) -> None:
+    """Refuse a source too long to hand to the CEL parser (whose recursion is not bounded)."""
+    try:
+        expression_limits.check_source(source)
+    except LimitExceeded as exc:
+        raise ExpressionError(str(exc)) from None
+
+
+def _check_cost(source: str, roots: frozenset[str]) -> None:
+    """Refuse an expression whose depth, size or worst-case cost is over the limits."""
+    try:
+        expression_limits.check_total([expression_limits.analyze(source, roots)])
+    except LimitExceeded as exc:
+        raise ExpressionError(f"expression over the limits: {exc}") from None
+
+
+class Evaluation:
+    """Expressions evaluated together over one context (a step's params, a trigger's `when` and
+    params): their worst-case costs are summed and checked once, and the inputs they read are
+    cut down, size-checked and converted into CEL values once."""
+
+    def __init__(
+        self, sources: list[str], context: dict[str, Any], roots: frozenset[str] = RUN_ROOTS
+    ) -> None:
+        self.roots = roots
+        analyses = []
+        for source in sources:
+            compile_expression(source, roots)
+            analyses.append(expression_limits.analyze(source, roots))
+        what = repr(sources[0]) if len(sources) == 1 else f"{len(sources)} expressions"
+        full = {name: context.get(name, {}) for name in roots}
+        try:
+            expression_limits.check_total(analyses)
+            self._variables = cel.Context(
+                variables=expression_limits.bounded_inputs(analyses, full), functions=FUNCTIONS
+            )
+        except LimitExceeded as exc:
+            raise ExpressionError(f"evaluating {what} refused: {exc}") from None
+        except (ValueError, RuntimeError, TypeError) as exc:
+            raise ExpressionError(f"evaluating {what} failed: {exc}") from None
+
+    def evaluate(self, source: str) -> Any:
+        """The result of one of the expressions."""
+        program = compile_expression(source, self.roots)
+        try:
+            return program.execute(self._variables)
+        except (ValueError, RuntimeError, TypeError, ArithmeticError, LookupError) as exc:
+            raise ExpressionError(f"evaluating {source!r} failed: {exc}") from None
 
 
 def evaluate(source: str, context: dict[str, Any], roots: frozenset[str] = RUN_ROOTS) -> Any:
     """Evaluate a CEL expression over `context`; every root variable is always defined."""
-    program = compile_expression(source, roots)
-    full: dict[str, Any] = {name: context.get(name, {}) for name in roots}
-    full.update(FUNCTIONS)
-    try:
-        return program.execute(full)
-    except (ValueError, RuntimeError, TypeError, ArithmeticError, LookupError) as exc:
-        raise ExpressionError(f"evaluating {source!r} failed: {exc}") from None
+    return Evaluation([source], context, roots).evaluate(source)
 
 
 def resolve_values(value: Any, context: dict[str, Any], roots: frozenset[str] = RUN_ROOTS) -> Any:
-    """Replace every `{"expr": ...}` inside `value` by its result."""
+    """Replace every `{"expr": ...}` inside `value` by its result (the expressions are one
+    `Evaluation`)."""
+    sources = [source for _, source in find_expressions(value)]
+    if not sources:
+        return value
+    return _resolve(value, Evaluation(sources, context, roots))
+
+
+def _resolve(value: Any, evaluation: Evaluation) -> Any:
     if is_expr(value):
-        return evaluate(value["expr"], context, roots)
+        return evaluation.evaluate(value["expr"])
     if isinstance(value, dict):
-        return {k: resolve_values(v, context, roots) for k, v in value.items()}
+        return {k: _resolve(v, evaluation) for k, v in value.items()}
     if isinstance(value, list):
-        return [resolve_values(v, context, roots) for v in value]
+        return [_resolve(v, evaluation) for v in value]
     return value
 
 

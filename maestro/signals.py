@@ -430,8 +430,8 @@ class SignalBus:
         ids = sorted(m["id"] for m in members.values())
         try:
             fire, params = evaluate_trigger(trigger, trigger_context(members, signal.name))
-        except ExpressionError as exc:
-            await record("condition_false", ids, detail=str(exc))
+        except ExpressionError as exc:  # failed or over the cost limit: never fires
+            await record("condition_error", ids, detail=str(exc))
             return
         if not fire:
             await record("condition_false", ids, detail=f"when {trigger.when!r} is false")

@@ -15,7 +15,7 @@ from maestro.definitions import (
     SignalTrigger,
     WorkflowDefinition,
 )
-from maestro.expressions import TRIGGER_ROOTS, evaluate
+from maestro.expressions import TRIGGER_ROOTS, Evaluation
 
 COMPLETION_PREFIX = "maestro.run."
 
@@ -174,9 +174,12 @@ def trigger_context(signals: dict[str, dict[str, Any]], last: str) -> dict[str, 
 
 
 def evaluate_trigger(trigger: CompiledTrigger, context: dict[str, Any]) -> tuple[bool, dict]:
-    """The trigger's `when` and its run params for a complete set of signals."""
-    if trigger.when is not None and evaluate(trigger.when, context, TRIGGER_ROOTS) is not True:
+    """The trigger's `when` and its run params for a complete set of signals (one
+    `Evaluation`: their costs share one budget)."""
+    sources = [*([trigger.when] if trigger.when is not None else []), *trigger.params.values()]
+    if not sources:
+        return True, {}
+    evaluation = Evaluation(sources, context, TRIGGER_ROOTS)
+    if trigger.when is not None and evaluation.evaluate(trigger.when) is not True:
         return False, {}
-    return True, {
-        name: evaluate(source, context, TRIGGER_ROOTS) for name, source in trigger.params.items()
-    }
+    return True, {name: evaluation.evaluate(source) for name, source in trigger.params.items()}

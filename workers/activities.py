@@ -431,13 +431,15 @@ class StepActivities:
             "signals": step_input.signals,
         }
         try:
+            # Resolved together, so all the emits' expressions share one cost budget.
+            params = resolve_values([emit.params for emit in step.emits], context)
             return [
                 SignalIn(
                     name=emit.name,
-                    params=resolve_values(emit.params, context),
+                    params=values,
                     request_id=f"emit:{step_input.run_id}:{step.id}:{i}",
                 )
-                for i, emit in enumerate(step.emits)
+                for i, (emit, values) in enumerate(zip(step.emits, params, strict=True))
             ]
         except (ExpressionError, ValidationError) as exc:
             raise ApplicationError(

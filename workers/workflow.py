@@ -424,9 +424,11 @@ class RunWorkflow:
         self._states[step.id].status = StepStatus.waiting_for_signal
         context = self._context()
         try:
+            # Resolved together, so all the waits' expressions share one cost budget.
+            wheres = resolve_values([w.where for w in step.wait_for], context)
             waits = [
-                WaitSpec(position=i, name=w.name, where=resolve_values(w.where, context))
-                for i, w in enumerate(step.wait_for)
+                WaitSpec(position=i, name=w.name, where=where)
+                for i, (w, where) in enumerate(zip(step.wait_for, wheres, strict=True))
             ]
         except ExpressionError as exc:
             raise _StepFailed(f"expression error in wait_for: {exc}") from None

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
+import asyncio
+import weakref
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated
 
 import yaml
 from fastapi import APIRouter, Query, Request, Response
@@ -28,7 +29,8 @@ from maestro.db import runs as runs_db
 from maestro.db import signals as signals_db
 from maestro.db import workflows as workflows_db
 from maestro.db.tables import Workflow, WorkflowVersion
-from maestro.definitions import parse_definition
+from maestro.definitions import WorkflowDefinition, parse_definition
+from maestro.documents import DocumentTooComplex, load_json, load_yaml
 from maestro.errors import InvalidInput, Problem
 from maestro.schedules import time_triggers
 
@@ -46,30 +48,54 @@ _DEFINITION_BODY = {
 }
 
 
-async def read_definition_body(request: Request) -> Any:
-    """The request body decoded as JSON or YAML, by Content-Type."""
+_YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml")
+# Definitions are decoded one at a time per event loop: a decoding thread still takes turns at
+# the GIL with the loop, and several at once would leave the loop a small share of it.
+_DECODING: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def read_definition(request: Request) -> WorkflowDefinition:
+    """The request body decoded as JSON or YAML (by Content-Type) and validated as a definition,
+    in a worker thread: both are CPU work that grows with the document, kept off the event
+    loop."""
     raw = await request.body()
     content_type = request.headers.get("content-type", "application/json").split(";")[0].strip()
+    turn = _DECODING.setdefault(asyncio.get_running_loop(), asyncio.Semaphore(1))
+    async with turn:
+        return await asyncio.to_thread(_definition_from, raw, content_type)
+
+
+def _definition_from(raw: bytes, content_type: str) -> WorkflowDefinition:
     try:
-        if content_type in ("application/yaml", "application/x-yaml", "text/yaml"):
-            return yaml.safe_load(raw)
-        if content_type in ("application/json", ""):
-            return json.loads(raw)
+        if content_type in _YAML_TYPES:
+            data = load_yaml(raw)
+        elif content_type in ("application/json", ""):
+            data = load_json(raw)
+        else:
+            raise InvalidInput(
+                "unsupported content type",
+                [
+                    Problem(
+                        ("header", "content-type"),
+                        f"{content_type!r} is not supported; send application/json or "
+                        "application/yaml",
+                        "content_type",
+                    )
+                ],
+            )
+    except DocumentTooComplex as exc:
+        raise InvalidInput(
+            f"body is over a document limit: {exc}",
+            [Problem(("body",), str(exc), "document_too_complex")],
+        ) from None
     except (ValueError, yaml.YAMLError) as exc:
         raise InvalidInput(
             "body could not be decoded",
             [Problem(("body",), f"invalid {content_type}: {exc}", "decode_error")],
         ) from None
-    raise InvalidInput(
-        "unsupported content type",
-        [
-            Problem(
-                ("header", "content-type"),
-                f"{content_type!r} is not supported; send application/json or application/yaml",
-                "content_type",
-            )
-        ],
-    )
+    return parse_definition(data)
 
 
 def workflow_out(workflow: Workflow, definition: dict | None = None) -> WorkflowOut:
@@ -113,7 +139,7 @@ async def push_workflow(
     schedules take over), or — when an identical definition was pushed before — that version,
     unchanged (200, nothing written, even if another version is active or the workflow is
     deactivated)."""
-    definition = parse_definition(await read_definition_body(request))
+    definition = await read_definition(request)
     principal = getattr(request.state, "principal", None)
     if principal is not None and principal.owners:
         principal.check_owner(definition.owner)
@@ -131,7 +157,7 @@ async def push_workflow(
 async def validate_workflow(request: Request) -> ValidationResult:
     """Check a definition without storing anything: 200 with the normalised definition, or 422
     listing every problem with its location."""
-    definition = parse_definition(await read_definition_body(request))
+    definition = await read_definition(request)
     return ValidationResult(valid=True, definition=definition.model_dump(mode="json"))
 
 
