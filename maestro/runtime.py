@@ -198,6 +198,12 @@ class StepSuccess(BaseModel):
     emits: list[dict[str, Any]] = Field(default_factory=list)
 
 
+class RecordSuccessesInput(BaseModel):
+    """Successes the workflow records because their attempts could not (RECORD_SUCCESS)."""
+
+    successes: list[StepSuccess]
+
+
 class StepResult(BaseModel):
     """What a successful step attempt returns."""
 

@@ -42,6 +42,7 @@ from maestro.runtime import (
     FireAdmission,
     FireRequest,
     RecordStepsInput,
+    RecordSuccessesInput,
     RegisterWaitsInput,
     RegisterWaitsResult,
     RunStatus,
@@ -357,11 +358,12 @@ class StepActivities:
             await self._bus.after_commit(pending)
 
     @activity.defn(name=RECORD_SUCCESS_ACTIVITY)
-    async def record_step_success(self, success: StepSuccess) -> None:
-        """Record a step's success that its attempt could not record (the database was
+    async def record_step_success(self, record: RecordSuccessesInput) -> None:
+        """Record steps' successes that their attempts could not record (the database was
         away); idempotent, so the workflow retries it until the database is back."""
-        emitted = [SignalIn.model_validate(e) for e in success.emits]
-        await self._record_success(success, emitted)
+        for success in record.successes:
+            emitted = [SignalIn.model_validate(e) for e in success.emits]
+            await self._record_success(success, emitted)
 
     async def _recorded_success(self, step_input: StepInput, progress: Any) -> StepResult | None:
         """On a retry: the success an earlier attempt recorded if its result never reached

@@ -37,6 +37,7 @@ with workflow.unsafe.imports_passed_through():
         FinishRunInput,
         MatchedSignal,
         RecordStepsInput,
+        RecordSuccessesInput,
         RegisterWaitsInput,
         RegisterWaitsResult,
         RunInput,
@@ -92,8 +93,10 @@ class RunWorkflow:
         self._unrecorded: list[str] = []
         self._recorded_by_activity: set[str] = set()  # succeeded: run_step wrote the row
         # Successes run_step could not record (the database was away), and their recording.
+        # Successes run_step could not record (the database was away), and the one task that
+        # records them: while it waits for the database, later ones join its next batch.
         self._unrecorded_successes: list[StepSuccess] = []
-        self._recording_successes: list[asyncio.Task[None]] = []
+        self._recorder: asyncio.Task[None] | None = None
         self._run_recorded = False  # the last step's activity recorded the run's end
         self._matched: dict[str, dict[int, MatchedSignal]] = {}
         self._bypassed: set[str] = set()
@@ -186,10 +189,14 @@ class RunWorkflow:
             cancelled = True
             self._status = RunStatus.stopped
             self._error = "run was cancelled"
-        for task in self._recording_successes:
-            # Emitted signals must be published before the run's end is.
+        # Emitted signals must be published before the run's end is.
+        if self._recorder is None:
+            self._start_recorder()
+        while self._recorder is not None:
             with contextlib.suppress(asyncio.CancelledError):
-                await task
+                await self._recorder
+            self._recorder = None
+            self._start_recorder()
         if self._run_recorded:
             # The last step's activity recorded the run's end, `succeeded`, with its own
             # success: a timeout, stop or skip that arrived meanwhile came too late.
@@ -297,9 +304,8 @@ class RunWorkflow:
                 self._schedule(running)
                 if self._unrecorded:
                     recording.append(asyncio.create_task(self._record_unrecorded()))
-                if self._unrecorded_successes:
-                    task = asyncio.create_task(self._record_successes())
-                    self._recording_successes.append(task)
+                if self._recorder is None or self._recorder.done():
+                    self._start_recorder()
                 if not running:
                     break
                 # Wake on a finished step, or on an operator action (skip) between steps.
@@ -513,10 +519,14 @@ class RunWorkflow:
             self._error = f"step {step.id} {status.value}: {error}"
             raise _FailFast()
 
+    def _start_recorder(self) -> None:
+        if self._unrecorded_successes:
+            self._recorder = asyncio.create_task(self._record_successes())
+
     async def _record_successes(self) -> None:
-        successes, self._unrecorded_successes = self._unrecorded_successes, []
-        for success in successes:
-            await _record(True, RECORD_SUCCESS_ACTIVITY, success)
+        while self._unrecorded_successes:
+            successes, self._unrecorded_successes = self._unrecorded_successes, []
+            await _record(True, RECORD_SUCCESS_ACTIVITY, RecordSuccessesInput(successes=successes))
 
     async def _record_unrecorded(self) -> None:
         assert self._input is not None
