@@ -22,10 +22,12 @@ from pydantic import (
     model_validator,
 )
 
+from maestro import expression_limits
 from maestro.dag import find_cycle
 from maestro.durations import Duration
 from maestro.errors import DefinitionInvalid, ParamsInvalid, Problem
 from maestro.expressions import (
+    RUN_ROOTS,
     TRIGGER_ROOTS,
     ExpressionError,
     compile_expression,
@@ -452,6 +454,25 @@ class WorkflowDefinition(_Model):
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+# RunWorkflow may evaluate every step's `when` in one workflow task, which Temporal's deadlock
+# detector gives 2 s: the steps' `when` expressions together may cost this much (four
+# expressions at the limit, each well under 50 ms on a 2-core machine).
+MAX_WHEN_COST = 4 * expression_limits.MAX_COST
+
+
+def _when_cost(definition: WorkflowDefinition) -> int:
+    """The worst-case cost of evaluating every step's `when` (those within their own limit)."""
+    total = 0
+    for step in definition.steps:
+        if step.when:
+            try:
+                analysis = expression_limits.analyze(step.when, RUN_ROOTS)
+                total += expression_limits.check_total([analysis])
+            except expression_limits.LimitExceeded:
+                pass  # refused on its own, at steps[i].when
+    return total
+
+
 def check_definition(definition: WorkflowDefinition) -> list[Problem]:
     """Rules that span fields: step ids, dependencies, cycles, step types and their params."""
     problems: list[Problem] = []
@@ -498,6 +519,17 @@ def check_definition(definition: WorkflowDefinition) -> list[Problem]:
                 problems.append(
                     Problem(("steps", i, "params", *loc, "expr"), str(exc), "expression_invalid")
                 )
+    when_cost = _when_cost(definition)
+    if when_cost > MAX_WHEN_COST:
+        problems.append(
+            Problem(
+                ("steps",),
+                f"the steps' `when` expressions together may cost up to {when_cost:,} units to "
+                f"evaluate; the limit is {MAX_WHEN_COST:,} (simplify them, or compute the "
+                "condition in an upstream step and test its output)",
+                "expression_limit",
+            )
+        )
     for i, trigger in enumerate(definition.triggers):
         mapping = None
         if isinstance(trigger, SignalTrigger):

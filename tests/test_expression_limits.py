@@ -9,6 +9,7 @@ import cel
 import pytest
 
 from maestro import expression_limits as limits
+from maestro.definitions import MAX_WHEN_COST, WorkflowDefinition, check_definition
 from maestro.expressions import (
     FUNCTIONS,
     RUN_ROOTS,
@@ -242,3 +243,26 @@ def test_the_worst_accepted_expressions_stay_cheap(name):
     evaluate(source, context)
     # About 15 ms of CPU on the reference machine (docs/benchmarks.md); generous for CI noise.
     assert time.thread_time() - started < 0.25
+
+
+def test_steps_when_expressions_together_have_a_budget():
+    """RunWorkflow may evaluate every step's `when` in one workflow task: a definition whose
+    `when`s each pass but together exceed MAX_WHEN_COST is refused, naming the limit; a few
+    such steps pass."""
+    source = " || ".join(["'zz' in params.l"] * 26)
+    cost = limits.check_total([limits.analyze(source, RUN_ROOTS)])
+    assert cost <= limits.MAX_COST
+    over = MAX_WHEN_COST // cost + 1
+
+    def definition(n: int) -> WorkflowDefinition:
+        return WorkflowDefinition.model_validate(
+            {
+                "id": "whens",
+                "steps": [{"id": f"s{i}", "type": "noop", "when": source} for i in range(n)],
+            }
+        )
+
+    assert not [p for p in check_definition(definition(2)) if p.type == "expression_limit"]
+    [problem] = [p for p in check_definition(definition(over)) if p.type == "expression_limit"]
+    assert problem.loc == ("steps",)
+    assert f"{MAX_WHEN_COST:,}" in problem.msg
