@@ -19,6 +19,14 @@ RECORD_STEPS_ACTIVITY = "record_steps"
 FINISH_RUN_ACTIVITY = "finish_run"
 REGISTER_WAITS_ACTIVITY = "register_waits"
 RECORD_SUCCESS_ACTIVITY = "record_step_success"
+
+
+def recording_queue(task_queue: str) -> str:
+    """The task queue of recordings that wait for the database (RunWorkflow's on `task_queue`):
+    a worker serves it apart from steps, so waiting recordings take no step's slot."""
+    return f"{task_queue}.recording"
+
+
 # What a time trigger's schedule starts: the run itself (TimedRunWorkflow). Fires started by
 # earlier schedules went through FireScheduleWorkflow, which is still registered for them.
 TIMED_RUN_WORKFLOW = "TimedRunWorkflow"

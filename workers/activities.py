@@ -82,6 +82,21 @@ def _masked_failure(exc: BaseException, mask: Masker) -> ApplicationError:
     return ApplicationError(mask(f"{type(exc).__name__}: {exc}"), type=type(exc).__name__)
 
 
+async def _while_database_away(write: Callable[[], Awaitable[Any]]) -> None:
+    """Run `write`. As a regular activity (the workflow's fallback when local tries failed),
+    wait for an unreachable database within the attempt, heartbeating, instead of failing it;
+    as a local activity, fail at once so the workflow falls back."""
+    while True:
+        try:
+            await write()
+            return
+        except Exception as exc:
+            if activity.info().is_local or not is_unavailable(exc):
+                raise
+        activity.heartbeat()
+        await asyncio.sleep(DATABASE_RETRY_SECONDS)
+
+
 class _Progress:
     """The latest progress a step reported, sent by the heartbeat loop (safe from any thread)."""
 
@@ -103,7 +118,7 @@ class _Progress:
 
 
 # How often a step attempt that waits for the database tries again.
-DATABASE_RETRY_SECONDS = 2.0
+DATABASE_RETRY_SECONDS = 1.0
 # A step attempt that ends sooner than this has its start recorded with its end, in one
 # transaction; a longer one shows `running` from this moment on.
 RECORD_START_AFTER = 0.1
@@ -363,7 +378,7 @@ class StepActivities:
         away); idempotent, so the workflow retries it until the database is back."""
         for success in record.successes:
             emitted = [SignalIn.model_validate(e) for e in success.emits]
-            await self._record_success(success, emitted)
+            await _while_database_away(lambda s=success, e=emitted: self._record_success(s, e))
 
     async def _recorded_success(self, step_input: StepInput, progress: Any) -> StepResult | None:
         """On a retry: the success an earlier attempt recorded if its result never reached
@@ -479,8 +494,12 @@ class StepActivities:
     @activity.defn(name=RECORD_STEPS_ACTIVITY)
     async def record_steps(self, record: RecordStepsInput) -> None:
         """Persist step states that the workflow decided (skipped, failed, stopped, ...)."""
-        async with self._sessions.begin() as session:
-            await runs_db.record_step_states(session, record.run_id, record.steps)
+
+        async def write() -> None:
+            async with self._sessions.begin() as session:
+                await runs_db.record_step_states(session, record.run_id, record.steps)
+
+        await _while_database_away(write)
 
     @activity.defn(name=REGISTER_WAITS_ACTIVITY)
     async def register_waits(self, request: RegisterWaitsInput) -> RegisterWaitsResult:
@@ -491,7 +510,8 @@ class StepActivities:
     async def finish_run(self, finish: FinishRunInput) -> None:
         """Record the run's end (through maestro.ends): its status, outputs and every step's
         final state, the next queued runs' admission, its completion signal."""
-        await self._ends.finish(finish, activity.info().workflow_run_id)
+        temporal_run_id = activity.info().workflow_run_id
+        await _while_database_away(lambda: self._ends.finish(finish, temporal_run_id))
         # No log line here: the workflow logs "run ended" with the same fields.
 
     async def _end_run_with_step(

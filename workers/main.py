@@ -19,6 +19,7 @@ from maestro.artifacts import LocalArtifactStore
 from maestro.db.engine import create_engine, session_factory
 from maestro.errors import ConfigurationError
 from maestro.runs import RunsService
+from maestro.runtime import recording_queue
 from maestro.schedules import Schedules
 from maestro.secrets import SecretBox
 from maestro.settings import Settings
@@ -29,6 +30,9 @@ from workers.schedules import FireScheduleWorkflow, TimedRunWorkflow
 from workers.workflow import RunWorkflow
 
 logger = logging.getLogger(__name__)
+
+# Recordings one worker lets wait for the database at once (each an idle coroutine).
+RECORDING_LIMIT = 2_000
 
 
 def new_worker(
@@ -64,6 +68,20 @@ def new_worker(
         # stopping a run takes about a second, whatever the step's heartbeat timeout.
         max_heartbeat_throttle_interval=timedelta(seconds=1),
         default_heartbeat_throttle_interval=timedelta(seconds=1),
+    )
+
+
+def recording_worker(client: Client, task_queue: str, activities: StepActivities) -> Worker:
+    """Serves the recordings that wait for the database (RunWorkflow's fallback), apart from
+    steps: each waits in one cheap attempt, so many may wait at once, and they heartbeat
+    rarely."""
+    return Worker(
+        client,
+        task_queue=recording_queue(task_queue),
+        activities=[activities.record_steps, activities.record_step_success, activities.finish_run],
+        max_concurrent_activities=RECORDING_LIMIT,
+        max_heartbeat_throttle_interval=timedelta(seconds=30),
+        default_heartbeat_throttle_interval=timedelta(seconds=30),
     )
 
 
@@ -127,6 +145,7 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
         new_worker(client, queue, activities, limit=limit, workflows=False)
         for queue in settings.worker.task_queues
     ]
+    workers.append(recording_worker(client, settings.temporal.task_queue, activities))
     async with contextlib.AsyncExitStack() as stack:
         for worker in workers:
             await stack.enter_async_context(worker)

@@ -50,6 +50,7 @@ with workflow.unsafe.imports_passed_through():
         StepStatus,
         StepSuccess,
         WaitSpec,
+        recording_queue,
     )
 
 # Recording must outlive a database restart; it is idempotent, so it retries without limit.
@@ -543,23 +544,31 @@ async def _record(local: bool, activity: str, arg: Any) -> None:
     """Run an idempotent recording activity: local when the input says so or since
     LOCAL_RECORDING_PATCH, else regular (a run started before the patch). A local attempt
     holds the worker's workflow-task slot while it retries, so after a few quick tries (the
-    database is away) it becomes a regular activity, retried by Temporal without limit and
-    holding nothing meanwhile."""
+    database is away) it becomes a regular activity on the recording queue, which waits for
+    the database inside one heartbeating attempt: no retry for Temporal to schedule every few
+    seconds per waiting run, and it is done within a second of the database's return."""
     timeout = timedelta(seconds=30)
-    if local or workflow.patched(LOCAL_RECORDING_PATCH):
-        try:
-            await workflow.execute_local_activity(
-                activity, arg, start_to_close_timeout=timeout, retry_policy=_LOCAL_RECORD_RETRY
-            )
-            return
-        except CancelledError:
-            raise
-        except FailureError:
-            # A local activity's failure arrives as its cause (an ApplicationError), not
-            # wrapped in an ActivityError as a regular activity's is.
-            workflow.logger.warning(
-                "recording waits for the database", extra={"activity": activity}
-            )
+    if not (local or workflow.patched(LOCAL_RECORDING_PATCH)):
+        await workflow.execute_activity(
+            activity, arg, start_to_close_timeout=timeout, retry_policy=_RECORD_RETRY
+        )
+        return
+    try:
+        await workflow.execute_local_activity(
+            activity, arg, start_to_close_timeout=timeout, retry_policy=_LOCAL_RECORD_RETRY
+        )
+        return
+    except CancelledError:
+        raise
+    except FailureError:
+        # A local activity's failure arrives as its cause (an ApplicationError), not wrapped
+        # in an ActivityError as a regular activity's is.
+        workflow.logger.warning("recording waits for the database", extra={"activity": activity})
     await workflow.execute_activity(
-        activity, arg, start_to_close_timeout=timeout, retry_policy=_RECORD_RETRY
+        activity,
+        arg,
+        task_queue=recording_queue(workflow.info().task_queue),
+        start_to_close_timeout=timedelta(hours=1),
+        heartbeat_timeout=timedelta(seconds=60),
+        retry_policy=_RECORD_RETRY,
     )
