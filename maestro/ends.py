@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from maestro import metrics
+from maestro import metrics, strategies
 from maestro.db import runs as runs_db
 from maestro.db import signals as signals_db
 from maestro.db import workflows as workflows_db
@@ -128,21 +128,11 @@ class RunEnds:
                 return ended
             run = await self._read(run_id, "stop")  # admitted meanwhile
         async with self._sessions.begin() as session:
-            await session.execute(
-                Run.__table__.update()
-                .where(Run.run_id == run_id, Run.stop_requested_at.is_(None))
-                .values(stop_requested_at=datetime.now(UTC))
-            )
-        try:
-            if not await self._runs.cancel_on_temporal(run):
-                # Temporal has no execution for it (it never started, or is gone).
-                ended = await self._end_here(run_id, "stopped before it started")
-                return ended if ended is not None else await self._read(run_id, None)
-        except Unavailable as exc:
-            logger.warning(
-                "stop deferred to the sweeper", extra={"run_id": run_id, "error": str(exc)}
-            )
-        return run
+            await strategies.request_stop(session, [run])
+        if await self._cancel(run):
+            return run
+        ended = await self._end_here(run_id, "stopped before it started")
+        return ended if ended is not None else await self._read(run_id, None)
 
     async def kill_run(self, run_id: str) -> Run:
         """Terminate now, without cleanup: the run ends `stopped` with error `killed` and the
@@ -181,26 +171,27 @@ class RunEnds:
                     await self._end_in(session, run, "workflow stopped")
                     pendings.append(await self._publish_completion(session, run))
             admitted = [r for r in live if r.admitted_at is not None]
-            await session.execute(
-                Run.__table__.update()
-                .where(
-                    Run.run_id.in_([r.run_id for r in admitted]), Run.stop_requested_at.is_(None)
-                )
-                .values(stop_requested_at=datetime.now(UTC))
-            )
+            await strategies.request_stop(session, admitted)
         # Runs that waited in the queue held no slot: ending them admits nothing.
         await self._after([], pendings)
         for run in admitted:
-            try:
-                if not await self._runs.cancel_on_temporal(run):
-                    await self._end_here(run.run_id, "stopped before it started")
-            except Unavailable as exc:
-                logger.warning(
-                    "stop deferred to the sweeper", extra={"run_id": run.run_id, "error": str(exc)}
-                )
+            if not await self._cancel(run):
+                await self._end_here(run.run_id, "stopped before it started")
         return live
 
     # -- helpers --------------------------------------------------------------------------------
+
+    async def _cancel(self, run: Run) -> bool:
+        """Cancel an admitted run on Temporal (its stop is recorded already); False if Temporal
+        has no execution for it (it never started, or is gone), so it is ended here. If
+        Temporal cannot be reached, the sweeper sends the stop later."""
+        try:
+            return await self._runs.cancel_on_temporal(run)
+        except Unavailable as exc:
+            logger.warning(
+                "stop deferred to the sweeper", extra={"run_id": run.run_id, "error": str(exc)}
+            )
+            return True
 
     async def _read(self, run_id: str, action: str | None) -> Run:
         async with self._sessions() as session:

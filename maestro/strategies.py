@@ -130,14 +130,6 @@ async def admit_waiting(
     return chosen
 
 
-async def mark_skipped(session: AsyncSession, runs: list[Run], reason: str) -> None:
-    for run in runs:
-        run.status = RunStatus.skipped
-        run.error = reason
-        run.ended_at = datetime.now(UTC)
-    await session.flush()
-
-
 async def request_stop(session: AsyncSession, runs: list[Run]) -> None:
     ids = [r.run_id for r in runs]
     if ids:
