@@ -40,6 +40,38 @@ from maestro.keys import create_admin_key
 ROOT = Path(__file__).resolve().parent.parent
 
 
+async def _timeline(database_url: str, back: float) -> dict[str, list[float]]:
+    """Seconds after PostgreSQL came back at which step `a` was recorded, step `b` started and
+    ended, and runs ended: first, median and last of each."""
+    import asyncpg
+
+    connection = await asyncpg.connect(database_url.replace("+asyncpg", ""))
+    try:
+        rows = await connection.fetch(
+            "SELECT s.step_id, extract(epoch FROM s.started_at) AS started,"
+            " extract(epoch FROM s.ended_at) AS ended, extract(epoch FROM r.ended_at) AS run_ended"
+            " FROM step_runs s JOIN runs r USING (run_id) WHERE r.workflow_id = 'outage'"
+        )
+    finally:
+        await connection.close()
+
+    def spread(values: list[float]) -> list[float]:
+        values = sorted(v - back for v in values if v is not None)
+        if not values:
+            return []
+        return [round(values[0], 2), round(values[len(values) // 2], 2), round(values[-1], 2)]
+
+    def column(step: str, name: str) -> list[float]:
+        return [float(r[name]) for r in rows if r["step_id"] == step and r[name] is not None]
+
+    return {
+        "a_ended": spread(column("a", "ended")),
+        "b_started": spread(column("b", "started")),
+        "b_ended": spread(column("b", "ended")),
+        "run_ended": spread(column("b", "run_ended")),
+    }
+
+
 def _spawn(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     with open(log, "wb") as out:
         return subprocess.Popen(
@@ -147,6 +179,7 @@ async def measure(args: argparse.Namespace, work: Path) -> dict:
                     break
                 await asyncio.sleep(0.25)
             recovered = time.monotonic() - back
+            timeline = await _timeline(postgres.local_url, time.time() - recovered)
     finally:
         for proc in reversed(procs):
             proc.terminate()
@@ -166,6 +199,7 @@ async def measure(args: argparse.Namespace, work: Path) -> dict:
         "step_executions": sum(executions.values()),
         "steps_re_executed": sum(n - 1 for n in executions.values()),
         "seconds_from_postgres_back_to_all_finished": round(recovered, 2),
+        "after_postgres_back": timeline,
     }
 
 

@@ -154,6 +154,22 @@ class RunState(BaseModel):
     error: str | None = None
 
 
+class StepSuccess(BaseModel):
+    """A step attempt's success as PostgreSQL records it: the step's row, and the signals it
+    emits (SignalIn fields), published in the same transaction."""
+
+    run_id: str
+    workflow_id: str
+    step_id: str
+    attempt: int
+    outputs: dict[str, Any] = Field(default_factory=dict)
+    details: dict[str, Any] = Field(default_factory=dict)
+    temporal_run_id: str
+    # Set when the attempt's start is not recorded yet: written with the success.
+    started_at: datetime | None = None
+    emits: list[dict[str, Any]] = Field(default_factory=list)
+
+
 class FinishRunInput(BaseModel):
     """A run's end as the workflow decided it: the input of `finish_run`."""
 
@@ -169,6 +185,8 @@ class FinishRunInput(BaseModel):
     outputs: dict[str, Any] = Field(default_factory=dict)
     # Whether any step could have registered signal waits (left-over ones are removed).
     waits: bool = True
+    # Successes their attempts could not record (none emits signals): written with the end.
+    successes: list[StepSuccess] = Field(default_factory=list)
 
 
 class StepInput(BaseModel):
@@ -188,22 +206,6 @@ class StepInput(BaseModel):
     # attempt that succeeds records the run's end with its own (this step's outputs added),
     # sparing the workflow its finish_run. See StepResult.run_recorded.
     finish: FinishRunInput | None = None
-
-
-class StepSuccess(BaseModel):
-    """A step attempt's success as PostgreSQL records it: the step's row, and the signals it
-    emits (SignalIn fields), published in the same transaction."""
-
-    run_id: str
-    workflow_id: str
-    step_id: str
-    attempt: int
-    outputs: dict[str, Any] = Field(default_factory=dict)
-    details: dict[str, Any] = Field(default_factory=dict)
-    temporal_run_id: str
-    # Set when the attempt's start is not recorded yet: written with the success.
-    started_at: datetime | None = None
-    emits: list[dict[str, Any]] = Field(default_factory=list)
 
 
 class RecordSuccessesInput(BaseModel):

@@ -509,9 +509,17 @@ class StepActivities:
     @activity.defn(name=FINISH_RUN_ACTIVITY)
     async def finish_run(self, finish: FinishRunInput) -> None:
         """Record the run's end (through maestro.ends): its status, outputs and every step's
-        final state, the next queued runs' admission, its completion signal."""
+        final state (with the successes their attempts could not record), the next queued
+        runs' admission, its completion signal."""
         temporal_run_id = activity.info().workflow_run_id
-        await _while_database_away(lambda: self._ends.finish(finish, temporal_run_id))
+        also = None
+        if finish.successes:
+
+            async def also(session: AsyncSession) -> None:
+                for success in finish.successes:
+                    await self._write_success(success, [], session)
+
+        await _while_database_away(lambda: self._ends.finish(finish, temporal_run_id, also))
         # No log line here: the workflow logs "run ended" with the same fields.
 
     async def _end_run_with_step(
