@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import time
 import uuid
 from collections import Counter
@@ -62,6 +63,24 @@ async def until(predicate, timeout: float = 120, every: float = 0.2):
     raise AssertionError(f"{predicate.__name__} not true after {timeout}s")
 
 
+async def own_database(
+    settings: Settings, server: EmbeddedPostgres, tmp_path
+) -> tuple[Settings, str]:
+    """Settings on `server` (migrated) with a task queue of their own, and an admin key."""
+    await asyncio.to_thread(upgrade, server.local_url)
+    key = await create_admin_key(server.local_url, "faults")
+    own = settings.model_copy(
+        update={
+            "database_url": server.local_url,
+            "data_dir": tmp_path / "data",
+            "temporal": settings.temporal.model_copy(
+                update={"task_queue": f"faults-{uuid.uuid4().hex[:8]}"}
+            ),
+        }
+    )
+    return own, key
+
+
 async def test_database_outage_as_steps_finish_fails_and_repeats_nothing(settings, tmp_path):
     """Steps whose code finishes while PostgreSQL is down: their success travels with Temporal
     and is recorded when the database is back. No step fails, none runs twice, and the
@@ -71,17 +90,7 @@ async def test_database_outage_as_steps_finish_fails_and_repeats_nothing(setting
     steps_dir = tmp_path / "steps"
     steps_dir.mkdir()
     try:
-        await asyncio.to_thread(upgrade, server.local_url)
-        key = await create_admin_key(server.local_url, "faults")
-        own = settings.model_copy(
-            update={
-                "database_url": server.local_url,
-                "data_dir": tmp_path / "data",
-                "temporal": settings.temporal.model_copy(
-                    update={"task_queue": f"faults-{uuid.uuid4().hex[:8]}"}
-                ),
-            }
-        )
+        own, key = await own_database(settings, server, tmp_path)
         wid = unique_id("outage")
         gate = {"entrypoint": "tests.steps:gated", "args": {"dir": str(steps_dir)}}
         async with stack(own, key) as api:
@@ -217,3 +226,75 @@ async def test_starts_while_temporal_is_down_answer_at_once_and_run_when_it_is_b
     finally:
         temporal.kill()
         await engine.dispose()
+
+
+async def test_database_outage_inside_steps_spends_no_attempt(settings, tmp_path):
+    """A training step that registers its model, and a step that reads its secret, while
+    PostgreSQL is down: both wait for the database inside their first attempt, then succeed
+    once; the model has exactly one version."""
+    server = EmbeddedPostgres(tmp_path / "pg", free_port())
+    server.start()
+    steps_dir = tmp_path / "steps"
+    steps_dir.mkdir()
+    try:
+        own, key = await own_database(settings, server, tmp_path)
+        wid, model, secret = unique_id("inside"), unique_id("model"), unique_id("secret")
+        gate = {"entrypoint": "tests.steps:gated", "args": {"dir": str(steps_dir)}}
+        async with stack(own, key) as api:
+            stored = await api.put(f"/api/v1/secrets/{secret}", json={"value": "s3cr3t-value"})
+            assert stored.status_code in (200, 201), stored.text
+            pushed = await api.post(
+                "/api/v1/workflows",
+                json={
+                    "id": wid,
+                    "steps": [
+                        {"id": "gate", "type": "python", "params": gate},
+                        {
+                            "id": "train",
+                            "type": "train",
+                            "depends_on": ["gate"],
+                            "params": {
+                                "entrypoint": "tests.steps:train_fixed",
+                                "model_name": model,
+                                "args": {"quality": 0.9},
+                            },
+                        },
+                        {
+                            "id": "secret",
+                            "type": "python",
+                            "depends_on": ["gate"],
+                            "params": {
+                                "entrypoint": "tests.steps:use_secret",
+                                "secrets": [secret],
+                                "args": {"name": secret},
+                            },
+                        },
+                    ],
+                },
+            )
+            assert pushed.status_code == 201, pushed.text
+            run_id = (await api.post(f"/api/v1/workflows/{wid}/runs", json={})).json()["run_id"]
+
+            async def gate_started() -> bool:
+                return (steps_dir / f"started-{run_id}-gate").exists()
+
+            await until(gate_started, 60)
+            await asyncio.to_thread(server.stop)
+            (steps_dir / "release").touch()
+            # Both steps start now; three attempts would be spent in about 3 s.
+            await asyncio.sleep(12)
+            await asyncio.to_thread(server.start)
+
+            async def ended() -> dict | None:
+                body = (await api.get(f"/api/v1/runs/{run_id}")).json()
+                return body if body.get("status") in ("succeeded", "failed") else None
+
+            body = await until(ended, 120)
+            registered = (await api.get(f"/api/v1/models/{model}")).json()
+    finally:
+        await asyncio.to_thread(server.stop)
+    assert body["status"] == "succeeded", body
+    steps = {s["step_id"]: s for s in body["steps"]}
+    assert {sid: s["attempt"] for sid, s in steps.items()} == {"gate": 1, "train": 1, "secret": 1}
+    assert steps["secret"]["outputs"]["sha256"] == hashlib.sha256(b"s3cr3t-value").hexdigest()
+    assert [v["version"] for v in registered["versions"]] == [1], registered

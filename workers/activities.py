@@ -23,7 +23,7 @@ from maestro import metrics
 from maestro.artifacts import ArtifactStore, LocalArtifactStore
 from maestro.context import StepContext
 from maestro.db import runs as runs_db
-from maestro.db.engine import autocommit, is_unavailable
+from maestro.db.engine import autocommit
 from maestro.db.tables import Run, StepRun
 from maestro.ends import RunEnds
 from maestro.errors import ConfigurationError, Forbidden, NotFound
@@ -56,6 +56,7 @@ from maestro.secrets import Masker, SecretBox, resolve_secrets
 from maestro.settings import WorkerSettings
 from maestro.signals import Producer, SignalBus, SignalIn
 from maestro.steps import STEP_TYPES, secret_references, unsafe_params
+from workers.database import outlasting_outage
 from workers.executors import EXECUTORS, Services
 from workers.workdirs import WorkRoot
 
@@ -86,15 +87,10 @@ async def _while_database_away(write: Callable[[], Awaitable[Any]]) -> None:
     """Run `write`. As a regular activity (the workflow's fallback when local tries failed),
     wait for an unreachable database within the attempt, heartbeating, instead of failing it;
     as a local activity, fail at once so the workflow falls back."""
-    while True:
-        try:
-            await write()
-            return
-        except Exception as exc:
-            if activity.info().is_local or not is_unavailable(exc):
-                raise
-        activity.heartbeat()
-        await asyncio.sleep(DATABASE_RETRY_SECONDS)
+    if activity.info().is_local:
+        await write()
+    else:
+        await outlasting_outage(write, heartbeat=activity.heartbeat)
 
 
 class _Progress:
@@ -117,8 +113,6 @@ class _Progress:
             return self._details
 
 
-# How often a step attempt that waits for the database tries again.
-DATABASE_RETRY_SECONDS = 1.0
 # A step attempt that ends sooner than this has its start recorded with its end, in one
 # transaction; a longer one shows `running` from this moment on.
 RECORD_START_AFTER = 0.1
@@ -385,19 +379,14 @@ class StepActivities:
         Temporal (it died or Temporal was away), so the step's code does not run again. Waits
         for an unreachable database, heartbeating, rather than failing the attempt."""
         key = (step_input.run_id, step_input.step.id)
-        while True:
-            try:
-                async with self._sessions() as session:
-                    row = await session.get(StepRun, key)
-                    if row is None or row.status != StepStatus.succeeded:
-                        return None
-                    run = await session.get(Run, step_input.run_id)
-                break
-            except Exception as exc:
-                if not is_unavailable(exc):
-                    raise
-                activity.heartbeat(progress)
-                await asyncio.sleep(DATABASE_RETRY_SECONDS)
+
+        async def read() -> tuple[StepRun | None, Run | None]:
+            async with self._sessions() as session:
+                return await session.get(StepRun, key), await session.get(Run, key[0])
+
+        row, run = await outlasting_outage(read, heartbeat=lambda: activity.heartbeat(progress))
+        if row is None or row.status != StepStatus.succeeded:
+            return None
         ended = run is not None and run.status == RunStatus.succeeded
         return StepResult(
             outputs=row.outputs or {},
@@ -412,14 +401,16 @@ class StepActivities:
         next attempt); a missing or foreign secret fails the step for good."""
         if not references:
             return {}
-        try:
+        names = [name for _, name in references]
+
+        async def read() -> dict[str, str]:
             async with self._sessions() as session:
                 return await resolve_secrets(
-                    session,
-                    self._secret_box,
-                    step_input.workflow_id,
-                    [name for _, name in references],
+                    session, self._secret_box, step_input.workflow_id, names
                 )
+
+        try:
+            return await outlasting_outage(read)
         except (NotFound, Forbidden, ConfigurationError) as exc:
             raise ApplicationError(
                 f"step {step_input.step.id!r} cannot have its secrets: {exc.message}",

@@ -6,10 +6,12 @@ from __future__ import annotations
 import operator
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.exceptions import ApplicationError
 
 from maestro.context import StepContext
 from maestro.db import models as models_db
+from maestro.db.tables import ModelVersion
 from maestro.runtime import StepResult
 from maestro.signals import Producer
 from maestro.steps import DeployParams, EvaluateParams, TrainParams, parse_gate
@@ -53,8 +55,8 @@ async def run_train(ctx: StepContext, spec: TrainParams, services: Services) -> 
     stored = await services.store_artifacts(
         ctx, {"model": result["model"], **result.get("artifacts", {})}
     )
-    async with services.sessions.begin() as session:
-        version = await models_db.register_version(
+    version = await services.transaction(
+        lambda session: models_db.register_version(
             session,
             model_name=spec.model_name,
             artifact_uri=stored["model"],
@@ -64,6 +66,7 @@ async def run_train(ctx: StepContext, spec: TrainParams, services: Services) -> 
             run_id=ctx.run_id,
             step_id=ctx.step_id,
         )
+    )
     return StepResult(
         outputs={
             **extra,
@@ -77,20 +80,27 @@ async def run_train(ctx: StepContext, spec: TrainParams, services: Services) -> 
 
 
 async def run_evaluate(ctx: StepContext, spec: EvaluateParams, services: Services) -> StepResult:
-    async with services.sessions() as session:
+    async def read(session: AsyncSession) -> tuple[ModelVersion, ModelVersion | None]:
         candidate = await models_db.get_version(session, spec.model_name, spec.model_version)
-        champion = None
-        if spec.better_than is not None:
-            champion = await models_db.holder_of(session, spec.model_name, spec.better_than.stage)
+        if spec.better_than is None:
+            return candidate, None
+        return candidate, await models_db.holder_of(
+            session, spec.model_name, spec.better_than.stage
+        )
+
+    candidate, champion = await services.transaction(read)
     ctx.args, ctx.data = spec.args, spec.data
     ctx.model_path = services.artifacts.local_path(candidate.artifact_uri)
     result = await call_entrypoint(spec.entrypoint, ctx)
     metrics = _metrics(result, spec.entrypoint)
-    async with services.sessions.begin() as session:
+
+    async def merge_metrics(session: AsyncSession) -> None:
         version = await models_db.get_version(
             session, spec.model_name, spec.model_version, lock=True
         )
         version.metrics = {**version.metrics, **metrics}
+
+    await services.transaction(merge_metrics)
     failures: list[str] = []
     for gate in spec.gates:
         metric, op, threshold = parse_gate(gate)
@@ -146,8 +156,8 @@ async def run_deploy(ctx: StepContext, spec: DeployParams, services: Services) -
     producer = Producer(
         kind="step", workflow_id=ctx.workflow_id, run_id=ctx.run_id, step_id=ctx.step_id
     )
-    async with services.sessions.begin() as session:
-        promotion = await services.registry.promote_in(
+    promotion = await services.transaction(
+        lambda session: services.registry.promote_in(
             session,
             spec.model_name,
             spec.model_version,
@@ -157,6 +167,7 @@ async def run_deploy(ctx: StepContext, spec: DeployParams, services: Services) -
             run_id=ctx.run_id,
             request_key=f"{ctx.run_id}:{ctx.step_id}",
         )
+    )
     if promotion.pending is not None:
         await services.registry.after_commit(promotion.pending)
     return StepResult(

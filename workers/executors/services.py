@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -12,7 +13,10 @@ from maestro.artifacts import ArtifactStore
 from maestro.context import StepContext
 from maestro.db import models as models_db
 from maestro.registry import Registry
+from workers.database import outlasting_outage
 from workers.workdirs import WorkRoot
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -32,8 +36,8 @@ class Services:
             if not source.is_absolute() and ctx.artifact_dir is not None:
                 source = ctx.artifact_dir / source
             artifact = self.artifacts.put(source, run_id=ctx.run_id, step_id=ctx.step_id, name=name)
-            async with self.sessions.begin() as session:
-                await models_db.record_artifact(
+            await self.transaction(
+                lambda session, artifact=artifact, name=name: models_db.record_artifact(
                     session,
                     uri=artifact.uri,
                     name=name,
@@ -42,5 +46,16 @@ class Services:
                     size=artifact.size,
                     sha256=artifact.sha256,
                 )
+            )
             stored[name] = artifact.uri
         return stored
+
+    async def transaction(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+        """`work` in one transaction, done again while the database cannot be reached (it
+        must be idempotent): a database outage is not the step's failure."""
+
+        async def once() -> T:
+            async with self.sessions.begin() as session:
+                return await work(session)
+
+        return await outlasting_outage(once)
