@@ -69,8 +69,8 @@ class WorkerSettings(BaseModel):
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"
     # Run RunWorkflow in Temporal's sandbox. Off by default: the sandbox re-imports the workflow
-    # module for every run (about a quarter of the worker's CPU per run, see
-    # docs/benchmarks.md), and Maestro's workflow code is fixed, not user code; the test suite
+    # module for every run (about a quarter of the worker's CPU per run under load, see
+    # docs/architecture.md), and Maestro's workflow code is fixed, not user code; the test suite
     # runs it sandboxed and replays recorded histories to keep it deterministic.
     workflow_sandbox: bool = False
     # Where per-run working directories live (one per run, mode 0700); never inside data_dir,

@@ -133,6 +133,18 @@ def ports(service: dict[str, Any]) -> list[tuple[str | None, int | None, int]]:
     return result
 
 
+def mounts(service: dict[str, Any]) -> dict[str, tuple[str, bool]]:
+    """Container path -> (source, read-only) for each `volumes` entry, short or long form."""
+    result = {}
+    for entry in service.get("volumes") or []:
+        if isinstance(entry, dict):
+            result[entry["target"]] = (entry.get("source", ""), bool(entry.get("read_only")))
+            continue
+        source, target, *mode = str(entry).split(":")
+        result[target] = (source, "ro" in ",".join(mode).split(","))
+    return result
+
+
 def healthcheck_command(service: dict[str, Any]) -> list[str]:
     check = service.get("healthcheck") or {}
     test = check.get("test")
@@ -359,8 +371,8 @@ def test_temporal_gets_the_dynamic_config_maestro_up_uses(compose, clean_env, tm
     server (the scheduler's start rate), mounted where DYNAMIC_CONFIG_FILE_PATH points."""
     temporal = compose["services"]["temporal"]
     path = environment(temporal)["DYNAMIC_CONFIG_FILE_PATH"]
-    mounts = dict(entry.removesuffix(":ro").rsplit(":", 1)[::-1] for entry in temporal["volumes"])
-    source = mounts[str(Path("/etc/temporal") / path)]
+    source, read_only = mounts(temporal)[str(Path("/etc/temporal") / path)]
+    assert read_only
     assert (ROOT / source).resolve() == DYNAMIC_CONFIG_FILE
     rate = yaml.safe_load(DYNAMIC_CONFIG_FILE.read_text())[
         "worker.schedulerNamespaceStartWorkflowRPS"
@@ -475,6 +487,30 @@ def test_postgres_keeps_its_data_in_a_named_volume(compose):
     volumes = compose["services"]["postgres"]["volumes"]
     named = {entry.split(":")[0] for entry in volumes if isinstance(entry, str)}
     assert named & set(compose.get("volumes") or {})
+
+
+def test_api_and_workers_share_one_artifact_volume(compose, clean_env):
+    """Artifacts (`<MAESTRO_DATA_DIR>/artifacts`, where the worker's store keeps them) live in
+    one named volume mounted writable into the API and every worker, not in each container."""
+    worker_main = (ROOT / "workers" / "main.py").read_text()
+    store = r'LocalArtifactStore\(settings\.data_dir\.resolve\(\) / "artifacts"\)'
+    assert re.search(store, worker_main)
+    sources = set()
+    for name in ("api", "worker"):
+        service = compose["services"][name]
+        artifacts = str(settings_for(service, clean_env).data_dir / "artifacts")
+        assert artifacts in mounts(service), (name, service.get("volumes"))
+        source, read_only = mounts(service)[artifacts]
+        assert source in (compose.get("volumes") or {}), (name, source)  # named, not a bind
+        assert not read_only, name
+        sources.add(source)
+    assert len(sources) == 1, sources
+    # The image has the directory, owned by the user it runs as: a new volume copies both.
+    user = dockerfile_values("USER")[-1].split(":")[0]
+    setup = " && ".join(dockerfile_values("RUN"))
+    assert re.search(rf"mkdir -p {re.escape(artifacts)}(\s|$)", setup), setup
+    owned = re.findall(rf"chown -R {user}:\S+ (\S+)", setup)
+    assert any(artifacts.startswith(path.rstrip("/") + "/") for path in owned), setup
 
 
 # --- the image ---------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 SQLAlchemy's execution of one statement (the ORM's or Core's: execution context, result
 object, row processing) costs about 0.15-0.25 ms of Python on top of asyncpg's own work,
 which on a signal's path to its run is four statements, the largest Maestro-side share
-beside the round trips themselves (docs/benchmarks.md, session 14). A `DirectStatement` is a
+beside the round trips themselves (docs/architecture.md). A `DirectStatement` is a
 Core statement compiled once for the asyncpg dialect; it runs on the session's own connection,
 inside the session's transaction, with SQLAlchemy's parameter processing (JSON serialisation)
 applied to the values. `adopt` puts what it returns into the session as if the ORM had loaded
