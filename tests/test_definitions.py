@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -15,6 +15,7 @@ from maestro.definitions import (
     resolve_run_params,
 )
 from maestro.errors import DefinitionInvalid, InvalidInput, ParamsInvalid, Problem
+from maestro.schedules import time_triggers
 
 
 def body(**fields: Any) -> dict[str, Any]:
@@ -914,11 +915,27 @@ def test_cron_that_temporal_and_croniter_read_differently_is_rejected(cron, frag
     assert fragment in caught.value.problems[0].msg
 
 
-@pytest.mark.parametrize("cron", ["0 0 1 * *", "0 9 * * MON-FRI", "*/15 9-17 * JAN,JUL 1-5"])
-def test_cron_both_readers_agree_on_is_accepted(cron):
-    parse_definition(
+@pytest.mark.parametrize(
+    ("cron", "after", "first_fire"),
+    [
+        ("0 0 1 * *", datetime(2026, 1, 15, tzinfo=UTC), datetime(2026, 2, 1, tzinfo=UTC)),
+        # 2026-01-03 is a Saturday: the next weekday is Monday the 5th.
+        ("0 9 * * MON-FRI", datetime(2026, 1, 3, tzinfo=UTC), datetime(2026, 1, 5, 9, tzinfo=UTC)),
+        (
+            "*/15 9-17 * JAN,JUL 1-5",
+            datetime(2026, 2, 1, tzinfo=UTC),
+            datetime(2026, 7, 1, 9, tzinfo=UTC),
+        ),
+    ],
+)
+def test_cron_both_readers_agree_on_is_accepted(cron, after, first_fire):
+    definition = parse_definition(
         {"id": "wf", "steps": [{"id": "a", "type": "noop"}], "triggers": [{"cron": cron}]}
     )
+    [trigger] = definition.triggers
+    assert isinstance(trigger, TimeTrigger) and trigger.cron == cron
+    [ref] = time_triggers(definition.id, definition)
+    assert ref.fire_times(after, after + timedelta(days=366), limit=1) == [first_fire]
 
 
 # -- what runs is never chosen by run data ---------------------------------------------------

@@ -233,7 +233,28 @@ async def test_heartbeat_details_reach_the_retried_training_attempt(api):
 
 
 def test_reference_definitions_validate():
-    from maestro.definitions import parse_definition
+    """The reference pipeline parses into the chain it documents: a partition of the digits
+    table trains, evaluates and deploys; the production deployment starts batch scoring."""
+    from maestro.definitions import SignalTrigger, parse_definition
+    from maestro.registry import DEPLOYED_SIGNAL
 
-    for name in ("train.yaml", "score.yaml"):
+    train, score = (
         parse_definition(yaml.safe_load((EXAMPLES / "ml" / name).read_text()))
+        for name in ("train.yaml", "score.yaml")
+    )
+    assert [(s.id, s.type, s.depends_on) for s in train.steps] == [
+        ("train", "train", []),
+        ("evaluate", "evaluate", ["train"]),
+        ("deploy", "deploy", ["evaluate"]),
+    ]
+    [arrival] = train.triggers
+    assert isinstance(arrival, SignalTrigger)
+    assert [(c.name, c.where) for c in arrival.signal.all_of] == [
+        ("table.partition.ready", {"table": "digits"})
+    ]
+    deploy = train.steps[-1].params
+    [deployed] = score.triggers
+    assert isinstance(deployed, SignalTrigger)
+    assert [(c.name, c.where) for c in deployed.signal.all_of] == [
+        (DEPLOYED_SIGNAL, {"model": deploy["model_name"], "stage": deploy["stage"]})
+    ]

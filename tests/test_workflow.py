@@ -428,9 +428,7 @@ async def test_history_replays_deterministically(env, sessions):
         },
     )
     history: WorkflowHistory = await env.client.get_workflow_handle(temporal_id).fetch_history()
-    await Replayer(workflows=[RunWorkflow], data_converter=pydantic_data_converter).replay_workflow(
-        history
-    )
+    await replay(RunWorkflow, history)
     # Recording is local: the server scheduled activity tasks for the two steps only, and c's
     # skip is a marker in the workflow task that decided it. The run's end rode with b's
     # success (b was the last step), so there is no finish_run marker.
@@ -458,9 +456,7 @@ async def test_a_run_input_from_earlier_code_records_locally_through_the_patch(e
     assert "TemporalChangeVersion" in upserted(history)  # what the field saves
     types = [e.event_type for e in history.events]
     assert types.count(EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED) == 1
-    await Replayer(workflows=[RunWorkflow], data_converter=pydantic_data_converter).replay_workflow(
-        history
-    )
+    await replay(RunWorkflow, history)
 
 
 async def completion_signals(sessions, run_id: str) -> list[str]:
@@ -499,9 +495,7 @@ async def test_the_last_step_records_the_run_end_with_its_own(env, sessions):
     assert await completion_signals(sessions, run_id) == ["maestro.run.succeeded"]
     history = await env.client.get_workflow_handle(temporal_id).fetch_history()
     assert marker_names(history) == set()  # no local activity: no finish_run
-    await Replayer(workflows=[RunWorkflow], data_converter=pydantic_data_converter).replay_workflow(
-        history
-    )
+    await replay(RunWorkflow, history)
 
 
 async def test_a_run_end_recorded_by_the_last_step_outlives_a_timeout_that_races_it(
@@ -658,38 +652,67 @@ def marker_names(history: WorkflowHistory) -> set[str]:
     }
 
 
-@pytest.mark.parametrize("name", ["run_succeeded", "run_failed"])
-async def test_runs_started_before_local_recording_still_replay(name):
-    """Histories recorded before LOCAL_RECORDING_PATCH (finish_run and record_steps as regular
-    activities) replay without nondeterminism under the current code."""
+async def replay(workflow: type, history: WorkflowHistory) -> None:
+    """Replay `history` under the current code of `workflow`; fail with the replay's error."""
+    result = await Replayer(
+        workflows=[workflow], data_converter=pydantic_data_converter
+    ).replay_workflow(history, raise_on_replay_failure=False)
+    assert result.replay_failure is None, result.replay_failure
+
+
+def recorded(
+    name: str, workflow_type: str, events: int, end: EventType.ValueType
+) -> WorkflowHistory:
+    """The history recorded in histories/<name>.json, checked to be the one the test names: a
+    whole execution of `workflow_type` with `events` events, closed by `end`."""
     history = WorkflowHistory.from_json(
         name, (HISTORIES / f"{name}.json").read_text(encoding="utf-8")
     )
+    started = history.events[0].workflow_execution_started_event_attributes
+    assert started.workflow_type.name == workflow_type
+    assert len(history.events) == events
+    assert history.events[-1].event_type == end
+    return history
+
+
+@pytest.mark.parametrize(
+    ("name", "end"),
+    [
+        ("run_succeeded", EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED),
+        ("run_failed", EventType.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED),
+    ],
+)
+async def test_runs_started_before_local_recording_still_replay(name, end):
+    """Histories recorded before LOCAL_RECORDING_PATCH (finish_run and record_steps as regular
+    activities) replay without nondeterminism under the current code."""
+    history = recorded(name, "RunWorkflow", 29, end)
     types = [e.event_type for e in history.events]
     assert EventType.EVENT_TYPE_MARKER_RECORDED not in types  # really the old command order
-    await Replayer(workflows=[RunWorkflow], data_converter=pydantic_data_converter).replay_workflow(
-        history
-    )
+    await replay(RunWorkflow, history)
 
 
 async def test_timed_runs_recorded_earlier_still_replay():
     """A TimedRunWorkflow history recorded when it was introduced (MAESTRO_RECORD_HISTORIES=1
     rewrites it) replays under the current code."""
-    history = WorkflowHistory.from_json(
-        "timed", (HISTORIES / "timed_run.json").read_text(encoding="utf-8")
+    history = recorded(
+        "timed_run", "TimedRunWorkflow", 15, EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED
     )
-    await Replayer(
-        workflows=[TimedRunWorkflow], data_converter=pydantic_data_converter
-    ).replay_workflow(history)
+    assert "core_local_activity" in marker_names(history)  # admit_fire ran locally
+    await replay(TimedRunWorkflow, history)
 
 
 async def test_fires_started_before_the_local_fire_still_replay():
-    history = WorkflowHistory.from_json(
-        "fire", (HISTORIES / "fire_schedule.json").read_text(encoding="utf-8")
+    """A FireScheduleWorkflow history (a fire that started its run through an activity)
+    replays under the current code."""
+    history = recorded(
+        "fire_schedule",
+        "FireScheduleWorkflow",
+        11,
+        EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED,
     )
-    await Replayer(
-        workflows=[FireScheduleWorkflow], data_converter=pydantic_data_converter
-    ).replay_workflow(history)
+    types = [e.event_type for e in history.events]
+    assert types.count(EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED) == 1
+    await replay(FireScheduleWorkflow, history)
 
 
 async def test_step_start_is_recorded_with_its_end_when_quick_and_at_once_when_slow(env, sessions):
@@ -779,9 +802,7 @@ async def test_a_timed_run_carries_its_fire_and_ends_stopped_when_cancelled_at_o
     assert types.count(EventType.EVENT_TYPE_MARKER_RECORDED) == 1
     assert marker_names(history) == {"core_local_activity"}  # the admitted input needs no patch
     assert "TemporalChangeVersion" not in upserted(history)
-    await Replayer(
-        workflows=[TimedRunWorkflow], data_converter=pydantic_data_converter
-    ).replay_workflow(history)
+    await replay(TimedRunWorkflow, history)
     if os.environ.get("MAESTRO_RECORD_HISTORIES"):
         (HISTORIES / "timed_run.json").write_text(history.to_json(), encoding="utf-8")
 
