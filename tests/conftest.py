@@ -17,6 +17,9 @@ import asyncpg
 import httpx
 import pytest
 from cryptography.fernet import Fernet
+from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
 
 from api.app import create_app
@@ -130,14 +133,41 @@ async def temporal_client(settings: Settings) -> Client:
     return await connect(settings.temporal)
 
 
+async def pollers(client: Client, task_queue: str) -> dict[str, set[str]]:
+    """The identities Temporal sees polling `task_queue`, for workflow and activity tasks."""
+    found = {}
+    for kind, queue_type in (
+        ("workflow", TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW),
+        ("activity", TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY),
+    ):
+        answer = await client.workflow_service.describe_task_queue(
+            DescribeTaskQueueRequest(
+                namespace=client.namespace,
+                task_queue=TaskQueue(name=task_queue),
+                task_queue_type=queue_type,
+            )
+        )
+        found[kind] = {p.identity for p in answer.pollers}
+    return found
+
+
 @pytest.fixture(scope="session")
-async def worker(settings: Settings) -> AsyncIterator[None]:
-    """An in-process worker on the session's task queue."""
+async def worker(settings: Settings, temporal_client: Client) -> AsyncIterator[None]:
+    """An in-process worker on the session's task queue, yielded once Temporal sees it poll
+    for both workflow and activity tasks (it shares this process's client identity)."""
     stop = asyncio.Event()
     task = asyncio.create_task(run_worker(settings, stop=stop))
-    await asyncio.sleep(0.5)
-    if task.done():
-        task.result()
+    deadline = asyncio.get_running_loop().time() + 60
+    while True:
+        if task.done():
+            task.result()
+            raise AssertionError("the worker returned before it polled")
+        found = await pollers(temporal_client, settings.temporal.task_queue)
+        if all(temporal_client.identity in identities for identities in found.values()):
+            break
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"the worker does not poll after 60 s: {found}")
+        await asyncio.sleep(0.05)
     yield
     stop.set()
     await asyncio.wait_for(task, 30)

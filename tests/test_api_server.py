@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import select
 import socket
 import time
 from collections.abc import Iterator
@@ -52,7 +53,14 @@ def test_an_idle_connection_outlives_client_pools(api_port: int):
     The API keeps idle connections longer (MAESTRO_API__KEEP_ALIVE_SECONDS, 75 s)."""
     with socket.create_connection(("127.0.0.1", api_port), timeout=10) as sock:
         assert exchange(sock) == b"HTTP/1.1 200 OK"
-        time.sleep(6.5)
+        idle_since = time.monotonic()
+        # Idle past the 5 s limit, watching the socket: a server that closes the connection
+        # makes it readable (EOF), and the test fails at that moment.
+        while (idle := time.monotonic() - idle_since) < 6.5:
+            readable, _, _ = select.select([sock], [], [], 6.5 - idle)
+            gone = time.monotonic() - idle_since
+            assert not readable, f"the server closed the connection after {gone:.1f} s idle"
+        assert time.monotonic() - idle_since > 6
         assert exchange(sock) == b"HTTP/1.1 200 OK"
 
 

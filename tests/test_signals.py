@@ -5,12 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import func, select
 
 from maestro.db import signals as signals_db
-from maestro.db.tables import Run, Signal, SignalName, SignalTriggerRow, WorkflowVersion
+from maestro.db.tables import (
+    Run,
+    Signal,
+    SignalName,
+    SignalTriggerRow,
+    SignalWait,
+    WorkflowVersion,
+)
 from maestro.runs import RunsService
 from maestro.signals import SignalBus
 from tests.conftest import unique_id, wait_for_run, wait_for_step
@@ -233,6 +241,16 @@ async def test_a_trigger_whose_params_are_invalid_takes_no_run_number(api, sessi
     ]
 
 
+def created_at(published: dict) -> datetime:
+    return datetime.fromisoformat(published["signal"]["created_at"])
+
+
+async def waits_of(sessions, run_id: str) -> list[SignalWait]:
+    async with sessions() as session:
+        query = select(SignalWait).where(SignalWait.run_id == run_id)
+        return list((await session.execute(query.order_by(SignalWait.position))).scalars())
+
+
 async def test_join_within_expires_old_signals(api, sessions):
     a, b = name("a"), name("b")
     wid = unique_id("sig-within")
@@ -244,8 +262,11 @@ async def test_join_within_expires_old_signals(api, sessions):
         ),
     )
     old = await publish(api, a, {"k": 1})
-    await asyncio.sleep(1.3)
+    born = created_at(old)
+    await asyncio.sleep((born + timedelta(seconds=1.3) - datetime.now(UTC)).total_seconds())
     fresh = await publish(api, b, {"k": 1})
+    # By the signals' own clock (what `within` compares) the first is older than 1 s.
+    assert created_at(fresh) - born > timedelta(seconds=1)
     assert fresh["runs"] == []
     expired = (await api.get(f"/api/v1/signals/{old['signal']['id']}")).json()
     assert expired["matches"][0]["outcome"] == "expired"
@@ -423,7 +444,7 @@ async def test_step_emits_signal_that_starts_another_workflow(api, sessions):
     assert len(started) == 1 and started[0].params == {"model": "digits-v3"}
 
 
-async def test_wait_for_signal_published_after_the_run_started(api):
+async def test_wait_for_signal_published_after_the_run_started(api, sessions):
     topic = name("data.ready")
     wid = unique_id("wait-after")
     await push(
@@ -446,10 +467,14 @@ async def test_wait_for_signal_published_after_the_run_started(api):
     run = (await api.post(f"/api/v1/workflows/{wid}/runs", json={"params": {"dt": "D"}})).json()
     await wait_for_step(api, run["run_id"], "load", "waiting_for_signal")
     await publish(api, topic, {"dt": "other", "rows": 1})
-    await asyncio.sleep(0.5)
+    # A publish releases the waits it matches in its own transaction: this one released none.
+    [wait] = await waits_of(sessions, run["run_id"])
+    assert wait.where == {"dt": "D"} and wait.matched_signal_id is None
     body = (await api.get(f"/api/v1/runs/{run['run_id']}")).json()
     assert body["steps"][1]["status"] == "waiting_for_signal"
-    await publish(api, topic, {"dt": "D", "rows": 42})
+    matching = await publish(api, topic, {"dt": "D", "rows": 42})
+    [wait] = await waits_of(sessions, run["run_id"])
+    assert wait.matched_signal_id == matching["signal"]["id"]
     done = await wait_for_run(api, run["run_id"])
     assert done["status"] == "succeeded"
     assert done["steps"][1]["outputs"] == {"rows": 42}

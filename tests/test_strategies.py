@@ -184,6 +184,18 @@ async def test_max_queued_overflow_is_skipped(api):
     await wait_for_run(api, queued["run_id"])
 
 
+async def assert_held(api, sessions, run: dict, blocked_by: str) -> None:
+    """The run waits behind the failed run `blocked_by`: the strategy did not admit it (a
+    failed run's end and the admission of the next runs commit together, so this is final
+    until an unblock or a restart), hence nothing launches it."""
+    workflow = (await api.get(f"/api/v1/workflows/{run['workflow_id']}")).json()
+    assert workflow["blocked_by_run_id"] == blocked_by
+    async with sessions() as session:
+        stored = await session.get(Run, run["run_id"])
+    assert stored.status == "queued"
+    assert stored.admitted_at is None and stored.temporal_run_id is None
+
+
 async def test_strict_sequential_blocks_after_failure_until_unblocked(api, sessions):
     wid = unique_id("strict")
     await push(
@@ -205,10 +217,7 @@ async def test_strict_sequential_blocks_after_failure_until_unblocked(api, sessi
     failing = await start(api, wid, params={"fail": True})
     assert (await wait_for_run(api, failing["run_id"]))["status"] == "failed"
     held = await start(api, wid)
-    await asyncio.sleep(1.5)
-    assert (await api.get(f"/api/v1/runs/{held['run_id']}")).json()["status"] == "queued"
-    workflow = (await api.get(f"/api/v1/workflows/{wid}")).json()
-    assert workflow["blocked_by_run_id"] == failing["run_id"]
+    await assert_held(api, sessions, held, blocked_by=failing["run_id"])
     unblocked = await api.post(f"/api/v1/workflows/{wid}/unblock")
     assert [r["run_id"] for r in unblocked.json()] == [held["run_id"]]
     assert (await wait_for_run(api, held["run_id"]))["status"] == "succeeded"
@@ -225,8 +234,7 @@ async def test_strict_sequential_blocks_after_failure_until_unblocked(api, sessi
     assert restarted.status_code == 201
     assert (await wait_for_run(api, restarted.json()["run_id"]))["status"] == "failed"
     # The restart failed again (same params): it blocks anew, the held run still waits.
-    await asyncio.sleep(1)
-    assert (await api.get(f"/api/v1/runs/{held2['run_id']}")).json()["status"] == "queued"
+    await assert_held(api, sessions, held2, blocked_by=restarted.json()["run_id"])
     await api.post(f"/api/v1/workflows/{wid}/unblock")
     assert (await wait_for_run(api, held2["run_id"]))["status"] == "succeeded"
 

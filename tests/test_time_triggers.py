@@ -60,6 +60,11 @@ async def time_runs(sessions, workflow_id: str) -> list[Run]:
         return [r for r in (await session.execute(query)).scalars() if r.cause["kind"] == "time"]
 
 
+def scheduled_at(run: Run) -> datetime:
+    """The fire time a time-triggered run was started for."""
+    return datetime.fromisoformat(run.cause["detail"]["scheduled_at"])
+
+
 async def schedule_exists(client: Client, schedule_id: str) -> bool:
     try:
         await client.get_schedule_handle(schedule_id).describe()
@@ -85,7 +90,7 @@ async def test_interval_schedule_fires_runs_with_the_scheduled_time(api, session
     for run in runs[:2]:
         # The execution the schedule started carries the run itself: one workflow per fire.
         assert run.temporal_workflow_id.startswith(f"{schedule_id}:run-")
-        scheduled = datetime.fromisoformat(run.cause["detail"]["scheduled_at"])
+        scheduled = scheduled_at(run)
         assert scheduled.timestamp() % 2 == 0  # on the interval's grid, not when it ran
         assert run.params["run_ts"] == scheduled.isoformat()
         assert run.params["run_date"] == scheduled.date().isoformat()
@@ -106,13 +111,21 @@ async def test_interval_schedule_fires_runs_with_the_scheduled_time(api, session
     assert paused.json()["paused"] is True
     description = await temporal_client.get_schedule_handle(schedule_id).describe()
     assert description.schedule.state.paused is True
-    await asyncio.sleep(0.5)
-    count = len(await time_runs(sessions, wid))
-    await asyncio.sleep(4.5)
-    assert len(await time_runs(sessions, wid)) == count
+    paused_at = datetime.now(UTC)
+    await asyncio.sleep(4.5)  # the pause spans at least two fire times of the 2 s grid
+    resumed_at = datetime.now(UTC)
     await api.post(f"/api/v1/workflows/{wid}/resume")
     description = await temporal_client.get_schedule_handle(schedule_id).describe()
     assert description.schedule.state.paused is False
+    # A fire after the resume made its run, so the fire times inside the pause have passed:
+    # none of them made one.
+    for _ in range(150):
+        fired = [scheduled_at(r) for r in await time_runs(sessions, wid)]
+        if any(at > resumed_at for at in fired):
+            break
+        await asyncio.sleep(0.2)
+    assert any(at > resumed_at for at in fired), fired
+    assert [at for at in fired if paused_at < at < resumed_at] == []
 
     # A new version with another trigger moves the schedule; deactivating pauses it.
     await push(api, body(wid, [{"cron": "0 3 * * *", "timezone": "Europe/Paris"}]))
