@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
@@ -130,7 +131,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(AuditMiddleware)
     install_error_handlers(app)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
-    errors = {
+    errors: dict[int | str, dict[str, Any]] = {
         status: {"model": ErrorBody, "description": text}
         for status, text in (
             (401, "Missing, unknown or revoked API key"),

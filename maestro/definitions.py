@@ -351,15 +351,18 @@ class SignalTrigger(_Model):
 
 
 FINISH_STATUSES = ("succeeded", "failed", "stopped", "timed_out")
+FinishStatus = Literal["succeeded", "failed", "stopped", "timed_out"]
+
+
+def _on_success() -> list[FinishStatus]:
+    return ["succeeded"]
 
 
 class OnFinishSpec(_TriggerRun):
     """Start a run when a run of `workflow` ends in one of `status`."""
 
     workflow: str = Field(pattern=WORKFLOW_ID_PATTERN)
-    status: list[Literal["succeeded", "failed", "stopped", "timed_out"]] = Field(
-        default_factory=lambda: ["succeeded"], min_length=1
-    )
+    status: list[FinishStatus] = Field(default_factory=_on_success, min_length=1)
 
 
 class OnFinishTrigger(_Model):

@@ -167,6 +167,7 @@ class EmbeddedPostgres:
             )
 
         entry = ensure_user_exists(self._user)
+        assert entry is not None  # it creates a missing user; its Optional is too wide
         bin_dir = _pg_bin()
         ensure_prefix_permissions(bin_dir)
         ensure_folder_permissions(
@@ -324,6 +325,6 @@ def temporal_dev_server_command(
     for key in SEARCH_ATTRIBUTES:
         kind = {"KEYWORD": "Keyword", "INT": "Int"}[key.indexed_value_type.name]
         command += ["--search-attribute", f"{key.name}={kind}"]
-    for key, value in dynamic_config().items():
-        command += ["--dynamic-config-value", f"{key}={json.dumps(value)}"]
+    for setting, value in dynamic_config().items():
+        command += ["--dynamic-config-value", f"{setting}={json.dumps(value)}"]
     return command

@@ -6,7 +6,7 @@ import json
 import re
 import shlex
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeGuard
 
 import cel
 
@@ -55,7 +55,7 @@ def shell_quote(value: Any) -> str:
 FUNCTIONS = {"shell_quote": shell_quote}
 
 
-def is_expr(value: Any) -> bool:
+def is_expr(value: Any) -> TypeGuard[dict[str, Any]]:
     """True for a `{"expr": "<CEL>"}` value."""
     return isinstance(value, dict) and set(value) == {"expr"} and isinstance(value["expr"], str)
 

@@ -49,7 +49,7 @@ class Scope(StrEnum):
 
 
 # What each scope also grants.
-_GRANTS = {
+_GRANTS: dict[str, set[Scope]] = {
     Scope.admin: {
         Scope.admin,
         Scope.write,

@@ -17,7 +17,7 @@ import json
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 from croniter import croniter
@@ -291,7 +291,8 @@ class Schedules:
                     return None
                 # The fires keep going to the task queue the schedule was made for.
                 if isinstance(old.action, ScheduleActionStartWorkflow):
-                    new.action.task_queue = old.action.task_queue
+                    action = cast(ScheduleActionStartWorkflow, new.action)  # Maestro's kind
+                    action.task_queue = old.action.task_queue
                 return ScheduleUpdate(schedule=new)
 
             await handle.update(replace)

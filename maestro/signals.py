@@ -275,8 +275,8 @@ class SignalBus:
         seen: set[str] = set()
         for key in keys:
             if key in inserted and key not in seen:
-                signal = inserted[key]
-                pending.results.append(Published(signal, False, runs_by_signal.get(signal.id, [])))
+                stored = inserted[key]
+                pending.results.append(Published(stored, False, runs_by_signal.get(stored.id, [])))
                 seen.add(key)
             else:
                 pending.results.append(Published(inserted.get(key) or existing[key], True))
@@ -526,6 +526,7 @@ class SignalBus:
         for wait in waits:
             async with self._sessions() as session:
                 signal = await session.get(Signal, wait.matched_signal_id)
+            assert signal is not None  # a matched wait's signal is stored for good
             message = MatchedSignal(
                 step_id=wait.step_id,
                 position=wait.position,
@@ -575,10 +576,13 @@ class SignalBus:
         async def products(workflow_id: str) -> list[tuple[str, str | None]]:
             if workflow_id not in definitions:
                 workflow = await workflows_db.get_workflow(session, workflow_id)
+                assert workflow.active_version is not None  # set by the workflow's first push
                 definitions[workflow_id] = await self._runs.definition(
                     session, workflow_id, workflow.active_version
                 )
-            emitted = [(e.name, None) for s in definitions[workflow_id].steps for e in s.emits]
+            emitted: list[tuple[str, str | None]] = [
+                (e.name, None) for s in definitions[workflow_id].steps for e in s.emits
+            ]
             return [(completion_signal_name(s), workflow_id) for s in FINISH_STATUSES] + emitted
 
         def consumes(trigger: CompiledTrigger, made: list[tuple[str, str | None]]) -> bool:

@@ -86,7 +86,7 @@ async def decide(
     `jump_queue` admits it ahead of waiting runs if a slot is free."""
     kind = strategy.kind
     if kind is RunStrategyKind.first_only:
-        [first] = await _runs(session, _holding_slot(workflow.id), 1) or [None]
+        [first] = await _runs(session, _holding_slot(workflow.id), 1) or (None,)
         if first is not None:
             return Admission(False, f"first_only: run {first.run_number} is still running")
         return Admission(True)

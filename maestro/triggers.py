@@ -99,19 +99,19 @@ def compile_signal_triggers(definition: WorkflowDefinition) -> list[CompiledTrig
                 )
             )
         elif isinstance(trigger, OnFinishTrigger):
-            spec = trigger.on_finish
-            for status in spec.status:
+            finish = trigger.on_finish
+            for status in finish.status:
                 condition = SignalCondition(
-                    name=completion_signal_name(status), where={"workflow_id": spec.workflow}
+                    name=completion_signal_name(status), where={"workflow_id": finish.workflow}
                 )
                 compiled.append(
                     CompiledTrigger(
-                        trigger_id=_stable_id("fin", [spec.model_dump(mode="json"), status]),
+                        trigger_id=_stable_id("fin", [finish.model_dump(mode="json"), status]),
                         position=position,
                         kind="on_finish",
                         conditions=[condition],
-                        when=spec.when,
-                        params=spec.params,
+                        when=finish.when,
+                        params=finish.params,
                     )
                 )
     return compiled

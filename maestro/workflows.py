@@ -50,6 +50,7 @@ class WorkflowsService:
     async def activate(self, workflow_id: str, version: str | int) -> Workflow:
         async with self._sessions.begin() as session:
             workflow = await workflows_db.activate_version(session, workflow_id, version)
+            assert workflow.active_version is not None  # just activated
             await self._bus.check_trigger_loop(
                 session, await self._runs.definition(session, workflow_id, workflow.active_version)
             )

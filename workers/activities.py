@@ -63,6 +63,13 @@ from workers.workdirs import WorkRoot
 logger = logging.getLogger(__name__)
 
 
+def _workflow_run_id(info: activity.Info) -> str:
+    """The Temporal run id of the workflow the activity runs for: every Maestro activity has
+    one (the SDK's Optional covers activities started outside a workflow)."""
+    assert info.workflow_run_id is not None
+    return info.workflow_run_id
+
+
 def _module_allowed(entrypoint: str, allowed: list[str]) -> bool:
     module = entrypoint.partition(":")[0]
     return any(a == "*" or module == a or module.startswith(a + ".") for a in allowed)
@@ -132,7 +139,7 @@ class _AttemptStart:
         self._run_id = step_input.run_id
         self._step_id = step_input.step.id
         self._attempt = info.attempt
-        self._temporal_run_id = info.workflow_run_id
+        self._temporal_run_id = _workflow_run_id(info)
         self.at = datetime.now(UTC)
         self._write: asyncio.Task[bool] | None = None
         self._timer = asyncio.create_task(self._later(delay))
@@ -308,7 +315,7 @@ class StepActivities:
             attempt=info.attempt,
             outputs=result.outputs,
             details=result.details,
-            temporal_run_id=info.workflow_run_id,
+            temporal_run_id=_workflow_run_id(info),
             started_at=started[1] if started else None,
             emits=[e.model_dump() for e in emitted],
         )
@@ -320,7 +327,7 @@ class StepActivities:
                     update={"outputs": {**finish.outputs, step.id: result.outputs}}
                 )
             written = functools.partial(self._write_success, success, [])
-            if await self._end_run_with_step(finish, info.workflow_run_id, written):
+            if await self._end_run_with_step(finish, _workflow_run_id(info), written):
                 activity.logger.info("step attempt succeeded", extra=log_extra)
                 return result.model_copy(update={"run_recorded": True})
         try:
@@ -372,7 +379,7 @@ class StepActivities:
         away); idempotent, so the workflow retries it until the database is back."""
         for success in record.successes:
             emitted = [SignalIn.model_validate(e) for e in success.emits]
-            await _while_database_away(lambda s=success, e=emitted: self._record_success(s, e))
+            await _while_database_away(functools.partial(self._record_success, success, emitted))
 
     async def _recorded_success(self, step_input: StepInput, progress: Any) -> StepResult | None:
         """On a retry: the success an earlier attempt recorded if its result never reached
@@ -502,7 +509,7 @@ class StepActivities:
         """Record the run's end (through maestro.ends): its status, outputs and every step's
         final state (with the successes their attempts could not record), the next queued
         runs' admission, its completion signal."""
-        temporal_run_id = activity.info().workflow_run_id
+        temporal_run_id = _workflow_run_id(activity.info())
         also = None
         if finish.successes:
 

@@ -7,8 +7,10 @@ import contextlib
 import logging
 import os
 import signal
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import start_http_server
 from temporalio.client import Client
@@ -48,7 +50,7 @@ def new_worker(
     """A worker for one task queue: the workflows (unless `workflows` is false) and the step
     activities, plus the schedule-fire activity where given. `sandbox` runs the workflows in
     Temporal's sandbox (tests always do; see WorkerSettings.workflow_sandbox)."""
-    activity_list = [
+    activity_list: list[Callable[..., Any]] = [
         activities.run_step,
         activities.record_steps,
         activities.record_step_success,

@@ -109,6 +109,7 @@ class WorkRoot:
         if lease is None:
             lease = self._leases[run_id] = _Lease(self._user)
             lease.ready = asyncio.ensure_future(self._take(run_id, run_dir, lease))
+        assert lease.ready is not None  # set with the lease
         lease.steps += 1
         try:
             await asyncio.shield(lease.ready)

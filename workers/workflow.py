@@ -479,6 +479,7 @@ class RunWorkflow:
         try:
             await workflow.wait_condition(released, timeout=limit[0] if limit else None)
         except builtins.TimeoutError:
+            assert limit is not None  # only a wait with a timeout times out
             raise _StepFailed(
                 f"timed out after {limit[0]} waiting for signal {limit[1]!r}", StepStatus.timed_out
             ) from None
@@ -510,6 +511,7 @@ class RunWorkflow:
             if isinstance(cause, CancelledError) or stopping:
                 self._set(step_id, StepStatus.stopped, error="cancelled")
             elif isinstance(cause, TimeoutError):
+                assert cause.type is not None  # an activity's timeouts all have a type
                 self._step_failed(
                     step, f"timed out ({cause.type.name.lower()})", status=StepStatus.timed_out
                 )

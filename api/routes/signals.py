@@ -16,7 +16,15 @@ from pydantic import ValidationError
 from api.auth import Principal, PrincipalDep, owners_filter, signal_owners_filter
 from api.deps import BusDep, SessionDep, SettingsDep
 from api.routes.runs import run_out
-from api.schemas import BatchIn, BatchOut, PublishOut, SignalDetail, SignalOut, SignalPage
+from api.schemas import (
+    BatchIn,
+    BatchOut,
+    MatchOut,
+    PublishOut,
+    SignalDetail,
+    SignalOut,
+    SignalPage,
+)
 from maestro.db import signals as signals_db
 from maestro.db.tables import Signal
 from maestro.definitions import problems_from_validation
@@ -166,15 +174,5 @@ async def get_signal(
     matches = await signals_db.matches_of_signal(session, signal_id, owners_filter(request))
     return SignalDetail(
         **signal_out(signal).model_dump(),
-        matches=[
-            {
-                "workflow_id": m.workflow_id,
-                "trigger_id": m.trigger_id,
-                "outcome": m.outcome,
-                "run_id": m.run_id,
-                "detail": m.detail,
-                "updated_at": m.updated_at,
-            }
-            for m in matches
-        ],
+        matches=[MatchOut.model_validate(m, from_attributes=True) for m in matches],
     )

@@ -36,9 +36,8 @@ async def insert_entries(session: AsyncSession, rows: Sequence[dict[str, Any]]) 
         tuple(json.dumps(row[c]) if c == "targets" else row[c] for c in COLUMNS) for row in rows
     ]
     raw = await (await session.connection()).get_raw_connection()
-    await raw.driver_connection.copy_records_to_table(
-        AuditEntry.__tablename__, columns=COLUMNS, records=records
-    )
+    driver: Any = raw.driver_connection  # asyncpg's, set while the connection is open
+    await driver.copy_records_to_table(AuditEntry.__tablename__, columns=COLUMNS, records=records)
 
 
 async def list_entries(

@@ -13,7 +13,7 @@ it. Everything else goes through SQLAlchemy as usual.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import asyncpg
 from sqlalchemy import inspect
@@ -21,7 +21,8 @@ from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
-from sqlalchemy.sql import Executable
+from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql.compiler import SQLCompiler
 
 T = TypeVar("T")
 
@@ -32,8 +33,8 @@ _REQUIRED = object()
 class DirectStatement:
     """A Core statement compiled once; executed with a mapping of its bind parameters."""
 
-    def __init__(self, statement: Executable) -> None:
-        compiled = statement.compile(dialect=_DIALECT)
+    def __init__(self, statement: ClauseElement) -> None:
+        compiled = cast(SQLCompiler, statement.compile(dialect=_DIALECT))
         if compiled.post_compile_params or compiled.insert_prefetch or compiled.update_prefetch:
             # Expanding IN lists and Python-side column defaults are computed per execution
             # by SQLAlchemy; statements run here must not need either.
@@ -82,13 +83,16 @@ async def _driver(session: AsyncSession, connection: AsyncConnection) -> asyncpg
     sees them."""
     if session.new or session.dirty or session.deleted:
         await session.flush()
-    fairy = connection.sync_connection.connection
-    driver = fairy.driver_connection
+    sync = connection.sync_connection
+    assert sync is not None  # session.connection() gives a started connection
+    fairy = sync.connection
+    driver = cast(asyncpg.Connection, fairy.driver_connection)
     if not driver.is_in_transaction():
         # SQLAlchemy's asyncpg adapter sends BEGIN lazily, before the first statement it runs
         # itself; when a direct statement comes first, the adapter must start the transaction
         # (it then commits or rolls it back with the session). In AUTOCOMMIT it starts none.
-        await fairy.dbapi_connection._start_transaction()
+        adapter: Any = fairy.dbapi_connection  # its _start_transaction is beyond the DB-API
+        await adapter._start_transaction()
     return driver
 
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     ARRAY,
     BigInteger,
     String,
+    Table,
     Text,
     any_,
     bindparam,
@@ -118,7 +119,7 @@ async def set_temporal_run_ids(session: AsyncSession, run_ids: dict[str, str]) -
     )
 
 
-_RUNS = Run.__table__
+_RUNS = cast(Table, Run.__table__)
 _RUN_FIELDS = [c.key for c in _RUNS.c if c.key != "created_at"]
 _INSERT_RUN = (
     insert(_RUNS)
@@ -134,7 +135,7 @@ _INSERT_RUN = (
     .returning(_RUNS.c.run_id, _RUNS.c.workflow_id, _RUNS.c.trigger_id, _RUNS.c.created_at)
 )
 _NEW_RUN = _INSERT_RUN.cte("new_run")
-_MATCHES = SignalMatch.__table__
+_MATCHES = cast(Table, SignalMatch.__table__)
 _CONSUMED = insert(_MATCHES).from_select(
     ["signal_id", "workflow_id", "trigger_id", "outcome", "run_id"],
     select(
@@ -207,7 +208,11 @@ def _step_write_starting_run(values: dict[str, Any]) -> Insert:
     )
 
 
-_STARTED_VALUES = {"status": StepStatus.running, "attempt": bindparam("b_attempt"), "error": None}
+_STARTED_VALUES: dict[str, Any] = {
+    "status": StepStatus.running,
+    "attempt": bindparam("b_attempt"),
+    "error": None,
+}
 # A late write (its attempt was cancelled meanwhile) never reopens a finished step.
 _STEP_STARTED = DirectStatement(
     _step_write_starting_run(_STARTED_VALUES).on_conflict_do_update(
@@ -299,7 +304,11 @@ async def mark_step_succeeded(
 async def record_step_states(session: AsyncSession, run_id: str, states: list[StepState]) -> None:
     """Write states the workflow decided (skipped, failed for good, stopped, ...)."""
     for state in states:
-        values = {"status": state.status, "error": state.error, "ended_at": state.ended_at}
+        values: dict[str, Any] = {
+            "status": state.status,
+            "error": state.error,
+            "ended_at": state.ended_at,
+        }
         if state.outputs is not None:
             values["outputs"] = state.outputs
         await session.execute(

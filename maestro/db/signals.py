@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     ARRAY,
     BigInteger,
+    ColumnElement,
     String,
+    Table,
     Text,
     bindparam,
     delete,
@@ -94,10 +96,10 @@ _NEXT_SEQ = (
     .returning(SignalName.last_seq, SignalName.has_waits)
     .cte("next_seq")
 )
-_TRIGGERS = SignalTriggerRow.__table__
+_TRIGGERS = cast(Table, SignalTriggerRow.__table__)
 # The triggers a new signal reaches, as one JSON array of ReachedTrigger objects.
-_REACHED_FIELDS = [
-    x for c in ReachedTrigger.COLUMNS for x in (literal_column(f"'{c}'"), _TRIGGERS.c[c])
+_REACHED_FIELDS: list[ColumnElement[Any]] = [
+    x for c in ReachedTrigger.COLUMNS for x in [literal_column(f"'{c}'"), _TRIGGERS.c[c]]
 ]
 _REACHED_JSON = (
     select(
@@ -107,7 +109,7 @@ _REACHED_JSON = (
     .scalar_subquery()
     .label("triggers")
 )
-_SIGNAL_TABLE = Signal.__table__
+_SIGNAL_TABLE = cast(Table, Signal.__table__)
 _INSERT_ONE_SIGNAL = DirectStatement(
     insert(_SIGNAL_TABLE)
     .from_select(
@@ -336,7 +338,7 @@ async def triggers_listening_to(
     return result.scalars().all()
 
 
-async def triggers_reached(session: AsyncSession, routes: Sequence[str]) -> list[ReachedTrigger]:
+async def triggers_reached(session: AsyncSession, routes: Iterable[str]) -> list[ReachedTrigger]:
     """Registered triggers indexed under any of `routes` (`maestro.triggers.signal_routes`;
     GIN-indexed array overlap), each once."""
     ordered = sorted(set(routes))

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
-from sqlalchemy import bindparam, delete, func, select, update
+from sqlalchemy import Table, bindparam, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -21,7 +22,7 @@ from maestro.definitions import WorkflowDefinition
 from maestro.errors import NotFound
 
 _GET_WORKFLOW = select(Workflow).where(Workflow.id == bindparam("workflow_id"))
-_WORKFLOWS = Workflow.__table__
+_WORKFLOWS = cast(Table, Workflow.__table__)
 # Every run's creation and end locks its workflow's row.
 _LOCK_WORKFLOW = DirectStatement(
     select(_WORKFLOWS).where(_WORKFLOWS.c.id == bindparam("workflow_id")).with_for_update()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,8 +38,8 @@ class Services:
                 source = ctx.artifact_dir / source
             artifact = self.artifacts.put(source, run_id=ctx.run_id, step_id=ctx.step_id, name=name)
             await self.transaction(
-                lambda session, artifact=artifact, name=name: models_db.record_artifact(
-                    session,
+                functools.partial(
+                    models_db.record_artifact,
                     uri=artifact.uri,
                     name=name,
                     run_id=ctx.run_id,

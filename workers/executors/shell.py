@@ -104,6 +104,9 @@ async def _run_shell(ctx: StepContext, spec: ShellParams, user: StepUser | None)
         argv = ["/bin/sh", "-c", spec.command]
     else:
         argv = list(spec.command)
+    as_user: dict[str, Any] = (
+        {} if user is None else {"user": user.uid, "group": user.gid, "extra_groups": []}
+    )
     try:
         process = await asyncio.create_subprocess_exec(
             *argv,
@@ -113,7 +116,7 @@ async def _run_shell(ctx: StepContext, spec: ShellParams, user: StepUser | None)
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,
-            **({} if user is None else {"user": user.uid, "group": user.gid, "extra_groups": []}),
+            **as_user,
         )
     except OSError as exc:
         raise ApplicationError(
@@ -121,6 +124,7 @@ async def _run_shell(ctx: StepContext, spec: ShellParams, user: StepUser | None)
         ) from None
     stdout: deque[str] = deque(maxlen=spec.tail_lines)
     stderr: deque[str] = deque(maxlen=spec.tail_lines)
+    assert process.stdout is not None and process.stderr is not None  # both piped
     readers = asyncio.gather(_collect(process.stdout, stdout), _collect(process.stderr, stderr))
     try:
         await readers

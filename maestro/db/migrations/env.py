@@ -18,7 +18,9 @@ def _run(connection) -> None:
 
 
 async def _main() -> None:
-    engine = create_async_engine(config.get_main_option("sqlalchemy.url"))
+    url = config.get_main_option("sqlalchemy.url")
+    assert url is not None  # maestro.db.engine.upgrade sets it
+    engine = create_async_engine(url)
     async with engine.connect() as connection:
         await connection.run_sync(_run)
         await connection.commit()
