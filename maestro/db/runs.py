@@ -391,9 +391,14 @@ async def set_step_waiting(session: AsyncSession, run_id: str, step_id: str) -> 
 async def last_run_of_trigger(
     session: AsyncSession, workflow_id: str, trigger_id: str
 ) -> Run | None:
+    """The last run a trigger started: a restart keeps its original's trigger but is no fire."""
     query = (
         select(Run)
-        .where(Run.workflow_id == workflow_id, Run.trigger_id == trigger_id)
+        .where(
+            Run.workflow_id == workflow_id,
+            Run.trigger_id == trigger_id,
+            Run.cause["kind"].astext != "restart",
+        )
         .order_by(Run.created_at.desc())
         .limit(1)
     )
