@@ -399,7 +399,8 @@ async def last_run_of_trigger(
             Run.trigger_id == trigger_id,
             Run.cause["kind"].astext != "restart",
         )
-        .order_by(Run.created_at.desc())
+        # Runs made in one transaction (a backfill) share `created_at`.
+        .order_by(Run.created_at.desc(), Run.run_number.desc())
         .limit(1)
     )
     return (await session.execute(query)).scalar_one_or_none()
