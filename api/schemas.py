@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from maestro.runtime import RunStatus, StepStatus
+from maestro.signals import TriggerExplanation
 
 
 class WorkflowOut(BaseModel):
@@ -160,6 +161,11 @@ class SignalDetail(SignalOut):
         description="What this signal did to each trigger it reached: the triggers listening "
         "to its name, but for those whose `where` requires a string param it does not carry"
     )
+    explain: list[TriggerExplanation] | None = Field(
+        default=None,
+        description="With `explain=true`: every trigger registered now that listens to the "
+        "signal's name, whether the signal would match it now and why not",
+    )
 
 
 class PartialJoin(BaseModel):
@@ -167,6 +173,19 @@ class PartialJoin(BaseModel):
     received: dict[str, int] = Field(description="Signal name -> id of the signal held")
     missing: list[str]
     updated_at: datetime
+
+
+class LastFire(BaseModel):
+    run_id: str
+    run_number: int
+    status: RunStatus
+    fired_at: datetime = Field(description="When the run was created")
+    scheduled_at: datetime | None = Field(
+        default=None, description="Time triggers: the scheduled time the run is for"
+    )
+    signal_ids: list[int] | None = Field(
+        default=None, description="Signal and on_finish triggers: the signals the run consumed"
+    )
 
 
 class TriggerOut(BaseModel):
@@ -177,7 +196,10 @@ class TriggerOut(BaseModel):
     paused: bool = Field(description="The workflow is paused or deactivated")
     spec: dict[str, Any]
     next_fires: list[datetime] | None = Field(default=None, description="Time triggers")
-    last_fire: dict[str, Any] | None = Field(default=None, description="Time triggers")
+    last_fire: LastFire | None = Field(
+        default=None,
+        description="The last run the trigger started (restarts of it aside); null before any",
+    )
     schedule: dict[str, Any] | None = Field(
         default=None, description="The Temporal schedule: id, paused, fires, missed catch-up"
     )

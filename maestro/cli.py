@@ -124,7 +124,13 @@ def _log_supervision(log_file: Path) -> None:
     supervisor_log.propagate = False
 
 
-def _print_up(settings: Settings, data_dir: Path, database_url: str, password_note: str) -> None:
+def _print_up(
+    settings: Settings,
+    data_dir: Path,
+    database_url: str,
+    password_note: str,
+    metrics: dict[str, str],
+) -> None:
     """The addresses of the running stack; the database URL with its password masked."""
     from sqlalchemy import make_url
 
@@ -136,6 +142,7 @@ def _print_up(settings: Settings, data_dir: Path, database_url: str, password_no
   Temporal   {settings.temporal.address}   (UI: {settings.temporal.ui_url})
   PostgreSQL {shown_url}{password_note}
   data       {data_dir}   (logs in {data_dir / "logs"})
+  metrics    {"  ".join(f"{name} {url}" for name, url in metrics.items())}
 Press Ctrl-C to stop; a child that dies is restarted.""",
         soft_wrap=True,
     )
@@ -170,7 +177,12 @@ def up(
     the API and a worker, and keep them running (a child that dies is restarted). Data lives
     under MAESTRO_DATA_DIR (default .maestro/). Ctrl-C stops all."""
     from maestro.db.engine import upgrade
-    from maestro.embedded import EmbeddedPostgres, port_open, temporal_dev_server_command
+    from maestro.embedded import (
+        EmbeddedPostgres,
+        free_port,
+        port_open,
+        temporal_dev_server_command,
+    )
     from maestro.keys import create_admin_key
     from maestro.secrets import write_key_file
     from maestro.supervisor import ChildProcess, CrashLoopError, PostgresProcess, Supervisor
@@ -213,8 +225,15 @@ def up(
             key_file.touch(mode=0o600)
             key_file.write_text(new_key + "\n")
         host, _, port = settings.temporal.address.rpartition(":")
+        # Every child serves its metrics; a port left unset is a free one, kept for restarts.
+        metrics = {"api": f"http://{settings.api.host}:{settings.api.port}/metrics"}
+        worker_metrics = settings.worker.metrics_port or free_port()
+        env["MAESTRO_WORKER__METRICS_PORT"] = str(worker_metrics)
+        metrics["worker"] = f"http://{settings.worker.metrics_host}:{worker_metrics}/metrics"
         if not external_temporal:
             console.print("starting Temporal dev server ...")
+            temporal_metrics = settings.temporal.dev_server_metrics_port or free_port()
+            metrics["temporal"] = f"http://127.0.0.1:{temporal_metrics}/metrics"
             supervisor.add(
                 ChildProcess(
                     "temporal",
@@ -224,9 +243,11 @@ def up(
                         ui_port=settings.temporal.ui_port,
                         namespace=settings.temporal.namespace,
                         sync=settings.temporal.dev_server_sync,
-                    ),
+                    )
+                    + ["--metrics-port", str(temporal_metrics)],
                     env,
                     logs / "temporal.log",
+                    metrics["temporal"],
                 )
             )
         python = sys.executable
@@ -236,11 +257,13 @@ def up(
             if waiting_for == "temporal" and port_open(host or "127.0.0.1", int(port)):
                 for name in ("api", "worker"):
                     command = [python, "-m", "maestro.cli", name]
-                    supervisor.add(ChildProcess(name, command, env, logs / f"{name}.log"))
+                    supervisor.add(
+                        ChildProcess(name, command, env, logs / f"{name}.log", metrics[name])
+                    )
                 waiting_for, since = "api", time.monotonic()
             elif waiting_for == "api" and port_open(settings.api.host, settings.api.port):
                 supervisor.mark_up()
-                _print_up(settings, data_dir, shown_database_url, password_note)
+                _print_up(settings, data_dir, shown_database_url, password_note, metrics)
                 if new_key:
                     console.print(
                         f"[bold]admin API key[/]: {new_key}\n  (kept in {key_file}; the CLI "

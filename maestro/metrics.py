@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
 from prometheus_client import Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from maestro.db.tables import Run
 
 SIGNALS = Counter(
     "maestro_signals_received_total", "Signals published, by outcome", ["outcome"]
@@ -12,10 +19,11 @@ TRIGGER_EVALUATIONS = Counter(
 )
 TRIGGER_FIRES = Counter(
     "maestro_trigger_fires_total", "Runs started by triggers, by kind", ["kind"]
-)  # signal | time
+)  # signal | time | backfill
 TRIGGER_LAG = Histogram(
     "maestro_trigger_lag_seconds",
-    "From the cause (signal accepted, scheduled time) to the run launched on Temporal",
+    "From the cause (signal accepted, scheduled time, backfill requested) to the run launched "
+    "on Temporal",
     ["kind"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
@@ -32,3 +40,23 @@ STEP_DURATION = Histogram(
     ["type", "outcome"],
     buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 1800, 7200),
 )
+
+
+def observe_fires(runs: Iterable[Run]) -> None:
+    """Count triggered runs just launched on Temporal, with their lag: from the signal that
+    created the run (`signal`), the time a schedule fired for (`time`) or the backfill request
+    that created the run (`backfill`: its scheduled time may lie far in the past)."""
+    now = datetime.now(UTC)
+    for run in runs:
+        kind = run.cause.get("kind")
+        detail = run.cause.get("detail", {})
+        if kind == "time" and detail.get("via") == "backfill":
+            kind = "backfill"
+        if kind in ("signal", "backfill") and run.created_at is not None:
+            start = run.created_at
+        elif kind == "time" and "scheduled_at" in detail:
+            start = datetime.fromisoformat(detail["scheduled_at"])
+        else:
+            continue
+        TRIGGER_FIRES.labels(kind).inc()
+        TRIGGER_LAG.labels(kind).observe(max(0.0, (now - start).total_seconds()))

@@ -248,7 +248,7 @@ class RunsService:
                 self._run_ids_due[run.run_id] = temporal_run_id
             if started and (self._recording is None or self._recording.done()):
                 self._recording = asyncio.create_task(self._record_run_ids())
-            _observe_lag([r for r, _ in started])
+            metrics.observe_fires(r for r, _ in started)
             failures = [e for e in results if isinstance(e, BaseException)]
             if failures:
                 logger.warning(
@@ -564,19 +564,3 @@ def _descendants(definition: WorkflowDefinition, step_id: str) -> set[str]:
                 found.add(step.id)
                 changed = True
     return found
-
-
-def _observe_lag(runs: list[Run]) -> None:
-    """Trigger lag: signal accepted (the run was created with it) or scheduled time -> run
-    launched on Temporal."""
-    now = datetime.now(UTC)
-    for run in runs:
-        kind = run.cause.get("kind")
-        if kind == "signal" and run.created_at is not None:
-            start = run.created_at
-        elif kind == "time" and "scheduled_at" in run.cause.get("detail", {}):
-            start = datetime.fromisoformat(run.cause["detail"]["scheduled_at"])
-        else:
-            continue
-        metrics.TRIGGER_FIRES.labels(kind).inc()
-        metrics.TRIGGER_LAG.labels(kind).observe(max(0.0, (now - start).total_seconds()))

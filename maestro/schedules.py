@@ -38,6 +38,7 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
+from maestro import metrics
 from maestro.db import workflows as workflows_db
 from maestro.db.tables import Run, Workflow
 from maestro.definitions import IntervalTrigger, TimeTrigger, WorkflowDefinition
@@ -327,6 +328,7 @@ class Schedules:
         costs one workflow). A queued run is launched later like any other; a fire delivered
         twice finds the run already made and carries nothing. A retry in the same execution
         (its result was lost) carries the run it made, even if the workflow was paused since."""
+        launched = False  # this call made the run and this execution runs it
         async with self._sessions.begin() as session:
             run = await session.scalar(
                 select(Run).where(Run.temporal_workflow_id == request.temporal_workflow_id)
@@ -339,12 +341,15 @@ class Schedules:
                 if new and run.admitted_at is not None and run.status == RunStatus.queued:
                     run.temporal_workflow_id = request.temporal_workflow_id
                     run.temporal_run_id = request.temporal_run_id
+                    launched = True
             carried = run.temporal_workflow_id == request.temporal_workflow_id and run.status in (
                 RunStatus.queued,
                 RunStatus.running,
             )
             # The run's version may not be the active one any more (a retry after a change).
             await self._runs.definition(session, run.workflow_id, run.version)
+        if launched:  # `launch` observes the runs it starts itself, not this one
+            metrics.observe_fires([run])
         # Sends the stops a last_only strategy asked for; this run is already on Temporal.
         await self._runs.launch([run])
         if not carried:

@@ -28,6 +28,8 @@ class TemporalSettings(BaseModel):
     # False starts it with `synchronous=OFF`: much faster on a slow disk, but a power loss or an
     # OS crash can lose Temporal's latest state (a crash of the server process alone cannot).
     dev_server_sync: bool = True
+    # Where that dev server serves its Prometheus metrics; 0 = a free port (see status.json).
+    dev_server_metrics_port: int = 0
     # Register Maestro's search attributes at start-up (needs operator rights on a real cluster).
     register_search_attributes: bool = True
 
@@ -65,7 +67,8 @@ class WorkerSettings(BaseModel):
     # "mycompany.ml"); a step naming any other module fails. "*" allows every importable
     # module, the standard library's too (`os:system`), so only for trusted definitions.
     allowed_modules: list[str] = Field(default_factory=lambda: ["examples"])
-    # Serve Prometheus metrics (step durations, run ends) on <metrics_host>:<port>; 0 = off.
+    # Serve Prometheus metrics (step durations, run ends, fires) on <metrics_host>:<port>;
+    # 0 = off (`maestro up` gives its worker a free port then).
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"
     # Run RunWorkflow in Temporal's sandbox. Off by default: the sandbox re-imports the workflow

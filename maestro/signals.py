@@ -13,6 +13,7 @@ trigger and signals.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -30,12 +31,13 @@ from maestro.db import signals as signals_db
 from maestro.db import workflows as workflows_db
 from maestro.db.runs import set_step_waiting
 from maestro.db.signals import ReachedTrigger
-from maestro.db.tables import Run, Signal, SignalWait
+from maestro.db.tables import Run, Signal, SignalTriggerRow, SignalWait
 from maestro.definitions import (
     FINISH_STATUSES,
     SIGNAL_NAME_PATTERN,
     Scalar,
     WorkflowDefinition,
+    resolve_run_params,
 )
 from maestro.errors import DefinitionInvalid, ParamsInvalid, Problem, WorkflowInactive
 from maestro.expressions import ExpressionError
@@ -57,6 +59,7 @@ from maestro.triggers import (
     signal_routes,
     trigger_context,
     where_matches,
+    where_problems,
 )
 
 logger = logging.getLogger(__name__)
@@ -140,6 +143,104 @@ class _Pending:
     results: list[Published] = field(default_factory=list)
     runs: list[Run] = field(default_factory=list)
     waits: list[SignalWait] = field(default_factory=list)
+
+
+class TriggerExplanation(BaseModel):
+    """Whether a signal would match one trigger listening to its name, and why not."""
+
+    workflow_id: str
+    trigger_id: str
+    kind: str = Field(description="signal or on_finish")
+    routed: bool = Field(
+        description="Publishing hands the signal to this trigger (it has an outcome in "
+        "`matches`); false: the routing index passes it by, as its `where` requires a string "
+        "param the signal does not carry"
+    )
+    would_match: bool = Field(
+        description="The signal satisfies the trigger now: its `where`, join key, `when` and "
+        "mapped params, and the workflow takes triggered runs"
+    )
+    outcome: str = Field(
+        description="What the trigger would do with the signal now: would_start_run, "
+        "join_incomplete, condition_false, condition_error, params_invalid, workflow_paused, "
+        "workflow_inactive"
+    )
+    reasons: list[str] = Field(description="Why it would not start a run (empty if it would)")
+
+
+_STATE_REASONS = {
+    "workflow_paused": "the workflow is paused",
+    "workflow_inactive": "the workflow is deactivated",
+}
+
+
+def _explanation(
+    row: SignalTriggerRow, routed: bool, state: str | None, outcome: str, reasons: list[str]
+) -> TriggerExplanation:
+    """A paused or deactivated workflow takes no triggered run, whatever its conditions say
+    (as `SignalBus._match` records it)."""
+    if state is not None:
+        outcome, reasons = state, [_STATE_REASONS[state], *reasons]
+    return TriggerExplanation(
+        workflow_id=row.workflow_id,
+        trigger_id=row.trigger_id,
+        kind=row.spec["kind"],
+        routed=routed,
+        would_match=outcome == "would_start_run",
+        outcome=outcome,
+        reasons=reasons,
+    )
+
+
+@dataclass
+class _Candidate:
+    """A trigger whose `where` a signal satisfies, with what explaining the rest needs."""
+
+    row: SignalTriggerRow
+    trigger: CompiledTrigger
+    definition: WorkflowDefinition
+    held: dict[str, dict[str, Any]]
+    routed: bool
+    state: str | None  # workflow_paused or workflow_inactive, else None
+
+
+def _explain_candidate(candidate: _Candidate, signal: Signal) -> TriggerExplanation:
+    """The rest of `SignalBus.explain` for one trigger: join, `when`, params (CEL within the
+    trigger's cost budget). Writes nothing."""
+    outcome, reasons = _evaluate_candidate(candidate, signal)
+    return _explanation(candidate.row, candidate.routed, candidate.state, outcome, reasons)
+
+
+def _evaluate_candidate(candidate: _Candidate, signal: Signal) -> tuple[str, list[str]]:
+    trigger = candidate.trigger
+    members = {signal.name: _signal_view(signal)}
+    if len(trigger.conditions) > 1:
+        key = join_key(trigger, signal.params)
+        if key is None:
+            missing = [k for k in trigger.join_on if k not in signal.params]
+            return "condition_false", [f"missing join_on params {missing}"]
+        members = {**candidate.held, **members}
+        if trigger.within is not None:
+            horizon = signal.created_at - trigger.within
+            members = {
+                name: held
+                for name, held in members.items()
+                if datetime.fromisoformat(held["created_at"]) >= horizon
+            }
+        waiting = [n for n in trigger.names if n not in members]
+        if waiting:
+            return "join_incomplete", [f"waiting for {', '.join(waiting)} with join key {key}"]
+    try:
+        fire, params = evaluate_trigger(trigger, trigger_context(members, signal.name))
+    except ExpressionError as exc:
+        return "condition_error", [str(exc)]
+    if not fire:
+        return "condition_false", [f"when {trigger.when!r} is false"]
+    try:
+        resolve_run_params(candidate.definition, params)
+    except ParamsInvalid as exc:
+        return "params_invalid", [f"{'.'.join(map(str, p.loc))}: {p.msg}" for p in exc.problems]
+    return "would_start_run", []
 
 
 def _signal_view(signal: Signal) -> dict[str, Any]:
@@ -470,6 +571,49 @@ class SignalBus:
             pending.runs.append(run)
         else:
             await record("duplicate_run", ids, run)
+
+    # -- explaining -------------------------------------------------------------------------
+
+    async def explain(
+        self, session: AsyncSession, signal: Signal, owners: list[str] | None = None
+    ) -> list[TriggerExplanation]:
+        """For every trigger registered now that listens to the signal's name (with `owners`,
+        only their workflows'): whether the signal would match it now and why not, routed past
+        by the index or not. Reads only; the expressions run in a worker thread, each trigger
+        within its cost budget."""
+        routes = set(signal_routes(signal.name, signal.params))
+        rows = sorted(
+            await signals_db.triggers_listening_to(session, [signal.name], owners),
+            key=lambda r: (r.workflow_id, r.trigger_id),
+        )
+        explained: dict[tuple[str, str], TriggerExplanation] = {}
+        candidates: list[_Candidate] = []
+        for row in rows:
+            trigger = CompiledTrigger.model_validate(row.spec)
+            routed = not routes.isdisjoint(row.routes)
+            state = None
+            if not row.active:
+                workflow = await workflows_db.get_workflow(session, row.workflow_id)
+                state = "workflow_paused" if workflow.is_active else "workflow_inactive"
+            problems = where_problems(trigger.condition(signal.name).where, signal.params)
+            if problems:
+                explained[(row.workflow_id, row.trigger_id)] = _explanation(
+                    row, routed, state, "condition_false", problems
+                )
+                continue
+            held: dict[str, dict[str, Any]] = {}
+            key = join_key(trigger, signal.params) if len(trigger.conditions) > 1 else None
+            if key is not None:
+                join = await signals_db.get_join(session, row.workflow_id, row.trigger_id, key)
+                held = dict(join.slots) if join else {}
+            definition = await self._runs.definition(session, row.workflow_id, row.version)
+            candidates.append(_Candidate(row, trigger, definition, held, routed, state))
+        if candidates:
+            for explanation in await asyncio.to_thread(
+                lambda: [_explain_candidate(c, signal) for c in candidates]
+            ):
+                explained[(explanation.workflow_id, explanation.trigger_id)] = explanation
+        return [explained[(r.workflow_id, r.trigger_id)] for r in rows]
 
     # -- waiting steps ---------------------------------------------------------------------------
 

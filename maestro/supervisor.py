@@ -34,6 +34,8 @@ class Process(Protocol):
     """Something the supervisor starts, watches and stops."""
 
     name: str
+    # Where it serves Prometheus metrics (listed in the status file), or None.
+    metrics: str | None
 
     def start(self) -> int:
         """Start it and return its process id."""
@@ -51,11 +53,19 @@ class Process(Protocol):
 class ChildProcess:
     """A command run as a child in its own session, its output appended to a log file."""
 
-    def __init__(self, name: str, command: list[str], env: dict[str, str], log: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        command: list[str],
+        env: dict[str, str],
+        log: Path,
+        metrics: str | None = None,
+    ) -> None:
         self.name = name
         self.command = command
         self.env = env
         self.log = log
+        self.metrics = metrics
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> int:
@@ -106,6 +116,8 @@ class PostgresProcess:
     """The embedded PostgreSQL: `pg_ctl` starts it detached, so it is watched by the process id
     in its data directory's postmaster.pid rather than as a child."""
 
+    metrics: str | None = None  # PostgreSQL serves none itself (postgres_exporter can)
+
     def __init__(self, name: str, server: EmbeddedPostgres) -> None:
         self.name = name
         self.server = server
@@ -147,6 +159,7 @@ class _Child:
             "pid": self.pid,
             "restarts": self.restarts,
             "last_exit": self.last_exit,
+            "metrics": self.process.metrics,
         }
 
 

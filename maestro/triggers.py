@@ -156,6 +156,28 @@ def where_matches(where: dict[str, Any], params: dict[str, Any]) -> bool:
     return True
 
 
+def where_problems(where: dict[str, Any], params: dict[str, Any]) -> list[str]:
+    """Why signal params do not satisfy `where`: one reason per unmet condition (none when
+    `where_matches`)."""
+    problems = []
+    for key, condition in where.items():
+        if key not in params:
+            problems.append(f"where.{key}: the signal has no param {key!r}")
+            continue
+        ops = condition if isinstance(condition, dict) else {"=": condition}
+        unmet = [
+            f"{op} {json.dumps(expected)}"
+            for op, expected in ops.items()
+            if not _compare(op, params[key], expected)
+        ]
+        if unmet:
+            problems.append(
+                f"where.{key}: requires {' and '.join(unmet)}, the signal has "
+                f"{json.dumps(params[key])}"
+            )
+    return problems
+
+
 def equality_filter(where: dict[str, Any]) -> dict[str, Any]:
     """The plain-equality part of `where`, usable as a JSONB containment filter."""
     return {k: v for k, v in where.items() if not isinstance(v, dict)}

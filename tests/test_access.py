@@ -186,8 +186,14 @@ async def test_outside_signals_belong_to_the_publishing_keys_owners(api):
         mine = await zzz.get(f"/api/v1/signals/{signal_id}")
         assert mine.status_code == 200
         assert mine.json()["matches"] == []  # ml's trigger and run are not shown to zzz
+        explained = await zzz.get(f"/api/v1/signals/{signal_id}", params={"explain": "true"})
+        assert explained.json()["explain"] == []  # nor explained to it
         everything = (await api.get(f"/api/v1/signals/{signal_id}")).json()
         assert [m["workflow_id"] for m in everything["matches"]] == [ml_workflow]
+        everything = (
+            await api.get(f"/api/v1/signals/{signal_id}", params={"explain": "true"})
+        ).json()
+        assert [e["workflow_id"] for e in everything["explain"]] == [ml_workflow]
         assert (await ml.get(f"/api/v1/signals/{signal_id}")).status_code == 403
         listed = (await zzz.get("/api/v1/signals", params={"name": topic})).json()["items"]
         assert [s["id"] for s in listed] == [signal_id]

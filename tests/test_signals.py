@@ -14,9 +14,11 @@ from maestro.db import signals as signals_db
 from maestro.db.tables import (
     Run,
     Signal,
+    SignalMatch,
     SignalName,
     SignalTriggerRow,
     SignalWait,
+    TriggerJoin,
     WorkflowVersion,
 )
 from maestro.runs import RunsService
@@ -156,6 +158,19 @@ async def test_signal_trigger_with_where_and_param_mapping(api, sessions):
     assert consumed["matches"][0]["outcome"] == "started_run"
     assert consumed["matches"][0]["run_id"] == run["run_id"]
     assert len(await runs_of(sessions, wid)) == 1
+    [trigger] = (await api.get(f"/api/v1/workflows/{wid}/triggers")).json()
+    assert trigger["kind"] == "signal"
+    assert trigger["last_fire"]["run_id"] == run["run_id"]
+    assert trigger["last_fire"]["run_number"] == 1
+    assert trigger["last_fire"]["status"] == "succeeded"
+    assert trigger["last_fire"]["signal_ids"] == [started["signal"]["id"]]
+    assert trigger["last_fire"]["scheduled_at"] is None
+    # A restart keeps the run's trigger but is no fire of it.
+    restarted = await api.post(f"/api/v1/runs/{run['run_id']}/restart", json={"from": "beginning"})
+    assert restarted.status_code == 201, restarted.text
+    await wait_for_run(api, restarted.json()["run_id"])
+    [trigger] = (await api.get(f"/api/v1/workflows/{wid}/triggers")).json()
+    assert trigger["last_fire"]["run_id"] == run["run_id"]
 
 
 async def test_join_fires_once_per_complete_set_and_shows_partial_joins(api, sessions):
@@ -203,6 +218,126 @@ async def test_join_fires_once_per_complete_set_and_shows_partial_joins(api, ses
     triggers = (await api.get(f"/api/v1/workflows/{wid}/triggers")).json()
     assert {j["join_key"] for j in triggers[0]["pending_joins"]} == {'["D1"]', '["D2"]'}
     assert {tuple(j["missing"]) for j in triggers[0]["pending_joins"]} == {(fx,), (orders,)}
+
+
+async def test_explain_evaluates_every_trigger_listening_without_writing(api, sessions):
+    """`explain=true` covers the triggers the routing index passes a signal by (publishing
+    records nothing for them), says per trigger whether the signal would match and why not,
+    and writes nothing."""
+    topic, other = name("table.partition.ready"), name("other")
+    wid = {
+        k: unique_id(f"explain-{k}") for k in "digits rows when join paused params ok cost".split()
+    }
+
+    def trigger(where: dict | None = None, **spec) -> list:
+        return [{"signal": {"all_of": [{"name": topic, "where": where or {}}], **spec}}]
+
+    await push(api, noop_workflow(wid["digits"], trigger({"table": "digits"})))
+    await push(api, noop_workflow(wid["rows"], trigger({"table": "users", "rows": {">=": 100}})))
+    await push(api, noop_workflow(wid["when"], trigger(when="signal.params.rows > 1000")))
+    await push(
+        api,
+        noop_workflow(
+            wid["join"],
+            [{"signal": {"all_of": [{"name": topic}, {"name": other}], "join_on": ["dt"]}}],
+        ),
+    )
+    await push(api, noop_workflow(wid["paused"], trigger()))
+    await api.post(f"/api/v1/workflows/{wid['paused']}/pause")
+    await push(
+        api,
+        noop_workflow(
+            wid["params"],
+            trigger(params={"n": "signal.params.table"}),
+            params={"n": {"type": "integer"}},
+        ),
+    )
+    await push(api, noop_workflow(wid["ok"], trigger({"table": "users"})))
+    # Within the static cost budget, but the payload it reads is over the input limit.
+    await push(api, noop_workflow(wid["cost"], trigger(when="size(signal.payload.items) > 0")))
+
+    published = await publish(
+        api,
+        topic,
+        {"table": "users", "rows": 5, "dt": "D1"},
+        payload={"items": list(range(3_000))},
+    )
+    signal_id = published["signal"]["id"]
+    assert [r["workflow_id"] for r in published["runs"]] == [wid["ok"]]
+    plain = (await api.get(f"/api/v1/signals/{signal_id}")).json()
+    assert plain["explain"] is None
+    assert wid["digits"] not in {m["workflow_id"] for m in plain["matches"]}
+
+    async def written() -> list:
+        ids = list(wid.values())
+        async with sessions() as session:
+            return [
+                await session.scalar(
+                    select(func.count()).select_from(table).where(table.workflow_id.in_(ids))
+                )
+                for table in (SignalMatch, Run, TriggerJoin)
+            ] + [
+                sorted(
+                    (
+                        await session.execute(
+                            select(SignalMatch.updated_at).where(SignalMatch.signal_id == signal_id)
+                        )
+                    ).scalars()
+                )
+            ]
+
+    before = await written()
+    response = await api.get(f"/api/v1/signals/{signal_id}", params={"explain": "true"})
+    assert response.status_code == 200, response.text
+    assert await written() == before
+    explained = {e["workflow_id"]: e for e in response.json()["explain"]}
+    assert set(explained) == set(wid.values())
+
+    digits = explained[wid["digits"]]
+    assert (digits["routed"], digits["would_match"], digits["outcome"]) == (
+        False,
+        False,
+        "condition_false",
+    )
+    assert digits["reasons"] == ['where.table: requires = "digits", the signal has "users"']
+    rows = explained[wid["rows"]]
+    assert rows["routed"] is True and rows["outcome"] == "condition_false"
+    assert rows["reasons"] == ["where.rows: requires >= 100, the signal has 5"]
+    assert explained[wid["when"]]["reasons"] == ["when 'signal.params.rows > 1000' is false"]
+    join = explained[wid["join"]]
+    assert join["outcome"] == "join_incomplete" and not join["would_match"]
+    assert join["reasons"] == [f'waiting for {other} with join key ["D1"]']
+    paused = explained[wid["paused"]]
+    assert paused["outcome"] == "workflow_paused"
+    assert paused["reasons"] == ["the workflow is paused"]
+    bad_params = explained[wid["params"]]
+    assert bad_params["outcome"] == "params_invalid"
+    assert bad_params["reasons"] == ["params.n: expected integer, got str 'users'"]
+    ok = explained[wid["ok"]]
+    assert (ok["routed"], ok["would_match"], ok["outcome"], ok["reasons"]) == (
+        True,
+        True,
+        "would_start_run",
+        [],
+    )
+    cost = explained[wid["cost"]]
+    assert cost["outcome"] == "condition_error"
+    assert "refused" in cost["reasons"][0] and "too large" in cost["reasons"][0]
+    # What publishing recorded agrees where the signal reached the trigger.
+    recorded = {m["workflow_id"]: m["outcome"] for m in plain["matches"]}
+    assert recorded == {
+        wid["rows"]: "condition_false",
+        wid["when"]: "condition_false",
+        wid["join"]: "join_incomplete",
+        wid["paused"]: "workflow_paused",
+        wid["params"]: "params_invalid",
+        wid["ok"]: "started_run",
+        wid["cost"]: "condition_error",
+    }
+
+    bad = await api.get(f"/api/v1/signals/{signal_id}", params={"explain": "maybe"})
+    assert bad.status_code == 422
+    assert "explain" in bad.text
 
 
 async def test_a_trigger_whose_params_are_invalid_takes_no_run_number(api, sessions):
@@ -316,6 +451,11 @@ async def test_on_finish_chains_workflows_with_completion_signals(
     assert started[0].cause["kind"] == "signal"
     down = await wait_for_run(api, started[0].run_id)
     assert down["status"] == "succeeded"
+    # One trigger per status listed: the one that fired shows its run.
+    [on_finish] = (await api.get(f"/api/v1/workflows/{downstream}/triggers")).json()
+    assert on_finish["kind"] == "on_finish"
+    assert on_finish["last_fire"]["run_id"] == down["run_id"]
+    assert on_finish["last_fire"]["signal_ids"] == started[0].cause["detail"]["signal_ids"]
 
     # finish_run retried after its commit publishes the completion again: the stored signal
     # refuses the repeat (no lookup first), so nothing new is stored or started.

@@ -7,6 +7,7 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import select, text
 from temporalio.client import (
     Client,
@@ -65,6 +66,19 @@ def scheduled_at(run: Run) -> datetime:
     return datetime.fromisoformat(run.cause["detail"]["scheduled_at"])
 
 
+def lag(kind: str) -> tuple[float, float]:
+    """This process's trigger-lag samples of `kind` (API and in-process worker): how many, and
+    how many of them were over a minute."""
+    count = REGISTRY.get_sample_value("maestro_trigger_lag_seconds_count", {"kind": kind}) or 0
+    quick = (
+        REGISTRY.get_sample_value(
+            "maestro_trigger_lag_seconds_bucket", {"kind": kind, "le": "60.0"}
+        )
+        or 0
+    )
+    return count, count - quick
+
+
 async def schedule_exists(client: Client, schedule_id: str) -> bool:
     try:
         await client.get_schedule_handle(schedule_id).describe()
@@ -75,6 +89,7 @@ async def schedule_exists(client: Client, schedule_id: str) -> bool:
 
 async def test_interval_schedule_fires_runs_with_the_scheduled_time(api, sessions, temporal_client):
     wid = unique_id("every")
+    timed_before, _ = lag("time")
     await push(api, body(wid, [{"every": "2s"}]))
     [trigger] = await triggers(api, wid)
     assert trigger["kind"] == "interval" and trigger["active"] is True
@@ -87,6 +102,9 @@ async def test_interval_schedule_fires_runs_with_the_scheduled_time(api, session
             break
         await asyncio.sleep(0.2)
     assert len(runs) >= 2
+    # Each fire the worker carried counts its lag from the scheduled time.
+    timed, slow = lag("time")
+    assert timed - timed_before >= 2 and slow == 0
     for run in runs[:2]:
         # The execution the schedule started carries the run itself: one workflow per fire.
         assert run.temporal_workflow_id.startswith(f"{schedule_id}:run-")
@@ -187,6 +205,7 @@ async def test_backfill_counts_and_never_repeats_a_scheduled_time(api, sessions)
         ),
     )
     start = datetime(2026, 1, 1, tzinfo=UTC)
+    (_, slow), (backfilled, _) = lag("time"), lag("backfill")
     response = await api.post(
         f"/api/v1/workflows/{wid}/backfill",
         json={"start": start.isoformat(), "end": (start + timedelta(hours=5)).isoformat()},
@@ -205,6 +224,14 @@ async def test_backfill_counts_and_never_repeats_a_scheduled_time(api, sessions)
     )
     assert overlap.json() | {"runs": []} == {"scheduled_times": 4, "created": 2, "runs": []}
     assert len(await time_runs(sessions, wid)) == 7
+    # Backfilled runs have a lag kind of their own, from the request: the scheduled times,
+    # months back, add nothing to the live fires' lag.
+    assert lag("backfill")[0] == backfilled + 7
+    assert lag("backfill")[1] == 0
+    assert lag("time")[1] == slow
+    [listed] = await triggers(api, wid)
+    last = datetime.fromisoformat(listed["last_fire"]["scheduled_at"])
+    assert last == start + timedelta(hours=7)
     too_big = await api.post(
         f"/api/v1/workflows/{wid}/backfill",
         json={"start": start.isoformat(), "end": (start + timedelta(days=60)).isoformat()},

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from maestro.definitions import SignalCondition
-from maestro.triggers import condition_route, signal_routes, where_matches
+from maestro.triggers import condition_route, signal_routes, where_matches, where_problems
 
 
 @pytest.mark.parametrize(
@@ -51,3 +51,28 @@ def test_routing_skips_only_signals_that_cannot_satisfy_the_condition(where, par
     assert (condition_route(condition) in signal_routes("orders", params)) is reached
     if where_matches(where, params):
         assert reached
+
+
+@pytest.mark.parametrize(
+    ("where", "params", "problems"),
+    [
+        (
+            {"table": "digits"},
+            {"table": "users"},
+            ['where.table: requires = "digits", the signal has "users"'],
+        ),
+        ({"table": "digits"}, {}, ["where.table: the signal has no param 'table'"]),
+        (
+            {"rows": {">": 0, "<": 10}, "ok": True},
+            {"rows": 50, "ok": False},
+            [
+                "where.rows: requires < 10, the signal has 50",
+                "where.ok: requires = true, the signal has false",
+            ],
+        ),
+        ({"rows": {"in": [1, 2]}}, {"rows": 2}, []),
+    ],
+)
+def test_where_problems_name_each_unmet_condition(where, params, problems):
+    assert where_problems(where, params) == problems
+    assert where_matches(where, params) is (not problems)

@@ -122,6 +122,7 @@ async def test_up_restart_keeps_data_and_resumes_in_flight_run(own_tmp_path: Pat
         assert stored.status_code == 201, "the API stores secrets with the key up created"
         ui = await api.get(f"http://127.0.0.1:{ports.ui}/")
         assert ui.status_code == 200, "the Temporal Web UI is served"
+        await assert_every_child_serves_metrics(api, data_dir, ports, log, f"{wid}-every")
         pushed = await api.post("/api/v1/workflows", json=sleep_then_noop(wid, 8, "3s"))
         assert pushed.status_code == 201
         run = (await api.post(f"/api/v1/workflows/{wid}/runs", json={})).json()
@@ -158,6 +159,46 @@ async def test_up_restart_keeps_data_and_resumes_in_flight_run(own_tmp_path: Pat
             assert done["steps"][0]["outputs"]["stdout_tail"] == "20", done
         finally:
             interrupt(proc)
+
+
+def sample(text: str, series: str) -> float | None:
+    """One sample's value in Prometheus' text format."""
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    return None
+
+
+async def assert_every_child_serves_metrics(
+    api: httpx.AsyncClient, data_dir: Path, ports: Ports, log: Path, every: str
+) -> None:
+    """status.json lists each child's metrics endpoint (the banner too) and each answers;
+    the worker's shows the lag of live schedule fires (a timed run is carried by the worker
+    that admits it)."""
+    children = status(data_dir)["children"]
+    assert children["postgres"]["metrics"] is None
+    assert children["api"]["metrics"] == f"http://127.0.0.1:{ports.api}/metrics"
+    for name in ("api", "worker", "temporal"):
+        assert f"{name} {children[name]['metrics']}" in log.read_text(), "the banner lists it"
+        scraped = await api.get(children[name]["metrics"])
+        assert scraped.status_code == 200 and "# TYPE" in scraped.text, name
+    pushed = await api.post(
+        "/api/v1/workflows",
+        json={"id": every, "triggers": [{"every": "1s"}], "steps": [{"id": "go", "type": "noop"}]},
+    )
+    assert pushed.status_code == 201, pushed.text
+    count = None
+    for _ in range(150):
+        worker = (await api.get(children["worker"]["metrics"])).text
+        count = sample(worker, 'maestro_trigger_lag_seconds_count{kind="time"}')
+        if count:
+            break
+        await asyncio.sleep(0.2)
+    assert count and count >= 1, worker
+    total = sample(worker, 'maestro_trigger_lag_seconds_sum{kind="time"}')
+    assert total is not None and total / count < 10, "lag from the scheduled time, in seconds"
+    assert sample(worker, 'maestro_trigger_fires_total{kind="time"}') == count
+    assert (await api.post(f"/api/v1/workflows/{every}/deactivate")).status_code == 200
 
 
 def status(data_dir: Path) -> dict:

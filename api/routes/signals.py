@@ -163,16 +163,31 @@ async def list_signals(
 
 @router.get("/{signal_id}", response_model=SignalDetail)
 async def get_signal(
-    signal_id: Annotated[int, Path(ge=1, le=BIGINT_MAX)], request: Request, session: SessionDep
+    signal_id: Annotated[int, Path(ge=1, le=BIGINT_MAX)],
+    request: Request,
+    session: SessionDep,
+    bus: BusDep,
+    explain: Annotated[
+        bool,
+        Query(
+            description="Also evaluate, without writing anything, every trigger registered "
+            "now that listens to the signal's name, those the routing index passes it by "
+            "included: `explain` says per trigger whether it would match and why not"
+        ),
+    ] = False,
 ) -> SignalDetail:
     """A signal, who produced it, and for every trigger it reached: the run it started or why
     not (condition false, join incomplete, workflow inactive, duplicate run, ...). A trigger
     whose `where` requires a string param the signal does not carry (another upstream's
-    `on_finish`, `table: events` for a `users` signal) is not reached and not listed. An
-    owner-limited key sees only its owners' triggers."""
+    `on_finish`, `table: events` for a `users` signal) is not reached and not listed in
+    `matches`; `explain=true` lists it too, with the reason. An owner-limited key sees only
+    its owners' triggers."""
     signal = await signals_db.get_signal(session, signal_id)
-    matches = await signals_db.matches_of_signal(session, signal_id, owners_filter(request))
+    owners = owners_filter(request)
+    matches = await signals_db.matches_of_signal(session, signal_id, owners)
+    explained = await bus.explain(session, signal, owners) if explain else None
     return SignalDetail(
         **signal_out(signal).model_dump(),
         matches=[MatchOut.model_validate(m, from_attributes=True) for m in matches],
+        explain=explained,
     )

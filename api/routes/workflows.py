@@ -16,6 +16,7 @@ from api.routes.runs import run_out
 from api.schemas import (
     BackfillIn,
     BackfillOut,
+    LastFire,
     PartialJoin,
     PushResult,
     RunOut,
@@ -28,7 +29,7 @@ from api.schemas import (
 from maestro.db import runs as runs_db
 from maestro.db import signals as signals_db
 from maestro.db import workflows as workflows_db
-from maestro.db.tables import Workflow, WorkflowVersion
+from maestro.db.tables import Run, Workflow, WorkflowVersion
 from maestro.definitions import WorkflowDefinition, parse_definition
 from maestro.documents import DocumentTooComplex, load_json, load_yaml
 from maestro.errors import InvalidInput, Problem
@@ -268,6 +269,21 @@ async def backfill_workflow(
     )
 
 
+def last_fire(run: Run | None) -> LastFire | None:
+    """The run a trigger started last, and its cause: the scheduled time or the signals."""
+    if run is None:
+        return None
+    detail = run.cause.get("detail", {})
+    return LastFire(
+        run_id=run.run_id,
+        run_number=run.run_number,
+        status=run.status,
+        fired_at=run.created_at,
+        scheduled_at=detail.get("scheduled_at"),
+        signal_ids=detail.get("signal_ids"),
+    )
+
+
 @router.get("/{workflow_id}/triggers", response_model=list[TriggerOut])
 async def list_triggers(
     workflow_id: str,
@@ -303,14 +319,7 @@ async def list_triggers(
                     paused=paused,
                     spec=spec,
                     next_fires=ref.fire_times(now, now + timedelta(days=3660), upcoming),
-                    last_fire=None
-                    if last is None
-                    else {
-                        "scheduled_at": last.cause.get("detail", {}).get("scheduled_at"),
-                        "run_id": last.run_id,
-                        "run_number": last.run_number,
-                        "status": last.status,
-                    },
+                    last_fire=last_fire(last),
                     schedule=await schedules.describe(ref),
                 )
             )
@@ -326,6 +335,7 @@ async def list_triggers(
                 for j in joins
                 if j.trigger_id == row.trigger_id
             ]
+            last = await runs_db.last_run_of_trigger(session, workflow_id, row.trigger_id)
             out.append(
                 TriggerOut(
                     position=position,
@@ -334,6 +344,7 @@ async def list_triggers(
                     active=row.active,
                     paused=paused,
                     spec=spec,
+                    last_fire=last_fire(last),
                     pending_joins=pending,
                 )
             )

@@ -400,10 +400,16 @@ async def set_step_waiting(session: AsyncSession, run_id: str, step_id: str) -> 
 async def last_run_of_trigger(
     session: AsyncSession, workflow_id: str, trigger_id: str
 ) -> Run | None:
+    """The last run a trigger started: a restart keeps its original's trigger but is no fire."""
     query = (
         select(Run)
-        .where(Run.workflow_id == workflow_id, Run.trigger_id == trigger_id)
-        .order_by(Run.created_at.desc())
+        .where(
+            Run.workflow_id == workflow_id,
+            Run.trigger_id == trigger_id,
+            Run.cause["kind"].astext != "restart",
+        )
+        # Runs made in one transaction (a backfill) share `created_at`.
+        .order_by(Run.created_at.desc(), Run.run_number.desc())
         .limit(1)
     )
     return (await session.execute(query)).scalar_one_or_none()

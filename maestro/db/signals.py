@@ -331,10 +331,16 @@ ROUTES_PER_QUERY = 1_000
 
 
 async def triggers_listening_to(
-    session: AsyncSession, names: Sequence[str]
+    session: AsyncSession, names: Sequence[str], owners: Sequence[str] | None = None
 ) -> Sequence[SignalTriggerRow]:
-    """Registered triggers that need any of `names` (GIN-indexed array overlap)."""
-    result = await session.execute(_TRIGGERS_LISTENING, {"names": sorted(set(names))})
+    """Registered triggers that need any of `names` (GIN-indexed array overlap); with
+    `owners`, only their workflows'."""
+    query = _TRIGGERS_LISTENING
+    if owners is not None:
+        query = query.join(Workflow, Workflow.id == SignalTriggerRow.workflow_id).where(
+            Workflow.owner.in_(list(owners))
+        )
+    result = await session.execute(query, {"names": sorted(set(names))})
     return result.scalars().all()
 
 
