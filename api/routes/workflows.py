@@ -33,6 +33,7 @@ from maestro.db.tables import Run, Workflow, WorkflowVersion
 from maestro.definitions import WorkflowDefinition, parse_definition
 from maestro.documents import DocumentTooComplex, load_json, load_yaml
 from maestro.errors import InvalidInput, Problem
+from maestro.runtime import RunStatus
 from maestro.schedules import time_triggers
 
 router = APIRouter(prefix="/workflows", tags=["workflows"])
@@ -277,7 +278,7 @@ def last_fire(run: Run | None) -> LastFire | None:
     return LastFire(
         run_id=run.run_id,
         run_number=run.run_number,
-        status=run.status,
+        status=RunStatus(run.status),
         fired_at=run.created_at,
         scheduled_at=detail.get("scheduled_at"),
         signal_ids=detail.get("signal_ids"),
