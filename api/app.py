@@ -150,7 +150,9 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(
         title="Maestro",
         version=__version__,
-        description="Register workflows, start runs and watch them; runs execute on Temporal.",
+        description="Register workflows, start runs and watch them; runs execute on Temporal. "
+        "Bad input is a 422 naming each problem's location. No string may hold the NUL "
+        "character (U+0000), which PostgreSQL cannot store.",
         lifespan=lifespan,
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.api.max_body_bytes)
