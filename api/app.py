@@ -30,14 +30,16 @@ from maestro.schedules import Schedules
 from maestro.secrets import SecretBox
 from maestro.settings import Settings
 from maestro.signals import SignalBus
+from maestro.steps import STEP_TYPES
 from maestro.temporal_client import API_RETRY, connect, register_search_attributes
 from maestro.workflows import WorkflowsService
 
 logger = logging.getLogger(__name__)
 
 
-def _openapi(app: FastAPI) -> dict:
-    """FastAPI's schema plus the workflow definition, which routes read from the raw body."""
+def _openapi(app: FastAPI, auth: bool) -> dict:
+    """FastAPI's schema plus the workflow definition, which routes read from the raw body, and
+    (with auth on) the Bearer key every route but /healthz requires."""
     if app.openapi_schema is None:
         schema = get_openapi(
             title=app.title, version=app.version, description=app.description, routes=app.routes
@@ -48,8 +50,34 @@ def _openapi(app: FastAPI) -> dict:
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         components.update(definition.pop("$defs", {}))
         components["WorkflowDefinition"] = definition
+        components["Step"]["properties"]["type"]["enum"] = sorted(STEP_TYPES)
+        _closed_pattern_properties(schema)
+        if auth:
+            schema["components"]["securitySchemes"] = {
+                "apiKey": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "An API key (POST /api/v1/keys, or `maestro keys`)",
+                }
+            }
+            schema["security"] = [{"apiKey": []}]
+            schema["paths"]["/healthz"]["get"]["security"] = []
         app.openapi_schema = schema
     return app.openapi_schema
+
+
+def _closed_pattern_properties(node: object) -> None:
+    """Pydantic checks every key of a `dict[Annotated[str, pattern], ...]` against its pattern
+    but states no `additionalProperties: false`; say so, so the document allows no key the API
+    refuses."""
+    if isinstance(node, dict):
+        if "patternProperties" in node:
+            node.setdefault("additionalProperties", False)
+        for value in node.values():
+            _closed_pattern_properties(value)
+    elif isinstance(node, list):
+        for value in node:
+            _closed_pattern_properties(value)
 
 
 async def _sweep(app: FastAPI, interval: float, reconcile_every: float) -> None:
@@ -123,14 +151,16 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(
         title="Maestro",
         version=__version__,
-        description="Register workflows, start runs and watch them; runs execute on Temporal.",
+        description="Register workflows, start runs and watch them; runs execute on Temporal. "
+        "Bad input is a 422 naming each problem's location. No string may hold the NUL "
+        "character (U+0000), which PostgreSQL cannot store.",
         lifespan=lifespan,
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.api.max_body_bytes)
     # Outside the size limit, so refused bodies (413) are audited too.
     app.add_middleware(AuditMiddleware)
     install_error_handlers(app)
-    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    app.openapi = lambda: _openapi(app, settings.api.auth)  # type: ignore[method-assign]
     errors: dict[int | str, dict[str, Any]] = {
         status: {"model": ErrorBody, "description": text}
         for status, text in (
@@ -160,7 +190,11 @@ def create_app(settings: Settings) -> FastAPI:
             dependencies=[guard(scope, read_scopes=read_scopes)],
         )
 
-    @app.get("/healthz", tags=["health"])
+    @app.get(
+        "/healthz",
+        tags=["health"],
+        responses={503: {"model": ErrorBody, "description": "PostgreSQL unavailable"}},
+    )
     async def health() -> dict[str, str]:
         """Liveness and database reachability."""
         async with app.state.engine.connect() as connection:

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError as SQLDataError
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Route
 from temporalio.service import RPCError
 
 from maestro.db.engine import UNAVAILABLE_ERRORS, is_unavailable
@@ -69,15 +70,32 @@ def _request_invalid(request: Request, exc: Exception) -> JSONResponse:
 
 def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400:
+        # FastAPI's answer to a body it cannot decode (not UTF-8, say): bad input like any
+        # other, so a 422 naming the body and the reason.
+        reason = f"the body could not be decoded: {exc.__cause__ or exc.detail}"[:300]
+        detail = [{"loc": ["body"], "msg": reason, "type": "json_invalid"}]
+        return JSONResponse(error_body("request_invalid", reason, detail), 422)
+    headers = getattr(exc, "headers", None)
+    if exc.status_code == 405:
+        # Starlette names the methods of the first route on the path; every route counts.
+        headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(request))}
     code = {
         404: "not_found",
         405: "method_not_allowed",
         413: "payload_too_large",
         415: "unsupported_media_type",
     }.get(exc.status_code, "http_error")
-    return JSONResponse(
-        error_body(code, str(exc.detail)), exc.status_code, headers=getattr(exc, "headers", None)
-    )
+    return JSONResponse(error_body(code, str(exc.detail)), exc.status_code, headers=headers)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at the request's path."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, Route) and route.matches(request.scope)[0] != Match.NONE:
+            methods |= route.methods or set()
+    return sorted(methods)
 
 
 def _bad_value(exc: BaseException) -> BaseException | None:

@@ -2,13 +2,32 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from fastapi import Query
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
 
 from maestro.runtime import RunStatus, StepStatus
-from maestro.signals import TriggerExplanation
+from maestro.signals import MAX_BATCH, TriggerExplanation
+
+BIGINT_MAX = 2**63 - 1  # PostgreSQL's largest bigint: larger ids and offsets are refused
+_RFC3339 = re.compile(r"\d{4}-\d\d-\d\d[Tt]\d\d:\d\d:\d\d(\.\d{1,6})?([Zz]|[+-]\d\d:\d\d)")
+
+
+def _rfc3339(value: Any) -> Any:
+    # Pydantic alone would also take a number of Unix seconds or a time without a zone.
+    if isinstance(value, str) and not _RFC3339.fullmatch(value):
+        raise ValueError("not a date and time with a zone, e.g. 2026-11-26T00:00:00Z")
+    return value
+
+
+Since = Annotated[
+    AwareDatetime | None,
+    BeforeValidator(_rfc3339),
+    Query(description="Only entries at or after this time (RFC 3339, e.g. 2026-11-26T00:00:00Z)"),
+]
 
 
 class WorkflowOut(BaseModel):
@@ -132,7 +151,15 @@ class PublishOut(BaseModel):
 class BatchIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    signals: list[Any] = Field(min_length=1, description="Up to the batch limit of signals")
+    # The route checks the count and then each member, so each problem names its index.
+    signals: list[Any] = Field(
+        min_length=1,
+        description=f"1 to {MAX_BATCH} signals",
+        json_schema_extra={
+            "items": {"$ref": "#/components/schemas/SignalIn"},
+            "maxItems": MAX_BATCH,
+        },
+    )
 
 
 class BatchOut(BaseModel):
@@ -283,7 +310,7 @@ class ModelOut(BaseModel):
 class PromoteIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    stage: str = Field(description="staging or production")
+    stage: Literal["staging", "production"]
 
 
 class PromoteOut(BaseModel):

@@ -9,10 +9,10 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
 from api.deps import SessionDep
+from api.schemas import BIGINT_MAX, Since
 from maestro.db import audit as audit_db
 
 router = APIRouter(prefix="/audit", tags=["audit"])
-BIGINT_MAX = 2**63 - 1
 
 
 class AuditEntryOut(BaseModel):
@@ -37,7 +37,7 @@ class AuditPage(BaseModel):
 async def list_audit(
     session: SessionDep,
     key_id: Annotated[str | None, Query(max_length=64)] = None,
-    since: datetime | None = None,
+    since: Since = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     cursor: Annotated[
         int | None, Query(ge=1, le=BIGINT_MAX, description="`next_cursor` of the previous page")

@@ -12,6 +12,7 @@ from api.auth import PrincipalDep
 from api.deps import SessionDep
 from maestro import keys
 from maestro.db.tables import ApiKey
+from maestro.keys import Scope
 
 router = APIRouter(prefix="/keys", tags=["keys"])
 
@@ -20,9 +21,7 @@ class KeyIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=200)
-    scopes: list[str] = Field(
-        min_length=1, description="read, write, publish, admin, signals:read, secrets:write"
-    )
+    scopes: list[Scope] = Field(min_length=1)
     owners: list[str] = Field(
         default_factory=list, description="Limit the key to workflows and secrets of these owners"
     )
@@ -57,7 +56,9 @@ def key_out(row: ApiKey) -> KeyOut:
 @router.post("", response_model=CreatedKey, status_code=201)
 async def create_key(body: KeyIn, session: SessionDep) -> CreatedKey:
     """Create a key; its secret is in this response only (the server keeps a hash)."""
-    row, secret = await keys.create_key(session, body.name, body.scopes, body.owners)
+    row, secret = await keys.create_key(
+        session, body.name, [s.value for s in body.scopes], body.owners
+    )
     await session.refresh(row)
     return CreatedKey(**key_out(row).model_dump(), key=secret)
 

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import base64
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, Response
@@ -26,7 +25,6 @@ from maestro.db import signals as signals_db
 from maestro.db import workflows as workflows_db
 from maestro.db.tables import Run, Signal, StepRun, Workflow
 from maestro.ends import run_actions
-from maestro.errors import InvalidInput, Problem
 from maestro.runs import step_actions
 from maestro.runtime import RunStatus, StepStatus, temporal_ui_url
 from maestro.settings import Settings
@@ -119,18 +117,18 @@ async def get_run(run_id: str, session: SessionDep, settings: SettingsDep) -> Ru
     return run_out(run, settings, step_outs(run, version.definition, rows))
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# A page ends at a run: its creation time in microseconds since 1970 and its id.
+CURSOR_PATTERN = r"^[0-9]{1,16}_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+
+
 def _encode_cursor(run: Run) -> str:
-    return base64.urlsafe_b64encode(f"{run.created_at.isoformat()}|{run.run_id}".encode()).decode()
+    return f"{(run.created_at - _EPOCH) // timedelta(microseconds=1)}_{run.run_id}"
 
 
 def _decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        created, run_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
-        return datetime.fromisoformat(created), run_id
-    except ValueError:
-        raise InvalidInput(
-            "invalid cursor", [Problem(("query", "cursor"), "not a cursor returned by this API")]
-        ) from None
+    micros, run_id = cursor.split("_", 1)
+    return _EPOCH + timedelta(microseconds=int(micros)), run_id
 
 
 @router.get("/runs", response_model=RunPage)
@@ -141,7 +139,10 @@ async def list_runs(
     workflow_id: str | None = None,
     status: RunStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: str | None = None,
+    cursor: Annotated[
+        str | None,
+        Query(pattern=CURSOR_PATTERN, description="`next_cursor` of the previous page"),
+    ] = None,
     order: Annotated[
         Literal["newest", "oldest"],
         Query(description="`oldest` lists queued runs in the order they will start"),

@@ -7,7 +7,6 @@ its owners' signals, unless it has `signals:read`; it may not publish Maestro's 
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, Response
@@ -17,6 +16,7 @@ from api.auth import Principal, PrincipalDep, owners_filter, signal_owners_filte
 from api.deps import BusDep, SessionDep, SettingsDep
 from api.routes.runs import run_out
 from api.schemas import (
+    BIGINT_MAX,
     BatchIn,
     BatchOut,
     MatchOut,
@@ -24,6 +24,7 @@ from api.schemas import (
     SignalDetail,
     SignalOut,
     SignalPage,
+    Since,
 )
 from maestro.db import signals as signals_db
 from maestro.db.tables import Signal
@@ -34,7 +35,6 @@ from maestro.settings import Settings
 from maestro.signals import MAX_BATCH, Producer, Published, SignalIn
 
 router = APIRouter(prefix="/signals", tags=["signals"])
-BIGINT_MAX = 2**63 - 1
 
 
 def signal_out(signal: Signal) -> SignalOut:
@@ -95,7 +95,12 @@ async def publish_signal(
     return publish_out(result, settings)
 
 
-@router.post("/batch", response_model=BatchOut, status_code=201)
+@router.post(
+    "/batch",
+    response_model=BatchOut,
+    status_code=201,
+    responses={200: {"model": BatchOut, "description": "Every signal was a duplicate"}},
+)
 async def publish_batch(
     body: BatchIn,
     response: Response,
@@ -103,8 +108,9 @@ async def publish_batch(
     settings: SettingsDep,
     principal: PrincipalDep,
 ) -> BatchOut:
-    """Publish up to 1,000 signals in one transaction, with the same semantics per signal. Any
-    invalid signal rejects the whole batch (422, locations like `signals.3.params.dt`)."""
+    """Publish up to 1,000 signals in one transaction, with the same semantics per signal: 201,
+    or 200 when every signal was a duplicate (nothing was started). Any invalid signal rejects
+    the whole batch (422, locations like `signals.3.params.dt`)."""
     if len(body.signals) > MAX_BATCH:
         raise InvalidInput(
             "too many signals",
@@ -135,7 +141,7 @@ async def list_signals(
     request: Request,
     session: SessionDep,
     name: str | None = None,
-    since: datetime | None = None,
+    since: Since = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     cursor: Annotated[
         int | None, Query(ge=1, le=BIGINT_MAX, description="`next_cursor` of the previous page")
@@ -161,7 +167,9 @@ async def list_signals(
     return SignalPage(items=[signal_out(s) for s in rows], next_cursor=next_cursor)
 
 
-@router.get("/{signal_id}", response_model=SignalDetail)
+# `:int`: a path that is no signal id (`/signals/batch`) is not this route's, so GET on it is a
+# 405 naming POST rather than a 422 about the id.
+@router.get("/{signal_id:int}", response_model=SignalDetail)
 async def get_signal(
     signal_id: Annotated[int, Path(ge=1, le=BIGINT_MAX)],
     request: Request,

@@ -14,6 +14,7 @@ from api.auth import owners_filter
 from api.deps import EndsDep, RunsDep, SchedulesDep, SessionDep, SettingsDep, WorkflowsDep
 from api.routes.runs import run_out
 from api.schemas import (
+    BIGINT_MAX,
     BackfillIn,
     BackfillOut,
     LastFire,
@@ -38,13 +39,31 @@ from maestro.schedules import time_triggers
 
 router = APIRouter(prefix="/workflows", tags=["workflows"])
 
+_DEFINITION = {"$ref": "#/components/schemas/WorkflowDefinition"}
+_EXAMPLE = {
+    "id": "daily-report",
+    "owner": "team-data",
+    "params": {"day": {"type": "string", "default": "today"}},
+    "steps": [
+        {"id": "extract", "type": "noop"},
+        {"id": "publish", "type": "noop", "depends_on": ["extract"]},
+    ],
+    "triggers": [
+        {"cron": "0 6 * * *", "timezone": "UTC"},
+        {"signal": {"all_of": [{"name": "table.ready"}]}},
+    ],
+}
 _DEFINITION_BODY = {
     "requestBody": {
         "required": True,
-        "description": "A workflow definition as JSON, or as YAML (`application/yaml`).",
+        "description": "A workflow definition as JSON, or as YAML (`application/yaml`). Beyond "
+        "this schema, a definition is checked as a whole (422 lists every problem): step ids "
+        "are unique and `depends_on` names steps of the definition without a cycle, each step's "
+        "params fit its type, CEL expressions compile within their cost limits, crons and time "
+        "zones parse, retry backoffs are ordered, and param defaults have their param's type.",
         "content": {
-            "application/json": {"schema": {"$ref": "#/components/schemas/WorkflowDefinition"}},
-            "application/yaml": {"schema": {"$ref": "#/components/schemas/WorkflowDefinition"}},
+            "application/json": {"schema": _DEFINITION, "example": _EXAMPLE},
+            "application/yaml": {"schema": _DEFINITION},
         },
     }
 }
@@ -168,7 +187,7 @@ async def list_workflows(
     request: Request,
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=BIGINT_MAX)] = 0,
 ) -> WorkflowPage:
     """List workflows by id (those of the key's owners, for an owner-limited key)."""
     rows = await workflows_db.list_workflows(
