@@ -14,9 +14,17 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 
-from maestro.client_cli import keys_app, run_app, signal_app, workflow_app
+from maestro import __version__
+from maestro.client_cli import (
+    Output,
+    keys_app,
+    models_app,
+    run_app,
+    signal_app,
+    status_command,
+    workflow_app,
+)
 from maestro.settings import Settings
 
 app = typer.Typer(help="Maestro: event-triggered workflows on Temporal.", no_args_is_help=True)
@@ -25,8 +33,29 @@ app.add_typer(db_app, name="db")
 app.add_typer(workflow_app, name="workflow")
 app.add_typer(run_app, name="run")
 app.add_typer(signal_app, name="signal")
+app.add_typer(models_app, name="models")
 app.add_typer(keys_app, name="keys")
-console = Console(stderr=True)
+app.command("status")(status_command)
+console = Output(stderr=True)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"maestro {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(
+        False,
+        "--version",
+        callback=_print_version,
+        is_eager=True,
+        help="Print Maestro's version and exit.",
+    ),
+) -> None:
+    """Maestro: event-triggered workflows on Temporal."""
 
 
 def _settings() -> Settings:
@@ -307,7 +336,7 @@ def demo(
     key = api_key or (key_file.read_text().strip() if key_file.exists() else None)
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     try:
-        code = run_demo(api_url.rstrip("/"), headers, Console())
+        code = run_demo(api_url.rstrip("/"), headers, Output())
     except DemoError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1) from None

@@ -102,6 +102,11 @@ class MaestroClient:
         self._http.close()
 
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self._send(method, path, **kwargs)
+        return response.json() if response.content else None
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One request; a successful response, or the client's error."""
         try:
             response = self._http.request(method, path, **kwargs)
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
@@ -112,7 +117,7 @@ class MaestroClient:
             ) from exc
         if not response.is_success:
             raise MaestroAPIError.from_response(response)
-        return response.json() if response.content else None
+        return response
 
     # Workflows
 
@@ -193,6 +198,20 @@ class MaestroClient:
         """Stop triggers and default starts; running runs continue."""
         return self._request("POST", f"/workflows/{_segment(workflow_id)}/deactivate")
 
+    def backfill_workflow(self, workflow_id: str, start: str, end: str) -> dict[str, Any]:
+        """One run per scheduled time of the time triggers in (start, end] (ISO 8601 with a
+        time zone); times that already have a run are not run again."""
+        path = f"/workflows/{_segment(workflow_id)}/backfill"
+        return self._request("POST", path, json={"start": start, "end": end})
+
+    def unblock_workflow(self, workflow_id: str) -> list[dict[str, Any]]:
+        """Release a strict_sequential queue held by a failed run; returns the runs admitted."""
+        return self._request("POST", f"/workflows/{_segment(workflow_id)}/unblock")
+
+    def stop_workflow(self, workflow_id: str) -> list[dict[str, Any]]:
+        """Stop every queued and running run of the workflow; returns the runs it stopped."""
+        return self._request("POST", f"/workflows/{_segment(workflow_id)}/stop")
+
     def delete_workflow(self, workflow_id: str) -> None:
         """Delete the workflow with its schedules, versions and runs (409 while runs are live)."""
         self._request("DELETE", f"/workflows/{_segment(workflow_id)}")
@@ -265,6 +284,16 @@ class MaestroClient:
         """A new run of an ended run: from `failed` steps, the `beginning`, or a step id."""
         return self._request("POST", f"/runs/{_segment(run_id)}/restart", json={"from": from_})
 
+    def skip_step(self, run_id: str, step_id: str) -> dict[str, Any]:
+        """Skip a step that has not finished: the DAG goes on as if it succeeded."""
+        path = f"/runs/{_segment(run_id)}/steps/{_segment(step_id)}/skip"
+        return self._request("POST", path)
+
+    def bypass_step_wait(self, run_id: str, step_id: str) -> dict[str, Any]:
+        """Release a step waiting for signals as if they had arrived."""
+        path = f"/runs/{_segment(run_id)}/steps/{_segment(step_id)}/bypass"
+        return self._request("POST", path)
+
     def wait_for_run(
         self, run_id: str, *, poll_interval: float = 0.5, timeout: float | None = None
     ) -> dict[str, Any]:
@@ -333,3 +362,32 @@ class MaestroClient:
     def get_signal(self, signal_id: int) -> dict[str, Any]:
         """A signal and what it did to every trigger it reached."""
         return self._request("GET", f"/signals/{_segment(signal_id)}")
+
+    # Models
+
+    def list_models(self) -> list[dict[str, Any]]:
+        """Registered models with the version holding each stage."""
+        return self._request("GET", "/models")
+
+    def get_model(self, name: str) -> dict[str, Any]:
+        """A model with every version and its stage history."""
+        return self._request("GET", f"/models/{_segment(name)}")
+
+    def get_model_version(self, name: str, version: int) -> dict[str, Any]:
+        """One model version with its lineage."""
+        return self._request("GET", f"/models/{_segment(name)}/versions/{_segment(version)}")
+
+    def promote_model(self, name: str, version: int, stage: str) -> dict[str, Any]:
+        """Move a version to `staging` or `production` (an older one: a rollback)."""
+        path = f"/models/{_segment(name)}/versions/{_segment(version)}/promote"
+        return self._request("POST", path, json={"stage": stage})
+
+    # The service
+
+    def api_version(self) -> str:
+        """The Maestro version the API runs (from its OpenAPI document)."""
+        return str(self._request("GET", self.base_url + "/openapi.json")["info"]["version"])
+
+    def metrics(self) -> str:
+        """The API's Prometheus text (runs by status and queue depth among them)."""
+        return self._send("GET", self.base_url + "/metrics").text

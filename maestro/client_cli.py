@@ -1,23 +1,29 @@
-"""`maestro workflow|run|signal`: client commands that talk to a Maestro API over HTTP.
+"""`maestro workflow|run|signal|models|keys|status`: client commands that talk to a Maestro API
+over HTTP.
 
-Exit codes: 1 the API answered with an error, 2 the command line is wrong, 3 the API cannot be
-reached, 4 a run awaited with `--wait` did not succeed.
+Every command that prints an API object takes `--output json`: the API's JSON as it came (a
+list command: a JSON array of the API's items, every page joined). Exit codes: 1 the API
+answered with an error, 2 the command line is wrong, 3 the API cannot be reached, 4 a run
+awaited with `--wait` did not succeed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from itertools import islice
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
-from rich.console import Console, Group, RenderableType
+from rich.console import Console, ConsoleDimensions, Group, RenderableType
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
@@ -41,10 +47,59 @@ EXIT_RUN_NOT_SUCCEEDED = 4
 workflow_app = typer.Typer(help="Register and manage workflows.", no_args_is_help=True)
 run_app = typer.Typer(help="Start, watch, stop and restart runs.", no_args_is_help=True)
 signal_app = typer.Typer(help="Publish and inspect signals.", no_args_is_help=True)
+models_app = typer.Typer(
+    help="The model registry: versions, stages, promotion.", no_args_is_help=True
+)
 keys_app = typer.Typer(help="Manage API keys (needs an admin key).", no_args_is_help=True)
 
+# Off a terminal, lines are laid out as if the screen were this wide: none is ever wrapped.
+UNWRAPPED_WIDTH = 100_000
+
+
+class Output(Console):
+    """A console that fits a terminal's width and, elsewhere (a pipe, a file, a CI log), never
+    wraps: URLs, ids and table rows stay whole on one line each."""
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = super().size
+        return size if self.is_terminal else ConsoleDimensions(UNWRAPPED_WIDTH, size.height)
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        Console.size.fset(self, new_size)  # type: ignore[attr-defined]
+
+
 # Markup off: names, params and error texts come from users and must print as they are.
-out = Console(markup=False, highlight=False)
+out = Output(markup=False, highlight=False)
+
+
+class OutputFormat(StrEnum):
+    table = "table"
+    json = "json"
+
+
+OutputOption = Annotated[
+    OutputFormat,
+    typer.Option(
+        "--output",
+        "-o",
+        help="`table` for people; `json` for scripts: the API's JSON (a list: a JSON array).",
+    ),
+]
+
+
+def _print_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def _emit(output: OutputFormat, data: Any, show: Callable[[Any], None]) -> None:
+    """`data` as JSON, or shown for people by `show`."""
+    if output is OutputFormat.json:
+        _print_json(data)
+    else:
+        show(data)
+
 
 STATUS_STYLES = {
     "succeeded": "green",
@@ -80,25 +135,27 @@ def _key_from_file() -> str | None:
         return None
 
 
+ApiUrlOption = Annotated[
+    str, typer.Option("--api-url", envvar="MAESTRO_API_URL", help="The Maestro API.")
+]
+ApiKeyOption = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key",
+        envvar="MAESTRO_API_KEY",
+        show_default=False,
+        help="Sent as a bearer token; default: the key in <MAESTRO_DATA_DIR>/api-key, if any.",
+    ),
+]
+
+
 def _target(
-    ctx: typer.Context,
-    api_url: Annotated[
-        str, typer.Option("--api-url", envvar="MAESTRO_API_URL", help="The Maestro API.")
-    ] = DEFAULT_API_URL,
-    api_key: Annotated[
-        str | None,
-        typer.Option(
-            "--api-key",
-            envvar="MAESTRO_API_KEY",
-            show_default=False,
-            help="Sent as a bearer token; default: the key in <MAESTRO_DATA_DIR>/api-key, if any.",
-        ),
-    ] = None,
+    ctx: typer.Context, api_url: ApiUrlOption = DEFAULT_API_URL, api_key: ApiKeyOption = None
 ) -> None:
     ctx.obj = Target(api_url, api_key or _key_from_file())
 
 
-for _app in (workflow_app, run_app, signal_app, keys_app):
+for _app in (workflow_app, run_app, signal_app, models_app, keys_app):
     _app.callback()(_target)
 
 
@@ -119,22 +176,28 @@ def _client(ctx: typer.Context) -> Iterator[MaestroClient]:
     try:
         with MaestroClient(target.api_url, target.api_key) as client:
             yield client
-    except MaestroAPIError as exc:
+    except MaestroClientError as exc:
+        message, code = explain(exc)
+        _fail(message, code)
+
+
+def explain(exc: MaestroClientError) -> tuple[str, int]:
+    """A client error as one line for people, with what to do, and the command's exit code."""
+    if isinstance(exc, MaestroAPIError):
         hint = ""
         if exc.status == 401:
             hint = (
                 f". Pass --api-key or set MAESTRO_API_KEY (`maestro up` keeps an admin key in "
                 f"{api_key_file()})"
             )
-        _fail(f"{exc}{hint}", EXIT_API_ERROR)
-    except MaestroUnreachable as exc:
-        _fail(
+        return f"{exc}{hint}", EXIT_API_ERROR
+    if isinstance(exc, MaestroUnreachable):
+        return (
             f"{exc}. Is Maestro running? Start it with `maestro up`, or point --api-url "
             "(MAESTRO_API_URL) at it.",
             EXIT_UNREACHABLE,
         )
-    except MaestroClientError as exc:
-        _fail(str(exc), EXIT_API_ERROR)
+    return str(exc), EXIT_API_ERROR
 
 
 def _reject_constant(name: str) -> Any:
@@ -295,13 +358,14 @@ def _run_view(run: dict[str, Any]) -> RenderableType:
     return Group(*parts)
 
 
-def _follow(client: MaestroClient, run: dict[str, Any]) -> dict[str, Any]:
+def _follow(client: MaestroClient, run: dict[str, Any], *, show: bool = True) -> dict[str, Any]:
     """Show the run until it is over, refreshed in place on a terminal (elsewhere, such as a
-    pipe or a CI log, only its final state); returns it as it ended."""
+    pipe or a CI log, only its final state; nothing unless `show`); returns it as it ended."""
     try:
-        if not out.is_terminal:
+        if not show or not out.is_terminal:
             run = client.wait_for_run(run["run_id"], poll_interval=POLL_SECONDS)
-            out.print(_run_view(run))
+            if show:
+                out.print(_run_view(run))
             return run
         with Live(_run_view(run), console=out, auto_refresh=False) as live:
             while run["status"] in LIVE_RUN_STATUSES:
@@ -310,9 +374,16 @@ def _follow(client: MaestroClient, run: dict[str, Any]) -> dict[str, Any]:
                 live.update(_run_view(run), refresh=True)
         return run
     except KeyboardInterrupt:
-        out.print("stopped following; the run goes on")
-        _print_link(run)
+        typer.echo(f"stopped following; the run goes on: {run['temporal_ui_url']}", err=True)
         raise typer.Exit(130) from None
+
+
+def _print_runs(runs: list[dict[str, Any]], none: str) -> None:
+    """One line and its Temporal UI link per run, or `none`."""
+    if not runs:
+        out.print(none)
+    for run in runs:
+        _print_run_summary(run)
 
 
 # maestro workflow ...
@@ -326,11 +397,17 @@ DefinitionFile = Annotated[
 
 
 @workflow_app.command("apply")
-def workflow_apply(ctx: typer.Context, file: DefinitionFile) -> None:
+def workflow_apply(
+    ctx: typer.Context, file: DefinitionFile, output: OutputOption = OutputFormat.table
+) -> None:
     """Register a definition: a changed one becomes the next, active version."""
     body, content_type = _definition_file(file)
     with _client(ctx) as client:
         result = client.push_workflow(body, content_type=content_type)
+    _emit(output, result, _show_applied)
+
+
+def _show_applied(result: dict[str, Any]) -> None:
     workflow = result["workflow"]
     if result["created"]:
         out.print(f"{workflow['id']}: created version {result['version']} (active)")
@@ -342,22 +419,33 @@ def workflow_apply(ctx: typer.Context, file: DefinitionFile) -> None:
 
 
 @workflow_app.command("validate")
-def workflow_validate(ctx: typer.Context, file: DefinitionFile) -> None:
-    """Check a definition without registering it."""
+def workflow_validate(
+    ctx: typer.Context, file: DefinitionFile, output: OutputOption = OutputFormat.table
+) -> None:
+    """Check a definition without registering it (every problem, with its location)."""
     body, content_type = _definition_file(file)
     with _client(ctx) as client:
-        definition = client.validate_workflow(body, content_type=content_type)["definition"]
-    out.print(
-        f"{file}: valid ({definition['id']}: {len(definition['steps'])} steps, "
-        f"{len(definition.get('triggers') or [])} triggers)"
-    )
+        result = client.validate_workflow(body, content_type=content_type)
+
+    def show(result: dict[str, Any]) -> None:
+        definition = result["definition"]
+        out.print(
+            f"{file}: valid ({definition['id']}: {len(definition['steps'])} steps, "
+            f"{len(definition.get('triggers') or [])} triggers)"
+        )
+
+    _emit(output, result, show)
 
 
 @workflow_app.command("list")
-def workflow_list(ctx: typer.Context) -> None:
+def workflow_list(ctx: typer.Context, output: OutputOption = OutputFormat.table) -> None:
     """List workflows."""
     with _client(ctx) as client:
         workflows = list(client.iter_workflows())
+    _emit(output, workflows, _show_workflows)
+
+
+def _show_workflows(workflows: list[dict[str, Any]]) -> None:
     if not workflows:
         out.print("no workflows")
         return
@@ -376,10 +464,16 @@ def workflow_list(ctx: typer.Context) -> None:
 
 
 @workflow_app.command("show")
-def workflow_show(ctx: typer.Context, workflow_id: str) -> None:
-    """A workflow: its state, versions and triggers."""
+def workflow_show(
+    ctx: typer.Context, workflow_id: str, output: OutputOption = OutputFormat.table
+) -> None:
+    """A workflow: its state, versions and triggers (JSON: the workflow with its active
+    definition; see `versions` and `triggers` for the rest)."""
     with _client(ctx) as client:
         workflow = client.get_workflow(workflow_id)
+        if output is OutputFormat.json:
+            _print_json(workflow)
+            return
         versions = client.list_versions(workflow_id)
         triggers = client.list_triggers(workflow_id)
     definition = workflow.get("definition") or {}
@@ -397,8 +491,23 @@ def workflow_show(ctx: typer.Context, workflow_id: str) -> None:
     if definition.get("description"):
         rows.insert(2, ("description", definition["description"]))
     out.print(_fields(rows))
-
     out.print()
+    _show_versions(versions)
+    out.print()
+    _show_triggers(triggers)
+
+
+@workflow_app.command("versions")
+def workflow_versions(
+    ctx: typer.Context, workflow_id: str, output: OutputOption = OutputFormat.table
+) -> None:
+    """Every version of a workflow, oldest first."""
+    with _client(ctx) as client:
+        versions = client.list_versions(workflow_id)
+    _emit(output, versions, _show_versions)
+
+
+def _show_versions(versions: list[dict[str, Any]]) -> None:
     table = _table("VERSION", "ACTIVE", "HASH", "CREATED")
     for v in versions:
         table.add_row(
@@ -409,7 +518,23 @@ def workflow_show(ctx: typer.Context, workflow_id: str) -> None:
         )
     out.print(table)
 
-    out.print()
+
+@workflow_app.command("triggers")
+def workflow_triggers(
+    ctx: typer.Context,
+    workflow_id: str,
+    upcoming: Annotated[
+        int, typer.Option(min=0, max=100, help="How many next fire times to list.")
+    ] = 5,
+    output: OutputOption = OutputFormat.table,
+) -> None:
+    """The active version's triggers: next fires, last fire, pending joins."""
+    with _client(ctx) as client:
+        triggers = client.list_triggers(workflow_id, upcoming=upcoming)
+    _emit(output, triggers, _show_triggers)
+
+
+def _show_triggers(triggers: list[dict[str, Any]]) -> None:
     if not triggers:
         out.print("no triggers")
         return
@@ -432,40 +557,122 @@ def workflow_show(ctx: typer.Context, workflow_id: str) -> None:
     out.print(table)
 
 
+def _workflow_action(
+    ctx: typer.Context,
+    output: OutputFormat,
+    act: Callable[[MaestroClient], dict[str, Any]],
+    note: str,
+) -> None:
+    """Run an action that answers with the workflow; print its state and `note`."""
+    with _client(ctx) as client:
+        workflow = act(client)
+    _emit(output, workflow, lambda w: out.print(f"{w['id']}: {_workflow_state(w)}{note}"))
+
+
 @workflow_app.command("activate")
 def workflow_activate(
     ctx: typer.Context,
     workflow_id: str,
     version: Annotated[str, typer.Argument(help="A version number, or `latest`.")],
+    output: OutputOption = OutputFormat.table,
 ) -> None:
     """Make a version active (rollback = activate an older one)."""
     with _client(ctx) as client:
         workflow = client.activate_version(workflow_id, version)
-    out.print(f"{workflow['id']}: version {workflow['active_version']} active")
+    _emit(output, workflow, lambda w: out.print(f"{w['id']}: version {w['active_version']} active"))
 
 
 @workflow_app.command("pause")
-def workflow_pause(ctx: typer.Context, workflow_id: str) -> None:
+def workflow_pause(
+    ctx: typer.Context, workflow_id: str, output: OutputOption = OutputFormat.table
+) -> None:
     """Hold every trigger; manual starts still work."""
-    with _client(ctx) as client:
-        workflow = client.pause_workflow(workflow_id)
-    out.print(f"{workflow['id']}: {_workflow_state(workflow)} (triggers held)")
+    _workflow_action(ctx, output, lambda c: c.pause_workflow(workflow_id), " (triggers held)")
 
 
 @workflow_app.command("resume")
-def workflow_resume(ctx: typer.Context, workflow_id: str) -> None:
+def workflow_resume(
+    ctx: typer.Context, workflow_id: str, output: OutputOption = OutputFormat.table
+) -> None:
     """Resume the triggers of a paused workflow."""
-    with _client(ctx) as client:
-        workflow = client.resume_workflow(workflow_id)
-    out.print(f"{workflow['id']}: {_workflow_state(workflow)}")
+    _workflow_action(ctx, output, lambda c: c.resume_workflow(workflow_id), "")
 
 
 @workflow_app.command("deactivate")
-def workflow_deactivate(ctx: typer.Context, workflow_id: str) -> None:
+def workflow_deactivate(
+    ctx: typer.Context, workflow_id: str, output: OutputOption = OutputFormat.table
+) -> None:
     """Stop triggers and default starts; running runs continue."""
+    note = " (running runs continue)"
+    _workflow_action(ctx, output, lambda c: c.deactivate_workflow(workflow_id), note)
+
+
+def _runs_action(
+    ctx: typer.Context,
+    output: OutputFormat,
+    act: Callable[[MaestroClient], list[dict[str, Any]]],
+    headline: Callable[[int], str],
+) -> None:
+    """Run an action that answers with runs; print the headline for their count, then each."""
     with _client(ctx) as client:
-        workflow = client.deactivate_workflow(workflow_id)
-    out.print(f"{workflow['id']}: {_workflow_state(workflow)} (running runs continue)")
+        runs = act(client)
+
+    def show(runs: list[dict[str, Any]]) -> None:
+        out.print(headline(len(runs)))
+        _print_runs(runs, "")
+
+    _emit(output, runs, show)
+
+
+@workflow_app.command("stop")
+def workflow_stop(
+    ctx: typer.Context, workflow_id: str, output: OutputOption = OutputFormat.table
+) -> None:
+    """Stop every queued and running run of the workflow."""
+    _runs_action(
+        ctx,
+        output,
+        lambda c: c.stop_workflow(workflow_id),
+        lambda count: f"{workflow_id}: stopping {count} runs",
+    )
+
+
+@workflow_app.command("unblock")
+def workflow_unblock(
+    ctx: typer.Context, workflow_id: str, output: OutputOption = OutputFormat.table
+) -> None:
+    """Release a strict_sequential queue held by a failed run (the queue starts again)."""
+    _runs_action(
+        ctx,
+        output,
+        lambda c: c.unblock_workflow(workflow_id),
+        lambda count: f"{workflow_id}: unblocked; admitted {count} queued runs",
+    )
+
+
+@workflow_app.command("backfill")
+def workflow_backfill(
+    ctx: typer.Context,
+    workflow_id: str,
+    start: Annotated[
+        str, typer.Option(help="Exclusive start, ISO 8601 with a time zone (2026-01-01T00:00Z).")
+    ],
+    end: Annotated[str, typer.Option(help="Inclusive end, ISO 8601 with a time zone.")],
+    output: OutputOption = OutputFormat.table,
+) -> None:
+    """One run per scheduled time of the time triggers in (START, END], through the run
+    strategy; times that already have a run are not run again."""
+    with _client(ctx) as client:
+        result = client.backfill_workflow(workflow_id, start, end)
+
+    def show(result: dict[str, Any]) -> None:
+        out.print(
+            f"{workflow_id}: {result['scheduled_times']} scheduled times, "
+            f"{result['created']} runs created"
+        )
+        _print_runs(result["runs"], "")
+
+    _emit(output, result, show)
 
 
 @workflow_app.command("delete")
@@ -506,16 +713,18 @@ def run_start(
         bool,
         typer.Option("--wait", help="Follow the run until it ends; exit 4 if it does not succeed."),
     ] = False,
+    output: OutputOption = OutputFormat.table,
 ) -> None:
     """Start a run of a workflow."""
     values = parse_assignments(params or [])
+    as_json = output is OutputFormat.json
     with _client(ctx) as client:
         run = client.start_run(workflow_id, values, request_id=request_id, version=version)
         if not wait:
-            _print_run_summary(run)
+            _emit(output, run, _print_run_summary)
             return
-        run = _follow(client, client.get_run(run["run_id"]))
-    _print_link(run)
+        run = _follow(client, client.get_run(run["run_id"]), show=not as_json)
+    _emit(output, run, _print_link)
     if run["status"] != "succeeded":
         raise typer.Exit(EXIT_RUN_NOT_SUCCEEDED)
 
@@ -526,6 +735,7 @@ def run_list(
     workflow: Annotated[str | None, typer.Option(help="Only runs of this workflow.")] = None,
     status: Annotated[str | None, typer.Option(help="Only runs with this status.")] = None,
     limit: Annotated[int, typer.Option(min=1, help="At most this many runs.")] = 20,
+    output: OutputOption = OutputFormat.table,
 ) -> None:
     """List runs, newest first."""
     with _client(ctx) as client:
@@ -535,6 +745,10 @@ def run_list(
                 limit,
             )
         )
+    _emit(output, runs, _show_runs)
+
+
+def _show_runs(runs: list[dict[str, Any]]) -> None:
     if not runs:
         out.print("no runs")
         return
@@ -564,31 +778,38 @@ def run_show(
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Refresh until the run ends.")
     ] = False,
+    output: OutputOption = OutputFormat.table,
 ) -> None:
-    """A run and its steps."""
+    """A run and its steps (with --follow and JSON: the run as it ended)."""
+    as_json = output is OutputFormat.json
     with _client(ctx) as client:
         run = client.get_run(run_id)
         if follow:
-            run = _follow(client, run)
-        else:
+            run = _follow(client, run, show=not as_json)
+        elif not as_json:
             out.print(_run_view(run))
-    _print_link(run)
+    _emit(output, run, _print_link)
+
+
+def _run_action(
+    ctx: typer.Context, output: OutputFormat, act: Callable[[MaestroClient], dict[str, Any]]
+) -> None:
+    """Run an action that answers with the run; print its summary line and link."""
+    with _client(ctx) as client:
+        run = act(client)
+    _emit(output, run, _print_run_summary)
 
 
 @run_app.command("stop")
-def run_stop(ctx: typer.Context, run_id: str) -> None:
+def run_stop(ctx: typer.Context, run_id: str, output: OutputOption = OutputFormat.table) -> None:
     """Stop a run gracefully: running steps are cancelled."""
-    with _client(ctx) as client:
-        run = client.stop_run(run_id)
-    _print_run_summary(run)
+    _run_action(ctx, output, lambda c: c.stop_run(run_id))
 
 
 @run_app.command("kill")
-def run_kill(ctx: typer.Context, run_id: str) -> None:
+def run_kill(ctx: typer.Context, run_id: str, output: OutputOption = OutputFormat.table) -> None:
     """Terminate a run now, without cleanup (prefer stop)."""
-    with _client(ctx) as client:
-        run = client.kill_run(run_id)
-    _print_run_summary(run)
+    _run_action(ctx, output, lambda c: c.kill_run(run_id))
 
 
 @run_app.command("restart")
@@ -598,11 +819,27 @@ def run_restart(
     from_: Annotated[
         str, typer.Option("--from", help="`failed`, `beginning` or a step id.")
     ] = "failed",
+    output: OutputOption = OutputFormat.table,
 ) -> None:
     """Start a new run of an ended one, with the same version and params."""
-    with _client(ctx) as client:
-        run = client.restart_run(run_id, from_=from_)
-    _print_run_summary(run)
+    _run_action(ctx, output, lambda c: c.restart_run(run_id, from_=from_))
+
+
+@run_app.command("skip")
+def run_skip(
+    ctx: typer.Context, run_id: str, step_id: str, output: OutputOption = OutputFormat.table
+) -> None:
+    """Skip a step that has not finished (cancelling it if it runs): the DAG goes on as if it
+    succeeded with no outputs."""
+    _run_action(ctx, output, lambda c: c.skip_step(run_id, step_id))
+
+
+@run_app.command("bypass")
+def run_bypass(
+    ctx: typer.Context, run_id: str, step_id: str, output: OutputOption = OutputFormat.table
+) -> None:
+    """Release a step waiting for signals as if they had arrived (without them)."""
+    _run_action(ctx, output, lambda c: c.bypass_step_wait(run_id, step_id))
 
 
 # maestro signal ...
@@ -625,6 +862,7 @@ def signal_publish(
     request_id: Annotated[
         str | None, typer.Option(help="Dedupe key (default: the name and params).")
     ] = None,
+    output: OutputOption = OutputFormat.table,
 ) -> None:
     """Publish a signal; prints the runs it started."""
     values = parse_assignments(params or [])
@@ -638,6 +876,10 @@ def signal_publish(
             _usage("--payload must be a JSON object")
     with _client(ctx) as client:
         result = client.publish_signal(name, values, payload=body, request_id=request_id)
+    _emit(output, result, _show_published)
+
+
+def _show_published(result: dict[str, Any]) -> None:
     signal = result["signal"]
     line = f"signal {signal['id']}: {signal['name']} seq {signal['seq']}"
     if result["duplicate"]:
@@ -659,12 +901,17 @@ def signal_list(
         list[str] | None, typer.Option(help="KEY=VALUE: only signals with this param; repeat.")
     ] = None,
     limit: Annotated[int, typer.Option(min=1, max=500, help="At most this many.")] = 20,
+    output: OutputOption = OutputFormat.table,
 ) -> None:
     """The signal log, newest first."""
     # The API compares as text: `5` matches both the number and the string.
     filters = parse_assignments(param or [], json_values=False)
     with _client(ctx) as client:
         signals = client.list_signals(name=name, params=filters, limit=limit)["items"]
+    _emit(output, signals, _show_signals)
+
+
+def _show_signals(signals: list[dict[str, Any]]) -> None:
     if not signals:
         out.print("no signals")
         return
@@ -682,10 +929,16 @@ def signal_list(
 
 
 @signal_app.command("show")
-def signal_show(ctx: typer.Context, signal_id: int) -> None:
+def signal_show(
+    ctx: typer.Context, signal_id: int, output: OutputOption = OutputFormat.table
+) -> None:
     """A signal and what it did to every trigger it reached."""
     with _client(ctx) as client:
         signal = client.get_signal(signal_id)
+    _emit(output, signal, _show_signal)
+
+
+def _show_signal(signal: dict[str, Any]) -> None:
     rows: list[tuple[str, Any]] = [
         ("signal", signal["id"]),
         ("name", signal["name"]),
@@ -714,6 +967,135 @@ def signal_show(ctx: typer.Context, signal_id: int) -> None:
     out.print(table)
 
 
+# maestro models ...
+
+
+@models_app.command("list")
+def models_list(ctx: typer.Context, output: OutputOption = OutputFormat.table) -> None:
+    """Registered models with the version holding each stage."""
+    with _client(ctx) as client:
+        models = client.list_models()
+
+    def show(models: list[dict[str, Any]]) -> None:
+        if not models:
+            out.print("no models")
+            return
+        table = _table("MODEL", "OWNER", "LATEST", "STAGING", "PRODUCTION", "CREATED")
+        for m in models:
+            table.add_row(
+                m["name"],
+                m["owner"] or "-",
+                str(m["latest_version"]),
+                str(m["stages"].get("staging", "-")),
+                str(m["stages"].get("production", "-")),
+                _time(m["created_at"]),
+            )
+        out.print(table)
+
+    _emit(output, models, show)
+
+
+@models_app.command("show")
+def models_show(
+    ctx: typer.Context,
+    name: str,
+    version: Annotated[
+        int | None, typer.Argument(min=1, help="One version, with its lineage.")
+    ] = None,
+    output: OutputOption = OutputFormat.table,
+) -> None:
+    """A model with its versions and stage history, or one version with its lineage."""
+    with _client(ctx) as client:
+        if version is None:
+            _emit(output, client.get_model(name), _show_model)
+        else:
+            _emit(output, client.get_model_version(name, version), _show_model_version)
+
+
+def _show_model(model: dict[str, Any]) -> None:
+    stages = ", ".join(f"{stage} {v}" for stage, v in sorted(model["stages"].items()))
+    rows: list[tuple[str, Any]] = [
+        ("model", model["name"]),
+        ("owner", model["owner"] or "-"),
+        ("latest version", model["latest_version"]),
+        ("stages", stages or "-"),
+        ("created", _time(model["created_at"])),
+    ]
+    out.print(_fields(rows))
+    out.print()
+    table = _table("VERSION", "STAGE", "METRICS", "RUN", "STEP", "CREATED")
+    for v in model.get("versions") or []:
+        table.add_row(
+            str(v["version"]),
+            v["stage"],
+            _compact(v["metrics"], 120),
+            v["run_id"],
+            v["step_id"],
+            _time(v["created_at"]),
+        )
+    out.print(table)
+    if model.get("history"):
+        out.print()
+        history = _table("CHANGED", "VERSION", "STAGE", "PREVIOUS", "RUN", "REASON")
+        for c in model["history"]:
+            history.add_row(
+                _time(c["changed_at"]),
+                str(c["version"]),
+                c["stage"],
+                str(c["previous_version"] or "-"),
+                c["run_id"] or "-",
+                c["reason"],
+            )
+        out.print(history)
+
+
+def _show_model_version(version: dict[str, Any]) -> None:
+    lineage = version.get("lineage") or {}
+    run = lineage.get("run_id", version["run_id"])
+    if lineage.get("workflow_id"):
+        run += f" ({lineage['workflow_id']} #{lineage['run_number']}, {lineage['cause']})"
+    signals = ", ".join(f"{s['id']} {s['name']}" for s in lineage.get("signals", []))
+    rows: list[tuple[str, Any]] = [
+        ("model", f"{version['model_name']} version {version['version']}"),
+        ("stage", version["stage"]),
+        ("metrics", _compact(version["metrics"], 1000)),
+        ("params", _compact(version["params"], 1000)),
+        ("artifact", version["artifact_uri"]),
+        ("data", version["data_ref"] or "-"),
+        ("trained by", f"run {run}, step {version['step_id']}"),
+        ("signals", signals or "-"),
+        ("created", _time(version["created_at"])),
+    ]
+    out.print(_fields(rows))
+
+
+@models_app.command("promote")
+def models_promote(
+    ctx: typer.Context,
+    name: str,
+    version: Annotated[int, typer.Argument(min=1)],
+    stage: Annotated[str, typer.Option(help="`staging` or `production`.")] = "production",
+    output: OutputOption = OutputFormat.table,
+) -> None:
+    """Move a version to a stage; the previous holder is archived (promoting an older
+    version is a rollback)."""
+    with _client(ctx) as client:
+        result = client.promote_model(name, version, stage)
+
+    def show(result: dict[str, Any]) -> None:
+        promoted = result["version"]
+        previous = result["previous_version"]
+        out.print(
+            f"{promoted['model_name']} version {promoted['version']} -> {promoted['stage']}"
+            + (f" (version {previous} archived)" if previous else "")
+        )
+
+    _emit(output, result, show)
+
+
+# maestro keys ...
+
+
 @keys_app.command("create")
 def keys_create(
     ctx: typer.Context,
@@ -723,34 +1105,41 @@ def keys_create(
         list[str] | None,
         typer.Option("--owner", help="Limit the key to workflows of this owner (repeatable)"),
     ] = None,
+    output: OutputOption = OutputFormat.table,
 ) -> None:
     """Create a key and print its secret (shown only this once)."""
     with _client(ctx) as client:
         created = client.create_key(name, scope, owner or [])
-    out.print(
-        f"key {created['id']} ({', '.join(created['scopes'])}"
-        f"{'; owners ' + ', '.join(created['owners']) if created['owners'] else ''})"
-    )
-    typer.echo(created["key"])
+
+    def show(created: dict[str, Any]) -> None:
+        owners = "; owners " + ", ".join(created["owners"]) if created["owners"] else ""
+        out.print(f"key {created['id']} ({', '.join(created['scopes'])}{owners})")
+        typer.echo(created["key"])
+
+    _emit(output, created, show)
 
 
 @keys_app.command("list")
-def keys_list(ctx: typer.Context) -> None:
+def keys_list(ctx: typer.Context, output: OutputOption = OutputFormat.table) -> None:
     """Every key (never their secrets)."""
     with _client(ctx) as client:
         rows = client.list_keys()
-    table = _table("ID", "NAME", "PREFIX", "SCOPES", "OWNERS", "CREATED", "REVOKED")
-    for k in rows:
-        table.add_row(
-            k["id"],
-            k["name"],
-            k["prefix"],
-            ", ".join(k["scopes"]),
-            ", ".join(k["owners"]) or "all",
-            _time(k["created_at"]),
-            _time(k["revoked_at"]) if k["revoked_at"] else "-",
-        )
-    out.print(table)
+
+    def show(rows: list[dict[str, Any]]) -> None:
+        table = _table("ID", "NAME", "PREFIX", "SCOPES", "OWNERS", "CREATED", "REVOKED")
+        for k in rows:
+            table.add_row(
+                k["id"],
+                k["name"],
+                k["prefix"],
+                ", ".join(k["scopes"]),
+                ", ".join(k["owners"]) or "all",
+                _time(k["created_at"]),
+                _time(k["revoked_at"]) if k["revoked_at"] else "-",
+            )
+        out.print(table)
+
+    _emit(output, rows, show)
 
 
 @keys_app.command("revoke")
@@ -760,8 +1149,246 @@ def keys_revoke(
     confirm: Annotated[
         bool, typer.Option("--confirm", help="needed to revoke the key in use")
     ] = False,
+    output: OutputOption = OutputFormat.table,
 ) -> None:
     """Revoke a key; it stops working at once. The last admin key cannot be revoked."""
     with _client(ctx) as client:
-        client.revoke_key(key_id, confirm=confirm)
-    out.print(f"key {key_id} revoked")
+        revoked = client.revoke_key(key_id, confirm=confirm)
+    _emit(output, revoked, lambda k: out.print(f"key {k['id']} revoked"))
+
+
+# maestro status
+
+
+def status_command(
+    api_url: ApiUrlOption = DEFAULT_API_URL,
+    api_key: ApiKeyOption = None,
+    output: OutputOption = OutputFormat.table,
+) -> None:
+    """What runs, where, which versions, and the run queue.
+
+    The processes come from `maestro up`'s status file, addresses and ports from the settings,
+    versions and the queue from the API and Temporal. Exit 3 when the API cannot be reached,
+    1 when it refuses (the queue needs a read key)."""
+    settings = Settings()
+    report, code = stack_status(settings, api_url, api_key or _key_from_file())
+    _emit(output, report, _show_status)
+    if code:
+        _fail(report["api"]["error"], code)
+
+
+def stack_status(
+    settings: Settings, api_url: str, api_key: str | None
+) -> tuple[dict[str, Any], int]:
+    """The status report and the exit code it calls for."""
+    from maestro import __version__
+
+    report: dict[str, Any] = {
+        "version": __version__,
+        "stack": _supervised(settings.data_dir.resolve() / "status.json"),
+        "api": {"url": api_url.rstrip("/"), "reachable": False, "version": None},
+        "temporal": _temporal_status(settings),
+        "postgres": _postgres_status(settings),
+        "runs": None,
+    }
+    code = 0
+    with MaestroClient(api_url, api_key, timeout=10) as client:
+        try:
+            report["api"]["version"] = client.api_version()
+            report["api"]["reachable"] = True
+            report["runs"] = run_counts(client.metrics())
+        except MaestroClientError as exc:
+            report["api"]["error"], code = explain(exc)
+    return report, code
+
+
+def _supervised(status_file: Path) -> dict[str, Any]:
+    """`maestro up`'s status file with whether its supervisor is still alive."""
+    try:
+        status = json.loads(status_file.read_text())
+    except (OSError, ValueError):
+        return {"status_file": str(status_file), "running": False, "state": "not started"}
+    alive = _pid_alive(status.get("pid"))
+    live_state = status.get("state") not in ("stopped", "failed")
+    return {"status_file": str(status_file), "running": alive and live_state, **status}
+
+
+def _pid_alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def _temporal_status(settings: Settings) -> dict[str, Any]:
+    """Temporal's address, UI and server version (when it answers)."""
+    from maestro.embedded import port_open
+
+    address = settings.temporal.address
+    host, _, port = address.rpartition(":")
+    status: dict[str, Any] = {
+        "address": address,
+        "ui_url": settings.temporal.ui_url,
+        "reachable": port.isdigit() and port_open(host or "127.0.0.1", int(port)),
+        "server_version": None,
+    }
+    if status["reachable"]:
+        try:
+            status["server_version"] = asyncio.run(
+                asyncio.wait_for(_temporal_server_version(settings), TEMPORAL_TIMEOUT)
+            )
+        except Exception as exc:  # noqa: BLE001 - shown, never fatal to a status report
+            status["error"] = str(exc) or type(exc).__name__
+    return status
+
+
+# How long `maestro status` waits for Temporal to tell its version.
+TEMPORAL_TIMEOUT = 5.0
+
+
+async def _temporal_server_version(settings: Settings) -> str:
+    from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
+    from temporalio.service import RetryConfig
+
+    from maestro.temporal_client import connect
+
+    once = RetryConfig(max_retries=1, max_elapsed_time_millis=2_000)
+    client = await connect(settings.temporal, once)
+    info = await client.workflow_service.get_system_info(GetSystemInfoRequest())
+    return info.server_version
+
+
+def _postgres_status(settings: Settings) -> dict[str, Any]:
+    """Where PostgreSQL is (the password masked) and whether it accepts connections."""
+    from sqlalchemy import make_url
+
+    from maestro.embedded import port_open
+
+    if settings.database_url:
+        url = make_url(settings.database_url)
+        host, port, embedded = url.host, url.port or 5432, False
+        shown = url.render_as_string(hide_password=True)
+    else:
+        host, port, embedded = "127.0.0.1", settings.embedded_postgres_port, True
+        shown = f"postgresql://postgres@{host}:{port}/postgres"
+    return {
+        "url": shown,
+        "embedded": embedded,
+        "reachable": port_open(host, port) if host else None,
+    }
+
+
+def run_counts(metrics_text: str) -> dict[str, Any]:
+    """Runs by status and the run queue, from the API's Prometheus text: queued runs wait
+    for their run strategy (per workflow) or, admitted, for their launch on Temporal."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    by_status: dict[str, int] = {}
+    waiting: dict[str, int] = {}
+    for family in text_string_to_metric_families(metrics_text):
+        for sample in family.samples:
+            if sample.name == "maestro_runs":
+                by_status[sample.labels["status"]] = int(sample.value)
+            elif sample.name == "maestro_queue_depth" and sample.value:
+                waiting[sample.labels["workflow_id"]] = int(sample.value)
+    queued = by_status.get("queued", 0)
+    in_strategy = sum(waiting.values())
+    return {
+        "queued": queued,
+        "waiting_for_strategy": in_strategy,
+        "waiting_for_launch": max(queued - in_strategy, 0),
+        "running": by_status.get("running", 0),
+        "queue_by_workflow": dict(sorted(waiting.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "by_status": by_status,
+    }
+
+
+def _reachable(ok: bool | None) -> Text:
+    if ok is None:
+        return Text("-")
+    return Text("reachable", style="green") if ok else Text("unreachable", style="red")
+
+
+def _show_status(report: dict[str, Any]) -> None:
+    stack = report["stack"]
+    if stack.get("pid") is None:
+        state = Text(f"not started by `maestro up` here (no {stack['status_file']})")
+    else:
+        alive = "" if stack["running"] else ", supervisor not running"
+        state = Text.assemble(
+            _status_word(stack["state"]),
+            f" (maestro up, pid {stack['pid']}{alive}; updated {_time(stack['updated_at'])})",
+        )
+    api, temporal, postgres = report["api"], report["temporal"], report["postgres"]
+    api_note = f"Maestro {api['version']}" if api["version"] else ""
+    if api.get("error"):
+        api_note += f"  {api['error']}"
+    temporal_note = (
+        f"server {temporal['server_version']}"
+        if temporal["server_version"]
+        else temporal.get("error", "")
+    )
+    rows: list[tuple[str, Any]] = [
+        ("maestro", report["version"]),
+        ("stack", state),
+        ("API", Text.assemble(api["url"], "  ", _reachable(api["reachable"]), f"  {api_note}")),
+        (
+            "Temporal",
+            Text.assemble(
+                temporal["address"],
+                "  ",
+                _reachable(temporal["reachable"]),
+                f"  {temporal_note}  (UI {temporal['ui_url']})",
+            ),
+        ),
+        (
+            "PostgreSQL",
+            Text.assemble(
+                postgres["url"],
+                "  ",
+                _reachable(postgres["reachable"]),
+                "  (embedded)" if postgres["embedded"] else "",
+            ),
+        ),
+    ]
+    runs = report["runs"]
+    if runs is not None:
+        rows.append(
+            (
+                "runs",
+                f"{runs['running']} running, {runs['queued']} queued "
+                f"({runs['waiting_for_strategy']} waiting for their run strategy, "
+                f"{runs['waiting_for_launch']} admitted and waiting for launch)",
+            )
+        )
+        if runs["queue_by_workflow"]:
+            depths = ", ".join(f"{w} {n}" for w, n in runs["queue_by_workflow"].items())
+            rows.append(("queue depth", depths))
+    out.print(_fields(rows))
+    children = stack.get("children") or {}
+    if children:
+        out.print()
+        table = _table("PROCESS", "STATE", "PID", "RESTARTS", "LAST EXIT", "MORE")
+        for name, child in children.items():
+            last = child.get("last_exit") or {}
+            known = {"state", "pid", "restarts", "last_exit"}
+            more = " ".join(f"{k}={v}" for k, v in child.items() if k not in known)
+            table.add_row(
+                name,
+                _status_word(child.get("state", "-")),
+                str(child.get("pid") or "-"),
+                str(child.get("restarts", 0)),
+                f"{last.get('reason', '')} {_time(last.get('at'))}" if last else "-",
+                more or "",
+            )
+        out.print(table)
+
+
+def _status_word(state: str) -> Text:
+    styles = {"up": "green", "running": "green", "restarting": "yellow", "failed": "red"}
+    return Text(state, style=styles.get(state, ""))

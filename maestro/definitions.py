@@ -17,6 +17,7 @@ from pydantic import (
     Discriminator,
     Field,
     Tag,
+    TypeAdapter,
     ValidationError,
     field_validator,
     model_validator,
@@ -43,6 +44,32 @@ _CRON_NAMES = {
     3: {"JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"},
     4: {"SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"},
 }
+
+
+# Each cron field's name and the numbers it allows (day-of-week 7 is Sunday, as 0 is).
+_CRON_FIELDS = (
+    ("minute", 0, 59),
+    ("hour", 0, 23),
+    ("day-of-month", 1, 31),
+    ("month", 1, 12),
+    ("day-of-week", 0, 7),
+)
+
+
+def _cron_out_of_range(fields: list[str]) -> list[str]:
+    """What in five cron fields (of allowed characters) is out of its field's range."""
+    problems = []
+    for part, (name, low, high) in zip(fields, _CRON_FIELDS, strict=True):
+        for item in part.split(","):
+            base, _, step = item.partition("/")
+            numbers = [int(n) for n in base.split("-") if n.isdigit()]
+            bad = [n for n in numbers if not low <= n <= high]
+            if bad:
+                shown = ", ".join(str(n) for n in bad)
+                problems.append(f"{name} {shown} is not in {low}-{high}")
+            if step.isdigit() and int(step) == 0:
+                problems.append(f"{name} step /0 never advances")
+    return problems
 
 
 class _Model(BaseModel):
@@ -260,6 +287,11 @@ class TimeTrigger(_Model):
                     f"cron field {part!r} is not supported: use numbers, names (JAN, MON), "
                     "'*', ',', '-' and '/' (Temporal Schedules do not read L, W, # or ?)"
                 )
+        out_of_range = _cron_out_of_range(fields)
+        if out_of_range:
+            raise ValueError(
+                f"cron expression {value!r} is out of range: {'; '.join(out_of_range)}"
+            )
         if fields[2] != "*" and fields[4] != "*":
             raise ValueError(
                 f"cron expression {value!r} restricts both day-of-month and day-of-week: "
@@ -426,6 +458,9 @@ class RunStrategy(_Model):
 
 # -- workflow -------------------------------------------------------------------------------
 
+MAX_STEPS = 500
+MAX_TRIGGERS = 50
+
 
 class WorkflowDefinition(_Model):
     """A workflow as pushed by its owner; each distinct body becomes an immutable version."""
@@ -438,10 +473,10 @@ class WorkflowDefinition(_Model):
     params: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")], ParamSpec] = (
         Field(default_factory=dict)
     )
-    steps: list[Step] = Field(min_length=1, max_length=500)
+    steps: list[Step] = Field(min_length=1, max_length=MAX_STEPS)
     timeout: Duration | None = None
     run_strategy: RunStrategy = Field(default_factory=RunStrategy)
-    triggers: list[Trigger] = Field(default_factory=list, max_length=50)
+    triggers: list[Trigger] = Field(default_factory=list, max_length=MAX_TRIGGERS)
     allow_trigger_loop: bool = Field(
         default=False,
         description="Allow triggers that, through completion or emitted signals, start this "
@@ -561,17 +596,88 @@ def check_definition(definition: WorkflowDefinition) -> list[Problem]:
 
 
 def parse_definition(data: Any) -> WorkflowDefinition:
-    """Validate a definition body completely, or raise DefinitionInvalid with every problem."""
+    """Validate a definition body completely, or raise DefinitionInvalid with every problem:
+    those of single fields and those that span fields, in one answer."""
     try:
         definition = WorkflowDefinition.model_validate(data)
     except ValidationError as exc:
+        problems = problems_from_validation(exc)
         raise DefinitionInvalid(
-            "workflow definition is invalid", problems_from_validation(exc)
+            "workflow definition is invalid", problems + _spanning_problems(data, problems)
         ) from None
     problems = check_definition(definition)
     if problems:
         raise DefinitionInvalid("workflow definition is invalid", problems)
     return definition
+
+
+def _spanning_problems(data: Any, reported: list[Problem]) -> list[Problem]:
+    """The cross-field problems of a body that failed field validation, checked on what can be
+    read of it; none at or under a location already reported (its content is unreliable)."""
+    salvaged = _salvage(data)
+    if salvaged is None:
+        return []
+    return [
+        problem
+        for problem in check_definition(salvaged)
+        if not any(problem.loc[: len(p.loc)] == p.loc for p in reported)
+    ]
+
+
+_TRIGGER = TypeAdapter(Trigger)
+
+
+def _salvage(data: Any) -> WorkflowDefinition | None:
+    """An unvalidated definition holding what `check_definition` reads (step ids, types,
+    params, dependencies; param names; triggers), each step at its own index."""
+    if not isinstance(data, dict):
+        return None
+    raw_steps = data.get("steps")
+    raw_params = data.get("params")
+    raw_triggers = data.get("triggers")
+    if not isinstance(raw_steps, list) or not raw_steps or len(raw_steps) > MAX_STEPS:
+        raw_steps = []
+    if not isinstance(raw_triggers, list) or len(raw_triggers) > MAX_TRIGGERS:
+        raw_triggers = []
+    if not isinstance(raw_params, dict):
+        raw_params = {}
+    return WorkflowDefinition.model_construct(
+        id=str(data.get("id")),
+        steps=[_salvage_step(i, raw) for i, raw in enumerate(raw_steps)],
+        params={name: ParamSpec() for name in raw_params if isinstance(name, str)},
+        triggers=[_salvage_trigger(raw) for raw in raw_triggers],
+    )
+
+
+def _salvage_trigger(raw: Any) -> Any:
+    """The trigger if it is valid, else one that maps no params (keeping later indices)."""
+    try:
+        return _TRIGGER.validate_python(raw)
+    except ValidationError:
+        return IntervalTrigger.model_construct()
+
+
+def _salvage_step(index: int, raw: Any) -> Step:
+    """The step if it is valid, else what can be read of it (an id nothing can name, when
+    it has none)."""
+    try:
+        return Step.model_validate(raw)
+    except ValidationError:
+        pass
+    if not isinstance(raw, dict):
+        raw = {}
+    step_id, step_type = raw.get("id"), raw.get("type")
+    params, depends_on = raw.get("params"), raw.get("depends_on")
+    if not isinstance(params, dict) or not all(isinstance(k, str) for k in params):
+        params = {}
+    return Step.model_construct(
+        id=step_id if isinstance(step_id, str) else f"steps[{index}]",
+        type=step_type if isinstance(step_type, str) else "",
+        params=params,
+        depends_on=[d for d in depends_on if isinstance(d, str)]
+        if isinstance(depends_on, list)
+        else [],
+    )
 
 
 def problems_from_validation(exc: ValidationError, prefix: tuple = ()) -> list[Problem]:

@@ -172,7 +172,7 @@ async def test_validate_is_a_dry_run(api, sessions):
         (
             lambda d: d.update(triggers=[{"cron": "0 25 * * *"}]),
             ["triggers", 0, "time", "cron"],
-            "invalid cron",
+            "hour 25 is not in 0-23",
         ),
         (
             lambda d: d.update(triggers=[{"cron": "0 3 * * *", "timezone": "Mars/Olympus"}]),
@@ -196,6 +196,28 @@ async def test_invalid_definitions_get_422_naming_location_and_nothing_is_writte
     assert fragment in match[0]["msg"]
     assert await count_rows(sessions, WorkflowVersion, workflow_id=wid) == 0
     assert (await api.get(f"/api/v1/workflows/{wid}")).status_code == 404
+
+
+@pytest.mark.parametrize("path", ["/api/v1/workflows", "/api/v1/workflows/validate"])
+async def test_every_problem_of_a_definition_comes_in_one_answer(api, sessions, path):
+    wid = unique_id("all-problems")
+    body = definition(wid, triggers=[{"cron": "99 99 99 99 99"}])
+    body["steps"][0].update(when="params.n >")
+    body["steps"][1].update(id="greet", depends_on=["ghost"])
+    response = await api.post(path, json=body)
+    assert response.status_code == 422, response.text
+    problems = {tuple(p["loc"]): p["msg"] for p in response.json()["detail"]}
+    assert set(problems) == {
+        ("steps", 0, "when"),
+        ("triggers", 0, "time", "cron"),
+        ("steps", 1, "id"),
+        ("steps", 1, "depends_on", 0),
+    }, problems
+    assert "minute 99 is not in 0-59" in problems["triggers", 0, "time", "cron"]
+    assert "day-of-month and day-of-week" not in problems["triggers", 0, "time", "cron"]
+    assert problems["steps", 1, "id"].startswith("duplicate step id 'greet'")
+    assert problems["steps", 1, "depends_on", 0] == "step 'greet' depends on unknown step 'ghost'"
+    assert await count_rows(sessions, WorkflowVersion, workflow_id=wid) == 0
 
 
 async def test_undecodable_and_oversized_bodies(api, settings):

@@ -4,26 +4,31 @@ real worker, Temporal dev server and PostgreSQL."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from click.testing import Result
 from rich.console import Console
 from typer.testing import CliRunner
 
-from maestro import client_cli
-from maestro.cli import app
+from maestro import __version__, client_cli
+from maestro.cli import _print_up, app
 from maestro.client import MaestroAPIError
-from maestro.client_cli import parse_assignments
+from maestro.client_cli import Output, parse_assignments
 from maestro.embedded import free_port, wait_for_port
 from maestro.settings import Settings
+from maestro.supervisor import ChildProcess, Supervisor
 from tests.conftest import EXAMPLES, unique_id
 from tests.processes import Processes
+from tests.test_ml import fixed_pipeline
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -65,6 +70,13 @@ def cli(api_url: str, admin_key: str, tmp_path: Path):
 def ok(result: Result) -> str:
     assert result.exit_code == 0, (result.exit_code, result.output, result.exception)
     return result.stdout
+
+
+def apply_definition(cli, tmp_path: Path, definition: dict) -> None:
+    """Push `definition` through `maestro workflow apply` (as a JSON file)."""
+    path = tmp_path / f"{definition['id']}.json"
+    path.write_text(json.dumps(definition))
+    ok(cli("workflow", "apply", str(path)))
 
 
 def hello_copy(tmp_path: Path) -> tuple[str, Path]:
@@ -199,14 +211,12 @@ def test_run_start_with_bad_params_and_failed_run(cli, tmp_path: Path):
 
 def test_stop_and_kill(cli, tmp_path: Path):
     wid = unique_id("cli-sleep")
-    path = tmp_path / "sleep.json"
     definition = {
         "id": wid,
         "run_strategy": "parallel",
         "steps": [{"id": "nap", "type": "sleep", "params": {"seconds": 60}}],
     }
-    path.write_text(json.dumps(definition))
-    ok(cli("workflow", "apply", str(path)))
+    apply_definition(cli, tmp_path, definition)
     first = RUN_ID.search(ok(cli("run", "start", wid))).group(1)
     second = RUN_ID.search(ok(cli("run", "start", wid))).group(1)
     stopped = ok(cli("run", "stop", first))
@@ -223,7 +233,6 @@ def test_stop_and_kill(cli, tmp_path: Path):
 def test_signal_publish_list_show(cli, tmp_path: Path):
     topic = f"cli.ready.{uuid.uuid4().hex[:8]}"
     wid = unique_id("cli-sig")
-    path = tmp_path / "sig.json"
     definition = {
         "id": wid,
         "params": {"dt": {"type": "string"}},
@@ -232,8 +241,7 @@ def test_signal_publish_list_show(cli, tmp_path: Path):
         ],
         "steps": [{"id": "go", "type": "noop"}],
     }
-    path.write_text(json.dumps(definition))
-    ok(cli("workflow", "apply", str(path)))
+    apply_definition(cli, tmp_path, definition)
 
     args = ("publish", topic, "dt=2026-01-02", "rows=5", "--payload", '{"by": "cli"}')
     first = ok(cli("signal", *args, "--request-id", "load-1"))
@@ -412,3 +420,322 @@ def test_api_and_worker_processes_leave_their_start_up_heap_out_of_garbage_colle
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     before, frozen, threshold_set = done.stdout.split()
     assert before == "0" and int(frozen) > 10_000 and threshold_set == "True"
+
+
+# -- scripts and people ----------------------------------------------------------------------
+
+
+def test_version():
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.stdout == f"maestro {__version__}\n"
+
+
+def api_json(api_url: str, admin_key: str, path: str) -> object:
+    """What the API itself answers, for comparing with the CLI's `--output json`."""
+    response = httpx.get(
+        f"{api_url}/api/v1{path}", headers={"Authorization": f"Bearer {admin_key}"}, timeout=30
+    )
+    response.raise_for_status()
+    return response.json()
+
+
+def as_json(result: Result) -> object:
+    return json.loads(ok(result))
+
+
+def test_output_json_is_the_apis_json(cli, api_url: str, admin_key: str, tmp_path: Path):
+    wid, path = hello_copy(tmp_path)
+    applied = as_json(cli("workflow", "apply", str(path), "-o", "json"))
+    assert applied["created"] is True and applied["version"] == 1
+    validated = as_json(cli("workflow", "validate", str(path), "--output", "json"))
+    assert validated == {
+        "valid": True,
+        "definition": api_json(api_url, admin_key, f"/workflows/{wid}")["definition"],
+    }
+
+    run = as_json(cli("run", "start", wid, "who=ada", "--wait", "-o", "json"))
+    assert run["status"] == "succeeded"
+    run_id = run["run_id"]
+    assert run == api_json(api_url, admin_key, f"/runs/{run_id}")
+    assert as_json(cli("run", "show", run_id, "-o", "json")) == run
+    assert as_json(cli("run", "show", run_id, "-f", "-o", "json")) == run
+    listed = as_json(cli("run", "list", "--workflow", wid, "-o", "json"))
+    assert listed == api_json(api_url, admin_key, f"/runs?workflow_id={wid}")["items"]
+
+    workflows = as_json(cli("workflow", "list", "-o", "json"))
+    assert api_json(api_url, admin_key, f"/workflows/{wid}") == {
+        **next(w for w in workflows if w["id"] == wid),
+        "definition": api_json(api_url, admin_key, f"/workflows/{wid}")["definition"],
+    }
+    for command, api_path in (
+        ("show", f"/workflows/{wid}"),
+        ("versions", f"/workflows/{wid}/versions"),
+    ):
+        assert as_json(cli("workflow", command, wid, "-o", "json")) == api_json(
+            api_url, admin_key, api_path
+        )
+    assert as_json(cli("workflow", "triggers", wid, "-o", "json")) == []
+
+    topic = f"cli.json.{uuid.uuid4().hex[:8]}"
+    published = as_json(cli("signal", "publish", topic, "n=1", "-o", "json"))
+    signal_id = published["signal"]["id"]
+    assert published["duplicate"] is False and published["runs"] == []
+    assert as_json(cli("signal", "show", str(signal_id), "-o", "json")) == api_json(
+        api_url, admin_key, f"/signals/{signal_id}"
+    )
+    assert (
+        as_json(cli("signal", "list", "--name", topic, "-o", "json"))
+        == api_json(api_url, admin_key, f"/signals?name={topic}")["items"]
+    )
+    assert as_json(cli("keys", "list", "-o", "json")) == api_json(api_url, admin_key, "/keys")
+    assert as_json(cli("models", "list", "-o", "json")) == api_json(api_url, admin_key, "/models")
+
+    # Errors stay one line on stderr, with nothing on stdout to parse.
+    missing = cli("run", "show", "no-such-run", "-o", "json")
+    assert missing.exit_code == 1 and missing.stdout == ""
+    assert missing.stderr.startswith("error: 404 ")
+    bad = cli("run", "list", "-o", "yaml")
+    assert bad.exit_code == 2 and "yaml" in bad.stderr
+
+
+def test_lines_are_not_wrapped_off_a_terminal(api_url: str, admin_key: str, tmp_path: Path):
+    """Piped or redirected, output keeps every line whole: no 80-column wrapping of ids, URLs
+    or table rows, whatever the width a terminal would have had."""
+    runner = CliRunner()
+    env = {"MAESTRO_DATA_DIR": str(tmp_path / "data"), "MAESTRO_API_KEY": admin_key}
+    env["COLUMNS"] = None  # as in a pipe or a CI log
+
+    def invoke(*args: str) -> str:
+        return ok(runner.invoke(app, [args[0], "--api-url", api_url, *args[1:]], env=env))
+
+    wid = f"cli-long-{uuid.uuid4().hex}-{'x' * 80}"
+    path = tmp_path / "long.json"
+    path.write_text(json.dumps({"id": wid, "steps": [{"id": "go", "type": "noop"}]}))
+    assert invoke("workflow", "apply", str(path)) == f"{wid}: created version 1 (active)\n"
+    started = invoke("run", "start", wid, "--wait")
+    [link] = [line for line in started.splitlines() if line.startswith("Temporal UI: ")]
+    run = api_json(api_url, admin_key, f"/runs?workflow_id={wid}")["items"][0]
+    assert link == f"Temporal UI: {run['temporal_ui_url']}" and len(link) > 200
+    [row] = [line for line in invoke("run", "list", "--workflow", wid).splitlines()[1:]]
+    assert row.split()[:2] == [run["run_id"], wid] and row.split()[-1] == f"{wid}-run-1"
+    [row] = [line for line in invoke("workflow", "list").splitlines() if wid in line]
+    assert row.split()[:3] == [wid, "-", "active"]
+
+
+def test_the_up_banner_is_not_wrapped_off_a_terminal(capsys, tmp_path: Path):
+    data_dir = tmp_path / ("a-data-directory-with-a-long-name-" * 4)
+    settings = Settings(data_dir=data_dir)
+    url = "postgresql://postgres:secret@127.0.0.1:55432/postgres"
+    _print_up(settings, data_dir, url, f"   (password in {data_dir / 'postgres-password'})")
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "Maestro is up"
+    assert lines[1].split() == [
+        "API",
+        "http://127.0.0.1:8000/api/v1",
+        "(OpenAPI:",
+        "http://127.0.0.1:8000/docs)",
+    ]
+    assert lines[3].split()[:2] == [
+        "PostgreSQL",
+        "postgresql://postgres:***@127.0.0.1:55432/postgres",
+    ]
+    assert lines[3].endswith(f"(password in {data_dir / 'postgres-password'})")
+    assert lines[4].split() == ["data", str(data_dir), "(logs", "in", f"{data_dir / 'logs'})"]
+    assert len(lines) == 6
+
+
+def test_output_still_fits_a_terminal():
+    terminal = Output(force_terminal=True, width=60, markup=False)
+    with terminal.capture() as captured:
+        terminal.print("word " * 30)
+    assert max(len(line) for line in captured.get().splitlines()) <= 60
+
+
+def test_status_reports_processes_endpoints_versions_and_queue(
+    api_url: str, admin_key: str, settings: Settings, tmp_path: Path
+):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    runner = CliRunner()
+    env = {
+        "MAESTRO_DATA_DIR": str(data_dir),
+        "MAESTRO_API_KEY": admin_key,
+        "MAESTRO_TEMPORAL__ADDRESS": settings.temporal.address,
+        # With a password, which status never shows.
+        "MAESTRO_DATABASE_URL": settings.database_url.replace("://postgres@", "://postgres:pw@"),
+    }
+
+    def status(*args: str, url: str = api_url) -> Result:
+        return runner.invoke(app, ["status", "--api-url", url, *args], env=env)
+
+    # A sequential workflow: one run sleeps, two more wait in its queue.
+    wid = unique_id("cli-queue")
+    path = tmp_path / "queue.json"
+    nap = [{"id": "nap", "type": "sleep", "params": {"seconds": 60}}]
+    path.write_text(json.dumps({"id": wid, "steps": nap}))
+    cli_env = {**env, "COLUMNS": "250"}
+    ok(runner.invoke(app, ["workflow", "--api-url", api_url, "apply", str(path)], env=cli_env))
+    for _ in range(3):
+        ok(runner.invoke(app, ["run", "--api-url", api_url, "start", wid], env=cli_env))
+    deadline = time.monotonic() + 60
+    while api_json(api_url, admin_key, f"/runs?workflow_id={wid}&status=running")["items"] == []:
+        assert time.monotonic() < deadline, "the first run never started"
+        time.sleep(0.2)
+
+    # What `maestro up` leaves behind: its supervisor's status file, here with one child.
+    supervisor = Supervisor(data_dir / "status.json")
+    sleeper = [sys.executable, "-c", "import time; time.sleep(120)"]
+    try:
+        supervisor.add(ChildProcess("sleeper", sleeper, dict(os.environ), tmp_path / "s.log"))
+        supervisor.mark_up()
+        report = as_json(status("-o", "json"))
+        assert report["version"] == __version__
+        assert report["stack"]["running"] is True and report["stack"]["state"] == "up"
+        child = report["stack"]["children"]["sleeper"]
+        assert child["state"] == "running" and child["pid"] == supervisor.children[0].pid
+        assert report["api"] == {"url": api_url, "reachable": True, "version": __version__}
+        assert report["temporal"]["address"] == settings.temporal.address
+        assert report["temporal"]["reachable"] is True
+        assert re.fullmatch(r"\d+\.\d+\.\d+.*", report["temporal"]["server_version"])
+        assert report["postgres"]["reachable"] is True and not report["postgres"]["embedded"]
+        assert report["postgres"]["url"].startswith("postgresql://postgres:***@")
+        runs = report["runs"]
+        assert runs["queue_by_workflow"][wid] == 2
+        assert runs["running"] >= 1 and runs["queued"] >= runs["waiting_for_strategy"] >= 2
+        assert runs["queued"] == runs["waiting_for_strategy"] + runs["waiting_for_launch"]
+
+        shown = ok(status())
+        assert re.search(rf"^maestro\s+{re.escape(__version__)}\s*$", shown, re.M)
+        assert re.search(r"^stack\s+up \(maestro up, pid \d+;", shown, re.M), shown
+        assert re.search(rf"^API\s+{re.escape(api_url)}\s+reachable\s+Maestro ", shown, re.M)
+        assert re.search(r"^Temporal\s+\S+\s+reachable\s+server \d", shown, re.M), shown
+        assert re.search(r"^runs\s+\d+ running, \d+ queued \(\d+ waiting for", shown, re.M)
+        assert re.search(rf"^queue depth\s+.*{wid} 2", shown, re.M), shown
+        assert re.search(r"^sleeper\s+running\s+\d+\s+0\s+-", shown, re.M), shown
+    finally:
+        supervisor.stop(grace=5)
+        stopped = as_json(status("-o", "json"))
+        assert stopped["stack"]["running"] is False and stopped["stack"]["state"] == "stopped"
+        ok(runner.invoke(app, ["workflow", "--api-url", api_url, "stop", wid], env=cli_env))
+
+    gone = status("-o", "json", url=f"http://127.0.0.1:{free_port()}")
+    assert gone.exit_code == 3, gone.output
+    report = json.loads(gone.stdout)
+    assert report["api"]["reachable"] is False and report["runs"] is None
+    assert "cannot reach the Maestro API" in report["api"]["error"]
+    assert gone.stderr.startswith("error: cannot reach the Maestro API at http://127.0.0.1:")
+    refused = runner.invoke(app, ["status", "--api-url", api_url, "--api-key", "wrong"], env=env)
+    assert refused.exit_code == 1 and "reachable  Maestro" in refused.stdout
+    assert refused.stderr.startswith("error: 401 unauthorized: unknown or revoked API key")
+
+
+def test_backfill(cli, tmp_path: Path):
+    wid = unique_id("cli-backfill")
+    definition = {
+        "id": wid,
+        "run_strategy": "parallel",
+        "triggers": [{"cron": "0 * * * *"}],
+        "steps": [{"id": "go", "type": "noop"}],
+    }
+    apply_definition(cli, tmp_path, definition)
+    window = ("--start", "2026-01-01T00:00:00Z", "--end", "2026-01-01T03:00:00Z")
+    done = ok(cli("workflow", "backfill", wid, *window))
+    assert done.splitlines()[0] == f"{wid}: 3 scheduled times, 3 runs created"
+    assert len(UI_LINK.findall(done)) == 3
+    again = as_json(cli("workflow", "backfill", wid, *window, "-o", "json"))
+    assert again == {"scheduled_times": 3, "created": 0, "runs": []}
+    bad = cli("workflow", "backfill", wid, "--start", "yesterday", "--end", "2026-01-01T03:00Z")
+    assert bad.exit_code == 1 and bad.stderr.startswith("error: 422 ") and "start" in bad.stderr
+
+
+def test_unblock_a_strict_sequential_workflow(cli, tmp_path: Path):
+    wid = unique_id("cli-strict")
+    definition = {
+        "id": wid,
+        "params": {"code": {"type": "integer", "default": 0}},
+        "run_strategy": "strict_sequential",
+        "steps": [
+            {
+                "id": "maybe",
+                "type": "shell",
+                "params": {"command": "exit $MAESTRO_PARAM_CODE"},
+                "retry": {"max_attempts": 1},
+            }
+        ],
+    }
+    apply_definition(cli, tmp_path, definition)
+    assert cli("run", "start", wid, "code=3", "--wait").exit_code == 4
+    held = as_json(cli("run", "start", wid, "-o", "json"))
+    assert held["status"] == "queued"
+    assert "blocked by run" in ok(cli("workflow", "show", wid))
+    unblocked = ok(cli("workflow", "unblock", wid))
+    assert unblocked.splitlines()[0] == f"{wid}: unblocked; admitted 1 queued runs"
+    assert f"run {held['run_id']}:" in unblocked
+    assert "succeeded" in ok(cli("run", "show", held["run_id"], "--follow"))
+    again = cli("workflow", "unblock", wid)
+    assert again.exit_code == 1 and again.stderr.startswith("error: 409 ")
+
+
+def test_skip_and_bypass_steps(cli, tmp_path: Path):
+    wid = unique_id("cli-steps")
+    topic = f"cli.gate.{uuid.uuid4().hex[:8]}"
+    definition = {
+        "id": wid,
+        "run_strategy": "parallel",
+        "steps": [
+            {"id": "nap", "type": "sleep", "params": {"seconds": 120}},
+            {"id": "gate", "type": "noop", "wait_for": [{"name": topic}]},
+            {"id": "after", "type": "noop", "depends_on": ["nap", "gate"]},
+        ],
+    }
+    apply_definition(cli, tmp_path, definition)
+    run_id = as_json(cli("run", "start", wid, "-o", "json"))["run_id"]
+
+    def step_status(step_id: str) -> str:
+        run = as_json(cli("run", "show", run_id, "-o", "json"))
+        return next(s["status"] for s in run["steps"] if s["step_id"] == step_id)
+
+    deadline = time.monotonic() + 60
+    while step_status("gate") != "waiting_for_signal":
+        assert time.monotonic() < deadline, "the step never waited for its signal"
+        time.sleep(0.2)
+    bypassed = ok(cli("run", "bypass", run_id, "gate"))
+    assert f"run {run_id}:" in bypassed and UI_LINK.search(bypassed)
+    skipped = as_json(cli("run", "skip", run_id, "nap", "-o", "json"))
+    assert skipped["run_id"] == run_id
+    done = as_json(cli("run", "show", run_id, "--follow", "-o", "json"))
+    assert done["status"] == "succeeded", done
+    steps = {s["step_id"]: s["status"] for s in done["steps"]}
+    assert steps == {"nap": "skipped_manually", "gate": "succeeded", "after": "succeeded"}
+    late = cli("run", "skip", run_id, "after")
+    assert late.exit_code == 1 and late.stderr.startswith("error: 409 ")
+
+
+def test_models_list_show_promote(cli, api_url: str, admin_key: str, tmp_path: Path):
+    model, wid = unique_id("cli-model"), unique_id("cli-train")
+    # Only the training step: every run registers a version; promotion is the CLI's.
+    definition = fixed_pipeline(wid, model, gates=[])
+    definition["steps"] = definition["steps"][:1]
+    apply_definition(cli, tmp_path, definition)
+    for quality in ("0.7", "0.9"):
+        ok(cli("run", "start", wid, f"quality={quality}", "--wait"))
+
+    [row] = [line for line in ok(cli("models", "list")).splitlines() if line.startswith(model)]
+    assert row.split()[:5] == [model, "-", "2", "-", "-"]
+    assert ok(cli("models", "promote", model, "1")).strip() == f"{model} version 1 -> production"
+    promoted = as_json(cli("models", "promote", model, "2", "--stage", "production", "-o", "json"))
+    assert promoted["previous_version"] == 1 and promoted["version"]["stage"] == "production"
+    shown = ok(cli("models", "show", model))
+    assert re.search(r"stages\s+production 2", shown)
+    assert re.search(r"^1\s+archived\s+\{\"train_accuracy\":0\.7\}", shown, re.M), shown
+    assert re.search(r"^2\s+production\s+\{\"train_accuracy\":0\.9\}", shown, re.M), shown
+    assert as_json(cli("models", "show", model, "-o", "json")) == api_json(
+        api_url, admin_key, f"/models/{model}"
+    )
+    version = as_json(cli("models", "show", model, "2", "-o", "json"))
+    assert version == api_json(api_url, admin_key, f"/models/{model}/versions/2")
+    assert version["lineage"]["workflow_id"] == wid
+    detail = ok(cli("models", "show", model, "2"))
+    assert re.search(rf"trained by\s+run \S+ \({wid} #2, manual\), step train", detail), detail
+    bad = cli("models", "promote", model, "1", "--stage", "moon")
+    assert bad.exit_code == 1 and bad.stderr.startswith("error: 422 ")

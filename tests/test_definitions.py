@@ -607,11 +607,15 @@ def test_cron_valid(cron):
         ("* * *", "cron expression '* * *' has 3 fields; expected 5"),
         ("0 * * * * *", "cron expression '0 * * * * *' has 6 fields; expected 5"),
         ("", "cron expression '' has 0 fields; expected 5"),
-        ("61 * * * *", "invalid cron expression '61 * * * *'"),
-        ("0 25 * * *", "invalid cron expression '0 25 * * *'"),
-        ("0 0 32 * *", "invalid cron expression '0 0 32 * *'"),
-        ("0 0 * 13 *", "invalid cron expression '0 0 * 13 *'"),
-        ("*/0 * * * *", "invalid cron expression '*/0 * * * *'"),
+        ("61 * * * *", "cron expression '61 * * * *' is out of range: minute 61 is not in 0-59"),
+        ("0 25 * * *", "is out of range: hour 25 is not in 0-23"),
+        ("0 0 32 * *", "is out of range: day-of-month 32 is not in 1-31"),
+        ("0 0 0 * *", "is out of range: day-of-month 0 is not in 1-31"),
+        ("0 0 * 13 *", "is out of range: month 13 is not in 1-12"),
+        ("0 0 * * 8", "is out of range: day-of-week 8 is not in 0-7"),
+        ("0-60 * * * *", "is out of range: minute 60 is not in 0-59"),
+        ("0 1,2,30 * * *", "is out of range: hour 30 is not in 0-23"),
+        ("*/0 * * * *", "is out of range: minute step /0 never advances"),
         (
             "@often",
             "unknown cron macro '@often'; use one of @daily, @hourly, @monthly, @weekly, @yearly",
@@ -1041,3 +1045,112 @@ def test_opt_in_cannot_be_an_expression():
 
     assert found.loc == ("steps", 0, "params", "shell_interpolation")
     assert found.type == "expression_not_allowed"
+
+
+def test_out_of_range_cron_names_every_field_not_the_day_rule():
+    [found] = problems(body(triggers=[{"cron": "99 99 99 99 99"}]))
+    assert found.loc == ("triggers", 0, "time", "cron")
+    assert found.msg == (
+        "cron expression '99 99 99 99 99' is out of range: minute 99 is not in 0-59; "
+        "hour 99 is not in 0-23; day-of-month 99 is not in 1-31; month 99 is not in 1-12; "
+        "day-of-week 99 is not in 0-7"
+    )
+
+
+@pytest.mark.parametrize("cron", ["0 0 * * 7", "59 23 31 12 *", "*/60 * * * *", "0 0 * * 0-7"])
+def test_cron_at_the_edges_of_its_ranges_is_accepted(cron):
+    [trigger] = parse_definition(body(triggers=[{"cron": cron}])).triggers
+    assert isinstance(trigger, TimeTrigger) and trigger.cron == cron
+
+
+# -- every problem in one answer -------------------------------------------------------------
+
+
+def test_field_and_cross_field_problems_are_reported_together():
+    """A bad CEL `when`, a bad cron, a duplicate step id and an unknown dependency: the first
+    two fail field validation, the last two are cross-field rules; all four come back."""
+    found = problems(
+        body(
+            steps=[
+                step("a", when="1 +"),
+                step("a", depends_on=["zz"]),
+            ],
+            triggers=[{"cron": "99 99 99 99 99"}],
+        )
+    )
+    by_loc = {p.loc: p for p in found}
+    assert set(by_loc) == {
+        ("steps", 0, "when"),
+        ("triggers", 0, "time", "cron"),
+        ("steps", 1, "id"),
+        ("steps", 1, "depends_on", 0),
+    }, found
+    assert "CEL expression does not compile" in by_loc["steps", 0, "when"].msg
+    assert "minute 99 is not in 0-59" in by_loc["triggers", 0, "time", "cron"].msg
+    assert by_loc["steps", 1, "id"].msg == "duplicate step id 'a' (first used by steps[0])"
+    assert by_loc["steps", 1, "depends_on", 0].msg == "step 'a' depends on unknown step 'zz'"
+
+
+def test_cross_field_rules_read_the_steps_that_failed_field_validation():
+    found = problems(
+        body(
+            params={"dt": {"type": "string"}},
+            steps=[
+                step("a", retry={"max_attempts": 0}),  # field error; id and type still read
+                step("b", step_type="nope", depends_on=["a", "c"]),
+                "not a step",
+                step("d", step_type="shell", params={}, extra_key=1),
+            ],
+            triggers=[
+                {"every": "0s"},
+                {"signal": {"all_of": [{"name": "x"}], "params": {"day": "signal.params.dt"}}},
+            ],
+        )
+    )
+    locs = {p.loc: p.type for p in found}
+    assert locs == {
+        ("steps", 0, "retry", "max_attempts"): "greater_than_equal",
+        ("steps", 2): "model_type",
+        ("steps", 3, "extra_key"): "extra_forbidden",
+        ("triggers", 0, "interval"): "value_error",
+        ("steps", 1, "depends_on", 1): "unknown_step",
+        ("steps", 1, "type"): "unknown_step_type",
+        ("steps", 3, "params", "command"): "missing",
+        ("triggers", 1, "signal", "params", "day"): "unknown_param",
+    }, found
+
+
+def test_a_location_with_a_field_error_gets_no_second_problem():
+    """A step id that breaks the pattern is reported once, not again as a duplicate; params
+    that are not an object are not checked against the step type."""
+    found = problems(
+        body(
+            steps=[
+                step("1bad"),
+                step("1bad"),
+                step("s", step_type="shell", params=["echo"]),
+            ]
+        )
+    )
+    assert sorted(p.loc for p in found) == [
+        ("steps", 0, "id"),
+        ("steps", 1, "id"),
+        ("steps", 2, "params"),
+    ], found
+    assert all(p.type != "duplicate_id" for p in found)
+
+
+def test_a_cycle_is_reported_alongside_field_errors():
+    found = problems(
+        body(
+            steps=[
+                step("a", depends_on=["b"], timeout="soon"),
+                step("b", depends_on=["a"]),
+            ]
+        )
+    )
+    assert [(p.loc, p.type) for p in found] == [
+        (("steps", 0, "timeout"), found[0].type),
+        (("steps",), "cycle"),
+    ], found
+    assert found[1].msg in ("dependency cycle: a -> b -> a", "dependency cycle: b -> a -> b")
