@@ -5,9 +5,9 @@ again, and how long after PostgreSQL is back every run has finished.
 
 It starts its own embedded PostgreSQL, Temporal dev server, `maestro api` and `maestro worker`
 (all on free loopback ports, data in a temporary directory), registers a two-step workflow
-started by a signal, publishes `--runs` signals, and stops PostgreSQL (immediate mode, as a
-crash) while every run's first step is still running (`--nap` seconds); the steps finish during
-the outage. PostgreSQL comes back after `--outage` seconds. Each step appends one line per
+started by a signal, publishes `--runs` signals, and once every run is on Temporal stops PostgreSQL
+(immediate mode, as a crash) while the first steps still run (`--nap` seconds); the steps finish
+during the outage. PostgreSQL comes back after `--outage` seconds. Each step appends one line per
 execution to a file, which counts re-executions. There is no raw-Temporal floor for this: it
 measures recovery, not a path Temporal alone has.
 """
@@ -38,6 +38,13 @@ from maestro.embedded import (
 from maestro.keys import create_admin_key
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+async def _launched(http: httpx.AsyncClient, url: str, workflow_id: str) -> int:
+    """How many of the workflow's runs were started on Temporal."""
+    reply = await http.get(f"{url}/runs", params={"workflow_id": workflow_id, "limit": 500})
+    reply.raise_for_status()
+    return sum(1 for run in reply.json()["items"] if run["temporal_run_id"])
 
 
 async def _timeline(database_url: str, back: float) -> dict[str, list[float]]:
@@ -113,6 +120,8 @@ async def measure(args: argparse.Namespace, work: Path) -> dict:
         MAESTRO_TEMPORAL__ADDRESS=f"127.0.0.1:{temporal_port}",
         MAESTRO_API__PORT=str(api_port),
         MAESTRO_WORKER__ALLOWED_MODULES='["bench.steps"]',
+        # Every first step runs at once, so each finishes during the outage.
+        MAESTRO_WORKER__MAX_CONCURRENT_ACTIVITIES=str(args.runs),
         PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     )
     (work / "temporal").mkdir()
@@ -161,7 +170,13 @@ async def measure(args: argparse.Namespace, work: Path) -> dict:
                     await http.post(f"{url}/signals/batch", json={"signals": batch})
                 ).raise_for_status()
             published = time.monotonic() - began
-            await asyncio.sleep(max(0.0, min(args.nap / 2, 5.0)))
+            # The outage starts once every run is on Temporal: it measures recovery, not
+            # launches left to the sweeper.
+            for _ in range(2400):
+                if await _launched(http, url, "outage") == args.runs:
+                    break
+                await asyncio.sleep(0.25)
+            launched = time.monotonic() - began
             down = time.monotonic()
             await asyncio.to_thread(postgres.stop, "immediate")
             await asyncio.sleep(args.outage)
@@ -193,6 +208,7 @@ async def measure(args: argparse.Namespace, work: Path) -> dict:
     return {
         "runs": args.runs,
         "signals_published_seconds": round(published, 2),
+        "all_launched_seconds": round(launched, 2),
         "outage_seconds": round(back - down, 1),
         "statuses": dict(statuses),
         "runs_failed": args.runs - statuses.get("succeeded", 0),
