@@ -1,0 +1,212 @@
+"""Composite steps (foreach, subworkflow, while) on the time-skipping test server, with real
+activities against PostgreSQL."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from maestro.db.tables import Iteration
+from tests.test_workflow import py, run, statuses
+
+
+async def iterations_of(sessions, run_id: str, path: str) -> list[Iteration]:
+    async with sessions() as session:
+        query = (
+            select(Iteration)
+            .where(Iteration.run_id == run_id, Iteration.step_path == path)
+            .order_by(Iteration.index)
+        )
+        return list((await session.execute(query)).scalars())
+
+
+async def test_foreach_over_a_list_runs_the_body_per_item_and_computes_outputs(env, sessions):
+    result, rows, _ = await run(
+        env,
+        sessions,
+        {
+            "params": {"configs": {"type": "array", "default": [{"lr": 1}, {"lr": 3}, {"lr": 2}]}},
+            "steps": [
+                {
+                    "id": "sweep",
+                    "type": "foreach",
+                    "params": {
+                        "items": "params.configs",
+                        "as": "config",
+                        "steps": [
+                            {
+                                "id": "train",
+                                "type": "noop",
+                                "params": {
+                                    "outputs": {
+                                        "score": {"expr": "config.lr * 10"},
+                                        "index": {"expr": "iteration.index"},
+                                    }
+                                },
+                            },
+                            py(
+                                "check",
+                                "echo",
+                                depends_on=["train"],
+                                args={"score": {"expr": "steps.train.outputs.score + item.lr"}},
+                            ),
+                        ],
+                        "outputs": {
+                            "best": "max_by(iterations, 'train.score').train.index",
+                            "count": "size(iterations)",
+                        },
+                    },
+                },
+                {
+                    "id": "after",
+                    "type": "noop",
+                    "depends_on": ["sweep"],
+                    "params": {"outputs": {"best": {"expr": "steps.sweep.outputs.best"}}},
+                },
+            ],
+        },
+    )
+    assert statuses(result) == {"sweep": "succeeded", "after": "succeeded"}
+    assert rows["sweep"].outputs == {"best": 1, "count": 3}
+    assert rows["after"].outputs == {"best": 1}
+    found = await iterations_of(sessions, rows["sweep"].run_id, "sweep")
+    assert [i.status for i in found] == ["succeeded"] * 3
+    assert [i.params for i in found] == [{"lr": 1}, {"lr": 3}, {"lr": 2}]
+    assert [i.outputs["train"]["score"] for i in found] == [10, 30, 20]
+    assert [i.outputs["check"]["args"]["score"] for i in found] == [11, 33, 22]
+
+
+def tally_body(tmp_path, **args) -> list[dict]:
+    return [
+        py(
+            "work",
+            "tally",
+            args={"key": {"expr": "item"}, "file": str(tmp_path / "calls"), **args},
+        )
+    ]
+
+
+def calls(tmp_path) -> list[str]:
+    path = tmp_path / "calls"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [line.split()[0] for line in lines if not line.startswith("end ")]
+
+
+async def test_foreach_over_range_with_a_nested_foreach(env, sessions):
+    result, rows, _ = await run(
+        env,
+        sessions,
+        {
+            "params": {"n": {"type": "integer", "default": 3}},
+            "steps": [
+                {
+                    "id": "outer",
+                    "type": "foreach",
+                    "params": {
+                        "items": "range(0, params.n)",
+                        "as": "row",
+                        "steps": [
+                            {
+                                "id": "inner",
+                                "type": "foreach",
+                                "params": {
+                                    "items": "range(0, row + 1)",
+                                    "as": "col",
+                                    "steps": [
+                                        {
+                                            "id": "cell",
+                                            "type": "noop",
+                                            "params": {
+                                                "outputs": {"v": {"expr": "row * 10 + col"}}
+                                            },
+                                        }
+                                    ],
+                                    "outputs": {"cells": "size(iterations)"},
+                                },
+                            }
+                        ],
+                        "outputs": {"rows": "size(iterations)"},
+                    },
+                }
+            ],
+        },
+    )
+    assert result.status == "succeeded"
+    run_id = rows["outer"].run_id
+    assert rows["outer"].outputs == {"rows": 3}
+    outer = await iterations_of(sessions, run_id, "outer")
+    assert [i.params for i in outer] == [0, 1, 2]
+    assert [i.outputs["inner"]["cells"] for i in outer] == [1, 2, 3]
+    inner = await iterations_of(sessions, run_id, "outer[2].inner")
+    assert [i.outputs["cell"]["v"] for i in inner] == [20, 21, 22]
+    assert {i.status for i in inner} == {"succeeded"}
+
+
+async def foreach_run(env, sessions, tmp_path, mode: str, items, **extra):
+    tmp_path.mkdir(exist_ok=True)
+    marker = tmp_path / "failing"
+    marker.touch()
+    return await run(
+        env,
+        sessions,
+        {
+            "steps": [
+                {
+                    "id": "each",
+                    "type": "foreach",
+                    "params": {
+                        "items": "params.items",
+                        "failure_mode": mode,
+                        "max_concurrency": extra.pop("max_concurrency", 1),
+                        "steps": tally_body(
+                            tmp_path, fail_keys=["b"], fail_while=str(marker), **extra
+                        ),
+                    },
+                },
+                {"id": "after", "type": "noop", "depends_on": ["each"]},
+            ],
+            "params": {"items": {"type": "array", "default": items}},
+        },
+    )
+
+
+async def test_foreach_failure_modes(env, sessions, tmp_path):
+    items = ["a", "b", "c", "d"]
+    # fail_fast: the failure stops the rest (one at a time, so c and d never start).
+    result, rows, _ = await foreach_run(env, sessions, tmp_path / "fast", "fail_fast", items)
+    assert statuses(result) == {"each": "failed", "after": "skipped"}
+    assert "1 of 4 iterations failed (fail_fast); first: iteration 1:" in rows["each"].error
+    assert "item b fails on purpose" in rows["each"].error
+    found = await iterations_of(sessions, rows["each"].run_id, "each")
+    assert [i.status for i in found] == ["succeeded", "failed", "stopped", "stopped"]
+    assert calls(tmp_path / "fast") == ["a", "b"]
+    # finish_all: every iteration runs, the step fails.
+    result, rows, _ = await foreach_run(env, sessions, tmp_path / "all", "finish_all", items)
+    assert statuses(result) == {"each": "failed", "after": "skipped"}
+    assert sorted(calls(tmp_path / "all")) == items
+    found = await iterations_of(sessions, rows["each"].run_id, "each")
+    assert [i.status for i in found] == ["succeeded", "failed", "succeeded", "succeeded"]
+    assert "item b fails on purpose" in found[1].error
+    # ignore_failures: every iteration runs, the step succeeds.
+    result, rows, _ = await foreach_run(
+        env, sessions, tmp_path / "ignore", "ignore_failures", items
+    )
+    assert statuses(result) == {"each": "succeeded", "after": "succeeded"}
+    assert sorted(calls(tmp_path / "ignore")) == items
+
+
+async def test_max_concurrency_is_never_exceeded(env, sessions, tmp_path):
+    items = [f"i{n}" for n in range(12)]
+    with env.auto_time_skipping_disabled():
+        result, _, _ = await foreach_run(
+            env, sessions, tmp_path, "finish_all", items, max_concurrency=3, seconds=0.3
+        )
+    assert result.status == "succeeded"
+    events = []
+    for line in (tmp_path / "calls").read_text().splitlines():
+        parts = line.split()
+        events.append((float(parts[-1]), 1 if parts[0] != "end" else -1))
+    level = peak = 0
+    for _, delta in sorted(events):
+        level += delta
+        peak = max(peak, level)
+    assert peak == 3  # reached, never passed
