@@ -3,9 +3,17 @@ activities against PostgreSQL."""
 
 from __future__ import annotations
 
+import uuid
+
 from sqlalchemy import select
 
-from maestro.db.tables import Iteration
+from maestro.db import workflows as workflows_db
+from maestro.db.tables import Iteration, Run
+from maestro.definitions import parse_definition
+from maestro.runs import RunsService
+from maestro.runtime import RunState
+from maestro.settings import TemporalSettings
+from tests.conftest import WORKFLOW_TASK_QUEUE
 from tests.test_workflow import py, run, statuses
 
 
@@ -210,3 +218,124 @@ async def test_max_concurrency_is_never_exceeded(env, sessions, tmp_path):
         level += delta
         peak = max(peak, level)
     assert peak == 3  # reached, never passed
+
+
+async def test_restart_from_failed_reruns_only_the_failed_iterations(env, sessions, tmp_path):
+    items = ["a", "b", "c", "d"]
+    result, rows, _ = await foreach_run(env, sessions, tmp_path, "finish_all", items)
+    assert result.status == "failed"
+    assert sorted(calls(tmp_path)) == items
+    (tmp_path / "failing").unlink()  # b succeeds from now on
+    runs = RunsService(
+        sessions,
+        env.client,
+        TemporalSettings(task_queue=WORKFLOW_TASK_QUEUE),
+        search_attributes=False,
+    )
+    restarted = await runs.restart_run(rows["each"].run_id, "failed")
+    handle = env.client.get_workflow_handle(restarted.temporal_workflow_id, result_type=RunState)
+    state = await handle.result()
+    assert statuses(state) == {"each": "succeeded", "after": "succeeded"}
+    assert sorted(calls(tmp_path)) == ["a", "b", "b", "c", "d"]  # only b ran again
+    found = await iterations_of(sessions, restarted.run_id, "each")
+    assert [i.status for i in found] == ["succeeded"] * 4
+    assert [i.outputs["work"]["key"] for i in found] == items
+    assert found[0].error == f"reused from run {rows['each'].run_id}"
+
+
+async def test_while_loops_until_its_condition_fails_and_stops_at_its_cap(env, sessions):
+    counter = {
+        "id": "count",
+        "type": "noop",
+        "params": {"outputs": {"n": {"expr": "iteration.index + 1"}}},
+    }
+    result, rows, _ = await run(
+        env,
+        sessions,
+        {
+            "steps": [
+                {
+                    "id": "loop",
+                    "type": "while",
+                    "params": {
+                        "condition": "iteration.index == 0 || previous.count.n < 4",
+                        "max_iterations": 10,
+                        "steps": [counter],
+                    },
+                }
+            ]
+        },
+    )
+    assert result.status == "succeeded"
+    assert rows["loop"].outputs == {"iterations": 4, "count": {"n": 4}}
+    found = await iterations_of(sessions, rows["loop"].run_id, "loop")
+    assert [i.status for i in found] == ["succeeded"] * 4
+    assert found[2].params == {"count": {"n": 2}}  # the previous iteration's outputs
+
+    result, rows, _ = await run(
+        env,
+        sessions,
+        {
+            "steps": [
+                {
+                    "id": "loop",
+                    "type": "while",
+                    "params": {"condition": "true", "max_iterations": 3, "steps": [counter]},
+                }
+            ]
+        },
+    )
+    assert result.status == "failed"
+    assert "condition still true after max_iterations (3)" in rows["loop"].error
+    assert len(await iterations_of(sessions, rows["loop"].run_id, "loop")) == 3
+
+
+async def test_subworkflow_runs_a_child_run_whose_outputs_become_the_steps(env, sessions):
+    child = parse_definition(
+        {
+            "id": f"child-{uuid.uuid4().hex[:8]}",
+            "params": {"x": {"type": "integer"}},
+            "run_strategy": "first_only",
+            "steps": [
+                {
+                    "id": "double",
+                    "type": "noop",
+                    "params": {"outputs": {"y": {"expr": "params.x * 2"}}},
+                }
+            ],
+        }
+    )
+    async with sessions.begin() as session:
+        await workflows_db.push_version(session, child)
+    result, rows, temporal_id = await run(
+        env,
+        sessions,
+        {
+            "steps": [
+                {
+                    "id": "call",
+                    "type": "subworkflow",
+                    "params": {"workflow": child.id, "params": {"x": {"expr": "21"}}},
+                },
+                {
+                    "id": "use",
+                    "type": "noop",
+                    "depends_on": ["call"],
+                    "params": {"outputs": {"z": {"expr": "steps.call.outputs.double.y + 1"}}},
+                },
+            ]
+        },
+    )
+    assert statuses(result) == {"call": "succeeded", "use": "succeeded"}
+    assert rows["call"].outputs == {"double": {"y": 42}}
+    assert rows["use"].outputs == {"z": 43}
+    async with sessions() as session:
+        [child_run] = (
+            (await session.execute(select(Run).where(Run.workflow_id == child.id))).scalars().all()
+        )
+    assert child_run.status == "succeeded"
+    assert child_run.cause["kind"] == "subworkflow"
+    assert child_run.cause["detail"]["parent_run_id"] == rows["call"].run_id
+    # A real Temporal child of the parent run: linked in the Temporal UI.
+    description = await env.client.get_workflow_handle(child_run.temporal_workflow_id).describe()
+    assert description.parent_id == temporal_id
