@@ -195,3 +195,68 @@ class SubworkflowStart(BaseModel):
     """The child run a subworkflow step starts: RunWorkflow's input for it."""
 
     run_input: RunInput
+
+
+def subworkflow_calls(
+    steps: list[Step], roots: frozenset[str] | None = None
+) -> list[tuple[str, str | int]]:
+    """The (workflow, version) every subworkflow step of a DAG calls, bodies included."""
+    from maestro.definitions import COMPOSITE_TYPES, SubworkflowParams, composite_params
+    from maestro.expressions import RUN_ROOTS
+
+    roots = RUN_ROOTS if roots is None else roots
+    found: list[tuple[str, str | int]] = []
+    for step in steps:
+        if step.type not in COMPOSITE_TYPES:
+            continue
+        spec = composite_params(step, roots)
+        if isinstance(spec, SubworkflowParams):
+            found.append((spec.workflow, spec.version))
+        else:
+            found += subworkflow_calls(spec.steps, spec.body_roots(roots))
+    return found
+
+
+async def check_subworkflow_cycle(session: Any, definition: Any) -> None:
+    """Refuse a definition whose subworkflow steps call, through other workflows' active (or
+    named) versions, back into it: DefinitionInvalid naming the cycle."""
+    from maestro.db.workflows import get_version
+    from maestro.definitions import WorkflowDefinition
+    from maestro.errors import DefinitionInvalid, NotFound, Problem
+
+    def calls_of(body: WorkflowDefinition) -> list[tuple[str, str | int]]:
+        return subworkflow_calls(body.steps)
+
+    stack: list[tuple[str, list[tuple[str, str | int]]]] = [(definition.id, calls_of(definition))]
+    path = [definition.id]
+    seen: set[tuple[str, str | int]] = set()
+    while stack:
+        _, pending = stack[-1]
+        if not pending:
+            stack.pop()
+            path.pop()
+            continue
+        workflow_id, version = pending.pop()
+        if workflow_id == definition.id:
+            cycle = [*path, workflow_id]
+            raise DefinitionInvalid(
+                "workflow definition is invalid",
+                [
+                    Problem(
+                        ("steps",),
+                        f"subworkflow cycle: {' -> '.join(cycle)}",
+                        "subworkflow_cycle",
+                        {"cycle": cycle},
+                    )
+                ],
+            )
+        if (workflow_id, version) in seen:
+            continue
+        seen.add((workflow_id, version))
+        try:
+            stored = await get_version(session, workflow_id, version)
+        except NotFound:
+            continue  # started later, the step fails naming it
+        callee = WorkflowDefinition.model_validate(stored.definition)
+        stack.append((workflow_id, calls_of(callee)))
+        path.append(workflow_id)

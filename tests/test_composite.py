@@ -339,3 +339,39 @@ async def test_subworkflow_runs_a_child_run_whose_outputs_become_the_steps(env, 
     # A real Temporal child of the parent run: linked in the Temporal UI.
     description = await env.client.get_workflow_handle(child_run.temporal_workflow_id).describe()
     assert description.parent_id == temporal_id
+
+
+async def test_a_subworkflow_cycle_is_refused_at_registration_naming_it(api):
+    a, b, c = (f"cyc-{name}-{uuid.uuid4().hex[:6]}" for name in "abc")
+
+    def calling(workflow_id: str, callee: str) -> dict:
+        return {
+            "id": workflow_id,
+            "steps": [
+                {
+                    "id": "outer",
+                    "type": "foreach",
+                    "params": {
+                        "items": "range(0, 2)",
+                        "as": "n",
+                        "steps": [
+                            {
+                                "id": "call",
+                                "type": "subworkflow",
+                                "params": {"workflow": callee, "params": {"n": {"expr": "n"}}},
+                            }
+                        ],
+                    },
+                }
+            ],
+        }
+
+    for body in (calling(b, c), calling(c, a)):  # a does not exist yet: nothing to refuse
+        response = await api.post("/api/v1/workflows", json=body)
+        assert response.status_code == 201, response.text
+    response = await api.post("/api/v1/workflows", json=calling(a, b))
+    assert response.status_code == 422
+    [problem] = response.json()["detail"]
+    assert problem["type"] == "subworkflow_cycle"
+    assert problem["msg"] == f"subworkflow cycle: {a} -> {b} -> {c} -> {a}"
+    assert (await api.get(f"/api/v1/workflows/{a}")).status_code == 404  # nothing written
