@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 
+import yaml
 from sqlalchemy import select
 
 from maestro.db import workflows as workflows_db
@@ -13,7 +14,7 @@ from maestro.definitions import parse_definition
 from maestro.runs import RunsService
 from maestro.runtime import RunState
 from maestro.settings import TemporalSettings
-from tests.conftest import WORKFLOW_TASK_QUEUE
+from tests.conftest import EXAMPLES, WORKFLOW_TASK_QUEUE
 from tests.test_workflow import py, run, statuses
 
 
@@ -375,3 +376,26 @@ async def test_a_subworkflow_cycle_is_refused_at_registration_naming_it(api):
     assert problem["type"] == "subworkflow_cycle"
     assert problem["msg"] == f"subworkflow cycle: {a} -> {b} -> {c} -> {a}"
     assert (await api.get(f"/api/v1/workflows/{a}")).status_code == 404  # nothing written
+
+
+async def test_the_sweep_example_deploys_the_best_of_its_trainings(env, sessions):
+    body = yaml.safe_load((EXAMPLES / "ml" / "sweep.yaml").read_text())
+    body["id"] = f"sweep-{uuid.uuid4().hex[:8]}"
+    model = body["id"]
+    for step in [*body["steps"], *body["steps"][0]["params"]["steps"]]:
+        if "model_name" in step.get("params", {}):
+            step["params"]["model_name"] = model
+    with env.auto_time_skipping_disabled():
+        result, rows, _ = await run(
+            env, sessions, body, {"alphas": [0.1, 0.00001, 0.01], "epochs": 2}
+        )
+    assert statuses(result) == {
+        "sweep": "succeeded",
+        "evaluate": "succeeded",
+        "deploy": "succeeded",
+    }
+    found = await iterations_of(sessions, rows["sweep"].run_id, "sweep")
+    accuracies = [i.outputs["score"]["metrics"]["accuracy"] for i in found]
+    best = found[accuracies.index(max(accuracies))].outputs["train"]["model_version"]
+    assert rows["sweep"].outputs["best_version"] == best
+    assert rows["deploy"].outputs["model_version"] == best

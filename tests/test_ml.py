@@ -98,7 +98,7 @@ async def test_reference_pipeline_from_signal_to_scored_predictions(api, session
         "digits-score": score_id,
         "table: digits": f"table: {table}",
     }
-    for name in ("train.yaml", "score.yaml"):
+    for name in ("train.yaml", "score.yaml", "sweep.yaml"):
         text = (EXAMPLES / "ml" / name).read_text()
         for old, new in renames.items():
             text = text.replace(old, new)
@@ -235,5 +235,5 @@ async def test_heartbeat_details_reach_the_retried_training_attempt(api):
 def test_reference_definitions_validate():
     from maestro.definitions import parse_definition
 
-    for name in ("train.yaml", "score.yaml"):
+    for name in ("train.yaml", "score.yaml", "sweep.yaml"):
         parse_definition(yaml.safe_load((EXAMPLES / "ml" / name).read_text()))
