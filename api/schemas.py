@@ -100,6 +100,29 @@ class StepOut(BaseModel):
     error: str | None
     details: dict[str, Any] | None
     actions: list[str] = Field(description="Actions this step's status allows")
+    progress: dict[str, int] | None = Field(
+        default=None,
+        description="foreach and while steps: how many iterations are in each status "
+        "(pending, running, succeeded, failed, skipped, stopped)",
+    )
+
+
+class IterationOut(BaseModel):
+    """One iteration of a foreach or while step."""
+
+    index: int
+    status: str
+    params: Any = Field(description="The item (foreach), or the previous iteration's outputs")
+    outputs: dict[str, Any] | None = Field(description="The body steps' outputs by step id")
+    steps: dict[str, Any] = Field(description="The body steps' states by step id")
+    error: str | None
+    started_at: datetime | None
+    ended_at: datetime | None
+
+
+class IterationPage(BaseModel):
+    items: list[IterationOut]
+    next_cursor: str | None
 
 
 class RunOut(BaseModel):

@@ -7,7 +7,7 @@ import json
 import re
 from datetime import timedelta
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterBadDateError, croniter
@@ -19,6 +19,7 @@ from pydantic import (
     Tag,
     TypeAdapter,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -76,13 +77,20 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def _check_expression(source: str | None) -> str | None:
+def _check_expression(source: str | None, roots: frozenset[str] = RUN_ROOTS) -> str | None:
     if source is not None:
         try:
-            compile_expression(source)
+            compile_expression(source, roots)
         except ExpressionError as exc:
             raise ValueError(str(exc)) from None
     return source
+
+
+def _roots(info: ValidationInfo) -> frozenset[str]:
+    """The variables expressions may use where the model is validated: the run's, plus a
+    composite step's loop variables inside its body (passed as validation context)."""
+    context = info.context or {}
+    return context.get("roots", RUN_ROOTS)
 
 
 # -- params -------------------------------------------------------------------------------
@@ -249,7 +257,169 @@ class Step(_Model):
     wait_for: list[WaitFor] = Field(default_factory=list, max_length=20)
     emits: list[Emit] = Field(default_factory=list, max_length=20)
 
-    _when_compiles = field_validator("when")(classmethod(lambda cls, v: _check_expression(v)))
+    @field_validator("when")
+    @classmethod
+    def _when_compiles(cls, source: str | None, info: ValidationInfo) -> str | None:
+        if (info.context or {}).get("body"):
+            return source  # in a composite step's body: check_steps knows its variables
+        return _check_expression(source, _roots(info))
+
+
+# -- composite steps (foreach, subworkflow, while): their params hold a sub-DAG or a call --------
+
+LOOP_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
+# Names a foreach's `as` cannot take: they mean something already.
+RESERVED_NAMES = RUN_ROOTS | {"iteration", "iterations", "previous"}
+# A foreach refuses, when it runs, more items than this (settings can lower or raise it).
+DEFAULT_MAX_ITEMS = 100_000
+MAX_WHILE_ITERATIONS = 10_000
+MAX_BODY_STEPS = 100
+
+
+class ForeachFailureMode(StrEnum):
+    fail_fast = "fail_fast"  # the first failed iteration stops the others; the step fails
+    finish_all = "finish_all"  # every iteration runs; the step fails if any failed
+    ignore_failures = "ignore_failures"  # every iteration runs; the step succeeds
+
+
+class _CompositeParams(_Model):
+    @field_validator("steps", check_fields=False)
+    @classmethod
+    def _body_rules(cls, steps: list[Step]) -> list[Step]:
+        for step in steps:
+            if step.wait_for or step.emits:
+                raise ValueError(
+                    f"step {step.id!r}: steps inside a {cls.kind} cannot use wait_for or emits "
+                    "(put them on the composite step's neighbours)"
+                )
+        return steps
+
+    kind: ClassVar[str] = ""
+
+
+class ForeachParams(_CompositeParams):
+    """Runs `steps` (a sub-DAG) once per item of `items`."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    kind: ClassVar[str] = "foreach"
+
+    items: str = Field(
+        description="CEL: the list to iterate over, e.g. `params.configs`, `range(0, params.n)`"
+    )
+    as_: str = Field(default="item", alias="as", pattern=LOOP_NAME_PATTERN)
+    steps: list[Step] = Field(min_length=1, max_length=MAX_BODY_STEPS)
+    max_concurrency: int = Field(default=100, ge=1, le=10_000)
+    failure_mode: ForeachFailureMode = ForeachFailureMode.finish_all
+    outputs: dict[ParamName, str] = Field(default_factory=dict)
+
+    @field_validator("items")
+    @classmethod
+    def _items_compile(cls, source: str, info: ValidationInfo) -> str:
+        return _check_items(source, _roots(info))
+
+    @field_validator("as_")
+    @classmethod
+    def _not_reserved(cls, name: str) -> str:
+        if name in RESERVED_NAMES:
+            raise ValueError(f"{name!r} already names a variable; choose another name")
+        return name
+
+    @field_validator("outputs")
+    @classmethod
+    def _outputs_compile(cls, outputs: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        roots = _roots(info) | {"iterations"}
+        for source in outputs.values():
+            _check_expression(source, roots)
+        return outputs
+
+    def body_roots(self, roots: frozenset[str]) -> frozenset[str]:
+        """The variables the body's expressions may use."""
+        return roots | {"item", "iteration", self.as_}
+
+
+class SubworkflowVersion(StrEnum):
+    active = "active"
+
+
+class SubworkflowParams(_Model):
+    """Runs another registered workflow as a child run; its outputs become this step's."""
+
+    workflow: str = Field(pattern=WORKFLOW_ID_PATTERN)
+    version: SubworkflowVersion | Annotated[int, Field(ge=1)] = SubworkflowVersion.active
+    params: dict[str, Any] = Field(default_factory=dict)
+    wait: bool = True
+
+    @field_validator("params")
+    @classmethod
+    def _params_compile(cls, params: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        for _, source in find_expressions(params):
+            _check_expression(source, _roots(info))
+        return params
+
+
+class WhileParams(_CompositeParams):
+    """Runs `steps` again and again while `condition` holds, at most `max_iterations` times."""
+
+    kind: ClassVar[str] = "while"
+
+    condition: str
+    steps: list[Step] = Field(min_length=1, max_length=MAX_BODY_STEPS)
+    max_iterations: int = Field(ge=1, le=MAX_WHILE_ITERATIONS)
+
+    @field_validator("condition")
+    @classmethod
+    def _condition_compiles(cls, source: str, info: ValidationInfo) -> str:
+        return _check_expression(source, while_roots(_roots(info)))  # type: ignore[return-value]
+
+    def body_roots(self, roots: frozenset[str]) -> frozenset[str]:
+        return while_roots(roots)
+
+
+def while_roots(roots: frozenset[str]) -> frozenset[str]:
+    """What a while's condition and body see: the iteration, the previous one's outputs."""
+    return roots | {"iteration", "previous"}
+
+
+COMPOSITE_TYPES: dict[str, type[_Model]] = {
+    "foreach": ForeachParams,
+    "subworkflow": SubworkflowParams,
+    "while": WhileParams,
+}
+RANGE_CALL = re.compile(r"^\s*range\s*\((?P<args>.*)\)\s*$", re.S)
+
+
+def split_range(source: str) -> tuple[str, str] | None:
+    """`range(a, b)` -> the sources of a and b (a top-level comma splits them), else None."""
+    match = RANGE_CALL.match(source)
+    if not match:
+        return None
+    depth, args = 0, match.group("args")
+    for i, ch in enumerate(args):
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+            if depth < 0:
+                return None
+        elif ch == "," and depth == 0:
+            return args[:i].strip(), args[i + 1 :].strip()
+    return None
+
+
+def _check_items(source: str, roots: frozenset[str]) -> str:
+    bounds = split_range(source)
+    if bounds is None:
+        return _check_expression(source, roots)  # type: ignore[return-value]
+    for bound in bounds:
+        _check_expression(bound, roots)
+    return source
+
+
+def composite_params(step: Step, roots: frozenset[str] = RUN_ROOTS) -> Any:
+    """A composite step's params as their model (validated already at registration)."""
+    return COMPOSITE_TYPES[step.type].model_validate(
+        step.params, context={"roots": roots, "body": True}
+    )
 
 
 # -- triggers (validated here; fired by the trigger issues) -----------------------------------
@@ -512,51 +682,9 @@ def _when_cost(definition: WorkflowDefinition) -> int:
 
 
 def check_definition(definition: WorkflowDefinition) -> list[Problem]:
-    """Rules that span fields: step ids, dependencies, cycles, step types and their params."""
-    problems: list[Problem] = []
-    seen: dict[str, int] = {}
-    for i, step in enumerate(definition.steps):
-        if step.id in seen:
-            problems.append(
-                Problem(
-                    ("steps", i, "id"),
-                    f"duplicate step id {step.id!r} (first used by steps[{seen[step.id]}])",
-                    "duplicate_id",
-                )
-            )
-        else:
-            seen[step.id] = i
-    for i, step in enumerate(definition.steps):
-        for j, dep in enumerate(step.depends_on):
-            if dep not in seen:
-                problems.append(
-                    Problem(
-                        ("steps", i, "depends_on", j),
-                        f"step {step.id!r} depends on unknown step {dep!r}",
-                        "unknown_step",
-                    )
-                )
-        if step.type not in STEP_TYPES:
-            problems.append(
-                Problem(
-                    ("steps", i, "type"),
-                    f"unknown step type {step.type!r}; known types: "
-                    f"{', '.join(sorted(STEP_TYPES))}",
-                    "unknown_step_type",
-                )
-            )
-        else:
-            problems += [
-                Problem(("steps", i, "params", *p.loc), p.msg, p.type)
-                for p in check_step_params(step.type, step.params)
-            ]
-        for loc, source in find_expressions(step.params):
-            try:
-                compile_expression(source)
-            except ExpressionError as exc:
-                problems.append(
-                    Problem(("steps", i, "params", *loc, "expr"), str(exc), "expression_invalid")
-                )
+    """Rules that span fields: step ids, dependencies, cycles, step types and their params
+    (composite steps' bodies included)."""
+    problems = check_steps(definition.steps, ("steps",), RUN_ROOTS)
     when_cost = _when_cost(definition)
     if when_cost > MAX_WHEN_COST:
         problems.append(
@@ -584,15 +712,84 @@ def check_definition(definition: WorkflowDefinition) -> list[Problem]:
                         "unknown_param",
                     )
                 )
-    if not any(p.type == "unknown_step" for p in problems):
-        cycle = find_cycle({s.id: s.depends_on for s in definition.steps})
-        if cycle:
+    return problems
+
+
+def check_steps(
+    steps: list[Step], at: tuple[str | int, ...], roots: frozenset[str], *, body: bool = False
+) -> list[Problem]:
+    """The cross-field rules of one DAG (the workflow's, or a composite step's `body` at `at`),
+    whose expressions may use `roots`."""
+    problems: list[Problem] = []
+    seen: dict[str, int] = {}
+    for i, step in enumerate(steps):
+        if step.id in seen:
             problems.append(
                 Problem(
-                    ("steps",), f"dependency cycle: {' -> '.join(cycle)}", "cycle", {"cycle": cycle}
+                    (*at, i, "id"),
+                    f"duplicate step id {step.id!r} (first used by {at[-1]}[{seen[step.id]}])",
+                    "duplicate_id",
                 )
             )
+        else:
+            seen[step.id] = i
+    for i, step in enumerate(steps):
+        for j, dep in enumerate(step.depends_on):
+            if dep not in seen:
+                problems.append(
+                    Problem(
+                        (*at, i, "depends_on", j),
+                        f"step {step.id!r} depends on unknown step {dep!r}",
+                        "unknown_step",
+                    )
+                )
+        if body and step.when is not None:
+            try:
+                compile_expression(step.when, roots)
+            except ExpressionError as exc:
+                problems.append(Problem((*at, i, "when"), str(exc), "value_error"))
+        if step.type in COMPOSITE_TYPES:
+            problems += _check_composite(step, (*at, i), roots)
+            continue
+        if step.type not in STEP_TYPES:
+            known = sorted([*STEP_TYPES, *COMPOSITE_TYPES])
+            problems.append(
+                Problem(
+                    (*at, i, "type"),
+                    f"unknown step type {step.type!r}; known types: {', '.join(known)}",
+                    "unknown_step_type",
+                )
+            )
+        else:
+            problems += [
+                Problem((*at, i, "params", *p.loc), p.msg, p.type)
+                for p in check_step_params(step.type, step.params)
+            ]
+        for loc, source in find_expressions(step.params):
+            try:
+                compile_expression(source, roots)
+            except ExpressionError as exc:
+                problems.append(
+                    Problem((*at, i, "params", *loc, "expr"), str(exc), "expression_invalid")
+                )
+    if not any(p.type == "unknown_step" for p in problems):
+        cycle = find_cycle({s.id: s.depends_on for s in steps})
+        if cycle:
+            problems.append(
+                Problem(at, f"dependency cycle: {' -> '.join(cycle)}", "cycle", {"cycle": cycle})
+            )
     return problems
+
+
+def _check_composite(step: Step, at: tuple[str | int, ...], roots: frozenset[str]) -> list[Problem]:
+    """A composite step's params, then its body as a DAG of its own."""
+    try:
+        spec = composite_params(step, roots)
+    except ValidationError as exc:
+        return problems_from_validation(exc, (*at, "params"))
+    if isinstance(spec, SubworkflowParams):
+        return []
+    return check_steps(spec.steps, (*at, "params", "steps"), spec.body_roots(roots), body=True)
 
 
 def parse_definition(data: Any) -> WorkflowDefinition:

@@ -45,7 +45,8 @@ _SCANS = frozenset({"contains", "startsWith", "endsWith"})
 # Functions Maestro adds (`expressions.FUNCTIONS`; each needs an entry here, or it counts as
 # undefined): the growth of the result over the argument, and whether it is a string.
 # `shell_quote`: at most 5 characters for each (`'` is `'"'"'`), of text or JSON.
-_FUNCTIONS = {"shell_quote": (5, True)}
+# `max_by`/`min_by`: one element of their list, found in one pass.
+_FUNCTIONS = {"shell_quote": (5, True), "max_by": (1, False), "min_by": (1, False)}
 
 
 class LimitExceeded(ValueError):

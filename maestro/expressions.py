@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any, TypeGuard
 
@@ -51,8 +52,41 @@ def shell_quote(value: Any) -> str:
     return shlex.quote(value if isinstance(value, str) else json.dumps(value, default=str))
 
 
+def _at_path(value: Any, path: str) -> Any:
+    for key in path.split(".") if path else []:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
+def _extreme(items: Any, path: str, pick: Any) -> Any:
+    if not isinstance(items, list | tuple):
+        raise TypeError("max_by/min_by take a list")
+    keyed = [(_at_path(item, path), item) for item in items]
+    keyed = [
+        (k, item) for k, item in keyed if isinstance(k, int | float) and not isinstance(k, bool)
+    ]
+    if not keyed:
+        return None
+    return pick(keyed, key=lambda pair: pair[0])[1]
+
+
+def max_by(items: Any, path: str) -> Any:
+    """The CEL function `max_by(list, "a.b")`: the element whose number at path a.b is the
+    largest (the first of equals; elements without a number there are passed over), or null."""
+    return _extreme(items, path, max)
+
+
+def min_by(items: Any, path: str) -> Any:
+    """The CEL function `min_by(list, "a.b")`: as `max_by`, the smallest."""
+    return _extreme(items, path, min)
+
+
 # Functions every expression may call, besides CEL's own.
-FUNCTIONS = {"shell_quote": shell_quote}
+FUNCTIONS: dict[str, Callable[..., Any]] = {
+    "shell_quote": shell_quote,
+    "max_by": max_by,
+    "min_by": min_by,
+}
 
 
 def is_expr(value: Any) -> TypeGuard[dict[str, Any]]:

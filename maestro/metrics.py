@@ -40,6 +40,16 @@ STEP_DURATION = Histogram(
     ["type", "outcome"],
     buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 1800, 7200),
 )
+ITERATIONS_STARTED = Counter(
+    "maestro_iterations_started_total",
+    "Iterations of composite steps started, by step type",
+    ["type"],
+)  # foreach | while
+ITERATIONS_FINISHED = Counter(
+    "maestro_iterations_finished_total",
+    "Iterations of composite steps that ended, by outcome",
+    ["outcome"],
+)  # succeeded | failed | skipped | stopped
 
 
 def observe_fires(runs: Iterable[Run]) -> None:

@@ -27,10 +27,12 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from maestro import metrics, strategies
+from maestro.composites import SKIP_ITERATION_SIGNAL, SkipIterationInput
+from maestro.db import iterations as iterations_db
 from maestro.db import runs as runs_db
 from maestro.db import workflows as workflows_db
 from maestro.db.engine import autocommit
-from maestro.db.tables import Run, StepRun, Workflow
+from maestro.db.tables import Iteration, Run, StepRun, Workflow
 from maestro.definitions import RunStrategyKind, WorkflowDefinition, resolve_run_params
 from maestro.ends import LIVE, not_allowed, skip_waiting
 from maestro.errors import (
@@ -147,12 +149,14 @@ class RunsService:
         jump_queue: bool = False,
         fresh_request_id: bool = False,
         consumed: Sequence[int] = (),
+        admit_always: bool = False,
     ) -> tuple[Run, bool]:
         """In the caller's transaction: a new numbered run (admitted, queued or skipped by the
         run strategy), or the run this request id made before. `fresh_request_id`: the id
         cannot have been used (it names a signal stored in this transaction), so no lookup.
         `consumed`: the ids of the signals a new run consumes for `trigger_id`, recorded
-        `started_run` with it."""
+        `started_run` with it. `admit_always`: admitted whatever the run strategy says (a
+        subworkflow's child run, which its parent launches and waits for)."""
         # The row lock serialises numbering, request-id checks and admission per workflow.
         if request_id is not None and not fresh_request_id:
             workflow = await workflows_db.get_workflow(session, workflow_id, lock=True)
@@ -172,9 +176,12 @@ class RunsService:
                 version = workflow.active_version
             definition = await self.definition(session, workflow_id, version)
             resolved = resolve_run_params(definition, params) | (system_params or {})
-            decision = await strategies.decide(
-                session, workflow, definition.run_strategy, jump_queue=jump_queue
-            )
+            if admit_always:
+                decision = strategies.Admission(True)
+            else:
+                decision = await strategies.decide(
+                    session, workflow, definition.run_strategy, jump_queue=jump_queue
+                )
         except BaseException:
             workflow.run_counter -= 1  # no run: run numbers stay without gaps
             raise
@@ -299,6 +306,8 @@ class RunsService:
                     Run.admitted_at.is_not(None),
                     Run.status == RunStatus.queued,
                     Run.admitted_at < cutoff,
+                    # A subworkflow's child run is launched by its parent, as its child.
+                    Run.cause["kind"].astext != "subworkflow",
                 )
                 .order_by(Run.created_at)
                 .limit(limit)
@@ -528,6 +537,34 @@ class RunsService:
         run, _ = await self._live_step(run_id, step_id, "skip")
         await self._signal(run, SKIP_STEP_SIGNAL, SkipStepInput(step_id=step_id))
         return run
+
+    async def skip_iteration(self, run_id: str, path: str, index: int) -> Iteration:
+        """Skip one iteration of a foreach step (`path`: its step id, or the path of a nested
+        one): it ends `skipped` (cancelled if it runs) and the others go on."""
+        async with self._sessions.begin() as session:
+            run = await runs_db.get_run(session, run_id)
+            if RunStatus(run.status) not in LIVE:
+                raise InvalidRunState(
+                    f"cannot skip an iteration of run {run_id!r}: it is {run.status}"
+                )
+            row = await iterations_db.request_skip(session, run_id, path, index)
+            if row is None:
+                raise NotFound(f"run {run_id!r} has no iteration {index} of step {path!r}")
+            if row.status in iterations_db.ENDED:
+                raise InvalidRunState(
+                    f"cannot skip iteration {index} of step {path!r}: it is {row.status}"
+                )
+        if row.temporal_workflow_id is not None:
+            # Loaded by the execution that carries it: it must hear of the skip (one that
+            # loads it later reads the mark).
+            try:
+                await self._client.get_workflow_handle(row.temporal_workflow_id).signal(
+                    SKIP_ITERATION_SIGNAL, SkipIterationInput(index=index)
+                )
+            except RPCError as exc:
+                if exc.status != RPCStatusCode.NOT_FOUND:
+                    raise Unavailable(f"Temporal is unavailable: {exc}") from exc
+        return row
 
     async def _live_step(self, run_id: str, step_id: str, action: str) -> tuple[Run, StepStatus]:
         async with self._sessions() as session:

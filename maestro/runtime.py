@@ -189,8 +189,16 @@ class FinishRunInput(BaseModel):
     successes: list[StepSuccess] = Field(default_factory=list)
 
 
+class IterationRef(BaseModel):
+    """An iteration of a composite step: where its body steps' outputs go."""
+
+    path: str
+    index: int
+
+
 class StepInput(BaseModel):
-    """The input of the `run_step` activity: one attempt of one step."""
+    """The input of the `run_step` activity: one attempt of one step (of a composite step's
+    iteration, for `run_iteration_step`)."""
 
     run_id: str
     workflow_id: str
@@ -206,6 +214,9 @@ class StepInput(BaseModel):
     # attempt that succeeds records the run's end with its own (this step's outputs added),
     # sparing the workflow its finish_run. See StepResult.run_recorded.
     finish: FinishRunInput | None = None
+    # A step of a composite step's body: its iteration, and whether its success ends it.
+    iteration: IterationRef | None = None
+    finishes_iteration: bool = False
 
 
 class RecordSuccessesInput(BaseModel):

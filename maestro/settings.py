@@ -71,6 +71,8 @@ class WorkerSettings(BaseModel):
     # 0 = off (`maestro up` gives its worker a free port then).
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"
+    # A foreach step refuses, when it runs, more items than this.
+    max_foreach_items: int = Field(default=100_000, ge=1)
     # Run RunWorkflow in Temporal's sandbox. Off by default: the sandbox re-imports the workflow
     # module for every run (about a quarter of the worker's CPU per run under load, see
     # docs/architecture.md), and Maestro's workflow code is fixed, not user code; the test suite

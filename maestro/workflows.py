@@ -7,6 +7,7 @@ import logging
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from maestro.composites import check_subworkflow_cycle
 from maestro.db import workflows as workflows_db
 from maestro.db.tables import Workflow, WorkflowVersion
 from maestro.definitions import WorkflowDefinition
@@ -41,6 +42,7 @@ class WorkflowsService:
             workflow, version, created = await workflows_db.push_version(session, definition)
             if created:
                 await check_references(session, definition)
+                await check_subworkflow_cycle(session, definition)
                 await self._bus.check_trigger_loop(session, definition)
                 await self._bus.sync_triggers(session, definition.id)
         if created:

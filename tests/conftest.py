@@ -21,14 +21,20 @@ from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
 
 from api.app import create_app
 from maestro.db.engine import create_engine, session_factory, upgrade
 from maestro.embedded import EmbeddedPostgres, free_port, temporal_dev_server_command, wait_for_port
 from maestro.keys import create_key
+from maestro.runs import RunsService
+from maestro.schedules import Schedules
 from maestro.settings import Settings, TemporalSettings, WorkerSettings
+from maestro.signals import SignalBus
 from maestro.temporal_client import connect
-from workers.main import run_worker
+from workers.activities import ScheduleActivities, StepActivities
+from workers.main import new_worker, run_worker
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -273,3 +279,40 @@ async def wait_for_time_runs(
                 }
             )
     raise AssertionError(f"{workflow_id}: {made} timed runs after {timeout}s; schedules: {found}")
+
+
+WORKFLOW_TASK_QUEUE = "maestro-workflow-tests"
+
+
+def _test_server_path() -> str:
+    import shutil
+    import sys
+
+    beside = Path(sys.executable).parent / "temporal-test-server"
+    return str(beside) if beside.exists() else (shutil.which("temporal-test-server") or "")
+
+
+@pytest.fixture(scope="module")
+async def env(sessions, tmp_path_factory) -> AsyncIterator[WorkflowEnvironment]:
+    """The time-skipping test server with a worker (real activities, this PostgreSQL) on
+    WORKFLOW_TASK_QUEUE."""
+    async with await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=_test_server_path(), data_converter=pydantic_data_converter
+    ) as env:
+        runs = RunsService(
+            sessions,
+            env.client,
+            TemporalSettings(task_queue=WORKFLOW_TASK_QUEUE),
+            search_attributes=False,
+        )
+        bus = SignalBus(sessions, runs, env.client)
+        activities = StepActivities(
+            sessions, tmp_path_factory.mktemp("runs"), bus, policy=TEST_WORKER
+        )
+        schedules = Schedules(
+            sessions, runs, env.client, TemporalSettings(task_queue=WORKFLOW_TASK_QUEUE)
+        )
+        async with new_worker(
+            env.client, WORKFLOW_TASK_QUEUE, activities, ScheduleActivities(schedules)
+        ):
+            yield env

@@ -112,3 +112,19 @@ def use_secret(ctx: StepContext) -> dict:
     if ctx.args.get("fail"):
         raise RuntimeError(f"cannot log in with {value}")
     return {"value": value, "sha256": hashlib.sha256(value.encode()).hexdigest()}
+
+
+def tally(ctx: StepContext) -> dict:
+    """Append `key` to `file` (one line per call: tests count executions); fail for the keys
+    listed in `fail_keys` while the file `fail_while` exists."""
+    key = ctx.args["key"]
+    with Path(ctx.args["file"]).open("a") as f:
+        f.write(f"{key} {time.time()}\n")
+    seconds = ctx.args.get("seconds", 0)
+    if seconds:
+        time.sleep(seconds)
+    with Path(ctx.args["file"]).open("a") as f:
+        f.write(f"end {key} {time.time()}\n")
+    if key in ctx.args.get("fail_keys", []) and Path(ctx.args.get("fail_while", "-")).exists():
+        raise RuntimeError(f"item {key} fails on purpose")
+    return {"key": key}

@@ -98,7 +98,7 @@ async def test_reference_pipeline_from_signal_to_scored_predictions(api, session
         "digits-score": score_id,
         "table: digits": f"table: {table}",
     }
-    for name in ("train.yaml", "score.yaml"):
+    for name in ("train.yaml", "score.yaml", "sweep.yaml"):
         text = (EXAMPLES / "ml" / name).read_text()
         for old, new in renames.items():
             text = text.replace(old, new)
@@ -242,6 +242,8 @@ def test_reference_definitions_validate():
         parse_definition(yaml.safe_load((EXAMPLES / "ml" / name).read_text()))
         for name in ("train.yaml", "score.yaml")
     )
+    sweep = parse_definition(yaml.safe_load((EXAMPLES / "ml" / "sweep.yaml").read_text()))
+    assert [s.type for s in sweep.steps][0] == "foreach", sweep.steps
     assert [(s.id, s.type, s.depends_on) for s in train.steps] == [
         ("train", "train", []),
         ("evaluate", "evaluate", ["train"]),

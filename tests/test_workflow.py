@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -35,42 +34,16 @@ from maestro.runtime import (
     StepResult,
     temporal_workflow_id,
 )
-from maestro.schedules import Schedules, time_triggers
+from maestro.schedules import time_triggers
 from maestro.settings import TemporalSettings
 from maestro.signals import SignalBus
-from tests.conftest import TEST_WORKER
-from workers.activities import ScheduleActivities, StepActivities
-from workers.main import new_worker
+from tests.conftest import TEST_WORKER, WORKFLOW_TASK_QUEUE
+from workers.activities import StepActivities
 from workers.schedules import FireScheduleWorkflow, TimedRunWorkflow
 from workers.workflow import RunWorkflow
 
-TASK_QUEUE = "maestro-workflow-tests"
+TASK_QUEUE = WORKFLOW_TASK_QUEUE
 HISTORIES = Path(__file__).parent / "histories"  # recorded by earlier versions of the code
-
-
-def _test_server_path() -> str:
-    import shutil
-    import sys
-
-    beside = Path(sys.executable).parent / "temporal-test-server"
-    return str(beside) if beside.exists() else (shutil.which("temporal-test-server") or "")
-
-
-@pytest.fixture(scope="module")
-async def env(sessions, tmp_path_factory) -> AsyncIterator[WorkflowEnvironment]:
-    async with await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=_test_server_path(), data_converter=pydantic_data_converter
-    ) as env:
-        runs = RunsService(
-            sessions, env.client, TemporalSettings(task_queue=TASK_QUEUE), search_attributes=False
-        )
-        bus = SignalBus(sessions, runs, env.client)
-        activities = StepActivities(
-            sessions, tmp_path_factory.mktemp("runs"), bus, policy=TEST_WORKER
-        )
-        schedules = Schedules(sessions, runs, env.client, TemporalSettings(task_queue=TASK_QUEUE))
-        async with new_worker(env.client, TASK_QUEUE, activities, ScheduleActivities(schedules)):
-            yield env
 
 
 async def run(

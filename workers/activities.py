@@ -21,7 +21,9 @@ from temporalio.exceptions import ApplicationError
 
 from maestro import metrics
 from maestro.artifacts import ArtifactStore, LocalArtifactStore
+from maestro.composites import RUN_ITERATION_STEP_ACTIVITY
 from maestro.context import StepContext
+from maestro.db import iterations as iterations_db
 from maestro.db import runs as runs_db
 from maestro.db.engine import autocommit
 from maestro.db.tables import Run, StepRun
@@ -56,6 +58,7 @@ from maestro.secrets import Masker, SecretBox, resolve_secrets
 from maestro.settings import WorkerSettings
 from maestro.signals import Producer, SignalBus, SignalIn
 from maestro.steps import STEP_TYPES, secret_references, unsafe_params
+from workers.composite_activities import CompositeActivities
 from workers.database import outlasting_outage
 from workers.executors import EXECUTORS, Services
 from workers.workdirs import WorkRoot
@@ -90,11 +93,13 @@ def _masked_failure(exc: BaseException, mask: Masker) -> ApplicationError:
     return ApplicationError(mask(f"{type(exc).__name__}: {exc}"), type=type(exc).__name__)
 
 
-async def _while_database_away(write: Callable[[], Awaitable[Any]]) -> None:
+async def _while_database_away(
+    write: Callable[[], Awaitable[Any]], *, always: bool = False
+) -> None:
     """Run `write`. As a regular activity (the workflow's fallback when local tries failed),
-    wait for an unreachable database within the attempt, heartbeating, instead of failing it;
-    as a local activity, fail at once so the workflow falls back."""
-    if activity.info().is_local:
+    or `always`, wait for an unreachable database within the attempt, heartbeating, instead
+    of failing it; as a local activity, fail at once so the workflow falls back."""
+    if activity.info().is_local and not always:
         await write()
     else:
         await outlasting_outage(write, heartbeat=activity.heartbeat)
@@ -131,13 +136,13 @@ class _AttemptStart:
     def __init__(
         self,
         sessions: async_sessionmaker[AsyncSession],
-        step_input: StepInput,
+        records: _Records,
         info: activity.Info,
         delay: float,
     ) -> None:
         self._sessions = sessions
-        self._run_id = step_input.run_id
-        self._step_id = step_input.step.id
+        self._records = records
+        self._run_id = records.step_input.run_id
         self._attempt = info.attempt
         self._temporal_run_id = _workflow_run_id(info)
         self.at = datetime.now(UTC)
@@ -151,14 +156,7 @@ class _AttemptStart:
     async def _record(self) -> bool:
         try:
             async with autocommit(self._sessions) as session:
-                await runs_db.mark_step_started(
-                    session,
-                    self._run_id,
-                    self._step_id,
-                    self._attempt,
-                    self._temporal_run_id,
-                    self.at,
-                )
+                await self._records.started(session, self._attempt, self._temporal_run_id, self.at)
             return True
         except Exception as exc:  # noqa: BLE001 - written again with the attempt's end
             logger.warning(
@@ -173,6 +171,96 @@ class _AttemptStart:
         if self._write is not None and await asyncio.shield(self._write):
             return None
         return self._temporal_run_id, self.at
+
+
+class _Records:
+    """Where one step attempt is recorded: the run's step row (a step of the DAG)."""
+
+    def __init__(self, activities: StepActivities, step_input: StepInput) -> None:
+        self.activities = activities
+        self.step_input = step_input
+
+    @property
+    def name(self) -> str:
+        """The step's name in its run: its work directory and the registry use it."""
+        return self.step_input.step.id
+
+    async def earlier_success(self, progress: Any) -> StepResult | None:
+        return await self.activities._recorded_success(self.step_input, progress)
+
+    async def started(
+        self, session: AsyncSession, attempt: int, temporal_run_id: str, at: datetime
+    ) -> None:
+        await runs_db.mark_step_started(
+            session, self.step_input.run_id, self.step_input.step.id, attempt, temporal_run_id, at
+        )
+
+    async def attempt_failed(self, session: AsyncSession, attempt: int, error: str) -> None:
+        await runs_db.mark_attempt_failed(
+            session, self.step_input.run_id, self.step_input.step.id, attempt, error
+        )
+
+    async def succeeded(
+        self, result: StepResult, info: activity.Info, started: tuple[str, datetime] | None
+    ) -> StepResult:
+        return await self.activities._step_succeeded(self.step_input, result, info, started)
+
+
+class _IterationRecords(_Records):
+    """Where an attempt of a step inside a composite step's iteration is recorded: the
+    iteration's row (the last step's success is the iteration's, in the same statement)."""
+
+    @property
+    def name(self) -> str:
+        ref = self.step_input.iteration
+        assert ref is not None
+        return f"{ref.path}[{ref.index}].{self.step_input.step.id}"
+
+    def _key(self) -> tuple[str, str, int]:
+        ref = self.step_input.iteration
+        assert ref is not None
+        return self.step_input.run_id, ref.path, ref.index
+
+    async def earlier_success(self, progress: Any) -> StepResult | None:
+        async def read() -> dict[str, Any] | None:
+            async with self.activities._sessions() as session:
+                return await iterations_db.step_success(
+                    session, *self._key(), self.step_input.step.id
+                )
+
+        outputs = await outlasting_outage(read, heartbeat=lambda: activity.heartbeat(progress))
+        return None if outputs is None else StepResult(outputs=outputs)
+
+    async def started(
+        self, session: AsyncSession, attempt: int, temporal_run_id: str, at: datetime
+    ) -> None:
+        await iterations_db.step_started(
+            session, *self._key(), self.step_input.step.id, attempt, at
+        )
+
+    async def attempt_failed(self, session: AsyncSession, attempt: int, error: str) -> None:
+        await iterations_db.step_attempt_failed(session, *self._key(), error)
+
+    async def succeeded(
+        self, result: StepResult, info: activity.Info, started: tuple[str, datetime] | None
+    ) -> StepResult:
+        async def write() -> None:
+            async with autocommit(self.activities._sessions) as session:
+                await iterations_db.step_succeeded(
+                    session,
+                    *self._key(),
+                    self.step_input.step.id,
+                    info.attempt,
+                    result.outputs,
+                    finishes=self.step_input.finishes_iteration,
+                    started_at=started[1] if started else None,
+                )
+
+        # The success must be written before Temporal hears of it: a retry finds it then.
+        await _while_database_away(write, always=True)
+        if self.step_input.finishes_iteration:
+            metrics.ITERATIONS_FINISHED.labels("succeeded").inc()
+        return result
 
 
 class StepActivities:
@@ -198,16 +286,28 @@ class StepActivities:
         store = artifacts or LocalArtifactStore(work_root.parent / "artifacts")
         self._services = Services(sessions, store, Registry(sessions, bus), self._work_root)
         self._ends = RunEnds(sessions, bus.runs, bus) if bus is not None else None
+        self.composites = CompositeActivities(
+            sessions, bus.runs if bus is not None else None, self._policy.max_foreach_items
+        )
 
     @activity.defn(name=RUN_STEP_ACTIVITY)
     async def run_step(self, step_input: StepInput) -> StepResult:
         """Run one attempt of one step, heartbeating while it runs."""
+        return await self._attempt(_Records(self, step_input))
+
+    @activity.defn(name=RUN_ITERATION_STEP_ACTIVITY)
+    async def run_iteration_step(self, step_input: StepInput) -> StepResult:
+        """Run one attempt of one step of a composite step's iteration."""
+        return await self._attempt(_IterationRecords(self, step_input))
+
+    async def _attempt(self, records: _Records) -> StepResult:
+        step_input = records.step_input
         info = activity.info()
         step = step_input.step
         log_extra = {
             "workflow_id": step_input.workflow_id,
             "run_id": step_input.run_id,
-            "step_id": step.id,
+            "step_id": records.name,
             "attempt": info.attempt,
         }
         executor = EXECUTORS.get(step.type)
@@ -253,7 +353,7 @@ class StepActivities:
         work_dir = self._work_root.run_dir(step_input.run_id)
         previous = info.heartbeat_details[0] if info.heartbeat_details else None
         if info.attempt > 1:
-            done = await self._recorded_success(step_input, previous)
+            done = await records.earlier_success(previous)
             if done is not None:
                 activity.logger.info("step had succeeded already", extra=log_extra)
                 return done
@@ -262,20 +362,20 @@ class StepActivities:
             run_id=step_input.run_id,
             workflow_id=step_input.workflow_id,
             run_number=step_input.run_number,
-            step_id=step.id,
+            step_id=records.name,
             attempt=info.attempt,
             params=step_input.run_params,
             args={},
             upstream=step_input.upstream,
             _work_dir=work_dir,
             previous_progress=previous,
-            _artifact_dir=work_dir / step.id / "artifacts",
+            _artifact_dir=work_dir / records.name / "artifacts",
             _report=progress.report,
         )
         activity.logger.info("step attempt started", extra=log_extra)
         heartbeats = asyncio.create_task(self._heartbeat(progress, info.heartbeat_timeout))
         began = time.monotonic()
-        start = _AttemptStart(self._sessions, step_input, info, RECORD_START_AFTER)
+        start = _AttemptStart(self._sessions, records, info, RECORD_START_AFTER)
         mask: Masker | None = None
         try:
             secrets = await self._secrets(step_input, secret_references(spec))
@@ -291,9 +391,7 @@ class StepActivities:
         except Exception as exc:
             metrics.STEP_DURATION.labels(step.type, "failed").observe(time.monotonic() - began)
             failure = exc if mask is None else _masked_failure(exc, mask)
-            await self._record_failed_attempt(
-                step_input, info.attempt, failure, await start.settle()
-            )
+            await self._record_failed_attempt(records, info.attempt, failure, await start.settle())
             if failure is not exc:
                 raise failure from None
             if isinstance(exc, ApplicationError):
@@ -307,6 +405,21 @@ class StepActivities:
                 update={"outputs": mask(result.outputs), "details": mask(result.details)}
             )
         started = await start.settle()
+        result = await records.succeeded(result, info, started)
+        activity.logger.info("step attempt succeeded", extra=log_extra)
+        return result
+
+    async def _step_succeeded(
+        self,
+        step_input: StepInput,
+        result: StepResult,
+        info: activity.Info,
+        started: tuple[str, datetime] | None,
+    ) -> StepResult:
+        """Record a DAG step's success (with the run's end when it is the last step), or hand
+        it to the workflow when the database is away."""
+        step = step_input.step
+        log_extra = {"run_id": step_input.run_id, "step_id": step.id, "attempt": info.attempt}
         emitted = self._emitted(step_input, result)
         success = StepSuccess(
             run_id=step_input.run_id,
@@ -338,7 +451,6 @@ class StepActivities:
                 extra={**log_extra, "error": str(exc)},
             )
             return result.model_copy(update={"unrecorded": success})
-        activity.logger.info("step attempt succeeded", extra=log_extra)
         return result
 
     async def _write_success(
@@ -465,7 +577,7 @@ class StepActivities:
 
     async def _record_failed_attempt(
         self,
-        step_input: StepInput,
+        records: _Records,
         attempt: int,
         exc: BaseException,
         started: tuple[str, datetime] | None,
@@ -473,12 +585,8 @@ class StepActivities:
         with contextlib.suppress(Exception):  # the attempt's own failure is what matters
             async with self._sessions.begin() as session:
                 if started is not None:
-                    await runs_db.mark_step_started(
-                        session, step_input.run_id, step_input.step.id, attempt, *started
-                    )
-                await runs_db.mark_attempt_failed(
-                    session, step_input.run_id, step_input.step.id, attempt, str(exc)[:4000]
-                )
+                    await records.started(session, attempt, *started)
+                await records.attempt_failed(session, attempt, str(exc)[:4000])
 
     @staticmethod
     async def _heartbeat(progress: _Progress, timeout: Any) -> None:

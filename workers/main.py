@@ -28,8 +28,11 @@ from maestro.settings import Settings
 from maestro.signals import SignalBus
 from maestro.temporal_client import WORKER_RETRY, connect, register_search_attributes
 from workers.activities import ScheduleActivities, StepActivities
+from workers.composite import ForeachWorkflow, WhileWorkflow
 from workers.schedules import FireScheduleWorkflow, TimedRunWorkflow
 from workers.workflow import RunWorkflow
+
+WORKFLOWS = [RunWorkflow, TimedRunWorkflow, FireScheduleWorkflow, ForeachWorkflow, WhileWorkflow]
 
 logger = logging.getLogger(__name__)
 
@@ -52,17 +55,27 @@ def new_worker(
     Temporal's sandbox (tests always do; see WorkerSettings.workflow_sandbox)."""
     activity_list: list[Callable[..., Any]] = [
         activities.run_step,
+        activities.run_iteration_step,
         activities.record_steps,
         activities.record_step_success,
         activities.register_waits,
         activities.finish_run,
+    ]
+    composites = activities.composites
+    activity_list += [
+        composites.prepare_foreach,
+        composites.load_iterations,
+        composites.record_iterations,
+        composites.open_iteration,
+        composites.finish_composite,
+        composites.start_subworkflow,
     ]
     if schedule_activities is not None:
         activity_list += [schedule_activities.admit_fire, schedule_activities.fire_time_trigger]
     return Worker(
         client,
         task_queue=task_queue,
-        workflows=[RunWorkflow, TimedRunWorkflow, FireScheduleWorkflow] if workflows else [],
+        workflows=WORKFLOWS if workflows else [],
         activities=activity_list,
         max_concurrent_activities=limit,
         workflow_runner=SandboxedWorkflowRunner() if sandbox else UnsandboxedWorkflowRunner(),
@@ -80,7 +93,12 @@ def recording_worker(client: Client, task_queue: str, activities: StepActivities
     return Worker(
         client,
         task_queue=recording_queue(task_queue),
-        activities=[activities.record_steps, activities.record_step_success, activities.finish_run],
+        activities=[
+            activities.record_steps,
+            activities.record_step_success,
+            activities.finish_run,
+            activities.composites.record_iterations,
+        ],
         max_concurrent_activities=RECORDING_LIMIT,
         max_heartbeat_throttle_interval=timedelta(seconds=30),
         default_heartbeat_throttle_interval=timedelta(seconds=30),

@@ -9,23 +9,29 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import (
     ActivityError,
     ApplicationError,
     CancelledError,
-    FailureError,
     TimeoutError,
 )
 
+from workers.composite import CompositeFailed, run_composite
+from workers.workflow_common import (
+    FOLD_SUCCESSES_PATCH,
+    RECORD_RETRY,
+    record,
+    step_activity_options,
+    when_holds,
+)
+
 with workflow.unsafe.imports_passed_through():
+    from maestro.composites import CompositeInput, RunRef
     from maestro.dag import topological_order
-    from maestro.definitions import FailureMode, Step
-    from maestro.expressions import ExpressionError, evaluate, resolve_values
+    from maestro.definitions import COMPOSITE_TYPES, FailureMode, Step
+    from maestro.expressions import RUN_ROOTS, ExpressionError, resolve_values
     from maestro.runtime import (
         BYPASS_SIGNAL,
-        DEFAULT_HEARTBEAT_TIMEOUT,
-        DEFAULT_STEP_TIMEOUT,
         FINISH_RUN_ACTIVITY,
         RECORD_STEPS_ACTIVITY,
         RECORD_SUCCESS_ACTIVITY,
@@ -50,27 +56,7 @@ with workflow.unsafe.imports_passed_through():
         StepStatus,
         StepSuccess,
         WaitSpec,
-        recording_queue,
     )
-
-# Recording must outlive a database restart; it is idempotent, so it retries without limit.
-_RECORD_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=5)
-)
-# The quick tries of a local recording before it becomes a regular activity (see _record).
-_LOCAL_RECORD_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=0.5),
-    maximum_interval=timedelta(seconds=1),
-    maximum_attempts=3,
-)
-# Since this patch, recording (finish_run, record_steps) runs as local activities: in the
-# workflow task that decided it, with no activity task or extra workflow task on the server.
-# Runs started before it replay their recorded (regular) activities. Runs whose input says
-# `local_recording` (all that the current code starts) record locally without asking.
-LOCAL_RECORDING_PATCH = "local-recording"
-# Since this patch, a run's successes still unrecorded at its end (and emitting no signals) are
-# written by finish_run with the end, not by one more record_step_success before it.
-FOLD_SUCCESSES_PATCH = "fold-successes-into-end"
 
 
 class _FailFast(Exception):
@@ -222,7 +208,7 @@ class RunWorkflow:
                 if not state.status.is_terminal:
                     self._set(state.step_id, StepStatus.stopped, error="run ended before this step")
             finish = self._finish_input().model_copy(update={"successes": folded})
-            await _record(run_input.local_recording, FINISH_RUN_ACTIVITY, finish)
+            await record(run_input.local_recording, FINISH_RUN_ACTIVITY, finish)
         workflow.logger.info("run ended", extra={**fields, "status": self._status.value})
         if cancelled:
             raise asyncio.CancelledError()  # shows the run as Canceled in the Temporal UI
@@ -383,9 +369,7 @@ class RunWorkflow:
                     continue
                 if step.when is not None:
                     try:
-                        go = evaluate(step.when, self._context())
-                        if not isinstance(go, bool):
-                            raise ExpressionError(f"`when` must be true or false, got {go!r}")
+                        go = when_holds(step, self._context())
                     except ExpressionError as exc:
                         self._step_failed(step, f"expression error: {exc}")
                         progressed = True
@@ -405,12 +389,13 @@ class RunWorkflow:
         if step.wait_for:
             await self._wait_for_signals(step)
         self._set(step.id, StepStatus.running)
+        if step.type in COMPOSITE_TYPES:
+            return await self._composite(step)
         context = self._context(step.id)
         try:
             params = resolve_values(step.params, context)
         except ExpressionError as exc:
             raise _StepFailed(f"expression error: {exc}") from None
-        retry = step.retry
         return await workflow.execute_activity(
             RUN_STEP_ACTIVITY,
             StepInput(
@@ -426,19 +411,43 @@ class RunWorkflow:
                 finish=self._ends_run(step.id),
             ),
             result_type=StepResult,
-            task_queue=step.task_queue,
-            start_to_close_timeout=step.timeout or DEFAULT_STEP_TIMEOUT,
-            heartbeat_timeout=step.heartbeat_timeout or DEFAULT_HEARTBEAT_TIMEOUT,
-            retry_policy=RetryPolicy(
-                maximum_attempts=retry.max_attempts,
-                initial_interval=retry.initial_backoff,
-                maximum_interval=retry.maximum_backoff,
-                backoff_coefficient=retry.backoff_coefficient,
-                non_retryable_error_types=retry.non_retryable_error_types or None,
-            ),
-            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
             summary=f"{step.id} ({step.type})",
+            **step_activity_options(step),
         )
+
+    async def _composite(self, step: Step) -> StepResult:
+        """A foreach, subworkflow or while step: shown running, then carried by its child
+        workflows (workers.composite); its success is recorded by its finishing activity."""
+        assert self._input is not None
+        await record(
+            True,
+            RECORD_STEPS_ACTIVITY,
+            RecordStepsInput(run_id=self._input.run_id, steps=[self._states[step.id]]),
+        )
+        detail = self._input.cause.detail
+        reuse_from = detail.get("restart_of") if detail.get("from") == "failed" else None
+        composite = CompositeInput(
+            run=RunRef(
+                run_id=self._input.run_id,
+                workflow_id=self._input.workflow_id,
+                run_number=self._input.run_number,
+                version=self._input.version,
+                temporal_workflow_id=workflow.info().workflow_id,
+                reuse_from=reuse_from,
+            ),
+            step=step,
+            path=step.id,
+            roots=sorted(RUN_ROOTS),
+            context=self._context(step.id),
+        )
+        try:
+            return await run_composite(composite)
+        except CompositeFailed as exc:
+            raise _StepFailed(str(exc)) from None
+        except ActivityError as exc:
+            cause = exc.cause
+            message = cause.message if isinstance(cause, ApplicationError) else str(cause or exc)
+            raise _StepFailed(message) from None
 
     async def _wait_for_signals(self, step: Step) -> None:
         """Register the step's waits, then wait (without polling) for the signal bus to deliver
@@ -465,7 +474,7 @@ class RunWorkflow:
             ),
             result_type=RegisterWaitsResult,
             start_to_close_timeout=timedelta(seconds=30),
-            retry_policy=_RECORD_RETRY,
+            retry_policy=RECORD_RETRY,
         )
         for matched in registered.matched:
             self.signal_matched(matched)
@@ -545,48 +554,14 @@ class RunWorkflow:
     async def _record_successes(self) -> None:
         while self._unrecorded_successes:
             successes, self._unrecorded_successes = self._unrecorded_successes, []
-            await _record(True, RECORD_SUCCESS_ACTIVITY, RecordSuccessesInput(successes=successes))
+            await record(True, RECORD_SUCCESS_ACTIVITY, RecordSuccessesInput(successes=successes))
 
     async def _record_unrecorded(self) -> None:
         assert self._input is not None
         states = [self._states[sid].model_copy() for sid in dict.fromkeys(self._unrecorded)]
         self._unrecorded.clear()
-        await _record(
+        await record(
             self._input.local_recording,
             RECORD_STEPS_ACTIVITY,
             RecordStepsInput(run_id=self._input.run_id, steps=states),
         )
-
-
-async def _record(local: bool, activity: str, arg: Any) -> None:
-    """Run an idempotent recording activity: local when the input says so or since
-    LOCAL_RECORDING_PATCH, else regular (a run started before the patch). A local attempt
-    holds the worker's workflow-task slot while it retries, so after a few quick tries (the
-    database is away) it becomes a regular activity on the recording queue, which waits for
-    the database inside one heartbeating attempt: no retry for Temporal to schedule every few
-    seconds per waiting run, and it is done within a second of the database's return."""
-    timeout = timedelta(seconds=30)
-    if not (local or workflow.patched(LOCAL_RECORDING_PATCH)):
-        await workflow.execute_activity(
-            activity, arg, start_to_close_timeout=timeout, retry_policy=_RECORD_RETRY
-        )
-        return
-    try:
-        await workflow.execute_local_activity(
-            activity, arg, start_to_close_timeout=timeout, retry_policy=_LOCAL_RECORD_RETRY
-        )
-        return
-    except CancelledError:
-        raise
-    except FailureError:
-        # A local activity's failure arrives as its cause (an ApplicationError), not wrapped
-        # in an ActivityError as a regular activity's is.
-        workflow.logger.warning("recording waits for the database", extra={"activity": activity})
-    await workflow.execute_activity(
-        activity,
-        arg,
-        task_queue=recording_queue(workflow.info().task_queue),
-        start_to_close_timeout=timedelta(hours=1),
-        heartbeat_timeout=timedelta(seconds=60),
-        retry_policy=_RECORD_RETRY,
-    )

@@ -10,6 +10,8 @@ from fastapi import APIRouter, Query, Request, Response
 from api.auth import owners_filter, signal_owners_filter
 from api.deps import EndsDep, RunsDep, SessionDep, SettingsDep
 from api.schemas import (
+    IterationOut,
+    IterationPage,
     Lineage,
     LineageEdge,
     LineageNode,
@@ -20,11 +22,13 @@ from api.schemas import (
     StepOut,
 )
 from maestro import keys
+from maestro.db import iterations as iterations_db
 from maestro.db import runs as runs_db
 from maestro.db import signals as signals_db
 from maestro.db import workflows as workflows_db
-from maestro.db.tables import Run, Signal, StepRun, Workflow
+from maestro.db.tables import Iteration, Run, Signal, StepRun, Workflow
 from maestro.ends import run_actions
+from maestro.errors import NotFound
 from maestro.runs import step_actions
 from maestro.runtime import RunStatus, StepStatus, temporal_ui_url
 from maestro.settings import Settings
@@ -61,9 +65,19 @@ def run_out(run: Run, settings: Settings, steps: list[StepOut] | None = None) ->
     )
 
 
-def step_outs(run: Run, definition: dict, rows: list[StepRun]) -> list[StepOut]:
-    """Every step of the definition in its order, pending where nothing was recorded yet."""
+_LOOPS = ("foreach", "while")
+
+
+def step_outs(
+    run: Run,
+    definition: dict,
+    rows: list[StepRun],
+    progress: dict[str, dict[str, int]] | None = None,
+) -> list[StepOut]:
+    """Every step of the definition in its order, pending where nothing was recorded yet;
+    foreach and while steps with their iterations' `progress`."""
     by_id = {row.step_id: row for row in rows}
+    progress = progress or {}
     out = []
     for step in definition["steps"]:
         row = by_id.get(step["id"])
@@ -80,9 +94,21 @@ def step_outs(run: Run, definition: dict, rows: list[StepRun]) -> list[StepOut]:
                 outputs=row.outputs if row else None,
                 error=row.error if row else None,
                 details=row.details if row else None,
+                progress=_progress(run, progress.get(step["id"]))
+                if step["type"] in _LOOPS
+                else None,
             )
         )
     return out
+
+
+def _progress(run: Run, counts: dict[str, int] | None) -> dict[str, int]:
+    """Counts by status; in a run that ended, what never finished counts as stopped."""
+    counts = dict(counts or dict.fromkeys(iterations_db.ITERATION_STATUSES, 0))
+    if RunStatus(run.status).is_terminal:
+        counts["stopped"] += counts["pending"] + counts["running"]
+        counts["pending"] = counts["running"] = 0
+    return counts
 
 
 @router.post(
@@ -114,7 +140,63 @@ async def get_run(run_id: str, session: SessionDep, settings: SettingsDep) -> Ru
     run = await runs_db.get_run(session, run_id)
     version = await workflows_db.get_version(session, run.workflow_id, run.version)
     rows = list(await runs_db.list_steps(session, run_id))
-    return run_out(run, settings, step_outs(run, version.definition, rows))
+    loops = [s["id"] for s in version.definition["steps"] if s["type"] in _LOOPS]
+    progress = await iterations_db.counts(session, run_id, loops)
+    return run_out(run, settings, step_outs(run, version.definition, rows, progress))
+
+
+@router.get("/runs/{run_id}/steps/{step}/iterations", response_model=IterationPage)
+async def list_iterations(
+    run_id: str,
+    step: str,
+    session: SessionDep,
+    status: Annotated[
+        Literal["pending", "running", "succeeded", "failed", "skipped", "stopped"] | None,
+        Query(description="Only iterations in this status"),
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: Annotated[
+        str | None,
+        Query(pattern=r"^[0-9]{1,9}$", description="The `next_cursor` of the previous page"),
+    ] = None,
+) -> IterationPage:
+    """The iterations of a foreach or while step in index order, with their item, status,
+    outputs and error; page with `cursor`. `step` is the step's id, or for a step nested in
+    an iteration its path (`outer[3].inner`)."""
+    await runs_db.get_run(session, run_id)
+    after = int(cursor) if cursor is not None else None
+    rows = await iterations_db.page(session, run_id, step, status=status, after=after, limit=limit)
+    if not rows and after is None and status is None:
+        raise NotFound(f"run {run_id!r} has no iterations of step {step!r}")
+    next_cursor = str(rows[-1].index) if len(rows) == limit else None
+    return IterationPage(
+        items=[_iteration_out(r) for r in rows],
+        next_cursor=next_cursor,
+    )
+
+
+@router.post(
+    "/runs/{run_id}/steps/{step}/iterations/{index}/skip",
+    response_model=IterationOut,
+    status_code=202,
+)
+async def skip_iteration(run_id: str, step: str, index: int, runs: RunsDep) -> IterationOut:
+    """Skip one iteration of a running foreach (cancelled if it runs): it ends `skipped`
+    and the other iterations go on. 409 if it already ended or the run is not live."""
+    return _iteration_out(await runs.skip_iteration(run_id, step, index))
+
+
+def _iteration_out(row: Iteration) -> IterationOut:
+    return IterationOut(
+        index=row.index,
+        status=row.status,
+        params=row.params,
+        outputs=row.outputs,
+        steps=row.steps,
+        error=row.error,
+        started_at=row.started_at,
+        ended_at=row.ended_at,
+    )
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

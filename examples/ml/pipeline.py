@@ -36,7 +36,8 @@ def train_digits(ctx: StepContext) -> dict:
     x_train, _, y_train, _ = _split(ctx.data)
     checkpoint = ctx.artifact_dir / "checkpoint.pkl"
     start = 0
-    model = SGDClassifier(loss="log_loss", alpha=1e-4, random_state=0)
+    alpha = float(ctx.args.get("alpha", 1e-4))
+    model = SGDClassifier(loss="log_loss", alpha=alpha, random_state=0)
     if ctx.previous_progress and checkpoint.exists():
         start = int(ctx.previous_progress["epoch"])
         model = pickle.loads(checkpoint.read_bytes())

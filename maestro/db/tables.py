@@ -125,6 +125,12 @@ class Run(Base):
             "created_at",
             postgresql_where=text("temporal_run_id IS NULL AND admitted_at IS NOT NULL"),
         ),
+        # The runs a subworkflow step started, by their parent run (lineage, stop cascade).
+        Index(
+            "ix_runs_parent_run",
+            text("(cause -> 'detail' ->> 'parent_run_id')"),
+            postgresql_where=text("cause ->> 'kind' = 'subworkflow'"),
+        ),
     )
 
 
@@ -404,3 +410,32 @@ class AuditEntry(Base):
     duration_ms: Mapped[float]
 
     __table_args__ = (Index("ix_audit_log_key_id", "key_id", "id"),)
+
+
+class Iteration(Base):
+    """One iteration of a composite step (foreach, while) of a run. `step_path` names the step
+    inside the run: `sweep`, or `outer[3].inner` for a foreach nested in iteration 3 of
+    `outer`."""
+
+    __tablename__ = "iterations"
+
+    run_id: Mapped[str] = mapped_column(
+        ForeignKey("runs.run_id", ondelete="CASCADE"), primary_key=True
+    )
+    step_path: Mapped[str] = mapped_column(String(300), primary_key=True)
+    index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    status: Mapped[str] = mapped_column(String(32))
+    # The item (foreach), or the previous iteration's outputs (while).
+    params: Mapped[dict[str, Any] | None] = mapped_column(JSONB(none_as_null=True))
+    # The body steps' outputs by step id, merged as each succeeds.
+    outputs: Mapped[dict[str, Any] | None]
+    # The body steps' states by step id: {"status", "attempt", "error"}.
+    steps: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
+    error: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime | None]
+    ended_at: Mapped[datetime | None]
+    # The workflow execution that carries it (where a skip is signalled), once it is loaded.
+    temporal_workflow_id: Mapped[str | None] = mapped_column(String(1000))
+    skip_requested: Mapped[bool] = mapped_column(default=False, server_default=text("false"))
+
+    __table_args__ = (Index("ix_iterations_status", "run_id", "step_path", "status"),)

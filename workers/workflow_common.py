@@ -1,0 +1,96 @@
+"""What RunWorkflow and the composite steps' workflows share: recording and step activity
+options."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import CancelledError, FailureError
+
+with workflow.unsafe.imports_passed_through():
+    from maestro.definitions import Step
+    from maestro.expressions import RUN_ROOTS, ExpressionError, evaluate
+    from maestro.runtime import DEFAULT_HEARTBEAT_TIMEOUT, DEFAULT_STEP_TIMEOUT, recording_queue
+
+# Recording must outlive a database restart; it is idempotent, so it retries without limit.
+RECORD_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=5)
+)
+# The quick tries of a local recording before it becomes a regular activity (see _record).
+_LOCAL_RECORD_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=0.5),
+    maximum_interval=timedelta(seconds=1),
+    maximum_attempts=3,
+)
+# Since this patch, recording (finish_run, record_steps) runs as local activities: in the
+# workflow task that decided it, with no activity task or extra workflow task on the server.
+# Runs started before it replay their recorded (regular) activities. Runs whose input says
+# `local_recording` (all that the current code starts) record locally without asking.
+LOCAL_RECORDING_PATCH = "local-recording"
+# Since this patch, a run's successes still unrecorded at its end (and emitting no signals) are
+# written by finish_run with the end, not by one more record_step_success before it.
+FOLD_SUCCESSES_PATCH = "fold-successes-into-end"
+
+
+def when_holds(step: Step, context: dict[str, Any], roots: frozenset[str] = RUN_ROOTS) -> bool:
+    """Whether the step's `when` holds (ExpressionError if it fails or is not a boolean)."""
+    assert step.when is not None
+    go = evaluate(step.when, context, roots)
+    if not isinstance(go, bool):
+        raise ExpressionError(f"`when` must be true or false, got {go!r}")
+    return go
+
+
+def step_activity_options(step: Step) -> dict[str, Any]:
+    """How a step's attempts run as an activity: its queue, timeouts and retry policy."""
+    retry = step.retry
+    return {
+        "task_queue": step.task_queue,
+        "start_to_close_timeout": step.timeout or DEFAULT_STEP_TIMEOUT,
+        "heartbeat_timeout": step.heartbeat_timeout or DEFAULT_HEARTBEAT_TIMEOUT,
+        "retry_policy": RetryPolicy(
+            maximum_attempts=retry.max_attempts,
+            initial_interval=retry.initial_backoff,
+            maximum_interval=retry.maximum_backoff,
+            backoff_coefficient=retry.backoff_coefficient,
+            non_retryable_error_types=retry.non_retryable_error_types or None,
+        ),
+        "cancellation_type": workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+    }
+
+
+async def record(local: bool, activity: str, arg: Any) -> None:
+    """Run an idempotent recording activity: local when the input says so or since
+    LOCAL_RECORDING_PATCH, else regular (a run started before the patch). A local attempt
+    holds the worker's workflow-task slot while it retries, so after a few quick tries (the
+    database is away) it becomes a regular activity on the recording queue, which waits for
+    the database inside one heartbeating attempt: no retry for Temporal to schedule every few
+    seconds per waiting run, and it is done within a second of the database's return."""
+    timeout = timedelta(seconds=30)
+    if not (local or workflow.patched(LOCAL_RECORDING_PATCH)):
+        await workflow.execute_activity(
+            activity, arg, start_to_close_timeout=timeout, retry_policy=RECORD_RETRY
+        )
+        return
+    try:
+        await workflow.execute_local_activity(
+            activity, arg, start_to_close_timeout=timeout, retry_policy=_LOCAL_RECORD_RETRY
+        )
+        return
+    except CancelledError:
+        raise
+    except FailureError:
+        # A local activity's failure arrives as its cause (an ApplicationError), not wrapped
+        # in an ActivityError as a regular activity's is.
+        workflow.logger.warning("recording waits for the database", extra={"activity": activity})
+    await workflow.execute_activity(
+        activity,
+        arg,
+        task_queue=recording_queue(workflow.info().task_queue),
+        start_to_close_timeout=timedelta(hours=1),
+        heartbeat_timeout=timedelta(seconds=60),
+        retry_policy=RECORD_RETRY,
+    )
