@@ -526,7 +526,10 @@ def test_the_up_banner_is_not_wrapped_off_a_terminal(capsys, tmp_path: Path):
     data_dir = tmp_path / ("a-data-directory-with-a-long-name-" * 4)
     settings = Settings(data_dir=data_dir)
     url = "postgresql://postgres:secret@127.0.0.1:55432/postgres"
-    _print_up(settings, data_dir, url, f"   (password in {data_dir / 'postgres-password'})")
+    metrics = {"api": "http://127.0.0.1:8000/metrics", "worker": "http://127.0.0.1:9464/metrics"}
+    _print_up(
+        settings, data_dir, url, f"   (password in {data_dir / 'postgres-password'})", metrics
+    )
     lines = capsys.readouterr().err.splitlines()
     assert lines[0] == "Maestro is up"
     assert lines[1].split() == [
@@ -541,7 +544,8 @@ def test_the_up_banner_is_not_wrapped_off_a_terminal(capsys, tmp_path: Path):
     ]
     assert lines[3].endswith(f"(password in {data_dir / 'postgres-password'})")
     assert lines[4].split() == ["data", str(data_dir), "(logs", "in", f"{data_dir / 'logs'})"]
-    assert len(lines) == 6
+    assert lines[5].split() == ["metrics", "api", metrics["api"], "worker", metrics["worker"]]
+    assert len(lines) == 7
 
 
 def test_output_still_fits_a_terminal():
