@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import Query
-from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AliasChoices, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
 
 from maestro.runtime import RunStatus, StepStatus
 from maestro.signals import MAX_BATCH, TriggerExplanation
@@ -30,7 +30,17 @@ Since = Annotated[
 ]
 
 
-class WorkflowOut(BaseModel):
+class FromRow(BaseModel):
+    """A response read from a database row's attributes. Fields the row does not hold get
+    defaults and are filled in by the route; answers always carry them, so the OpenAPI
+    document lists them as required."""
+
+    model_config = ConfigDict(
+        from_attributes=True, json_schema_serialization_defaults_required=True
+    )
+
+
+class WorkflowOut(FromRow):
     id: str
     owner: str
     active_version: int | None
@@ -40,7 +50,7 @@ class WorkflowOut(BaseModel):
     blocked_by_run_id: str | None = Field(
         description="strict_sequential: the failed run holding the queue"
     )
-    run_count: int
+    run_count: int = Field(validation_alias=AliasChoices("run_count", "run_counter"))
     created_at: datetime
     updated_at: datetime
     definition: dict[str, Any] | None = Field(
@@ -54,10 +64,10 @@ class WorkflowPage(BaseModel):
     offset: int
 
 
-class VersionOut(BaseModel):
+class VersionOut(FromRow):
     workflow_id: str
     version: int
-    active: bool
+    active: bool = False
     content_hash: str
     created_at: datetime
     definition: dict[str, Any]
@@ -125,7 +135,7 @@ class IterationPage(BaseModel):
     next_cursor: str | None
 
 
-class RunOut(BaseModel):
+class RunOut(FromRow):
     run_id: str
     workflow_id: str
     version: int
@@ -136,14 +146,14 @@ class RunOut(BaseModel):
     request_id: str | None
     temporal_workflow_id: str
     temporal_run_id: str | None
-    temporal_ui_url: str
+    temporal_ui_url: str = ""
     created_at: datetime
     started_at: datetime | None
     ended_at: datetime | None
     error: str | None
     outputs: dict[str, Any] | None
     trigger_id: str | None = None
-    actions: list[str] = Field(description="Actions this run's status allows")
+    actions: list[str] = Field(default=[], description="Actions this run's status allows")
     steps: list[StepOut] | None = Field(default=None, description="Present on single-run reads")
 
 
@@ -152,7 +162,7 @@ class RunPage(BaseModel):
     next_cursor: str | None = Field(description="Pass as `cursor` to get the next page")
 
 
-class SignalOut(BaseModel):
+class SignalOut(FromRow):
     id: int
     name: str
     seq: int = Field(description="Sequence number within the signal's name")

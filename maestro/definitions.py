@@ -40,7 +40,14 @@ from maestro.steps import STEP_TYPES, check_step_params
 
 WORKFLOW_ID_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,127}$"
 STEP_ID_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
-CRON_MACROS = {"@hourly", "@daily", "@weekly", "@monthly", "@yearly"}
+# Cron macros and the five-field expression each stands for.
+CRON_MACROS = {
+    "@hourly": "0 * * * *",
+    "@daily": "0 0 * * *",
+    "@weekly": "0 0 * * 0",
+    "@monthly": "0 0 1 * *",
+    "@yearly": "0 0 1 1 *",
+}
 _CRON_NAMES = {
     3: {"JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"},
     4: {"SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"},

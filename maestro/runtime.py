@@ -27,12 +27,9 @@ def recording_queue(task_queue: str) -> str:
     return f"{task_queue}.recording"
 
 
-# What a time trigger's schedule starts: the run itself (TimedRunWorkflow). Fires started by
-# earlier schedules went through FireScheduleWorkflow, which is still registered for them.
+# What a time trigger's schedule starts: the run itself (TimedRunWorkflow).
 TIMED_RUN_WORKFLOW = "TimedRunWorkflow"
 ADMIT_FIRE_ACTIVITY = "admit_fire"
-FIRE_SCHEDULE_WORKFLOW = "FireScheduleWorkflow"
-FIRE_TIME_TRIGGER_ACTIVITY = "fire_time_trigger"
 # Temporal signals RunWorkflow accepts.
 SIGNAL_MATCHED_SIGNAL = "signal_matched"
 BYPASS_SIGNAL = "bypass_wait"
@@ -88,9 +85,28 @@ class StepStatus(StrEnum):
         )
 
 
+# A run lives in a Temporal execution with one of two ids:
+# - `<workflow>-run-<n>` (temporal_workflow_id): every run Maestro starts itself, including a
+#   schedule's fire that was queued, and a subworkflow's child run;
+# - `maestro:<workflow>:<trigger>:run-<scheduled time>`: a time-triggered run admitted at once,
+#   in the execution its Temporal Schedule started. The schedule's action id is
+#   scheduled_run_id(schedule id); Temporal appends `-<scheduled time>` to it.
+SCHEDULE_PREFIX = "maestro:"
+
+
 def temporal_workflow_id(workflow_id: str, run_number: int) -> str:
     """The readable Temporal workflow id of a run: unique because `-run-<n>` ends it."""
     return f"{workflow_id}-run-{run_number}"
+
+
+def trigger_schedule_id(workflow_id: str, trigger_id: str) -> str:
+    """The Temporal Schedule of a workflow's time trigger."""
+    return f"{SCHEDULE_PREFIX}{workflow_id}:{trigger_id}"
+
+
+def scheduled_run_id(schedule: str) -> str:
+    """The id of the executions a schedule starts, before Temporal appends the time."""
+    return f"{schedule}:run"
 
 
 def temporal_ui_url(

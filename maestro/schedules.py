@@ -41,7 +41,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from maestro import metrics
 from maestro.db import workflows as workflows_db
 from maestro.db.tables import Run, Workflow
-from maestro.definitions import IntervalTrigger, TimeTrigger, WorkflowDefinition
+from maestro.definitions import CRON_MACROS, IntervalTrigger, TimeTrigger, WorkflowDefinition
 from maestro.errors import (
     InvalidInput,
     NotFound,
@@ -52,6 +52,7 @@ from maestro.errors import (
 )
 from maestro.runs import RunsService
 from maestro.runtime import (
+    SCHEDULE_PREFIX,
     TIMED_RUN_WORKFLOW,
     AdmitFireInput,
     Cause,
@@ -59,20 +60,14 @@ from maestro.runtime import (
     FireInput,
     FireRequest,
     RunStatus,
+    scheduled_run_id,
+    trigger_schedule_id,
 )
 from maestro.settings import TemporalSettings
 
 logger = logging.getLogger(__name__)
 
-SCHEDULE_PREFIX = "maestro:"
 MAX_BACKFILL = 1_000
-MACROS = {
-    "@hourly": "0 * * * *",
-    "@daily": "0 0 * * *",
-    "@weekly": "0 0 * * 0",
-    "@monthly": "0 0 1 * *",
-    "@yearly": "0 0 1 1 *",
-}
 
 
 @dataclass(frozen=True)
@@ -90,7 +85,7 @@ class TimeTriggerRef:
 
     @property
     def schedule_id(self) -> str:
-        return f"{SCHEDULE_PREFIX}{self.workflow_id}:{self.trigger_id}"
+        return trigger_schedule_id(self.workflow_id, self.trigger_id)
 
     @property
     def timezone(self) -> ZoneInfo:
@@ -104,7 +99,7 @@ class TimeTriggerRef:
         times: list[datetime] = []
         if isinstance(self.trigger, TimeTrigger):
             zone = self.timezone
-            cron = MACROS.get(self.trigger.cron, self.trigger.cron)
+            cron = CRON_MACROS.get(self.trigger.cron, self.trigger.cron)
             # Iterate naive wall-clock times, then place each in the zone.
             it = croniter(cron, start.astimezone(zone).replace(tzinfo=None))
             while len(times) < limit:
@@ -191,7 +186,7 @@ class Schedules:
             action=ScheduleActionStartWorkflow(
                 TIMED_RUN_WORKFLOW,
                 FireInput(workflow_id=ref.workflow_id, trigger_id=ref.trigger_id),
-                id=f"{ref.schedule_id}:run",
+                id=scheduled_run_id(ref.schedule_id),
                 task_queue=self._settings.task_queue,
             ),
             spec=spec,
@@ -205,7 +200,7 @@ class Schedules:
 
     def _note(self, ref: TimeTriggerRef, paused: bool) -> str:
         """Names the desired state, so an unchanged schedule is left alone (the action's
-        workflow type is part of it: schedules made for FireScheduleWorkflow get updated)."""
+        workflow type is part of it: a schedule starting another type gets updated)."""
         state = f"{ref.trigger_id}/{paused}/{TIMED_RUN_WORKFLOW}"
         digest = hashlib.sha256(state.encode()).hexdigest()[:12]
         return f"{'paused' if paused else 'managed'} by Maestro [{digest}]"
@@ -312,15 +307,6 @@ class Schedules:
                 raise
 
     # -- fires and backfills ------------------------------------------------------------------
-
-    async def fire(self, request: FireRequest) -> Run | None:
-        """Create (once) and launch the run for one scheduled time of one trigger."""
-        async with self._sessions.begin() as session:
-            created = await self._create_fired(session, request)
-        if created is None:
-            return None
-        await self._runs.launch([created[0]])
-        return created[0]
 
     async def admit_fire(self, request: AdmitFireInput) -> FireAdmission:
         """A fire that Temporal started as a TimedRunWorkflow execution: create its run (once)

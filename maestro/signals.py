@@ -253,6 +253,18 @@ def _signal_view(signal: Signal) -> dict[str, Any]:
     }
 
 
+def _matched(wait: SignalWait, signal: Signal) -> MatchedSignal:
+    """What RunWorkflow is told when `signal` satisfies a step's wait."""
+    return MatchedSignal(
+        step_id=wait.step_id,
+        position=wait.position,
+        signal_id=signal.id,
+        name=signal.name,
+        params=signal.params,
+        payload=signal.payload,
+    )
+
+
 class SignalBus:
     """Publishes signals and links them to triggers and waiting steps."""
 
@@ -651,16 +663,7 @@ class SignalBus:
                         wait.matched_signal_id = signal.id
                         wait.delivered_at = datetime.now(UTC)
                 if signal is not None:
-                    matched.append(
-                        MatchedSignal(
-                            step_id=wait.step_id,
-                            position=wait.position,
-                            signal_id=signal.id,
-                            name=signal.name,
-                            params=signal.params,
-                            payload=signal.payload,
-                        )
-                    )
+                    matched.append(_matched(wait, signal))
             if len(matched) < len(request.waits):
                 await set_step_waiting(session, request.run_id, request.step_id)
         return RegisterWaitsResult(matched=matched)
@@ -671,14 +674,7 @@ class SignalBus:
             async with self._sessions() as session:
                 signal = await session.get(Signal, wait.matched_signal_id)
             assert signal is not None  # a matched wait's signal is stored for good
-            message = MatchedSignal(
-                step_id=wait.step_id,
-                position=wait.position,
-                signal_id=signal.id,
-                name=signal.name,
-                params=signal.params,
-                payload=signal.payload,
-            )
+            message = _matched(wait, signal)
             try:
                 await self._client.get_workflow_handle(wait.temporal_workflow_id).signal(
                     SIGNAL_MATCHED_SIGNAL, message

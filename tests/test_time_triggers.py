@@ -22,7 +22,7 @@ from temporalio.service import RPCError
 from maestro.db.tables import Run
 from maestro.definitions import TimeTrigger
 from maestro.runs import RunsService
-from maestro.runtime import AdmitFireInput, FireRequest
+from maestro.runtime import AdmitFireInput
 from maestro.schedules import Schedules, TimeTriggerRef
 from tests.conftest import unique_id, wait_for_run, wait_for_step
 
@@ -245,6 +245,8 @@ async def test_backfill_counts_and_never_repeats_a_scheduled_time(api, sessions)
 
 
 async def test_a_fire_delivered_twice_makes_one_run(api, sessions, settings, temporal_client):
+    """The same fire admitted at once by two processes (its local activity ran twice): one
+    run, carried by the execution."""
     from maestro.db.engine import create_engine, session_factory
     from maestro.runs import RunsService
     from maestro.schedules import Schedules
@@ -261,15 +263,19 @@ async def test_a_fire_delivered_twice_makes_one_run(api, sessions, settings, tem
             temporal_client,
             settings.temporal,
         )
-        request = FireRequest(
+        request = AdmitFireInput(
             workflow_id=wid,
             trigger_id=trigger["trigger_id"],
             scheduled_at=datetime(2027, 1, 1, tzinfo=UTC),
+            temporal_workflow_id=f"timed-{wid}",
+            temporal_run_id="rid",
         )
-        first, second = await asyncio.gather(schedules.fire(request), schedules.fire(request))
+        own = api._transport.app.state.schedules
+        first, second = await asyncio.gather(schedules.admit_fire(request), own.admit_fire(request))
     finally:
         await engine.dispose()
-    assert first.run_id == second.run_id
+    assert first.run_input is not None and second.run_input is not None
+    assert first.run_input.run_id == second.run_input.run_id
     assert len(await time_runs(sessions, wid)) == 1
 
 

@@ -39,7 +39,7 @@ from maestro.settings import TemporalSettings
 from maestro.signals import SignalBus
 from tests.conftest import TEST_WORKER, WORKFLOW_TASK_QUEUE
 from workers.activities import StepActivities
-from workers.schedules import FireScheduleWorkflow, TimedRunWorkflow
+from workers.schedules import TimedRunWorkflow
 from workers.workflow import RunWorkflow
 
 TASK_QUEUE = WORKFLOW_TASK_QUEUE
@@ -672,20 +672,6 @@ async def test_timed_runs_recorded_earlier_still_replay():
     )
     assert "core_local_activity" in marker_names(history)  # admit_fire ran locally
     await replay(TimedRunWorkflow, history)
-
-
-async def test_fires_started_before_the_local_fire_still_replay():
-    """A FireScheduleWorkflow history (a fire that started its run through an activity)
-    replays under the current code."""
-    history = recorded(
-        "fire_schedule",
-        "FireScheduleWorkflow",
-        11,
-        EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED,
-    )
-    types = [e.event_type for e in history.events]
-    assert types.count(EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED) == 1
-    await replay(FireScheduleWorkflow, history)
 
 
 async def test_step_start_is_recorded_with_its_end_when_quick_and_at_once_when_slow(env, sessions):

@@ -34,7 +34,6 @@ from maestro.registry import Registry
 from maestro.runtime import (
     ADMIT_FIRE_ACTIVITY,
     FINISH_RUN_ACTIVITY,
-    FIRE_TIME_TRIGGER_ACTIVITY,
     RECORD_STEPS_ACTIVITY,
     RECORD_SUCCESS_ACTIVITY,
     REGISTER_WAITS_ACTIVITY,
@@ -42,7 +41,6 @@ from maestro.runtime import (
     AdmitFireInput,
     FinishRunInput,
     FireAdmission,
-    FireRequest,
     RecordStepsInput,
     RecordSuccessesInput,
     RegisterWaitsInput,
@@ -649,7 +647,7 @@ class StepActivities:
 
 
 class ScheduleActivities:
-    """The activities behind TimedRunWorkflow and FireScheduleWorkflow."""
+    """The activity behind TimedRunWorkflow."""
 
     def __init__(self, schedules: Schedules) -> None:
         self._schedules = schedules
@@ -658,9 +656,3 @@ class ScheduleActivities:
     async def admit_fire(self, request: AdmitFireInput) -> FireAdmission:
         """Create the run of one scheduled time (once); its input if this execution carries it."""
         return await self._schedules.admit_fire(request)
-
-    @activity.defn(name=FIRE_TIME_TRIGGER_ACTIVITY)
-    async def fire_time_trigger(self, request: FireRequest) -> str | None:
-        """Create and launch the run of one scheduled time (once, however often it is asked)."""
-        run = await self._schedules.fire(request)
-        return run.run_id if run else None

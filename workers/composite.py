@@ -72,6 +72,7 @@ with workflow.unsafe.imports_passed_through():
         StepInput,
         StepResult,
         StepStatus,
+        temporal_workflow_id,
     )
 
 # Iteration statuses that need no more work.
@@ -166,7 +167,7 @@ async def _subworkflow(
         ),
     )
     run_input = start.run_input
-    child_id = f"{run_input.workflow_id}-run-{run_input.run_number}"
+    child_id = temporal_workflow_id(run_input.workflow_id, run_input.run_number)
     options: dict[str, Any] = {
         "id": child_id,
         "result_type": RunState,

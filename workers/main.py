@@ -29,10 +29,10 @@ from maestro.signals import SignalBus
 from maestro.temporal_client import WORKER_RETRY, connect, register_search_attributes
 from workers.activities import ScheduleActivities, StepActivities
 from workers.composite import ForeachWorkflow, WhileWorkflow
-from workers.schedules import FireScheduleWorkflow, TimedRunWorkflow
+from workers.schedules import TimedRunWorkflow
 from workers.workflow import RunWorkflow
 
-WORKFLOWS = [RunWorkflow, TimedRunWorkflow, FireScheduleWorkflow, ForeachWorkflow, WhileWorkflow]
+WORKFLOWS = [RunWorkflow, TimedRunWorkflow, ForeachWorkflow, WhileWorkflow]
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def new_worker(
         composites.start_subworkflow,
     ]
     if schedule_activities is not None:
-        activity_list += [schedule_activities.admit_fire, schedule_activities.fire_time_trigger]
+        activity_list.append(schedule_activities.admit_fire)
     return Worker(
         client,
         task_queue=task_queue,

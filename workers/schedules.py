@@ -1,6 +1,5 @@
 """What a time trigger's Temporal Schedule starts: TimedRunWorkflow, which admits the fire's run
-through Maestro's one door and carries it itself. FireScheduleWorkflow is what schedules started
-before; it stays registered so that fires already started finish."""
+through Maestro's one door and carries it itself."""
 
 from __future__ import annotations
 
@@ -13,8 +12,6 @@ from temporalio.common import RetryPolicy, SearchAttributeKey
 with workflow.unsafe.imports_passed_through():
     from maestro.runtime import (
         ADMIT_FIRE_ACTIVITY,
-        FIRE_SCHEDULE_WORKFLOW,
-        FIRE_TIME_TRIGGER_ACTIVITY,
         SA_TRIGGER_KIND,
         SA_VERSION,
         SA_WORKFLOW_ID,
@@ -22,7 +19,6 @@ with workflow.unsafe.imports_passed_through():
         AdmitFireInput,
         FireAdmission,
         FireInput,
-        FireRequest,
         RunState,
     )
 
@@ -30,10 +26,6 @@ from workers.workflow import RunWorkflow
 
 # Admission must outlive a database restart; it is idempotent, so it retries without limit.
 _ADMIT_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=10))
-
-# Since this patch the fire runs as a local activity: one workflow task per fire, no activity
-# task. Fires started before it replay their recorded (regular) activity.
-LOCAL_FIRE_PATCH = "local-fire"
 
 # Temporal sets this on every workflow a schedule starts: the time it was scheduled for.
 SCHEDULED_START = SearchAttributeKey.for_datetime("TemporalScheduledStartTime")
@@ -87,26 +79,3 @@ class TimedRunWorkflow(RunWorkflow):
                 ]
             )
         return await self._run(run_input, cancelled_early=cancelled)
-
-
-@workflow.defn(name=FIRE_SCHEDULE_WORKFLOW)
-class FireScheduleWorkflow:
-    @workflow.run
-    async def run(self, fire: FireInput) -> None:
-        scheduled = workflow.info().typed_search_attributes.get(SCHEDULED_START)
-        request = FireRequest(
-            workflow_id=fire.workflow_id,
-            trigger_id=fire.trigger_id,
-            scheduled_at=scheduled or workflow.info().start_time,
-        )
-        execute = (
-            workflow.execute_local_activity
-            if workflow.patched(LOCAL_FIRE_PATCH)
-            else workflow.execute_activity
-        )
-        await execute(
-            FIRE_TIME_TRIGGER_ACTIVITY,
-            request,
-            start_to_close_timeout=timedelta(seconds=30),
-            retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=10)),
-        )

@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.auth import PrincipalDep
-from api.deps import SessionDep
+from api.deps import KeyCacheDep, SessionDep, SessionsDep
 from maestro import keys
 from maestro.db.tables import ApiKey
 from maestro.keys import Scope
@@ -81,8 +81,9 @@ async def list_keys(session: SessionDep) -> list[KeyOut]:
 )
 async def revoke_key(
     key_id: str,
-    request: Request,
     principal: PrincipalDep,
+    sessions: SessionsDep,
+    key_cache: KeyCacheDep,
     confirm: Annotated[
         bool, Query(description="Required to revoke the key this request is made with")
     ] = False,
@@ -91,9 +92,9 @@ async def revoke_key(
     `MAESTRO_API__KEY_CACHE_SECONDS` (default 5 s) on others. Refused (409) for the last
     active admin key, and for the calling key itself unless `confirm=true`. Revoking a revoked
     key changes nothing."""
-    async with request.app.state.sessions.begin() as session:
+    async with sessions.begin() as session:
         row = await keys.revoke_key(
             session, key_id, acting_key_id=principal.key_id, confirm=confirm
         )
-    request.app.state.key_cache.clear()
+    key_cache.clear()
     return key_out(row)

@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Request
 
 from api.auth import owners_filter, signal_owners_filter
-from api.deps import SessionDep
+from api.deps import RegistryDep, SessionDep
 from api.schemas import ModelOut, ModelVersionOut, PromoteIn, PromoteOut, StageChangeOut
 from maestro import keys
 from maestro.db import models as models_db
@@ -109,12 +109,12 @@ async def get_model_version(
 
 @router.post("/{model_name}/versions/{version}/promote", response_model=PromoteOut)
 async def promote_model_version(
-    model_name: str, version: int, body: PromoteIn, request: Request
+    model_name: str, version: int, body: PromoteIn, registry: RegistryDep
 ) -> PromoteOut:
     """Move a version to `staging` or `production`; the previous holder is archived and
     `model.deployed` is published (as the model owner's signal). Promoting an older version
     is a rollback."""
-    promotion = await request.app.state.registry.promote(model_name, version, body.stage)
+    promotion = await registry.promote(model_name, version, body.stage)
     return PromoteOut(
         version=version_out(promotion.version), previous_version=promotion.previous_version
     )

@@ -37,31 +37,14 @@ router = APIRouter(tags=["runs"])
 
 
 def run_out(run: Run, settings: Settings, steps: list[StepOut] | None = None) -> RunOut:
-    return RunOut(
-        run_id=run.run_id,
-        workflow_id=run.workflow_id,
-        version=run.version,
-        run_number=run.run_number,
-        status=RunStatus(run.status),
-        params=run.params,
-        cause=run.cause,
-        request_id=run.request_id,
-        temporal_workflow_id=run.temporal_workflow_id,
-        temporal_run_id=run.temporal_run_id,
-        temporal_ui_url=temporal_ui_url(
-            settings.temporal.ui_url,
-            settings.temporal.namespace,
-            run.temporal_workflow_id,
-            run.temporal_run_id,
-        ),
-        created_at=run.created_at,
-        started_at=run.started_at,
-        ended_at=run.ended_at,
-        error=run.error,
-        outputs=run.outputs,
-        trigger_id=run.trigger_id,
-        actions=run_actions(run),
-        steps=steps,
+    url = temporal_ui_url(
+        settings.temporal.ui_url,
+        settings.temporal.namespace,
+        run.temporal_workflow_id,
+        run.temporal_run_id,
+    )
+    return RunOut.model_validate(run).model_copy(
+        update={"temporal_ui_url": url, "actions": run_actions(run), "steps": steps}
     )
 
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Path, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.auth import owners_filter
-from api.deps import SessionDep
+from api.deps import SecretBoxDep, SessionDep, SettingsDep
 from maestro import secrets
 from maestro.steps import SECRET_NAME_PATTERN
 
@@ -55,14 +55,15 @@ async def put_secret(
     response: Response,
     body: SecretIn,
     session: SessionDep,
+    box: SecretBoxDep,
+    settings: SettingsDep,
     name: str = SecretName,
 ) -> SecretOut:
     """Create a secret (201) or give it a new value (200): steps that name it read the new
     value from their next attempt on. Needs `secrets:write` (or `admin`); an owner-limited key
     may only store secrets for its owners."""
-    box = secrets.require_box(request.app.state.secret_box, request.app.state.settings)
     row, created = await secrets.put_secret(
-        session, box, name, body.owner, body.value, _owners(request)
+        session, secrets.require_box(box, settings), name, body.owner, body.value, _owners(request)
     )
     await session.refresh(row)
     if created:

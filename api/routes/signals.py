@@ -27,7 +27,6 @@ from api.schemas import (
     Since,
 )
 from maestro.db import signals as signals_db
-from maestro.db.tables import Signal
 from maestro.definitions import problems_from_validation
 from maestro.errors import Forbidden, InvalidInput, Problem
 from maestro.registry import DEPLOYED_SIGNAL
@@ -35,19 +34,6 @@ from maestro.settings import Settings
 from maestro.signals import MAX_BATCH, Producer, Published, SignalIn
 
 router = APIRouter(prefix="/signals", tags=["signals"])
-
-
-def signal_out(signal: Signal) -> SignalOut:
-    return SignalOut(
-        id=signal.id,
-        name=signal.name,
-        seq=signal.seq,
-        params=signal.params,
-        payload=signal.payload,
-        request_id=signal.request_id,
-        producer=signal.producer,
-        created_at=signal.created_at,
-    )
 
 
 def _producer(principal: Principal, names: list[str]) -> Producer:
@@ -65,7 +51,7 @@ def _producer(principal: Principal, names: list[str]) -> Producer:
 
 def publish_out(result: Published, settings: Settings) -> PublishOut:
     return PublishOut(
-        signal=signal_out(result.signal),
+        signal=SignalOut.model_validate(result.signal),
         duplicate=result.duplicate,
         runs=[run_out(r, settings) for r in result.runs],
     )
@@ -164,7 +150,7 @@ async def list_signals(
         producer_owners=signal_owners_filter(request),
     )
     next_cursor = str(rows[-1].id) if len(rows) == limit else None
-    return SignalPage(items=[signal_out(s) for s in rows], next_cursor=next_cursor)
+    return SignalPage(items=[SignalOut.model_validate(s) for s in rows], next_cursor=next_cursor)
 
 
 # `:int`: a path that is no signal id (`/signals/batch`) is not this route's, so GET on it is a
@@ -195,7 +181,7 @@ async def get_signal(
     matches = await signals_db.matches_of_signal(session, signal_id, owners)
     explained = await bus.explain(session, signal, owners) if explain else None
     return SignalDetail(
-        **signal_out(signal).model_dump(),
+        **SignalOut.model_validate(signal).model_dump(),
         matches=[MatchOut.model_validate(m, from_attributes=True) for m in matches],
         explain=explained,
     )

@@ -11,7 +11,15 @@ import yaml
 from fastapi import APIRouter, Query, Request, Response
 
 from api.auth import owners_filter
-from api.deps import EndsDep, RunsDep, SchedulesDep, SessionDep, SettingsDep, WorkflowsDep
+from api.deps import (
+    EndsDep,
+    RunsDep,
+    SchedulesDep,
+    SessionDep,
+    SessionsDep,
+    SettingsDep,
+    WorkflowsDep,
+)
 from api.routes.runs import run_out
 from api.schemas import (
     BIGINT_MAX,
@@ -120,30 +128,12 @@ def _definition_from(raw: bytes, content_type: str) -> WorkflowDefinition:
 
 
 def workflow_out(workflow: Workflow, definition: dict | None = None) -> WorkflowOut:
-    return WorkflowOut(
-        id=workflow.id,
-        owner=workflow.owner,
-        active_version=workflow.active_version,
-        latest_version=workflow.latest_version,
-        is_active=workflow.is_active,
-        paused=workflow.paused,
-        blocked_by_run_id=workflow.blocked_by_run_id,
-        run_count=workflow.run_counter,
-        created_at=workflow.created_at,
-        updated_at=workflow.updated_at,
-        definition=definition,
-    )
+    return WorkflowOut.model_validate(workflow).model_copy(update={"definition": definition})
 
 
 def version_out(version: WorkflowVersion, workflow: Workflow) -> VersionOut:
-    return VersionOut(
-        workflow_id=version.workflow_id,
-        version=version.version,
-        active=workflow.is_active and workflow.active_version == version.version,
-        content_hash=version.content_hash,
-        created_at=version.created_at,
-        definition=version.definition,
-    )
+    active = workflow.is_active and workflow.active_version == version.version
+    return VersionOut.model_validate(version).model_copy(update={"active": active})
 
 
 @router.post(
@@ -154,7 +144,7 @@ def version_out(version: WorkflowVersion, workflow: Workflow) -> VersionOut:
     responses={200: {"model": PushResult, "description": "Identical definition existed"}},
 )
 async def push_workflow(
-    request: Request, response: Response, workflows: WorkflowsDep
+    request: Request, response: Response, workflows: WorkflowsDep, sessions: SessionsDep
 ) -> PushResult:
     """Register a workflow definition: a new version that becomes active (its triggers and
     schedules take over), or — when an identical definition was pushed before — that version,
@@ -164,7 +154,7 @@ async def push_workflow(
     principal = getattr(request.state, "principal", None)
     if principal is not None and principal.owners:
         principal.check_owner(definition.owner)
-        async with request.app.state.sessions() as session:
+        async with sessions() as session:
             existing = await session.get(Workflow, definition.id)
         if existing is not None:  # no taking over another team's workflow by pushing it
             principal.check_owner(existing.owner)
