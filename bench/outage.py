@@ -1,7 +1,7 @@
 """A PostgreSQL outage in the middle of signal-started runs: how many fail, how many steps run
 again, and how long after PostgreSQL is back every run has finished.
 
-    python -m bench.outage [--runs 300] [--outage 60] [--nap 20] [--out result.json]
+    python -m bench.outage [--runs 300] [--outage 60] [--nap 20] [--slots 100] [--out result.json]
 
 It starts its own embedded PostgreSQL, Temporal dev server, `maestro api` and `maestro worker`
 (all on free loopback ports, data in a temporary directory), registers a two-step workflow
@@ -120,8 +120,7 @@ async def measure(args: argparse.Namespace, work: Path) -> dict:
         MAESTRO_TEMPORAL__ADDRESS=f"127.0.0.1:{temporal_port}",
         MAESTRO_API__PORT=str(api_port),
         MAESTRO_WORKER__ALLOWED_MODULES='["bench.steps"]',
-        # Every first step runs at once, so each finishes during the outage.
-        MAESTRO_WORKER__MAX_CONCURRENT_ACTIVITIES=str(args.runs),
+        MAESTRO_WORKER__MAX_CONCURRENT_ACTIVITIES=str(args.slots),
         PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     )
     (work / "temporal").mkdir()
@@ -224,6 +223,13 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=300)
     parser.add_argument("--outage", type=float, default=60.0)
     parser.add_argument("--nap", type=float, default=20.0, help="seconds step `a` sleeps")
+    parser.add_argument(
+        "--slots",
+        type=int,
+        default=100,
+        help="the worker's concurrent activities (100, its default: the first steps run in "
+        "waves and some finish after the outage; --slots 300: all finish during it)",
+    )
     parser.add_argument("--out", type=Path)
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     args = parser.parse_args()
