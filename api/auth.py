@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from api.deps import KeyCacheDep, SessionsDep, SettingsDep
 from maestro import keys
 from maestro.db import models as models_db
 from maestro.db import runs as runs_db
@@ -49,13 +51,15 @@ class Principal:
             )
 
 
-async def get_principal(request: Request) -> Principal:
-    if not request.app.state.settings.api.auth:
+async def get_principal(
+    request: Request, settings: SettingsDep, key_cache: KeyCacheDep, sessions: SessionsDep
+) -> Principal:
+    if not settings.api.auth:
         return Principal("anonymous", "auth disabled", [Scope.admin])
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("missing API key: send `Authorization: Bearer <key>`")
-    row = await request.app.state.key_cache.lookup(request.app.state.sessions, token.strip())
+    row = await key_cache.lookup(sessions, token.strip())
     if row is None:
         raise Unauthorized("unknown or revoked API key")
     principal = Principal(row.id, row.name, list(row.scopes), list(row.owners))
@@ -71,7 +75,7 @@ def guard(write_scope: Scope, read_scopes: Sequence[Scope] = (Scope.read,)):
     limited to owners may only touch their objects (the path's workflow, run, model or
     signal)."""
 
-    async def check(request: Request, principal: PrincipalDep) -> None:
+    async def check(request: Request, principal: PrincipalDep, sessions: SessionsDep) -> None:
         reading = request.method in ("GET", "HEAD")
         needed = read_scopes if reading else (write_scope,)
         if not any(keys.allows(principal.scopes, scope) for scope in needed):
@@ -81,16 +85,18 @@ def guard(write_scope: Scope, read_scopes: Sequence[Scope] = (Scope.read,)):
                 f"it has {', '.join(principal.scopes)}"
             )
         if principal.owners:
-            await _check_path_owner(request, principal)
+            await _check_path_owner(request, principal, sessions)
 
     return Depends(check)
 
 
-async def _check_path_owner(request: Request, principal: Principal) -> None:
+async def _check_path_owner(
+    request: Request, principal: Principal, sessions: async_sessionmaker[AsyncSession]
+) -> None:
     """Refuse (403) when the path names an object of another owner; a missing object is left
     to the route (404), as is a malformed id (422)."""
     params = request.path_params
-    async with request.app.state.sessions() as session:
+    async with sessions() as session:
         try:
             if "workflow_id" in params:
                 workflow = await workflows_db.get_workflow(session, params["workflow_id"])
