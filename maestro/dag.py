@@ -1,4 +1,4 @@
-"""DAG helpers: cycle detection and a stable topological order."""
+"""DAG helpers: cycle detection, a stable topological order and a node's descendants."""
 
 from __future__ import annotations
 
@@ -46,3 +46,16 @@ def topological_order(edges: Mapping[str, Sequence[str]]) -> list[str]:
             placed.add(node)
         remaining = [n for n in remaining if n not in placed]
     return order
+
+
+def descendants(edges: Mapping[str, Sequence[str]], node: str) -> set[str]:
+    """`node` and every node that depends on it, directly or through others."""
+    found = {node}
+    changed = True
+    while changed:
+        changed = False
+        for other, deps in edges.items():
+            if other not in found and found.intersection(deps):
+                found.add(other)
+                changed = True
+    return found

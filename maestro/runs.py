@@ -28,6 +28,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from maestro import metrics, strategies
 from maestro.composites import SKIP_ITERATION_SIGNAL, SkipIterationInput
+from maestro.dag import descendants
 from maestro.db import iterations as iterations_db
 from maestro.db import runs as runs_db
 from maestro.db import workflows as workflows_db
@@ -485,7 +486,7 @@ class RunsService:
         if start_from == "beginning":
             rerun = set(step_ids)
         elif start_from != "failed":
-            rerun = _descendants(definition, start_from)
+            rerun = descendants({s.id: s.depends_on for s in definition.steps}, start_from)
         reuse = {
             sid: (row.outputs or {})
             for sid, row in steps.items()
@@ -589,15 +590,3 @@ class RunsService:
             if exc.status == RPCStatusCode.NOT_FOUND:
                 raise InvalidRunState(f"run {run.run_id!r} is not running on Temporal") from exc
             raise Unavailable(f"Temporal is unavailable: {exc}") from exc
-
-
-def _descendants(definition: WorkflowDefinition, step_id: str) -> set[str]:
-    found = {step_id}
-    changed = True
-    while changed:
-        changed = False
-        for step in definition.steps:
-            if step.id not in found and found.intersection(step.depends_on):
-                found.add(step.id)
-                changed = True
-    return found

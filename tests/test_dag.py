@@ -1,4 +1,4 @@
-"""Unit tests for the DAG helpers: cycle detection and topological order."""
+"""Unit tests for the DAG helpers: cycle detection, topological order, descendants."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from itertools import pairwise
 
 import pytest
 
-from maestro.dag import find_cycle, topological_order
+from maestro.dag import descendants, find_cycle, topological_order
 
 
 @pytest.mark.parametrize(
@@ -85,3 +85,18 @@ def test_topological_order_empty():
 def test_topological_order_raises_on_cycle(edges, message):
     with pytest.raises(ValueError, match=message):
         topological_order(edges)
+
+
+@pytest.mark.parametrize(
+    ("node", "expected"),
+    [
+        ("a", {"a", "b", "c", "d"}),
+        ("b", {"b", "d"}),
+        ("d", {"d"}),
+        ("e", {"e"}),
+    ],
+)
+def test_descendants_follow_dependents_transitively(node, expected):
+    # d depends on b and c, both on a (d comes first: one pass over the edges is not enough)
+    edges = {"e": [], "d": ["b", "c"], "c": ["a"], "b": ["a"], "a": []}
+    assert descendants(edges, node) == expected
