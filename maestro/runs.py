@@ -19,7 +19,6 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
@@ -33,7 +32,7 @@ from maestro.db import iterations as iterations_db
 from maestro.db import runs as runs_db
 from maestro.db import workflows as workflows_db
 from maestro.db.engine import autocommit
-from maestro.db.tables import Iteration, Run, StepRun, Workflow
+from maestro.db.tables import Iteration, Run, Workflow
 from maestro.definitions import RunStrategyKind, WorkflowDefinition, resolve_run_params
 from maestro.ends import LIVE, not_allowed, skip_waiting
 from maestro.errors import (
@@ -300,21 +299,7 @@ class RunsService:
         that waited in the queue is launched by the process that admits it)."""
         cutoff = datetime.now(UTC) - older_than
         async with self._sessions.begin() as session:
-            query = (
-                select(Run)
-                .where(
-                    Run.temporal_run_id.is_(None),
-                    Run.admitted_at.is_not(None),
-                    Run.status == RunStatus.queued,
-                    Run.admitted_at < cutoff,
-                    # A subworkflow's child run is launched by its parent, as its child.
-                    Run.cause["kind"].astext != "subworkflow",
-                )
-                .order_by(Run.created_at)
-                .limit(limit)
-                .with_for_update(skip_locked=True)
-            )
-            runs = list((await session.execute(query)).scalars())
+            runs = await runs_db.lock_unlaunched(session, cutoff, limit)
             if runs:
                 for run in runs:
                     await self.definition(session, run.workflow_id, run.version)
@@ -434,19 +419,11 @@ class RunsService:
         self, workflow_ids: set[str] | None, *, older_than: timedelta | None = None
     ) -> None:
         """Cancel live runs whose stop was requested (last_only, workflow stop)."""
+        if workflow_ids is not None and not workflow_ids:
+            return
+        requested_before = None if older_than is None else datetime.now(UTC) - older_than
         async with self._sessions() as session:
-            query = select(Run).where(
-                Run.stop_requested_at.is_not(None),
-                Run.status.in_(list(LIVE)),
-                Run.temporal_run_id.is_not(None),
-            )
-            if workflow_ids is not None:
-                if not workflow_ids:
-                    return
-                query = query.where(Run.workflow_id.in_(workflow_ids))
-            if older_than is not None:
-                query = query.where(Run.stop_requested_at < datetime.now(UTC) - older_than)
-            runs = list((await session.execute(query.limit(500))).scalars())
+            runs = await runs_db.stops_due(session, workflow_ids, requested_before)
         for run in runs:
             try:
                 await self._handle(run).cancel()
@@ -571,7 +548,7 @@ class RunsService:
         async with self._sessions() as session:
             run = await runs_db.get_run(session, run_id)
             definition = await self.definition(session, run.workflow_id, run.version)
-            row = await session.get(StepRun, (run_id, step_id))
+            row = await runs_db.get_step(session, run_id, step_id)
         if step_id not in {s.id for s in definition.steps}:
             raise NotFound(f"run {run_id!r} has no step {step_id!r}")
         status = StepStatus(row.status) if row else StepStatus.pending

@@ -21,7 +21,6 @@ from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 from croniter import croniter
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.client import (
     Client,
@@ -39,6 +38,7 @@ from temporalio.client import (
 from temporalio.service import RPCError, RPCStatusCode
 
 from maestro import metrics
+from maestro.db import runs as runs_db
 from maestro.db import workflows as workflows_db
 from maestro.db.tables import Run, Workflow
 from maestro.definitions import CRON_MACROS, IntervalTrigger, TimeTrigger, WorkflowDefinition
@@ -234,7 +234,7 @@ class Schedules:
     async def reconcile_all(self) -> int:
         """Reconcile every workflow (start-up); returns how many schedules were touched."""
         async with self._sessions() as session:
-            workflows = list((await session.execute(select(Workflow))).scalars())
+            workflows = await workflows_db.all_workflows(session)
             plans = [await self._desired(session, w) for w in workflows]
         existing = await self._existing(SCHEDULE_PREFIX)
         touched = 0
@@ -316,9 +316,7 @@ class Schedules:
         (its result was lost) carries the run it made, even if the workflow was paused since."""
         launched = False  # this call made the run and this execution runs it
         async with self._sessions.begin() as session:
-            run = await session.scalar(
-                select(Run).where(Run.temporal_workflow_id == request.temporal_workflow_id)
-            )
+            run = await runs_db.find_by_temporal_workflow_id(session, request.temporal_workflow_id)
             if run is None:
                 created = await self._create_fired(session, request)
                 if created is None:
@@ -441,11 +439,8 @@ class Schedules:
         created: list[Run] = []
         async with self._sessions.begin() as session:
             for ref, at in sorted(plan, key=lambda p: p[1]):
-                before = await session.scalar(
-                    select(Run.run_id).where(
-                        Run.workflow_id == workflow_id,
-                        Run.request_id == f"{ref.trigger_id}:{at.isoformat()}",
-                    )
+                before = await runs_db.find_by_request_id(
+                    session, workflow_id, f"{ref.trigger_id}:{at.isoformat()}"
                 )
                 made = await self._create(session, workflow_id, ref.trigger_id, at, kind="backfill")
                 if made is not None and before is None:

@@ -8,15 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from sqlalchemy import and_, any_, bindparam, func, or_, select, update
-from sqlalchemy.dialects.postgresql import array
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.sql.elements import BindParameter
 
-from maestro.db.direct import DirectStatement
+from maestro.db import admission as admission_db
 from maestro.db.tables import Run, Workflow
 from maestro.definitions import RunStrategy, RunStrategyKind
-from maestro.runtime import RunStatus
 
 
 @dataclass
@@ -36,49 +32,6 @@ def _limit(strategy: RunStrategy) -> int:
     return 1
 
 
-def _holding_slot(workflow_id: str | BindParameter[str]):
-    """Runs holding a slot: admitted and not ended."""
-    return and_(
-        Run.workflow_id == workflow_id,
-        or_(
-            Run.status == RunStatus.running,
-            and_(Run.status == RunStatus.queued, Run.admitted_at.is_not(None)),
-        ),
-    )
-
-
-def _waiting(workflow_id: str | BindParameter[str]):
-    """Runs waiting for a slot."""
-    return and_(
-        Run.workflow_id == workflow_id, Run.status == RunStatus.queued, Run.admitted_at.is_(None)
-    )
-
-
-_WORKFLOW_ID: BindParameter[str] = bindparam("workflow_id")
-# Every run's admission and end asks it.
-_OCCUPANCY = DirectStatement(
-    select(
-        func.count().filter(_waiting(_WORKFLOW_ID)).label("waiting"),
-        func.count().filter(_holding_slot(_WORKFLOW_ID)).label("holding"),
-    ).where(
-        Run.workflow_id == _WORKFLOW_ID,
-        Run.status == any_(array([RunStatus.queued.value, RunStatus.running.value])),
-    )
-)
-
-
-async def _occupancy(session: AsyncSession, workflow_id: str) -> tuple[int, int]:
-    """(runs waiting for a slot, runs holding one), in one query."""
-    row = await _OCCUPANCY.fetchrow(session, {"workflow_id": workflow_id})
-    assert row is not None  # an aggregate has one row
-    return row["waiting"], row["holding"]
-
-
-async def _runs(session: AsyncSession, condition, limit: int | None = None) -> list[Run]:
-    query = select(Run).where(condition).order_by(Run.run_number).limit(limit)
-    return list((await session.execute(query)).scalars())
-
-
 async def decide(
     session: AsyncSession, workflow: Workflow, strategy: RunStrategy, *, jump_queue: bool = False
 ) -> Admission:
@@ -86,18 +39,20 @@ async def decide(
     `jump_queue` admits it ahead of waiting runs if a slot is free."""
     kind = strategy.kind
     if kind is RunStrategyKind.first_only:
-        [first] = await _runs(session, _holding_slot(workflow.id), 1) or (None,)
+        [first] = await admission_db.holding_runs(session, workflow.id, 1) or (None,)
         if first is not None:
             return Admission(False, f"first_only: run {first.run_number} is still running")
         return Admission(True)
     if kind is RunStrategyKind.last_only:
-        admitted = await _runs(session, _holding_slot(workflow.id))
+        admitted = await admission_db.holding_runs(session, workflow.id)
         if not admitted:
             return Admission(True)
         # The newcomer waits for the runs it stops; older waiting runs are replaced by it.
-        return Admission(False, stop=admitted, drop=await _runs(session, _waiting(workflow.id)))
+        return Admission(
+            False, stop=admitted, drop=await admission_db.waiting_runs(session, workflow.id)
+        )
     blocked = kind is RunStrategyKind.strict_sequential and workflow.blocked_by_run_id
-    queued, holding = await _occupancy(session, workflow.id)
+    queued, holding = await admission_db.occupancy(session, workflow.id)
     if not blocked and (jump_queue or not queued) and holding < _limit(strategy):
         return Admission(True)
     if strategy.max_queued is not None and queued >= strategy.max_queued:
@@ -113,16 +68,15 @@ async def admit_waiting(
     """Admit queued runs into the free slots (the workflow row must be locked)."""
     if strategy.kind is RunStrategyKind.strict_sequential and workflow.blocked_by_run_id:
         return []
-    waiting, holding = await _occupancy(session, workflow.id)
+    waiting, holding = await admission_db.occupancy(session, workflow.id)
     free = _limit(strategy) - holding
     if free <= 0 or not waiting:
         return []
     if strategy.kind is RunStrategyKind.last_only:
         # Only the newest waits; older ones were dropped on arrival.
-        query = select(Run).where(_waiting(workflow.id)).order_by(Run.run_number.desc())
-        chosen = list((await session.execute(query.limit(1))).scalars())
+        chosen = await admission_db.waiting_runs(session, workflow.id, 1, newest=True)
     else:
-        chosen = await _runs(session, _waiting(workflow.id), free)
+        chosen = await admission_db.waiting_runs(session, workflow.id, free)
     now = datetime.now(UTC)
     for run in chosen:
         run.admitted_at = now
@@ -131,10 +85,6 @@ async def admit_waiting(
 
 
 async def request_stop(session: AsyncSession, runs: list[Run]) -> None:
-    ids = [r.run_id for r in runs]
-    if ids:
-        await session.execute(
-            update(Run)
-            .where(Run.run_id.in_(ids), Run.stop_requested_at.is_(None))
-            .values(stop_requested_at=datetime.now(UTC))
-        )
+    """Mark these runs to be stopped (sent after the commit, or by the sweeper)."""
+    if runs:
+        await admission_db.request_stops(session, [r.run_id for r in runs])

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from maestro import strategies
+from maestro.db import admission as admission_db
 from maestro.db import workflows as workflows_db
 from maestro.db.runs import insert_run
 from maestro.db.tables import Run
@@ -67,9 +67,9 @@ async def test_direct_statements_see_pending_changes_and_keep_objects_tracked(se
         run = _run(workflow_id, 1)
         await insert_run(session, run)
         assert run.created_at is not None
-        assert await strategies._occupancy(session, workflow_id) == (0, 1)
+        assert await admission_db.occupancy(session, workflow_id) == (0, 1)
         run.status = RunStatus.succeeded  # pending in the session, not yet flushed
-        assert await strategies._occupancy(session, workflow_id) == (0, 0)
+        assert await admission_db.occupancy(session, workflow_id) == (0, 0)
         counted.run_counter -= 1
     async with sessions() as session:
         assert (await workflows_db.get_workflow(session, workflow_id)).run_counter == 0

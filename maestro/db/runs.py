@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any, cast
 
@@ -77,6 +77,10 @@ async def list_runs(
     return (await session.execute(query)).scalars().all()
 
 
+async def get_step(session: AsyncSession, run_id: str, step_id: str) -> StepRun | None:
+    return await session.get(StepRun, (run_id, step_id))
+
+
 async def list_steps(session: AsyncSession, run_id: str) -> Sequence[StepRun]:
     return (await session.execute(select(StepRun).where(StepRun.run_id == run_id))).scalars().all()
 
@@ -117,6 +121,54 @@ async def set_temporal_run_ids(session: AsyncSession, run_ids: dict[str, str]) -
     await _SET_TEMPORAL_RUN_IDS.execute(
         session, {"run_ids": list(run_ids), "temporal_run_ids": list(run_ids.values())}
     )
+
+
+async def lock_unlaunched(
+    session: AsyncSession, admitted_before: datetime, limit: int
+) -> list[Run]:
+    """Runs admitted before `admitted_before` and still not on Temporal (queued, no Temporal
+    run id), oldest first, locked; rows another transaction holds are skipped. A subworkflow's
+    child run is left out: its parent launches it, as its child."""
+    query = (
+        select(Run)
+        .where(
+            Run.temporal_run_id.is_(None),
+            Run.admitted_at.is_not(None),
+            Run.status == RunStatus.queued,
+            Run.admitted_at < admitted_before,
+            Run.cause["kind"].astext != "subworkflow",
+        )
+        .order_by(Run.created_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return list((await session.execute(query)).scalars())
+
+
+async def stops_due(
+    session: AsyncSession,
+    workflow_ids: Collection[str] | None = None,
+    requested_before: datetime | None = None,
+    limit: int = 500,
+) -> list[Run]:
+    """Live runs on Temporal whose stop was requested (of these workflows; requested before
+    `requested_before`)."""
+    query = select(Run).where(
+        Run.stop_requested_at.is_not(None),
+        Run.status.in_([RunStatus.queued, RunStatus.running]),
+        Run.temporal_run_id.is_not(None),
+    )
+    if workflow_ids is not None:
+        query = query.where(Run.workflow_id.in_(workflow_ids))
+    if requested_before is not None:
+        query = query.where(Run.stop_requested_at < requested_before)
+    return list((await session.execute(query.limit(limit))).scalars())
+
+
+async def find_by_temporal_workflow_id(
+    session: AsyncSession, temporal_workflow_id: str
+) -> Run | None:
+    return await session.scalar(select(Run).where(Run.temporal_workflow_id == temporal_workflow_id))
 
 
 _RUNS = cast(Table, Run.__table__)

@@ -64,6 +64,10 @@ async def list_workflows(
     return (await session.execute(query)).scalars().all()
 
 
+async def all_workflows(session: AsyncSession) -> Sequence[Workflow]:
+    return (await session.execute(select(Workflow))).scalars().all()
+
+
 async def push_version(
     session: AsyncSession, definition: WorkflowDefinition
 ) -> tuple[Workflow, WorkflowVersion, bool]:
