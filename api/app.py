@@ -22,6 +22,7 @@ from api.schemas import ErrorBody
 from maestro import __version__
 from maestro.db.engine import create_engine, session_factory
 from maestro.definitions import WorkflowDefinition
+from maestro.definitions_cache import DefinitionsCache
 from maestro.ends import RunEnds
 from maestro.keys import KeyCache, Scope
 from maestro.registry import Registry
@@ -123,7 +124,11 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.audit.start()
         app.state.engine = engine
         app.state.runs = RunsService(
-            sessions, client, settings.temporal, search_attributes=search_attributes
+            sessions,
+            client,
+            settings.temporal,
+            search_attributes=search_attributes,
+            definitions=DefinitionsCache(),
         )
         app.state.bus = SignalBus(sessions, app.state.runs, client)
         app.state.ends = RunEnds(sessions, app.state.runs, app.state.bus)

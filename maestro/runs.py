@@ -34,6 +34,7 @@ from maestro.db import workflows as workflows_db
 from maestro.db.engine import autocommit
 from maestro.db.tables import Iteration, Run, Workflow
 from maestro.definitions import RunStrategyKind, WorkflowDefinition, resolve_run_params
+from maestro.definitions_cache import DefinitionsCache
 from maestro.ends import LIVE, not_allowed, skip_waiting
 from maestro.errors import (
     InvalidInput,
@@ -86,8 +87,8 @@ def step_actions(run: Run, status: StepStatus) -> list[str]:
 
 
 class RunsService:
-    """Creates, launches, stops and restarts runs; stateless beyond its clients and a cache of
-    immutable definitions."""
+    """Creates, launches, stops and restarts runs; stateless beyond its clients and the
+    process's definitions cache."""
 
     def __init__(
         self,
@@ -96,12 +97,13 @@ class RunsService:
         settings: TemporalSettings,
         *,
         search_attributes: bool = True,
+        definitions: DefinitionsCache | None = None,
     ) -> None:
         self._sessions = sessions
         self._client = client
         self._settings = settings
         self._search_attributes = search_attributes
-        self._definitions: dict[tuple[str, int], WorkflowDefinition] = {}
+        self.definitions = definitions or DefinitionsCache()
         # Workflows whose strategy asked this process to stop runs (sent after the commit;
         # the sweeper covers a process that dies first).
         self._stops_due: set[str] = set()
@@ -118,20 +120,11 @@ class RunsService:
         """Whether runs carry Maestro's search attributes in this namespace."""
         return self._search_attributes
 
-    async def definition(
-        self, session: AsyncSession, workflow_id: str, version: int
-    ) -> WorkflowDefinition:
-        key = (workflow_id, version)
-        if key not in self._definitions:
-            stored = await workflows_db.get_version(session, workflow_id, version)
-            self._definitions[key] = WorkflowDefinition.model_validate(stored.definition)
-        return self._definitions[key]
-
     async def _strategy_definition(
         self, session: AsyncSession, workflow: Workflow, fallback_version: int
     ) -> WorkflowDefinition:
         version = workflow.active_version or fallback_version
-        return await self.definition(session, workflow.id, version)
+        return await self.definitions.get(session, workflow.id, version)
 
     # -- creating and launching ---------------------------------------------------------------
 
@@ -174,7 +167,7 @@ class RunsService:
                         "version or start an explicit version"
                     )
                 version = workflow.active_version
-            definition = await self.definition(session, workflow_id, version)
+            definition = await self.definitions.get(session, workflow_id, version)
             resolved = resolve_run_params(definition, params) | (system_params or {})
             if admit_always:
                 decision = strategies.Admission(True)
@@ -302,7 +295,7 @@ class RunsService:
             runs = await runs_db.lock_unlaunched(session, cutoff, limit)
             if runs:
                 for run in runs:
-                    await self.definition(session, run.workflow_id, run.version)
+                    await self.definitions.get(session, run.workflow_id, run.version)
                 logger.info("launching interrupted runs", extra={"count": len(runs)})
                 # Launch while holding the row locks so another process skips these runs.
                 results = await asyncio.gather(
@@ -323,7 +316,7 @@ class RunsService:
             version=run.version,
             run_number=run.run_number,
             params=run.params,
-            definition=self._definitions[(run.workflow_id, run.version)],
+            definition=self.definitions.loaded(run.workflow_id, run.version),
             cause=cause,
             reuse=cause.detail.get("reuse", {}),
             local_recording=True,
@@ -332,9 +325,9 @@ class RunsService:
     async def _start_on_temporal(self, run: Run, start_delay: timedelta | None = None) -> str:
         """Start the run's RunWorkflow (once: its Temporal id is derived from the run);
         returns its Temporal run id. Marks Temporal down when it cannot be reached."""
-        if (run.workflow_id, run.version) not in self._definitions:
+        if (run.workflow_id, run.version) not in self.definitions:
             async with self._sessions() as session:
-                await self.definition(session, run.workflow_id, run.version)
+                await self.definitions.get(session, run.workflow_id, run.version)
         run_input = self.run_input(run)
         search_attributes = None
         if self._search_attributes:
@@ -444,7 +437,7 @@ class RunsService:
             original = await runs_db.get_run(session, run_id)
             if RunStatus(original.status) in LIVE:
                 raise not_allowed(original, "restart")
-            definition = await self.definition(session, original.workflow_id, original.version)
+            definition = await self.definitions.get(session, original.workflow_id, original.version)
             steps = {s.step_id: s for s in await runs_db.list_steps(session, run_id)}
         step_ids = [s.id for s in definition.steps]
         if start_from not in ("failed", "beginning", *step_ids):
@@ -547,7 +540,7 @@ class RunsService:
     async def _live_step(self, run_id: str, step_id: str, action: str) -> tuple[Run, StepStatus]:
         async with self._sessions() as session:
             run = await runs_db.get_run(session, run_id)
-            definition = await self.definition(session, run.workflow_id, run.version)
+            definition = await self.definitions.get(session, run.workflow_id, run.version)
             row = await runs_db.get_step(session, run_id, step_id)
         if step_id not in {s.id for s in definition.steps}:
             raise NotFound(f"run {run_id!r} has no step {step_id!r}")

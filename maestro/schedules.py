@@ -165,7 +165,7 @@ class Schedules:
     ) -> tuple[list[TimeTriggerRef], bool]:
         if workflow.active_version is None:
             return [], True
-        definition = await self._runs.definition(session, workflow.id, workflow.active_version)
+        definition = await self._runs.definitions.get(session, workflow.id, workflow.active_version)
         return time_triggers(workflow.id, definition), workflow.paused or not workflow.is_active
 
     def _schedule(self, ref: TimeTriggerRef, paused: bool) -> Schedule:
@@ -218,7 +218,7 @@ class Schedules:
         are derivable from the definitions)."""
         ids: set[str] = set()
         for version in await workflows_db.list_versions(session, workflow_id):
-            definition = await self._runs.definition(session, workflow_id, version.version)
+            definition = await self._runs.definitions.get(session, workflow_id, version.version)
             ids |= {ref.schedule_id for ref in time_triggers(workflow_id, definition)}
         return ids
 
@@ -331,7 +331,7 @@ class Schedules:
                 RunStatus.running,
             )
             # The run's version may not be the active one any more (a retry after a change).
-            await self._runs.definition(session, run.workflow_id, run.version)
+            await self._runs.definitions.get(session, run.workflow_id, run.version)
         if launched:  # `launch` observes the runs it starts itself, not this one
             metrics.observe_fires([run])
         # Sends the stops a last_only strategy asked for; this run is already on Temporal.

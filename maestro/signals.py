@@ -618,7 +618,7 @@ class SignalBus:
             if key is not None:
                 join = await signals_db.get_join(session, row.workflow_id, row.trigger_id, key)
                 held = dict(join.slots) if join else {}
-            definition = await self._runs.definition(session, row.workflow_id, row.version)
+            definition = await self._runs.definitions.get(session, row.workflow_id, row.version)
             candidates.append(_Candidate(row, trigger, definition, held, routed, state))
         if candidates:
             for explanation in await asyncio.to_thread(
@@ -717,7 +717,7 @@ class SignalBus:
             if workflow_id not in definitions:
                 workflow = await workflows_db.get_workflow(session, workflow_id)
                 assert workflow.active_version is not None  # set by the workflow's first push
-                definitions[workflow_id] = await self._runs.definition(
+                definitions[workflow_id] = await self._runs.definitions.get(
                     session, workflow_id, workflow.active_version
                 )
             emitted: list[tuple[str, str | None]] = [
@@ -784,7 +784,7 @@ class SignalBus:
         workflow = await workflows_db.get_workflow(session, workflow_id)
         if workflow.active_version is None:
             return
-        definition = await self._runs.definition(session, workflow_id, workflow.active_version)
+        definition = await self._runs.definitions.get(session, workflow_id, workflow.active_version)
         await signals_db.replace_triggers(
             session,
             workflow_id,

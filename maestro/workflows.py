@@ -54,7 +54,8 @@ class WorkflowsService:
             workflow = await workflows_db.activate_version(session, workflow_id, version)
             assert workflow.active_version is not None  # just activated
             await self._bus.check_trigger_loop(
-                session, await self._runs.definition(session, workflow_id, workflow.active_version)
+                session,
+                await self._runs.definitions.get(session, workflow_id, workflow.active_version),
             )
             await self._bus.sync_triggers(session, workflow_id)
         await self._reconcile(workflow_id)

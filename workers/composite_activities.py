@@ -277,7 +277,7 @@ class CompositeActivities:
                     version=version,
                     admit_always=True,
                 )
-                await self._runs.definition(session, run.workflow_id, run.version)
+                await self._runs.definitions.get(session, run.workflow_id, run.version)
         except MaestroError as exc:
             raise ApplicationError(
                 f"cannot start subworkflow {spec.workflow!r}: {exc.message}",

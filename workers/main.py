@@ -19,6 +19,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from maestro.artifacts import LocalArtifactStore
 from maestro.db.engine import create_engine, session_factory
+from maestro.definitions_cache import DefinitionsCache
 from maestro.errors import ConfigurationError
 from maestro.runs import RunsService
 from maestro.runtime import recording_queue
@@ -132,7 +133,13 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
     client = await connect(settings.temporal, WORKER_RETRY)
     sessions = session_factory(engine)
     search_attributes = await register_search_attributes(client, settings.temporal)
-    runs = RunsService(sessions, client, settings.temporal, search_attributes=search_attributes)
+    runs = RunsService(
+        sessions,
+        client,
+        settings.temporal,
+        search_attributes=search_attributes,
+        definitions=DefinitionsCache(),
+    )
     bus = SignalBus(sessions, runs, client)
     activities = StepActivities(
         sessions,

@@ -308,7 +308,7 @@ async def list_triggers(
     workflow = await workflows_db.get_workflow(session, workflow_id)
     if workflow.active_version is None:
         return []
-    definition = await runs.definition(session, workflow_id, workflow.active_version)
+    definition = await runs.definitions.get(session, workflow_id, workflow.active_version)
     registered = await signals_db.workflow_triggers(session, workflow_id)
     joins = await signals_db.pending_joins(session, workflow_id)
     timed = {ref.position: ref for ref in time_triggers(workflow_id, definition)}
