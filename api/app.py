@@ -134,9 +134,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.ends = RunEnds(sessions, app.state.runs, app.state.bus)
         app.state.registry = Registry(sessions, app.state.bus)
         app.state.schedules = Schedules(sessions, app.state.runs, client, settings.temporal)
-        app.state.workflows = WorkflowsService(
-            sessions, app.state.runs, app.state.bus, app.state.schedules
-        )
+        app.state.workflows = WorkflowsService(sessions, app.state.runs, app.state.schedules)
         sweeper = asyncio.create_task(
             _sweep(
                 app, settings.api.sweep_interval_seconds, settings.api.reconcile_interval_seconds

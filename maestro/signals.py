@@ -33,13 +33,12 @@ from maestro.db.runs import set_step_waiting
 from maestro.db.signals import ReachedTrigger
 from maestro.db.tables import Run, Signal, SignalTriggerRow, SignalWait
 from maestro.definitions import (
-    FINISH_STATUSES,
     SIGNAL_NAME_PATTERN,
     Scalar,
     WorkflowDefinition,
     resolve_run_params,
 )
-from maestro.errors import DefinitionInvalid, ParamsInvalid, Problem, WorkflowInactive
+from maestro.errors import ParamsInvalid, WorkflowInactive
 from maestro.expressions import ExpressionError
 from maestro.runs import RunsService
 from maestro.runtime import (
@@ -51,7 +50,6 @@ from maestro.runtime import (
 )
 from maestro.triggers import (
     CompiledTrigger,
-    compile_signal_triggers,
     completion_signal_name,
     equality_filter,
     evaluate_trigger,
@@ -700,95 +698,3 @@ class SignalBus:
             waits = list(await signals_db.undelivered_waits(session, cutoff, limit))
         await self._deliver(waits)
         return len(waits)
-
-    # -- registrations --------------------------------------------------------------------------
-
-    async def check_trigger_loop(
-        self, session: AsyncSession, definition: WorkflowDefinition
-    ) -> None:
-        """Refuse a definition whose triggers would start it again through the completion or
-        emitted signals of the runs they start (A -> B -> A), unless it opts in."""
-        if definition.allow_trigger_loop:
-            return
-        new_triggers = [t for t in compile_signal_triggers(definition)]
-        definitions: dict[str, WorkflowDefinition] = {definition.id: definition}
-
-        async def products(workflow_id: str) -> list[tuple[str, str | None]]:
-            if workflow_id not in definitions:
-                workflow = await workflows_db.get_workflow(session, workflow_id)
-                assert workflow.active_version is not None  # set by the workflow's first push
-                definitions[workflow_id] = await self._runs.definitions.get(
-                    session, workflow_id, workflow.active_version
-                )
-            emitted: list[tuple[str, str | None]] = [
-                (e.name, None) for s in definitions[workflow_id].steps for e in s.emits
-            ]
-            return [(completion_signal_name(s), workflow_id) for s in FINISH_STATUSES] + emitted
-
-        def consumes(trigger: CompiledTrigger, made: list[tuple[str, str | None]]) -> bool:
-            for condition in trigger.conditions:
-                for name, source in made:
-                    if condition.name != name:
-                        continue
-                    wanted = condition.where.get("workflow_id")
-                    if source is None or not isinstance(wanted, str) or wanted == source:
-                        return True
-            return False
-
-        async def successors(workflow_id: str) -> list[str]:
-            made = await products(workflow_id)
-            found = {definition.id} if any(consumes(t, made) for t in new_triggers) else set()
-            for row in await signals_db.triggers_listening_to(session, [n for n, _ in made]):
-                if (
-                    row.active
-                    and row.workflow_id != definition.id
-                    and consumes(CompiledTrigger.model_validate(row.spec), made)
-                ):
-                    found.add(row.workflow_id)
-            return sorted(found)
-
-        path = [definition.id]
-        visited: set[str] = set()
-
-        async def visit(node: str) -> list[str] | None:
-            for nxt in await successors(node):
-                if nxt == definition.id:
-                    return [*path, nxt]
-                if nxt not in visited:
-                    visited.add(nxt)
-                    path.append(nxt)
-                    found = await visit(nxt)
-                    if found:
-                        return found
-                    path.pop()
-            return None
-
-        loop = await visit(definition.id)
-        if loop:
-            raise DefinitionInvalid(
-                "workflow definition is invalid",
-                [
-                    Problem(
-                        ("triggers",),
-                        f"trigger loop: {' -> '.join(loop)} (each run would start the next); "
-                        "set allow_trigger_loop: true if this is intended",
-                        "trigger_loop",
-                        {"loop": loop},
-                    )
-                ],
-            )
-
-    async def sync_triggers(self, session: AsyncSession, workflow_id: str) -> None:
-        """Register the active version's signal triggers, live unless the workflow is
-        deactivated or paused (call after push, activate, deactivate, pause, resume)."""
-        workflow = await workflows_db.get_workflow(session, workflow_id)
-        if workflow.active_version is None:
-            return
-        definition = await self._runs.definitions.get(session, workflow_id, workflow.active_version)
-        await signals_db.replace_triggers(
-            session,
-            workflow_id,
-            workflow.active_version,
-            workflow.is_active and not workflow.paused,
-            compile_signal_triggers(definition),
-        )

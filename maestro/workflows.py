@@ -1,5 +1,6 @@
 """The workflows service: changes to a workflow that must reach both PostgreSQL (versions,
-signal-trigger registrations) and Temporal (the schedules of its time triggers)."""
+signal-trigger registrations, see `maestro.trigger_registration`) and Temporal (the schedules
+of its time triggers)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from maestro.errors import Conflict
 from maestro.runs import RunsService
 from maestro.schedules import Schedules
 from maestro.secrets import check_references
-from maestro.signals import SignalBus
+from maestro.trigger_registration import check_trigger_loop, sync_triggers
 
 logger = logging.getLogger(__name__)
 
@@ -28,12 +29,11 @@ class WorkflowsService:
         self,
         sessions: async_sessionmaker[AsyncSession],
         runs: RunsService,
-        bus: SignalBus,
         schedules: Schedules,
     ) -> None:
         self._sessions = sessions
         self._runs = runs
-        self._bus = bus
+        self._definitions = runs.definitions
         self._schedules = schedules
 
     async def push(self, definition: WorkflowDefinition) -> tuple[Workflow, WorkflowVersion, bool]:
@@ -43,8 +43,8 @@ class WorkflowsService:
             if created:
                 await check_references(session, definition)
                 await check_subworkflow_cycle(session, definition)
-                await self._bus.check_trigger_loop(session, definition)
-                await self._bus.sync_triggers(session, definition.id)
+                await check_trigger_loop(session, self._definitions, definition)
+                await sync_triggers(session, self._definitions, definition.id)
         if created:
             await self._reconcile(definition.id)
         return workflow, version, created
@@ -53,11 +53,9 @@ class WorkflowsService:
         async with self._sessions.begin() as session:
             workflow = await workflows_db.activate_version(session, workflow_id, version)
             assert workflow.active_version is not None  # just activated
-            await self._bus.check_trigger_loop(
-                session,
-                await self._runs.definitions.get(session, workflow_id, workflow.active_version),
-            )
-            await self._bus.sync_triggers(session, workflow_id)
+            definition = await self._definitions.get(session, workflow_id, workflow.active_version)
+            await check_trigger_loop(session, self._definitions, definition)
+            await sync_triggers(session, self._definitions, workflow_id)
         await self._reconcile(workflow_id)
         return workflow
 
@@ -105,7 +103,7 @@ class WorkflowsService:
             for name, value in flags.items():
                 setattr(workflow, name, value)
             await session.flush()
-            await self._bus.sync_triggers(session, workflow_id)
+            await sync_triggers(session, self._definitions, workflow_id)
         await self._reconcile(workflow_id)
         return workflow
 
