@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -81,28 +79,6 @@ def _closed_pattern_properties(node: object) -> None:
             _closed_pattern_properties(value)
 
 
-async def _sweep(app: FastAPI, interval: float, reconcile_every: float) -> None:
-    """Finish what a dead process left half-done: launch created runs, send requested stops,
-    deliver released waits, and (at start-up, then every `reconcile_every` seconds) bring every
-    schedule in step with the database. Every API process runs this; row locks, idempotent
-    Temporal ids and idempotent reconciliation keep it exactly-once."""
-    next_reconcile = 0.0
-    loop = asyncio.get_running_loop()
-    while True:
-        tasks = [app.state.runs.sweep, app.state.bus.deliver_pending]
-        if loop.time() >= next_reconcile:
-            next_reconcile = loop.time() + reconcile_every
-            tasks.insert(0, app.state.schedules.reconcile_all)
-        for task in tasks:  # one failing does not hold back the others
-            try:
-                await task()
-            except Exception as exc:  # noqa: BLE001 - the next sweep tries again
-                logger.warning(
-                    "sweep step failed", extra={"step": task.__name__, "error": str(exc)}
-                )
-        await asyncio.sleep(interval)
-
-
 def create_app(settings: Settings) -> FastAPI:
     """Build the API for `settings`; resources open in the lifespan, not at import."""
 
@@ -135,15 +111,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.registry = Registry(sessions, app.state.bus)
         app.state.schedules = Schedules(sessions, app.state.runs, client, settings.temporal)
         app.state.workflows = WorkflowsService(sessions, app.state.runs, app.state.schedules)
-        sweeper = asyncio.create_task(
-            _sweep(
-                app, settings.api.sweep_interval_seconds, settings.api.reconcile_interval_seconds
-            )
-        )
         yield
-        sweeper.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sweeper
         await app.state.runs.close()
         try:
             await app.state.audit.close()

@@ -6,9 +6,9 @@ decides under the workflow's row lock whether it is admitted, waits in the queue
 After the commit, `launch` starts admitted runs on Temporal and sends the stops the strategy
 asked for. When a run ends, `run_ended` (in the same transaction as its final status) admits
 the next queued runs. A process that dies between a commit and Temporal leaves durable marks
-(`admitted_at` without a Temporal run id, `stop_requested_at` on a live run) that `sweep`, run
-periodically by every API process, finishes; Temporal ids derived from the run make that
-idempotent.
+(`admitted_at` without a Temporal run id, `stop_requested_at` on a live run) that the sweeper
+(`maestro.sweeper`, run by every worker process) finishes; Temporal ids derived from the run
+make that idempotent.
 """
 
 from __future__ import annotations
@@ -238,7 +238,7 @@ class RunsService:
             return
         if todo:
             results = await asyncio.gather(
-                *(self._start_on_temporal(r) for r in todo), return_exceptions=True
+                *(self.start_on_temporal(r) for r in todo), return_exceptions=True
             )
             started = [
                 (r, rid) for r, rid in zip(todo, results, strict=True) if isinstance(rid, str)
@@ -258,7 +258,7 @@ class RunsService:
         due = {r.workflow_id for r in runs} & self._stops_due
         if due and not self.temporal_down():
             self._stops_due -= due
-            await self._send_stops(due)
+            await self.send_stops(due)
 
     def temporal_down(self) -> bool:
         """Whether a call to Temporal failed for being unreachable in the last moments."""
@@ -286,27 +286,6 @@ class RunsService:
         if self._recording is not None:
             await self._recording
 
-    async def sweep(self, older_than: timedelta = timedelta(seconds=5), limit: int = 200) -> int:
-        """Finish launches and stops a dead process left undone; any process may run this.
-        A launch is overdue `older_than` after the run's admission (not its creation: a run
-        that waited in the queue is launched by the process that admits it)."""
-        cutoff = datetime.now(UTC) - older_than
-        async with self._sessions.begin() as session:
-            runs = await runs_db.lock_unlaunched(session, cutoff, limit)
-            if runs:
-                for run in runs:
-                    await self.definitions.get(session, run.workflow_id, run.version)
-                logger.info("launching interrupted runs", extra={"count": len(runs)})
-                # Launch while holding the row locks so another process skips these runs.
-                results = await asyncio.gather(
-                    *(self._start_on_temporal(r) for r in runs), return_exceptions=True
-                )
-                for run, rid in zip(runs, results, strict=True):
-                    if isinstance(rid, str):
-                        await runs_db.set_temporal_run_id(session, run.run_id, rid)
-        await self._send_stops(None, older_than=older_than)
-        return len(runs)
-
     def run_input(self, run: Run) -> RunInput:
         """What RunWorkflow needs to carry this run (its definition must be cached)."""
         cause = Cause.model_validate(run.cause)
@@ -322,7 +301,7 @@ class RunsService:
             local_recording=True,
         )
 
-    async def _start_on_temporal(self, run: Run, start_delay: timedelta | None = None) -> str:
+    async def start_on_temporal(self, run: Run, start_delay: timedelta | None = None) -> str:
         """Start the run's RunWorkflow (once: its Temporal id is derived from the run);
         returns its Temporal run id. Marks Temporal down when it cannot be reached."""
         if (run.workflow_id, run.version) not in self.definitions:
@@ -366,7 +345,7 @@ class RunsService:
         racing with the stop cannot run it unstopped."""
         try:
             if run.temporal_run_id is None:
-                await self._start_on_temporal(run)
+                await self.start_on_temporal(run)
             await self._handle(run).cancel()
         except (RPCError, TimeoutError) as exc:
             if isinstance(exc, RPCError) and exc.status == RPCStatusCode.NOT_FOUND:
@@ -380,7 +359,7 @@ class RunsService:
         and a racing launch is refused as a duplicate."""
         try:
             if run.temporal_run_id is None:
-                await self._start_on_temporal(run, start_delay=start_delay)
+                await self.start_on_temporal(run, start_delay=start_delay)
             description = await self._handle(run).describe()
             if description.status == WorkflowExecutionStatus.RUNNING:
                 await self._handle(run).terminate(reason=reason)
@@ -408,10 +387,11 @@ class RunsService:
             workflow.blocked_by_run_id = run.run_id
         return await strategies.admit_waiting(session, workflow, strategy)
 
-    async def _send_stops(
+    async def send_stops(
         self, workflow_ids: set[str] | None, *, older_than: timedelta | None = None
     ) -> None:
-        """Cancel live runs whose stop was requested (last_only, workflow stop)."""
+        """Cancel live runs whose stop was requested (last_only, workflow stop): of these
+        workflows (None: of all), requested more than `older_than` ago (None: whenever)."""
         if workflow_ids is not None and not workflow_ids:
             return
         requested_before = None if older_than is None else datetime.now(UTC) - older_than

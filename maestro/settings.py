@@ -49,10 +49,6 @@ class ApiSettings(BaseModel):
     # How long a valid key is remembered (no database lookup per request); a key revoked
     # through another API process stops working within this time. 0 = look up every request.
     key_cache_seconds: float = 5.0
-    # How often each API process finishes launches and deliveries a dead process left undone.
-    sweep_interval_seconds: float = 1.0
-    # How often each API process reconciles every schedule (also once at start-up).
-    reconcile_interval_seconds: float = 300.0
 
 
 class WorkerSettings(BaseModel):
@@ -61,6 +57,11 @@ class WorkerSettings(BaseModel):
     # Extra task queues this worker polls for step activities (e.g. "gpu").
     task_queues: list[str] = Field(default_factory=list)
     max_concurrent_activities: int = 100
+    # How often each worker's sweeper finishes launches, stops and deliveries a dead process
+    # left undone.
+    sweep_interval_seconds: float = 1.0
+    # How often each worker's sweeper reconciles every schedule (also once at start-up).
+    reconcile_interval_seconds: float = 300.0
     # Step types this worker runs (others fail non-retryably); empty = all.
     step_types: list[str] = Field(default_factory=list)
     # Module prefixes `python`/`train`/`evaluate` entrypoints may come from ("examples",

@@ -5,10 +5,10 @@ Publishing is one transaction: the signal rows, every trigger match (with partia
 runs those matches create and the waits they release are committed together, before the API
 acknowledges. So an acknowledged signal has already been matched and its runs exist; launching
 them on Temporal and delivering released waits happens after the commit, and if a process dies
-in between, the sweepers (`RunsService.sweep`, `SignalBus.deliver_pending`) finish the
-job from any process. Exactly-once comes from keys, not timing: a signal's dedupe key is unique,
-a match is keyed by (signal, trigger), and a signal-started run's request id is derived from its
-trigger and signals.
+in between, the sweeper (`maestro.sweeper`: interrupted launches, `SignalBus.deliver_pending`)
+finishes the job from any worker process. Exactly-once comes from keys, not timing: a signal's
+dedupe key is unique, a match is keyed by (signal, trigger), and a signal-started run's request
+id is derived from its trigger and signals.
 """
 
 from __future__ import annotations

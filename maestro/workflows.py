@@ -109,7 +109,7 @@ class WorkflowsService:
 
     async def _reconcile(self, workflow_id: str) -> None:
         # The database already holds the truth; if Temporal is unreachable now, the periodic
-        # reconciliation of every API process catches up.
+        # reconciliation of every worker's sweeper catches up.
         if self._runs.temporal_down():
             return
         try:

@@ -16,6 +16,9 @@ from maestro.db.tables import Run
 from maestro.embedded import free_port, wait_for_port
 from maestro.runs import RunsService
 from maestro.runtime import Cause
+from maestro.schedules import Schedules
+from maestro.signals import SignalBus
+from maestro.sweeper import Sweeper
 from tests.conftest import unique_id, wait_for_run, wait_for_step, wait_for_time_runs
 from tests.processes import Processes
 
@@ -353,18 +356,40 @@ async def test_the_sweep_launches_runs_admitted_long_ago_not_those_queued_long_a
     wid = unique_id("sweep")
     await push(api, sleeper(wid, {"kind": "parallel"}, seconds=0.1))
     runs = RunsService(sessions, temporal_client, settings.temporal)
+    sweeper = Sweeper(
+        sessions,
+        runs,
+        SignalBus(sessions, runs, temporal_client),
+        Schedules(sessions, runs, temporal_client, settings.temporal),
+    )
     async with sessions.begin() as session:
         run, created = await runs.create_run(session, wid, {}, cause=Cause(kind="manual"))
         assert created and run.admitted_at is not None
         run.created_at = datetime.now(UTC) - timedelta(minutes=1)  # queued for a minute
-    await runs.sweep()
+    await sweeper.launch_interrupted()
     async with sessions() as session:
         assert (await session.get(Run, run.run_id)).temporal_run_id is None
 
     async with sessions.begin() as session:
         (await session.get(Run, run.run_id)).admitted_at = datetime.now(UTC) - timedelta(minutes=1)
-    await runs.sweep()  # or the API's own sweep, whichever comes first
+    await sweeper.launch_interrupted()  # or the worker's own sweeper, whichever comes first
     assert (await wait_for_run(api, run.run_id))["status"] == "succeeded"
+
+
+async def test_the_worker_sweeps_a_run_its_admitting_process_never_launched(
+    api, sessions, settings, temporal_client
+):
+    """A run committed as admitted by a process that died before launching it is launched by
+    the worker process's own sweeper: nothing here calls a sweep, and the API does not sweep."""
+    wid = unique_id("swept")
+    await push(api, sleeper(wid, {"kind": "parallel"}, seconds=0.1))
+    runs = RunsService(sessions, temporal_client, settings.temporal)
+    async with sessions.begin() as session:
+        run, created = await runs.create_run(session, wid, {}, cause=Cause(kind="manual"))
+        assert created and run.admitted_at is not None
+        run.admitted_at = datetime.now(UTC) - timedelta(minutes=1)
+    body = await wait_for_run(api, run.run_id, timeout=60)
+    assert body["status"] == "succeeded" and body["temporal_run_id"]
 
 
 async def test_launch_records_temporal_run_ids_off_the_request_path_in_one_statement(

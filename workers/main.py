@@ -1,4 +1,5 @@
-"""The worker process: polls Maestro's task queues and runs RunWorkflow and step activities."""
+"""The worker process: polls Maestro's task queues and runs RunWorkflow and step activities,
+and sweeps (`maestro.sweeper`)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from maestro.schedules import Schedules
 from maestro.secrets import SecretBox
 from maestro.settings import Settings
 from maestro.signals import SignalBus
+from maestro.sweeper import Sweeper
 from maestro.temporal_client import WORKER_RETRY, connect, register_search_attributes
 from workers.activities import ScheduleActivities, StepActivities
 from workers.composite import ForeachWorkflow, WhileWorkflow
@@ -149,7 +151,9 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
         policy=settings.worker,
         secret_box=SecretBox.from_settings(settings),
     )
-    schedule_activities = ScheduleActivities(Schedules(sessions, runs, client, settings.temporal))
+    schedules = Schedules(sessions, runs, client, settings.temporal)
+    schedule_activities = ScheduleActivities(schedules)
+    sweeper = Sweeper(sessions, runs, bus, schedules)
     limit = settings.worker.max_concurrent_activities
     if settings.worker.metrics_port:
         start_http_server(settings.worker.metrics_port, addr=settings.worker.metrics_host)
@@ -178,7 +182,15 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
             await stack.enter_async_context(worker)
         queues = [settings.temporal.task_queue, *settings.worker.task_queues]
         logger.info("worker started", extra={"task_queues": queues})
+        sweeping = asyncio.create_task(
+            sweeper.run(
+                settings.worker.sweep_interval_seconds, settings.worker.reconcile_interval_seconds
+            )
+        )
         await stop.wait()
+        sweeping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeping
     await runs.close()
     await engine.dispose()
     logger.info("worker stopped")
