@@ -18,6 +18,7 @@ from api.limits import BodySizeLimit
 from api.routes import audit, keys, metrics, models, runs, secrets, signals, workflows
 from api.schemas import ErrorBody
 from maestro import __version__
+from maestro.actions import RunActions
 from maestro.db.engine import create_engine, session_factory
 from maestro.definitions import WorkflowDefinition
 from maestro.definitions_cache import DefinitionsCache
@@ -106,6 +107,7 @@ def create_app(settings: Settings) -> FastAPI:
             search_attributes=search_attributes,
             definitions=DefinitionsCache(),
         )
+        app.state.actions = RunActions(sessions, app.state.runs, client)
         app.state.bus = SignalBus(sessions, app.state.runs, client)
         app.state.ends = RunEnds(sessions, app.state.runs, app.state.bus)
         app.state.registry = Registry(sessions, app.state.bus)

@@ -10,6 +10,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from maestro.actions import RunActions
 from maestro.ends import RunEnds
 from maestro.keys import KeyCache
 from maestro.registry import Registry
@@ -38,6 +39,10 @@ async def get_sessions(request: Request) -> async_sessionmaker[AsyncSession]:
 
 async def get_runs_service(request: Request) -> RunsService:
     return request.app.state.runs
+
+
+async def get_run_actions(request: Request) -> RunActions:
+    return request.app.state.actions
 
 
 async def get_run_ends(request: Request) -> RunEnds:
@@ -71,6 +76,7 @@ async def get_key_cache(request: Request) -> KeyCache:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 RunsDep = Annotated[RunsService, Depends(get_runs_service)]
+ActionsDep = Annotated[RunActions, Depends(get_run_actions)]
 EndsDep = Annotated[RunEnds, Depends(get_run_ends)]
 BusDep = Annotated[SignalBus, Depends(get_signal_bus)]
 SchedulesDep = Annotated[Schedules, Depends(get_schedules)]

@@ -8,6 +8,7 @@ import uuid
 import yaml
 from sqlalchemy import select
 
+from maestro.actions import RunActions
 from maestro.db import workflows as workflows_db
 from maestro.db.tables import Iteration, Run
 from maestro.definitions import parse_definition
@@ -233,7 +234,9 @@ async def test_restart_from_failed_reruns_only_the_failed_iterations(env, sessio
         TemporalSettings(task_queue=WORKFLOW_TASK_QUEUE),
         search_attributes=False,
     )
-    restarted = await runs.restart_run(rows["each"].run_id, "failed")
+    restarted = await RunActions(sessions, runs, env.client).restart_run(
+        rows["each"].run_id, "failed"
+    )
     handle = env.client.get_workflow_handle(restarted.temporal_workflow_id, result_type=RunState)
     state = await handle.result()
     assert statuses(state) == {"each": "succeeded", "after": "succeeded"}

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, Request, Response
 
 from api.auth import owners_filter, signal_owners_filter
-from api.deps import EndsDep, RunsDep, SessionDep, SettingsDep
+from api.deps import ActionsDep, EndsDep, RunsDep, SessionDep, SettingsDep
 from api.schemas import (
     IterationOut,
     IterationPage,
@@ -22,6 +22,7 @@ from api.schemas import (
     StepOut,
 )
 from maestro import keys
+from maestro.actions import step_actions
 from maestro.db import iterations as iterations_db
 from maestro.db import runs as runs_db
 from maestro.db import signals as signals_db
@@ -29,7 +30,6 @@ from maestro.db import workflows as workflows_db
 from maestro.db.tables import Iteration, Run, Signal, StepRun, Workflow
 from maestro.ends import run_actions
 from maestro.errors import NotFound
-from maestro.runs import step_actions
 from maestro.runtime import RunStatus, StepStatus, temporal_ui_url
 from maestro.settings import Settings
 
@@ -163,10 +163,10 @@ async def list_iterations(
     response_model=IterationOut,
     status_code=202,
 )
-async def skip_iteration(run_id: str, step: str, index: int, runs: RunsDep) -> IterationOut:
+async def skip_iteration(run_id: str, step: str, index: int, actions: ActionsDep) -> IterationOut:
     """Skip one iteration of a running foreach (cancelled if it runs): it ends `skipped`
     and the other iterations go on. 409 if it already ended or the run is not live."""
-    return _iteration_out(await runs.skip_iteration(run_id, step, index))
+    return _iteration_out(await actions.skip_iteration(run_id, step, index))
 
 
 def _iteration_out(row: Iteration) -> IterationOut:
@@ -250,27 +250,31 @@ async def kill_run(run_id: str, ends: EndsDep, settings: SettingsDep) -> RunOut:
 
 
 @router.post("/runs/{run_id}/restart", response_model=RunOut, status_code=201)
-async def restart_run(run_id: str, body: RestartIn, runs: RunsDep, settings: SettingsDep) -> RunOut:
+async def restart_run(
+    run_id: str, body: RestartIn, actions: ActionsDep, settings: SettingsDep
+) -> RunOut:
     """A new run of the same version with the same params. `from`: `failed` (default; steps
     that succeeded keep their outputs and do not run again), `beginning`, or a step id (that
     step and everything downstream run again). 409 while the run is still live."""
-    return run_out(await runs.restart_run(run_id, body.from_), settings)
+    return run_out(await actions.restart_run(run_id, body.from_), settings)
 
 
 @router.post("/runs/{run_id}/steps/{step_id}/skip", response_model=RunOut, status_code=202)
-async def skip_step(run_id: str, step_id: str, runs: RunsDep, settings: SettingsDep) -> RunOut:
+async def skip_step(
+    run_id: str, step_id: str, actions: ActionsDep, settings: SettingsDep
+) -> RunOut:
     """Skip a step that has not finished (cancelling it if it runs): the DAG continues as if it
     succeeded with no outputs. 409 if the step already ended or the run is not live."""
-    return run_out(await runs.skip_step(run_id, step_id), settings)
+    return run_out(await actions.skip_step(run_id, step_id), settings)
 
 
 @router.post("/runs/{run_id}/steps/{step_id}/bypass", response_model=RunOut, status_code=202)
 async def bypass_step_wait(
-    run_id: str, step_id: str, runs: RunsDep, settings: SettingsDep
+    run_id: str, step_id: str, actions: ActionsDep, settings: SettingsDep
 ) -> RunOut:
     """Release a step that is `waiting_for_signal` as if its signals had arrived (without
     them). 409 if the step is not waiting."""
-    return run_out(await runs.bypass_wait(run_id, step_id), settings)
+    return run_out(await actions.bypass_wait(run_id, step_id), settings)
 
 
 @router.get("/runs/{run_id}/lineage", response_model=Lineage)

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Query, Request, Response
 
 from api.auth import owners_filter
 from api.deps import (
+    ActionsDep,
     EndsDep,
     RunsDep,
     SchedulesDep,
@@ -261,10 +262,12 @@ async def stop_workflow(workflow_id: str, ends: EndsDep, settings: SettingsDep) 
 
 
 @router.post("/{workflow_id}/unblock", response_model=list[RunOut])
-async def unblock_workflow(workflow_id: str, runs: RunsDep, settings: SettingsDep) -> list[RunOut]:
+async def unblock_workflow(
+    workflow_id: str, actions: ActionsDep, settings: SettingsDep
+) -> list[RunOut]:
     """Release a strict_sequential queue held by a failed run; returns the runs it admitted.
     409 if the workflow is not blocked."""
-    return [run_out(r, settings) for r in await runs.unblock(workflow_id)]
+    return [run_out(r, settings) for r in await actions.unblock(workflow_id)]
 
 
 @router.post("/{workflow_id}/backfill", response_model=BackfillOut)
