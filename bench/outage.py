@@ -48,8 +48,8 @@ async def _launched(http: httpx.AsyncClient, url: str, workflow_id: str) -> int:
 
 
 async def _timeline(database_url: str, back: float) -> dict[str, list[float]]:
-    """Seconds after PostgreSQL came back at which step `a` was recorded, step `b` started and
-    ended, and runs ended: first, median and last of each."""
+    """Seconds after PostgreSQL came back at which steps `a` and `b` started and ended, and
+    runs ended (the worker's clock): first, median and last of each."""
     import asyncpg
 
     connection = await asyncpg.connect(database_url.replace("+asyncpg", ""))
@@ -72,6 +72,7 @@ async def _timeline(database_url: str, back: float) -> dict[str, list[float]]:
         return [float(r[name]) for r in rows if r["step_id"] == step and r[name] is not None]
 
     return {
+        "a_started": spread(column("a", "started")),
         "a_ended": spread(column("a", "ended")),
         "b_started": spread(column("b", "started")),
         "b_ended": spread(column("b", "ended")),
