@@ -24,6 +24,7 @@ from maestro.definitions import WorkflowDefinition
 from maestro.ends import RunEnds
 from maestro.keys import KeyCache, Scope
 from maestro.registry import Registry
+from maestro.retention import Retention, align_temporal_retention
 from maestro.runs import RunsService
 from maestro.schedules import Schedules
 from maestro.secrets import SecretBox
@@ -53,13 +54,14 @@ def _openapi(app: FastAPI) -> dict:
 
 async def _sweep(app: FastAPI, interval: float, reconcile_every: float) -> None:
     """Finish what a dead process left half-done: launch created runs, send requested stops,
-    deliver released waits, and (at start-up, then every `reconcile_every` seconds) bring every
-    schedule in step with the database. Every API process runs this; row locks, idempotent
-    Temporal ids and idempotent reconciliation keep it exactly-once."""
+    deliver released waits, delete what retention no longer keeps, and (at start-up, then every
+    `reconcile_every` seconds) bring every schedule in step with the database. Every API
+    process runs this; row locks, idempotent Temporal ids and idempotent reconciliation keep it
+    exactly-once."""
     next_reconcile = 0.0
     loop = asyncio.get_running_loop()
     while True:
-        tasks = [app.state.runs.sweep, app.state.bus.deliver_pending]
+        tasks = [app.state.runs.sweep, app.state.bus.deliver_pending, app.state.retention.sweep]
         if loop.time() >= next_reconcile:
             next_reconcile = loop.time() + reconcile_every
             tasks.insert(0, app.state.schedules.reconcile_all)
@@ -103,6 +105,16 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.workflows = WorkflowsService(
             sessions, app.state.runs, app.state.bus, app.state.schedules
         )
+        app.state.retention = Retention(sessions, settings.retention)
+        if settings.retention.days is not None and settings.retention.align_temporal:
+            try:
+                await align_temporal_retention(
+                    client, settings.temporal.namespace, app.state.retention.max_age
+                )
+            except Exception as exc:  # noqa: BLE001 - e.g. no rights on the namespace
+                logger.warning(
+                    "could not align Temporal's namespace retention", extra={"error": str(exc)}
+                )
         sweeper = asyncio.create_task(
             _sweep(
                 app, settings.api.sweep_interval_seconds, settings.api.reconcile_interval_seconds
