@@ -1,22 +1,21 @@
 """Run strategies: whether a new run may start now, waits in the queue, or is dropped — and
 which queued runs start when a slot frees. Every decision is taken under the workflow's row
 lock, so concurrent starts from any number of processes never exceed the limit. Decisions
-count rows; runs are loaded only where a strategy acts on them."""
+count the runs holding a slot and look for a waiting one (the queue's length is counted only
+for `max_queued`); runs are loaded only where a strategy acts on them."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from sqlalchemy import and_, any_, bindparam, func, or_, select, update
-from sqlalchemy.dialects.postgresql import array
+from sqlalchemy import and_, bindparam, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import BindParameter
 
 from maestro.db.direct import DirectStatement
 from maestro.db.tables import Run, Workflow
 from maestro.definitions import RunStrategy, RunStrategyKind
-from maestro.runtime import RunStatus
 
 
 @dataclass
@@ -36,39 +35,53 @@ def _limit(strategy: RunStrategy) -> int:
     return 1
 
 
+# The rows of the partial indexes `ix_runs_holding` and `ix_runs_waiting` (migration 0013),
+# written as literals so that every plan of a prepared statement can use those indexes: a
+# decision then reads the runs holding a slot (at most the limit) and the first waiting ones,
+# never the whole queue, however long it is.
+_HOLDING_ROWS = text(
+    "(runs.status = 'running' OR (runs.status = 'queued' AND runs.admitted_at IS NOT NULL))"
+)
+_WAITING_ROWS = text("runs.status = 'queued' AND runs.admitted_at IS NULL")
+
+
 def _holding_slot(workflow_id: str | BindParameter[str]):
     """Runs holding a slot: admitted and not ended."""
-    return and_(
-        Run.workflow_id == workflow_id,
-        or_(
-            Run.status == RunStatus.running,
-            and_(Run.status == RunStatus.queued, Run.admitted_at.is_not(None)),
-        ),
-    )
+    return and_(Run.workflow_id == workflow_id, _HOLDING_ROWS)
 
 
 def _waiting(workflow_id: str | BindParameter[str]):
     """Runs waiting for a slot."""
-    return and_(
-        Run.workflow_id == workflow_id, Run.status == RunStatus.queued, Run.admitted_at.is_(None)
-    )
+    return and_(Run.workflow_id == workflow_id, _WAITING_ROWS)
 
 
 _WORKFLOW_ID: BindParameter[str] = bindparam("workflow_id")
 # Every run's admission and end asks it.
 _OCCUPANCY = DirectStatement(
     select(
-        func.count().filter(_waiting(_WORKFLOW_ID)).label("waiting"),
-        func.count().filter(_holding_slot(_WORKFLOW_ID)).label("holding"),
-    ).where(
-        Run.workflow_id == _WORKFLOW_ID,
-        Run.status == any_(array([RunStatus.queued.value, RunStatus.running.value])),
+        # The first waiting run, in the order ix_runs_waiting holds them: never a walk through
+        # the table to find one.
+        select(Run.run_number)
+        .where(_waiting(_WORKFLOW_ID))
+        .order_by(Run.run_number)
+        .limit(1)
+        .scalar_subquery()
+        .is_not(None)
+        .label("waiting"),
+        select(func.count())
+        .select_from(Run)
+        .where(_holding_slot(_WORKFLOW_ID))
+        .scalar_subquery()
+        .label("holding"),
     )
+)
+_WAITING_COUNT = DirectStatement(
+    select(func.count()).select_from(Run).where(_waiting(_WORKFLOW_ID))
 )
 
 
-async def _occupancy(session: AsyncSession, workflow_id: str) -> tuple[int, int]:
-    """(runs waiting for a slot, runs holding one), in one query."""
+async def _occupancy(session: AsyncSession, workflow_id: str) -> tuple[bool, int]:
+    """(whether runs wait for a slot, how many runs hold one), in one query."""
     row = await _OCCUPANCY.fetchrow(session, {"workflow_id": workflow_id})
     assert row is not None  # an aggregate has one row
     return row["waiting"], row["holding"]
@@ -100,10 +113,13 @@ async def decide(
     queued, holding = await _occupancy(session, workflow.id)
     if not blocked and (jump_queue or not queued) and holding < _limit(strategy):
         return Admission(True)
-    if strategy.max_queued is not None and queued >= strategy.max_queued:
-        return Admission(
-            False, f"{kind.value}: the queue is full (max_queued={strategy.max_queued})"
-        )
+    if strategy.max_queued is not None and queued:
+        row = await _WAITING_COUNT.fetchrow(session, {"workflow_id": workflow.id})
+        assert row is not None
+        if row[0] >= strategy.max_queued:
+            return Admission(
+                False, f"{kind.value}: the queue is full (max_queued={strategy.max_queued})"
+            )
     return Admission(False)
 
 

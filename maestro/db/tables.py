@@ -128,6 +128,21 @@ class Run(Base):
             text("((cause -> 'detail') ->> 'restart_of')"),
             postgresql_where=text("cause ->> 'kind' = 'restart'"),
         ),
+        # Run strategies' decisions (maestro.strategies): the runs holding a slot, and the
+        # runs waiting for one in arrival order.
+        Index(
+            "ix_runs_holding",
+            "workflow_id",
+            postgresql_where=text(
+                "status = 'running' OR (status = 'queued' AND admitted_at IS NOT NULL)"
+            ),
+        ),
+        Index(
+            "ix_runs_waiting",
+            "workflow_id",
+            "run_number",
+            postgresql_where=text("status = 'queued' AND admitted_at IS NULL"),
+        ),
         # The sweeper's work list: admitted runs that never reached Temporal.
         Index(
             "ix_runs_unlaunched",
