@@ -98,6 +98,24 @@ class WorkerSettings(BaseModel):
         return root.expanduser().resolve()
 
 
+class RetentionSettings(BaseModel):
+    """How long ended runs and signals are kept; unset `days` keeps everything (the default).
+    Deletion runs in the API processes, a few small batches per sweep (maestro.retention)."""
+
+    # Ended runs (with their steps) and signals older than this are deleted, unless something
+    # kept still needs them. Temporal's namespace retention is lowered to match when longer.
+    days: float | None = Field(default=None, gt=0)
+    # Rows looked at per batch (one short transaction each).
+    batch_size: int = Field(default=500, ge=1, le=10_000)
+    # Time the batches of one sweep may take before the sweep moves on to its other work.
+    seconds_per_sweep: float = Field(default=0.2, gt=0)
+    # After a pass has deleted everything due, the next one starts this much later.
+    interval_seconds: float = Field(default=300.0, gt=0)
+    # Lower the Temporal namespace's workflow retention to `days` (at least Temporal's minimum
+    # of one day) when it is longer; needs the rights to update the namespace.
+    align_temporal: bool = True
+
+
 class Settings(BaseSettings):
     """All of Maestro's settings; nested groups use `__`, e.g. `MAESTRO_TEMPORAL__ADDRESS`."""
 
@@ -114,6 +132,7 @@ class Settings(BaseSettings):
     temporal: TemporalSettings = Field(default_factory=TemporalSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
     log_level: str = "INFO"
     # The key that encrypts secrets at rest (a Fernet key: 32 bytes, URL-safe base64; several
     # separated by commas while rotating it: the first encrypts, all decrypt). Unset: read from

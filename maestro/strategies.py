@@ -1,7 +1,8 @@
 """Run strategies: whether a new run may start now, waits in the queue, or is dropped — and
 which queued runs start when a slot frees. Every decision is taken under the workflow's row
 lock, so concurrent starts from any number of processes never exceed the limit. Decisions
-count rows; runs are loaded only where a strategy acts on them."""
+count the runs holding a slot and look for a waiting one (the queue's length is counted only
+for `max_queued`); runs are loaded only where a strategy acts on them."""
 
 from __future__ import annotations
 
@@ -55,10 +56,11 @@ async def decide(
     queued, holding = await admission_db.occupancy(session, workflow.id)
     if not blocked and (jump_queue or not queued) and holding < _limit(strategy):
         return Admission(True)
-    if strategy.max_queued is not None and queued >= strategy.max_queued:
-        return Admission(
-            False, f"{kind.value}: the queue is full (max_queued={strategy.max_queued})"
-        )
+    if strategy.max_queued is not None and queued:
+        if await admission_db.waiting_count(session, workflow.id) >= strategy.max_queued:
+            return Admission(
+                False, f"{kind.value}: the queue is full (max_queued={strategy.max_queued})"
+            )
     return Admission(False)
 
 

@@ -1,8 +1,9 @@
 """The sweeper: finishes what a process that died between a commit and Temporal left undone —
-launches of admitted runs, requested stops, deliveries of released waits — and keeps every
-schedule in step with the database. Every worker process runs it (`workers.main.run_worker`);
-any number may sweep at once: row locks with `SKIP LOCKED`, Temporal ids derived from the run
-and idempotent reconciliation keep it exactly-once."""
+launches of admitted runs, requested stops, deliveries of released waits — keeps every
+schedule in step with the database, and deletes what retention no longer keeps. Every worker
+process runs it (`workers.main.run_worker`); any number may sweep at once: row locks with
+`SKIP LOCKED`, Temporal ids derived from the run and idempotent reconciliation keep it
+exactly-once."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from maestro.db import runs as runs_db
+from maestro.retention import Retention
 from maestro.runs import RunsService
 from maestro.schedules import Schedules
 from maestro.signals import SignalBus
@@ -30,11 +32,13 @@ class Sweeper:
         runs: RunsService,
         bus: SignalBus,
         schedules: Schedules,
+        retention: Retention | None = None,
     ) -> None:
         self._sessions = sessions
         self._runs = runs
         self._bus = bus
         self._schedules = schedules
+        self._retention = retention
 
     async def launch_interrupted(
         self, older_than: timedelta = timedelta(seconds=5), limit: int = 200
@@ -62,10 +66,12 @@ class Sweeper:
     async def sweep(self, *, reconcile: bool = False) -> None:
         """One pass: launches and stops, wait deliveries, and (with `reconcile`) every
         schedule. One step failing does not hold back the others; the next pass retries it."""
-        steps: list[Callable[[], Awaitable[int]]] = [
+        steps: list[Callable[[], Awaitable[object]]] = [
             self.launch_interrupted,
             self._bus.deliver_pending,
         ]
+        if self._retention is not None:
+            steps.append(self._retention.sweep)
         if reconcile:
             steps.insert(0, self._schedules.reconcile_all)
         for step in steps:

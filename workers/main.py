@@ -22,6 +22,7 @@ from maestro.artifacts import LocalArtifactStore
 from maestro.db.engine import create_engine, session_factory
 from maestro.definitions_cache import DefinitionsCache
 from maestro.errors import ConfigurationError
+from maestro.retention import Retention, align_temporal_retention
 from maestro.runs import RunsService
 from maestro.runtime import recording_queue
 from maestro.schedules import Schedules
@@ -153,7 +154,15 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
     )
     schedules = Schedules(sessions, runs, client, settings.temporal)
     schedule_activities = ScheduleActivities(schedules)
-    sweeper = Sweeper(sessions, runs, bus, schedules)
+    retention = Retention(sessions, settings.retention)
+    if settings.retention.days is not None and settings.retention.align_temporal:
+        try:
+            await align_temporal_retention(client, settings.temporal.namespace, retention.max_age)
+        except Exception as exc:  # noqa: BLE001 - e.g. no rights on the namespace
+            logger.warning(
+                "could not align Temporal's namespace retention", extra={"error": str(exc)}
+            )
+    sweeper = Sweeper(sessions, runs, bus, schedules, retention)
     limit = settings.worker.max_concurrent_activities
     if settings.worker.metrics_port:
         start_http_server(settings.worker.metrics_port, addr=settings.worker.metrics_host)

@@ -57,23 +57,26 @@ async def list_runs(
 ) -> Sequence[Run]:
     """Newest (or oldest) first; `after` is the (created_at, run_id) of the last run of the
     previous page."""
-    query = select(Run)
+    page = select(Run.run_id)
     if workflow_id:
-        query = query.where(Run.workflow_id == workflow_id)
+        page = page.where(Run.workflow_id == workflow_id)
     if status:
-        query = query.where(Run.status == status)
+        page = page.where(Run.status == status)
     if owners is not None:
-        query = query.where(
+        page = page.where(
             Run.workflow_id.in_(select(Workflow.id).where(Workflow.owner.in_(owners)))
         )
     key = tuple_(Run.created_at, Run.run_id)
     if after:
-        query = query.where(key > after if oldest_first else key < after)
-    if oldest_first:
-        query = query.order_by(Run.created_at, Run.run_id)
-    else:
-        query = query.order_by(Run.created_at.desc(), Run.run_id.desc())
-    query = query.limit(limit)
+        page = page.where(key > after if oldest_first else key < after)
+    order = (
+        (Run.created_at, Run.run_id) if oldest_first else (Run.created_at.desc(), Run.run_id.desc())
+    )
+    # The page's ids first, read from an index alone (each filter has one that ends in
+    # `created_at, run_id`), then its rows: a workflow's runs are found in its index, never
+    # by walking every run in time order.
+    page = page.order_by(*order).limit(limit)
+    query = select(Run).where(Run.run_id.in_(page.scalar_subquery())).order_by(*order)
     return (await session.execute(query)).scalars().all()
 
 

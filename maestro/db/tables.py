@@ -116,9 +116,33 @@ class Run(Base):
         UniqueConstraint("workflow_id", "run_number"),
         UniqueConstraint("workflow_id", "request_id"),
         UniqueConstraint("temporal_workflow_id"),
-        Index("ix_runs_workflow_status_created", "workflow_id", "status", "created_at"),
-        Index("ix_runs_status_created", "status", "created_at"),
+        # Each runs list filter has an index that ends in its order (created_at, run_id).
+        Index("ix_runs_workflow_status_created", "workflow_id", "status", "created_at", "run_id"),
+        Index("ix_runs_status_created", "status", "created_at", "run_id"),
         Index("ix_runs_workflow_trigger", "workflow_id", "trigger_id", "created_at"),
+        Index("ix_runs_workflow_created", "workflow_id", "created_at", "run_id"),
+        Index("ix_runs_created", "created_at", "run_id"),
+        # Retention keeps a run while a restart of it is kept.
+        Index(
+            "ix_runs_restart_of",
+            text("((cause -> 'detail') ->> 'restart_of')"),
+            postgresql_where=text("cause ->> 'kind' = 'restart'"),
+        ),
+        # Run strategies' decisions (maestro.strategies): the runs holding a slot, and the
+        # runs waiting for one in arrival order.
+        Index(
+            "ix_runs_holding",
+            "workflow_id",
+            postgresql_where=text(
+                "status = 'running' OR (status = 'queued' AND admitted_at IS NOT NULL)"
+            ),
+        ),
+        Index(
+            "ix_runs_waiting",
+            "workflow_id",
+            "run_number",
+            postgresql_where=text("status = 'queued' AND admitted_at IS NULL"),
+        ),
         # The sweeper's work list: admitted runs that never reached Temporal.
         Index(
             "ix_runs_unlaunched",
@@ -190,6 +214,10 @@ class Signal(Base):
         UniqueConstraint("name", "seq"),
         Index("ix_signals_name_id", "name", "id"),
         Index("ix_signals_producer_run_id", "producer_run_id"),
+        # `since` filters: a few bytes per 128 pages, as signals arrive in time order.
+        Index("ix_signals_created_at", "created_at", postgresql_using="brin"),
+        # An owner-limited key's signals.
+        Index("ix_signals_producer_owners", "producer_owners", postgresql_using="gin"),
         Index(
             "ix_signals_params",
             "params",
@@ -281,6 +309,12 @@ class SignalWait(Base):
             "ix_signal_waits_undelivered",
             "created_at",
             postgresql_where=text("matched_signal_id IS NOT NULL AND delivered_at IS NULL"),
+        ),
+        # Retention keeps the signals steps' waits matched.
+        Index(
+            "ix_signal_waits_matched_signal_id",
+            "matched_signal_id",
+            postgresql_where=text("matched_signal_id IS NOT NULL"),
         ),
     )
 
