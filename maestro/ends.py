@@ -12,6 +12,9 @@ RunWorkflow's ends (the hot path) take no name lock: the end and the admission c
 transaction and the completion signal in a second one, which is retried with the activity if the
 process dies in between. Ends decided by the API (stop, kill, workflow stop) commit everything
 in one transaction, name lock first, so nothing is left to redo if the process dies.
+
+Every end records its webhook event (`maestro.outbox.run_ended`) in the transaction that writes
+it, so an end that committed is delivered even if the process dies right after.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from maestro import metrics, strategies
+from maestro import metrics, outbox, strategies
 from maestro.db import runs as runs_db
 from maestro.db import signals as signals_db
 from maestro.db import workflows as workflows_db
@@ -106,7 +109,10 @@ class RunEnds:
                 temporal_run_id,
                 waits=finish.waits,
             )
-            admitted = await self._runs.run_ended(session, run, workflow) if ended else []
+            admitted = []
+            if ended:
+                await outbox.run_ended(session, run)
+                admitted = await self._runs.run_ended(session, run, workflow)
         async with self._sessions.begin() as session:
             pending = await self._publish_completion(session, run)
         if ended:
@@ -234,6 +240,7 @@ class RunEnds:
                 SignalWait.run_id == run.run_id, SignalWait.matched_signal_id.is_(None)
             )
         )
+        await outbox.run_ended(session, run)
         metrics.RUNS_ENDED.labels(run.status).inc()
 
     async def _publish_completion(self, session: AsyncSession, run: Run) -> Any:

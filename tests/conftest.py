@@ -23,7 +23,13 @@ from api.app import create_app
 from maestro.db.engine import create_engine, session_factory, upgrade
 from maestro.embedded import EmbeddedPostgres, free_port, temporal_dev_server_command, wait_for_port
 from maestro.keys import create_key
-from maestro.settings import Settings, TemporalSettings, WorkerSettings
+from maestro.settings import (
+    OutboundSettings,
+    Settings,
+    TemporalSettings,
+    WebhookSettings,
+    WorkerSettings,
+)
 from maestro.temporal_client import connect
 from workers.main import run_worker
 
@@ -119,6 +125,9 @@ def settings(database_url: str, temporal_address: str, tmp_path_factory) -> Sett
         data_dir=tmp_path_factory.mktemp("maestro"),
         worker=TEST_WORKER.model_copy(update={"work_root": tmp_path_factory.mktemp("work")}),
         secrets_key=Fernet.generate_key().decode(),
+        # Webhook receivers and http steps under test listen on 127.0.0.1, allowed explicitly.
+        outbound=OutboundSettings(allowed_private_networks=["127.0.0.1/32"]),
+        webhooks=WebhookSettings(retry_initial_seconds=0.2, retry_max_seconds=2.0),
         temporal=TemporalSettings(
             address=temporal_address, task_queue="maestro-tests", ui_url="http://127.0.0.1:8233"
         ),

@@ -11,6 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from prometheus_client import start_http_server
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.client import Client
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
@@ -25,6 +26,7 @@ from maestro.secrets import SecretBox
 from maestro.settings import Settings
 from maestro.signals import SignalBus
 from maestro.temporal_client import WORKER_RETRY, connect, register_search_attributes
+from maestro.webhooks import Dispatcher
 from workers.activities import ScheduleActivities, StepActivities
 from workers.schedules import FireScheduleWorkflow, TimedRunWorkflow
 from workers.workflow import RunWorkflow
@@ -102,6 +104,21 @@ def work_root(settings: Settings) -> Path:
     return root
 
 
+def _start_dispatcher(
+    settings: Settings, sessions: async_sessionmaker[AsyncSession], stop: asyncio.Event
+) -> asyncio.Task[None] | None:
+    """The webhook dispatcher, beside the workers (it delivers after the commits, so a slow
+    receiver never holds a run); none when dispatch is off or no secrets key signs."""
+    if not settings.webhooks.dispatch:
+        return None
+    box = SecretBox.from_settings(settings)
+    if box is None:
+        logger.warning("webhooks are not delivered: no secrets key (MAESTRO_SECRETS_KEY)")
+        return None
+    dispatcher = Dispatcher(sessions, box, settings.webhooks, settings.outbound)
+    return asyncio.create_task(dispatcher.run(stop))
+
+
 async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     """Run until `stop` is set (or SIGTERM/SIGINT), then drain and return."""
     engine = create_engine(
@@ -146,12 +163,15 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
         for queue in settings.worker.task_queues
     ]
     workers.append(recording_worker(client, settings.temporal.task_queue, activities))
+    dispatching = _start_dispatcher(settings, sessions, stop)
     async with contextlib.AsyncExitStack() as stack:
         for worker in workers:
             await stack.enter_async_context(worker)
         queues = [settings.temporal.task_queue, *settings.worker.task_queues]
         logger.info("worker started", extra={"task_queues": queues})
         await stop.wait()
+    if dispatching is not None:
+        await dispatching
     await runs.close()
     await engine.dispose()
     logger.info("worker stopped")
