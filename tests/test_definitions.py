@@ -248,7 +248,9 @@ def test_unknown_step_type_lists_known_types():
     assert found.loc == ("steps", 0, "type")
     assert found.type == "unknown_step_type"
     assert "unknown step type 'bash'" in found.msg
-    assert found.msg.endswith("known types: deploy, evaluate, noop, python, shell, sleep, train")
+    assert found.msg.endswith(
+        "known types: deploy, evaluate, http, noop, python, shell, sleep, train"
+    )
 
 
 @pytest.mark.parametrize(

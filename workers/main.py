@@ -138,6 +138,7 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
         LocalArtifactStore(settings.data_dir.resolve() / "artifacts"),
         policy=settings.worker,
         secret_box=SecretBox.from_settings(settings),
+        outbound=settings.outbound,
     )
     schedule_activities = ScheduleActivities(Schedules(sessions, runs, client, settings.temporal))
     limit = settings.worker.max_concurrent_activities
