@@ -31,6 +31,7 @@ from maestro.settings import (
     WorkerSettings,
 )
 from maestro.temporal_client import connect
+from tests.receiver import Receiver
 from workers.main import run_worker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -175,6 +176,15 @@ async def api(settings: Settings, auth_headers) -> AsyncIterator[httpx.AsyncClie
             transport=transport, base_url="http://maestro", headers=auth_headers
         ) as client:
             yield client
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    """A real HTTP server on 127.0.0.1 (webhook receivers, http step targets)."""
+    server = Receiver()
+    await server.start()
+    yield server
+    await server.stop()
 
 
 def unique_id(prefix: str) -> str:

@@ -8,18 +8,9 @@ import pytest
 
 from maestro.steps import check_step_params
 from tests.conftest import unique_id, wait_for_run
-from tests.receiver import Receiver
 from tests.test_secrets import history_bytes, put
 
 pytestmark = pytest.mark.usefixtures("worker")
-
-
-@pytest.fixture
-async def server():
-    receiver = Receiver()
-    await receiver.start()
-    yield receiver
-    await receiver.stop()
 
 
 async def run_steps(api, steps: list[dict], params: dict | None = None, owner: str = "") -> dict:
@@ -37,12 +28,12 @@ def step_of(run: dict, step_id: str = "call") -> dict:
     return next(s for s in run["steps"] if s["step_id"] == step_id)
 
 
-async def test_a_request_with_a_cel_body_and_a_secret_header(api, server, temporal_client):
+async def test_a_request_with_a_cel_body_and_a_secret_header(api, receiver, temporal_client):
     owner = unique_id("team")
     token = f"tok-{unique_id('v')}"
     name = f"{owner}.api-token"
     await put(api, name, token, owner)
-    server.answer = lambda request: (201, {"job": "j-1", "echo": request.json()})
+    receiver.answer = lambda request: (201, {"job": "j-1", "echo": request.json()})
     run = await run_steps(
         api,
         [
@@ -51,7 +42,7 @@ async def test_a_request_with_a_cel_body_and_a_secret_header(api, server, tempor
                 "type": "http",
                 "params": {
                     "method": "POST",
-                    "url": server.url + "/jobs",
+                    "url": receiver.url + "/jobs",
                     "headers": {"Authorization": {"secret": name, "prefix": "Bearer "}},
                     "query": {"dry": "no"},
                     "json": {"day": {"expr": "params.day"}, "n": 3},
@@ -68,7 +59,7 @@ async def test_a_request_with_a_cel_body_and_a_secret_header(api, server, tempor
         owner=owner,
     )
     assert run["status"] == "succeeded", run
-    [request] = server.received
+    [request] = receiver.received
     assert request.method == "POST" and request.path == "/jobs" and request.query == "dry=no"
     assert request.headers["authorization"] == f"Bearer {token}"
     assert request.json() == {"day": "2026-11-26", "n": 3}
@@ -82,27 +73,27 @@ async def test_a_request_with_a_cel_body_and_a_secret_header(api, server, tempor
     assert token not in str(run)
 
 
-async def test_5xx_answers_are_retried_by_the_steps_retry_policy(api, server):
+async def test_5xx_answers_are_retried_by_the_steps_retry_policy(api, receiver):
     answers = iter([(503, {"busy": 1}), (502, {"busy": 2}), (200, {"ok": True})])
-    server.answer = lambda request: next(answers)
+    receiver.answer = lambda request: next(answers)
     run = await run_steps(
         api,
         [
             {
                 "id": "call",
                 "type": "http",
-                "params": {"url": server.url + "/flaky"},
+                "params": {"url": receiver.url + "/flaky"},
                 "retry": {"max_attempts": 3, "initial_backoff": "0.1s"},
             }
         ],
     )
     assert run["status"] == "succeeded", run
-    assert step_of(run)["attempt"] == 3 and len(server.received) == 3
+    assert step_of(run)["attempt"] == 3 and len(receiver.received) == 3
     assert step_of(run)["outputs"] == {"status": 200, "body": {"ok": True}}
 
 
-async def test_5xx_past_the_budget_and_4xx_fail_the_step(api, server):
-    server.answer = lambda request: (
+async def test_5xx_past_the_budget_and_4xx_fail_the_step(api, receiver):
+    receiver.answer = lambda request: (
         (404, {"missing": True}) if request.path == "/gone" else (500, b"down")
     )
     run = await run_steps(
@@ -111,10 +102,10 @@ async def test_5xx_past_the_budget_and_4xx_fail_the_step(api, server):
             {
                 "id": "call",
                 "type": "http",
-                "params": {"url": server.url + "/down"},
+                "params": {"url": receiver.url + "/down"},
                 "retry": {"max_attempts": 2, "initial_backoff": "0.1s"},
             },
-            {"id": "gone", "type": "http", "params": {"url": server.url + "/gone"}},
+            {"id": "gone", "type": "http", "params": {"url": receiver.url + "/gone"}},
         ],
     )
     assert run["status"] == "failed"
@@ -123,7 +114,7 @@ async def test_5xx_past_the_budget_and_4xx_fail_the_step(api, server):
     assert gone["attempt"] == 1 and "HTTP 404" in gone["error"] and "expected 2xx" in gone["error"]
 
 
-async def test_poll_until_the_job_is_done_without_submitting_twice(api, server):
+async def test_poll_until_the_job_is_done_without_submitting_twice(api, receiver):
     polls = {"n": 0}
 
     def answer(request):
@@ -135,7 +126,7 @@ async def test_poll_until_the_job_is_done_without_submitting_twice(api, server):
         state = "done" if polls["n"] >= 5 else "running"
         return 200, {"state": state, "result": 42 if state == "done" else None}
 
-    server.answer = answer
+    receiver.answer = answer
     run = await run_steps(
         api,
         [
@@ -144,10 +135,10 @@ async def test_poll_until_the_job_is_done_without_submitting_twice(api, server):
                 "type": "http",
                 "params": {
                     "method": "POST",
-                    "url": server.url + "/jobs",
+                    "url": receiver.url + "/jobs",
                     "json": {"go": True},
                     "poll": {
-                        "url_expr": f"'{server.url}/jobs/' + response.body.id",
+                        "url_expr": f"'{receiver.url}/jobs/' + response.body.id",
                         "until": "response.body.state == 'done'",
                         "every": "0.2s",
                         "timeout": "1m",
@@ -158,8 +149,8 @@ async def test_poll_until_the_job_is_done_without_submitting_twice(api, server):
         ],
     )
     assert run["status"] == "succeeded", run
-    posts = [r for r in server.received if r.method == "POST"]
-    gets = [r for r in server.received if r.method == "GET"]
+    posts = [r for r in receiver.received if r.method == "POST"]
+    gets = [r for r in receiver.received if r.method == "GET"]
     assert len(posts) == 1 and len(gets) == 5
     assert {r.path for r in gets} == {"/jobs/j-7"}
     outputs = step_of(run)["outputs"]
@@ -168,8 +159,8 @@ async def test_poll_until_the_job_is_done_without_submitting_twice(api, server):
     assert outputs["polls"] == 4  # answered polls; the 503 was a failure
 
 
-async def test_a_poll_that_never_finishes_times_out(api, server):
-    server.answer = lambda request: (200, {"state": "running"})
+async def test_a_poll_that_never_finishes_times_out(api, receiver):
+    receiver.answer = lambda request: (200, {"state": "running"})
     run = await run_steps(
         api,
         [
@@ -177,7 +168,7 @@ async def test_a_poll_that_never_finishes_times_out(api, server):
                 "id": "call",
                 "type": "http",
                 "params": {
-                    "url": server.url + "/job",
+                    "url": receiver.url + "/job",
                     "poll": {
                         "until": "response.body.state == 'done'",
                         "every": "0.2s",

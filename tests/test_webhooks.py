@@ -56,14 +56,6 @@ async def push_and_run(api, definition: dict) -> dict:
     return await wait_for_run(api, started.json()["run_id"])
 
 
-@pytest.fixture
-async def receiver():
-    server = Receiver()
-    await server.start()
-    yield server
-    await server.stop()
-
-
 async def test_events_arrive_signed_in_order_with_ids(api, receiver):
     owner = unique_id("team")
     hook = await subscribe(

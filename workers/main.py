@@ -28,6 +28,7 @@ from maestro.signals import SignalBus
 from maestro.temporal_client import WORKER_RETRY, connect, register_search_attributes
 from maestro.webhooks import Dispatcher
 from workers.activities import ScheduleActivities, StepActivities
+from workers.alerts import AlertActivities, FreshnessWorkflow, SlaWorkflow
 from workers.schedules import FireScheduleWorkflow, TimedRunWorkflow
 from workers.workflow import RunWorkflow
 
@@ -42,6 +43,7 @@ def new_worker(
     task_queue: str,
     activities: StepActivities,
     schedule_activities: ScheduleActivities | None = None,
+    alert_activities: AlertActivities | None = None,
     *,
     limit: int = 100,
     workflows: bool = True,
@@ -59,10 +61,20 @@ def new_worker(
     ]
     if schedule_activities is not None:
         activity_list += [schedule_activities.admit_fire, schedule_activities.fire_time_trigger]
+    if alert_activities is not None:
+        activity_list += [alert_activities.check_sla, alert_activities.check_freshness]
     return Worker(
         client,
         task_queue=task_queue,
-        workflows=[RunWorkflow, TimedRunWorkflow, FireScheduleWorkflow] if workflows else [],
+        workflows=[
+            RunWorkflow,
+            TimedRunWorkflow,
+            FireScheduleWorkflow,
+            SlaWorkflow,
+            FreshnessWorkflow,
+        ]
+        if workflows
+        else [],
         activities=activity_list,
         max_concurrent_activities=limit,
         workflow_runner=SandboxedWorkflowRunner() if sandbox else UnsandboxedWorkflowRunner(),
@@ -155,6 +167,7 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
             settings.temporal.task_queue,
             activities,
             schedule_activities,
+            AlertActivities(sessions, bus),
             limit=limit,
             sandbox=settings.worker.workflow_sandbox,
         )

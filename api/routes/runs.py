@@ -20,11 +20,11 @@ from api.schemas import (
     StartRunRequest,
     StepOut,
 )
-from maestro import keys
+from maestro import keys, sla
 from maestro.db import runs as runs_db
 from maestro.db import signals as signals_db
 from maestro.db import workflows as workflows_db
-from maestro.db.tables import Run, Signal, StepRun, Workflow
+from maestro.db.tables import Run, RunSla, Signal, StepRun, Workflow
 from maestro.ends import run_actions
 from maestro.errors import InvalidInput, Problem
 from maestro.runs import step_actions
@@ -116,7 +116,9 @@ async def get_run(run_id: str, session: SessionDep, settings: SettingsDep) -> Ru
     run = await runs_db.get_run(session, run_id)
     version = await workflows_db.get_version(session, run.workflow_id, run.version)
     rows = list(await runs_db.list_steps(session, run_id))
-    return run_out(run, settings, step_outs(run, version.definition, rows))
+    out = run_out(run, settings, step_outs(run, version.definition, rows))
+    out.sla = sla.view(await session.get(RunSla, run_id))
+    return out
 
 
 def _encode_cursor(run: Run) -> str:

@@ -491,3 +491,19 @@ class WebhookAttempt(Base):
     error: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (Index("ix_webhook_attempts_delivery", "delivery_id", "id"),)
+
+
+class RunSla(Base):
+    """A run's deadline (its workflow's or trigger's `sla`), when it was found missed, and for a
+    run that ended in time, by how much."""
+
+    __tablename__ = "run_slas"
+
+    run_id: Mapped[str] = mapped_column(
+        ForeignKey("runs.run_id", ondelete="CASCADE"), primary_key=True
+    )
+    workflow_id: Mapped[str] = mapped_column(String(128))
+    deadline: Mapped[datetime]
+    missed_at: Mapped[datetime | None]
+    # Deadline minus end (positive: in time), written by the run's end.
+    margin_seconds: Mapped[float | None]
