@@ -360,8 +360,10 @@ class Dispatcher:
         self._settings = settings
         self._guard = Guard(outbound)
         self._limit = outbound.max_request_bytes
-        # A lease outlives the longest drain: each request is bounded by the timeout.
-        self._lease = max(60.0, 2 * outbound.timeout_seconds * 3)
+        # A drain starts no request that could outlast its lease (each is bounded by the
+        # timeout), so no other dispatcher takes the queue while one of its requests runs.
+        self._timeout = outbound.timeout_seconds
+        self._lease = max(60.0, 4 * outbound.timeout_seconds)
         self._running: set[str] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -387,13 +389,6 @@ class Dispatcher:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def deliver_due(self, client: httpx.AsyncClient | None = None) -> int:
-        """Deliver every due queue once (tests and one-off runs); returns the webhooks drained."""
-        async with self._guard.client(self._settings.concurrency) as own:
-            claimed = await self._claim(self._settings.concurrency)
-            await asyncio.gather(*(self._drain(client or own, w) for w in claimed))
-        return len(claimed)
-
     async def _claim(self, limit: int) -> list[str]:
         async with self._sessions.begin() as session:
             rows = await session.execute(_CLAIM, {"lease": self._lease, "limit": limit})
@@ -401,6 +396,7 @@ class Dispatcher:
 
     async def _drain(self, client: httpx.AsyncClient, webhook_id: str) -> None:
         """Deliver a claimed webhook's due deliveries in order until one fails."""
+        began = time.monotonic()
         try:
             async with self._sessions() as session:
                 webhook = await session.get(Webhook, webhook_id)
@@ -420,6 +416,8 @@ class Dispatcher:
                     )
                 ).all()
             for delivery, event in rows:
+                if time.monotonic() - began + self._timeout > self._lease * 0.9:
+                    break  # the lease would run out during the request: claim again
                 if not await self._deliver(client, webhook, secrets, delivery, event):
                     break
         except Exception as exc:  # noqa: BLE001 - retried at the next claim
