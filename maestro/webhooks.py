@@ -27,12 +27,13 @@ import re
 import secrets as token_source
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from sqlalchemy import Row, delete, func, select, text, update
+from sqlalchemy import Row, bindparam, delete, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from maestro.db.tables import OutboxEvent, Webhook, WebhookAttempt, WebhookDelivery
@@ -342,11 +343,39 @@ _CLAIM = text(
 )
 
 
+@dataclass
+class _Outcome:
+    """One attempt's result, to be written: its attempt row and its delivery's new state."""
+
+    attempt: dict[str, Any]
+    settled: dict[str, Any]
+    go_on: bool  # delivered or dead: the queue moves on
+
+
+# A delivery's state after an attempt (written for many at once; the lease on the webhook makes
+# its dispatcher the only writer of its pending deliveries).
+_SETTLE = (
+    update(WebhookDelivery.__table__)
+    .where(
+        WebhookDelivery.__table__.c.id == bindparam("b_id"),
+        WebhookDelivery.__table__.c.status == "pending",
+    )
+    .values(
+        status=bindparam("b_status"),
+        attempts=bindparam("b_attempts"),
+        next_attempt_at=bindparam("b_next"),
+        ended_at=bindparam("b_ended"),
+    )
+)
+
+
 class Dispatcher:
     """Delivers pending webhook deliveries; one per worker process, any number of processes."""
 
     # Deliveries one claim of a webhook goes through before letting others have a turn.
     BATCH = 100
+    # Successful deliveries whose results are written together.
+    RECORD_EVERY = 20
 
     def __init__(
         self,
@@ -415,11 +444,25 @@ class Dispatcher:
                         .limit(self.BATCH)
                     )
                 ).all()
-            for delivery, event in rows:
-                if time.monotonic() - began + self._timeout > self._lease * 0.9:
-                    break  # the lease would run out during the request: claim again
-                if not await self._deliver(client, webhook, secrets, delivery, event):
-                    break
+            done: list[_Outcome] = []
+            try:
+                for delivery, event in rows:
+                    if time.monotonic() - began + self._timeout > self._lease * 0.9:
+                        break  # the lease would run out during the request: claim again
+                    outcome = await self._deliver(client, webhook, secrets, delivery, event)
+                    if outcome is None:
+                        break  # the head is not due yet
+                    done.append(outcome)
+                    if not outcome.go_on:
+                        break
+                    if len(done) >= self.RECORD_EVERY:
+                        await self._record(done)
+                        done = []
+            finally:
+                # Results are written in batches: a dispatcher that dies before writing them
+                # sends those events again (at-least-once).
+                if done:
+                    await self._record(done)
         except Exception as exc:  # noqa: BLE001 - retried at the next claim
             logger.warning(
                 "webhook delivery interrupted", extra={"webhook_id": webhook_id, "error": str(exc)}
@@ -448,11 +491,11 @@ class Dispatcher:
         secrets: list[str],
         delivery: WebhookDelivery | Row,
         event: OutboxEvent,
-    ) -> bool:
-        """One attempt at the head of the queue; True if the queue may go on."""
+    ) -> _Outcome | None:
+        """One attempt at the head of the queue (None: it is not due yet)."""
         now = datetime.now(UTC)
         if delivery.next_attempt_at > now:
-            return False
+            return None
         body = render(event, webhook.format, self._limit)
         timestamp = int(time.time())
         headers = {
@@ -480,35 +523,42 @@ class Dispatcher:
             error = f"{type(exc).__name__}: {exc}"[:1000]
         latency = (time.monotonic() - began) * 1000
         attempt = delivery.attempts + 1
-        values: dict[str, Any] = {"attempts": attempt}
+        settled = {
+            "b_id": delivery.id,
+            "b_attempts": attempt,
+            "b_status": "pending",
+            "b_next": delivery.next_attempt_at,
+            "b_ended": None,
+        }
         if error is None:
-            values |= {"status": "delivered", "ended_at": func.now()}
+            settled |= {"b_status": "delivered", "b_ended": datetime.now(UTC)}
         elif now - delivery.created_at >= timedelta(seconds=self._settings.retry_for_seconds):
-            values |= {"status": "dead", "ended_at": func.now()}
+            settled |= {"b_status": "dead", "b_ended": datetime.now(UTC)}
         else:
-            values["next_attempt_at"] = now + timedelta(seconds=self.backoff(attempt))
-        async with self._sessions.begin() as session:
-            session.add(
-                WebhookAttempt(
-                    delivery_id=delivery.id,
-                    attempt=attempt,
-                    at=now,
-                    status_code=status_code,
-                    latency_ms=latency,
-                    error=error,
-                )
-            )
-            await session.execute(
-                update(WebhookDelivery)
-                .where(WebhookDelivery.id == delivery.id, WebhookDelivery.status == "pending")
-                .values(**values)
-            )
+            settled["b_next"] = now + timedelta(seconds=self.backoff(attempt))
         if error is not None:
             logger.info(
                 "webhook delivery failed",
                 extra={"webhook_id": webhook.id, "event_id": event.event_id, "error": error},
             )
-        return error is None or values.get("status") == "dead"
+        return _Outcome(
+            attempt={
+                "delivery_id": delivery.id,
+                "attempt": attempt,
+                "at": now,
+                "status_code": status_code,
+                "latency_ms": latency,
+                "error": error,
+            },
+            settled=settled,
+            go_on=settled["b_status"] != "pending",
+        )
+
+    async def _record(self, outcomes: list[_Outcome]) -> None:
+        """Write attempts and their deliveries' new states, many in one transaction."""
+        async with self._sessions.begin() as session:
+            await session.execute(insert(WebhookAttempt), [o.attempt for o in outcomes])
+            await session.execute(_SETTLE, [o.settled for o in outcomes])
 
     def backoff(self, attempt: int) -> float:
         """Seconds before the next try after `attempt` failed ones (doubling, capped)."""
