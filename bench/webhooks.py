@@ -257,6 +257,7 @@ def main() -> None:
     args = parser.parse_args()
     # The receiver listens on 127.0.0.1: allowed explicitly, as an operator would.
     os.environ["MAESTRO_OUTBOUND__ALLOWED_PRIVATE_NETWORKS"] = '["127.0.0.1/32"]'
+    code = source()  # the code measured, before anything is committed meanwhile
     work_dir = Path(tempfile.mkdtemp(prefix="maestro-bench-webhooks-"))
     stack = Stack(work_dir)
     failed = True
@@ -271,7 +272,7 @@ def main() -> None:
             print(f"data and logs kept in {work_dir}", file=sys.stderr)
         else:
             stack.cleanup()
-    results |= {"machine": machine(), "source": source(), "args": vars(args) | {"out": None}}
+    results |= {"machine": machine(), "source": code, "args": vars(args) | {"out": None}}
     print(table(results))
     if args.out:
         args.out.write_text(json.dumps(results, indent=2, default=str))
