@@ -152,7 +152,7 @@ async def runs_per_s(api: Api, client: Client, owner: str, m: int, tag: str) -> 
 
 
 async def throughput(
-    api: Api, client: Client, receiver: Receiver, m: int, hooks: int, nonce: str
+    stack: Stack, api: Api, client: Client, receiver: Receiver, m: int, hooks: int, nonce: str
 ) -> dict:
     plain, hooked = f"bench-plain-{nonce}", f"bench-hooked-{nonce}"
     for k in range(hooks):
@@ -163,11 +163,18 @@ async def throughput(
         )
     before = len(receiver.got)
     phases: dict[str, list[float]] = {"none": [], "hooks": []}
+    # CPU seconds per run of each process, per kind of phase (the receiver is in `bench`).
+    cpu: dict[str, dict[str, float]] = {"none": {}, "hooks": {}}
     for i, (kind, owner) in enumerate(
         [("none", plain), ("hooks", hooked), ("hooks", hooked), ("none", plain)]
     ):
         print(f"   throughput phase {i + 1}/4: {kind}", file=sys.stderr, flush=True)
+        before_cpu = stack.cpu_seconds()
         phases[kind].append(await runs_per_s(api, client, owner, m // 2, f"{nonce}-{i}"))
+        after_cpu = stack.cpu_seconds()
+        for name, value in after_cpu.items():
+            spent = (value - before_cpu.get(name, 0.0)) / m * 1000  # ms per run, both phases
+            cpu[kind][name] = round(cpu[kind].get(name, 0.0) + spent, 2)
     expected = 2 * m * hooks  # run.started and run.succeeded, per run, per webhook
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
@@ -184,6 +191,7 @@ async def throughput(
         "ratio": round(with_hooks / none, 3),
         "deliveries_expected": expected,
         "deliveries_received": len(receiver.got) - before,
+        "cpu_ms_per_run": cpu,
     }
 
 
@@ -201,7 +209,7 @@ async def scenarios(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
             if args.runs:
                 print("throughput ...", file=sys.stderr, flush=True)
                 results["throughput"] = await throughput(
-                    api, client, receiver, args.runs, args.hooks, nonce
+                    stack, api, client, receiver, args.runs, args.hooks, nonce
                 )
     finally:
         await receiver.stop()
@@ -242,6 +250,14 @@ def table(results: dict[str, Any]) -> str:
             f"{tp['deliveries_expected']} | all | "
             f"{'yes' if tp['deliveries_received'] >= tp['deliveries_expected'] else '**no**'} |"
         )
+        for kind in ("none", "hooks"):
+            spent = tp["cpu_ms_per_run"][kind]
+            parts = ", ".join(
+                f"{name} {spent[name]:.1f}"
+                for name in ("worker", "api", "postgres", "temporal_server", "bench")
+                if name in spent
+            )
+            lines.append(f"| CPU ms per run, {kind} | {parts} | | |")
     return "\n".join(lines)
 
 

@@ -338,7 +338,7 @@ _CLAIM = text(
         LIMIT :limit
         FOR UPDATE OF w SKIP LOCKED
     )
-    RETURNING id
+    RETURNING id, owner, url, format, secret, previous_secret, previous_secret_until
     """
 )
 
@@ -369,6 +369,14 @@ _SETTLE = (
 )
 
 
+_ATTEMPT = insert(WebhookAttempt.__table__)
+_RELEASE = (
+    update(Webhook.__table__)
+    .where(Webhook.__table__.c.id == bindparam("b_webhook"))
+    .values(lease_until=None)
+)
+
+
 class Dispatcher:
     """Delivers pending webhook deliveries; one per worker process, any number of processes."""
 
@@ -393,7 +401,8 @@ class Dispatcher:
         # timeout), so no other dispatcher takes the queue while one of its requests runs.
         self._timeout = outbound.timeout_seconds
         self._lease = max(60.0, 4 * outbound.timeout_seconds)
-        self._running: set[str] = set()
+        # Opened secrets by their sealed form (a rotation changes the sealed form).
+        self._opened: dict[tuple[str, str], str] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until `stop` is set; a failing database or receiver is retried, never
@@ -407,8 +416,8 @@ class Dispatcher:
                 except Exception as exc:  # noqa: BLE001 - the database may be away
                     logger.warning("claiming webhook deliveries failed", extra={"error": str(exc)})
                     claimed = []
-                for webhook_id in claimed:
-                    task = asyncio.create_task(self._drain(client, webhook_id))
+                for webhook in claimed:
+                    task = asyncio.create_task(self._drain(client, webhook))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
                 if not claimed:
@@ -418,78 +427,75 @@ class Dispatcher:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _claim(self, limit: int) -> list[str]:
+    async def _claim(self, limit: int) -> list[Row]:
+        """Webhooks to drain, each with what delivering needs (one statement)."""
         async with self._sessions.begin() as session:
-            rows = await session.execute(_CLAIM, {"lease": self._lease, "limit": limit})
-            return [r.id for r in rows]
+            return list(await session.execute(_CLAIM, {"lease": self._lease, "limit": limit}))
 
-    async def _drain(self, client: httpx.AsyncClient, webhook_id: str) -> None:
-        """Deliver a claimed webhook's due deliveries in order until one fails."""
+    async def _drain(self, client: httpx.AsyncClient, webhook: Row) -> None:
+        """Deliver a claimed webhook's due deliveries in order until one fails; then write
+        the results and release the webhook in one transaction."""
         began = time.monotonic()
+        done: list[_Outcome] = []
         try:
+            secrets = self._secrets(webhook)
             async with self._sessions() as session:
-                webhook = await session.get(Webhook, webhook_id)
-                if webhook is None:
-                    return
-                secrets = self._secrets(webhook)
                 rows = (
                     await session.execute(
                         select(WebhookDelivery, OutboxEvent)
                         .join(OutboxEvent, OutboxEvent.id == WebhookDelivery.event_id)
                         .where(
-                            WebhookDelivery.webhook_id == webhook_id,
+                            WebhookDelivery.webhook_id == webhook.id,
                             WebhookDelivery.status == "pending",
                         )
                         .order_by(WebhookDelivery.id)
                         .limit(self.BATCH)
                     )
                 ).all()
-            done: list[_Outcome] = []
-            try:
-                for delivery, event in rows:
-                    if time.monotonic() - began + self._timeout > self._lease * 0.9:
-                        break  # the lease would run out during the request: claim again
-                    outcome = await self._deliver(client, webhook, secrets, delivery, event)
-                    if outcome is None:
-                        break  # the head is not due yet
-                    done.append(outcome)
-                    if not outcome.go_on:
-                        break
-                    if len(done) >= self.RECORD_EVERY:
-                        await self._record(done)
-                        done = []
-            finally:
-                # Results are written in batches: a dispatcher that dies before writing them
-                # sends those events again (at-least-once).
-                if done:
+            for delivery, event in rows:
+                if time.monotonic() - began + self._timeout > self._lease * 0.9:
+                    break  # the lease would run out during the request: claim again
+                outcome = await self._deliver(client, webhook, secrets, delivery, event)
+                if outcome is None:
+                    break  # the head is not due yet
+                done.append(outcome)
+                if not outcome.go_on:
+                    break
+                if len(done) >= self.RECORD_EVERY:
                     await self._record(done)
+                    done = []
         except Exception as exc:  # noqa: BLE001 - retried at the next claim
             logger.warning(
-                "webhook delivery interrupted", extra={"webhook_id": webhook_id, "error": str(exc)}
+                "webhook delivery interrupted", extra={"webhook_id": webhook.id, "error": str(exc)}
             )
         finally:
+            # Results are written in batches: a dispatcher that dies before writing them sends
+            # those events again (at-least-once). The lease runs out by itself if this fails.
             try:
-                async with self._sessions.begin() as session:
-                    await session.execute(
-                        update(Webhook).where(Webhook.id == webhook_id).values(lease_until=None)
-                    )
-            except Exception as exc:  # noqa: BLE001 - the lease runs out by itself
-                logger.warning("releasing a webhook lease failed", extra={"error": str(exc)})
+                await self._record(done, release=webhook.id)
+            except Exception as exc:  # noqa: BLE001
+                logger.warning("recording webhook deliveries failed", extra={"error": str(exc)})
 
-    def _secrets(self, webhook: Webhook) -> list[str]:
+    def _secrets(self, webhook: Row) -> list[str]:
         name = _secret_name(webhook.id)
-        found = [self._box.open(name, webhook.owner, webhook.secret)]
+        sealed = [webhook.secret]
         until = webhook.previous_secret_until
         if webhook.previous_secret and until is not None and until > datetime.now(UTC):
-            found.append(self._box.open(name, webhook.owner, webhook.previous_secret))
+            sealed.append(webhook.previous_secret)
+        found = []
+        for token in sealed:
+            key = (webhook.id, token)
+            if key not in self._opened:
+                self._opened[key] = self._box.open(name, webhook.owner, token)
+            found.append(self._opened[key])
         return found
 
     async def _deliver(
         self,
         client: httpx.AsyncClient,
-        webhook: Webhook,
+        webhook: Row,
         secrets: list[str],
-        delivery: WebhookDelivery | Row,
+        delivery: WebhookDelivery,
         event: OutboxEvent,
     ) -> _Outcome | None:
         """One attempt at the head of the queue (None: it is not due yet)."""
@@ -554,11 +560,17 @@ class Dispatcher:
             go_on=settled["b_status"] != "pending",
         )
 
-    async def _record(self, outcomes: list[_Outcome]) -> None:
-        """Write attempts and their deliveries' new states, many in one transaction."""
+    async def _record(self, outcomes: list[_Outcome], release: str | None = None) -> None:
+        """Write attempts and their deliveries' new states, many in one transaction; with
+        `release`, let that webhook go in the same transaction."""
+        if not outcomes and release is None:
+            return
         async with self._sessions.begin() as session:
-            await session.execute(insert(WebhookAttempt), [o.attempt for o in outcomes])
-            await session.execute(_SETTLE, [o.settled for o in outcomes])
+            if outcomes:
+                await session.execute(_ATTEMPT, [o.attempt for o in outcomes])
+                await session.execute(_SETTLE, [o.settled for o in outcomes])
+            if release is not None:
+                await session.execute(_RELEASE, {"b_webhook": release})
 
     def backoff(self, attempt: int) -> float:
         """Seconds before the next try after `attempt` failed ones (doubling, capped)."""
