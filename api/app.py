@@ -15,7 +15,17 @@ from api.audit import AuditMiddleware, AuditWriter
 from api.auth import guard
 from api.errors import install_error_handlers
 from api.limits import BodySizeLimit
-from api.routes import audit, keys, metrics, models, runs, secrets, signals, workflows
+from api.routes import (
+    audit,
+    keys,
+    metrics,
+    models,
+    runs,
+    secrets,
+    signals,
+    webhooks,
+    workflows,
+)
 from api.schemas import ErrorBody
 from maestro import __version__
 from maestro.actions import RunActions
@@ -152,6 +162,7 @@ def create_app(settings: Settings) -> FastAPI:
         (signals.router, Scope.publish, (Scope.read, Scope.signals_read), "/api/v1"),
         (models.router, Scope.write, (Scope.read,), "/api/v1"),
         (secrets.router, Scope.secrets_write, (Scope.read,), "/api/v1"),
+        (webhooks.router, Scope.write, (Scope.read,), "/api/v1"),
         (keys.router, Scope.admin, (Scope.admin,), "/api/v1"),
         (audit.router, Scope.admin, (Scope.admin,), "/api/v1"),
         (metrics.router, Scope.read, (Scope.read,), ""),

@@ -155,6 +155,11 @@ class RunOut(FromRow):
     trigger_id: str | None = None
     actions: list[str] = Field(default=[], description="Actions this run's status allows")
     steps: list[StepOut] | None = Field(default=None, description="Present on single-run reads")
+    sla: dict[str, Any] | None = Field(
+        default=None,
+        description="Single-run reads of runs with an SLA: `deadline`, `status` (pending, met, "
+        "missed), `missed_at`, `margin_seconds` (deadline minus end)",
+    )
 
 
 class RunPage(BaseModel):

@@ -34,6 +34,8 @@ class StepContext:
     # The values of the secrets the step's `secrets` param names, by name (never logged).
     secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
     _report: Callable[[Any], None] = field(default=lambda details: None, repr=False)
+    # The step's `retry.max_attempts` (steps that count their own failures, like polling).
+    max_attempts: int = 1
     _made: set[Path] = field(default_factory=set, repr=False)
 
     def _made_dir(self, path: Path) -> Path:

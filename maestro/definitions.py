@@ -21,6 +21,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -248,6 +249,70 @@ class Emit(_Model):
         return params
 
 
+# -- time promises: SLAs and data-freshness expectations ---------------------------------------
+
+CLOCK_PATTERN = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
+
+
+def _check_timezone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise ValueError(
+            f"unknown timezone {value!r} (use an IANA name like 'Europe/Paris')"
+        ) from None
+    return value
+
+
+class _OmitUnset(_Model):
+    """A model whose optional promise fields (`sla`, `expect`) are left out of its JSON when
+    unset, so definitions that do not use them keep their stored form, content hash and
+    trigger ids."""
+
+    _omitted_when_unset: ClassVar[tuple[str, ...]] = ("sla", "expect")
+
+    @model_serializer(mode="wrap")
+    def _omit_unset(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        for name in self._omitted_when_unset:
+            if name in data and data[name] in (None, []):
+                del data[name]
+        return data
+
+
+class Sla(_Model):
+    """A run's promise to finish: within a duration of its cause (signal accepted, scheduled
+    time, manual start), or by a wall-clock time (the first `finish_by` at or after the cause,
+    in `timezone`)."""
+
+    finish_within: Duration | None = None
+    finish_by: str | None = Field(default=None, pattern=CLOCK_PATTERN, description="HH:MM")
+    timezone: str = "UTC"
+
+    _timezone_valid = field_validator("timezone")(classmethod(lambda cls, v: _check_timezone(v)))
+
+    @model_validator(mode="after")
+    def _one_promise(self) -> Sla:
+        if (self.finish_within is None) == (self.finish_by is None):
+            raise ValueError("an sla has exactly one of finish_within and finish_by")
+        if self.finish_within is not None and self.finish_within < timedelta(seconds=1):
+            raise ValueError("finish_within must be at least 1s")
+        return self
+
+
+class Expectation(_Model):
+    """Data expected every day: a signal named `signal` (matching `where`) by `by` o'clock in
+    `timezone`; if none arrived since that day's midnight, `freshness.missed` is emitted."""
+
+    signal: SignalName
+    by: str = Field(pattern=CLOCK_PATTERN, description="HH:MM")
+    timezone: str = "UTC"
+    where: dict[ParamName, Any] = Field(default_factory=dict)
+
+    _timezone_valid = field_validator("timezone")(classmethod(lambda cls, v: _check_timezone(v)))
+    _where_valid = field_validator("where")(classmethod(lambda cls, v: _check_where(v)))
+
+
 class Step(_Model):
     """A node of the DAG."""
 
@@ -432,13 +497,14 @@ def composite_params(step: Step, roots: frozenset[str] = RUN_ROOTS) -> Any:
 # -- triggers (validated here; fired by the trigger issues) -----------------------------------
 
 
-class TimeTrigger(_Model):
+class TimeTrigger(_OmitUnset):
     """Start a run on a cron schedule."""
 
     cron: str
     timezone: str = "UTC"
     jitter: Duration | None = None
     catchup_window: Duration = timedelta(hours=1)
+    sla: Sla | None = None
 
     @field_validator("cron")
     @classmethod
@@ -483,23 +549,15 @@ class TimeTrigger(_Model):
             raise ValueError(f"cron expression {value!r} never fires") from None
         return text
 
-    @field_validator("timezone")
-    @classmethod
-    def _timezone_valid(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError, OSError):
-            raise ValueError(
-                f"unknown timezone {value!r} (use an IANA name like 'Europe/Paris')"
-            ) from None
-        return value
+    _timezone_valid = field_validator("timezone")(classmethod(lambda cls, v: _check_timezone(v)))
 
 
-class IntervalTrigger(_Model):
+class IntervalTrigger(_OmitUnset):
     """Start a run every fixed interval, shifted by `offset`."""
 
     every: Duration
     offset: Duration = timedelta(0)
+    sla: Sla | None = None
 
     @model_validator(mode="after")
     def _positive(self) -> IntervalTrigger:
@@ -553,10 +611,11 @@ class SignalTriggerSpec(_TriggerRun):
         return self
 
 
-class SignalTrigger(_Model):
+class SignalTrigger(_OmitUnset):
     """Start a run when signals arrive."""
 
     signal: SignalTriggerSpec
+    sla: Sla | None = None
 
 
 FINISH_STATUSES = ("succeeded", "failed", "stopped", "timed_out")
@@ -574,10 +633,11 @@ class OnFinishSpec(_TriggerRun):
     status: list[FinishStatus] = Field(default_factory=_on_success, min_length=1)
 
 
-class OnFinishTrigger(_Model):
+class OnFinishTrigger(_OmitUnset):
     """Start a run when another workflow's run ends (sugar for its completion signal)."""
 
     on_finish: OnFinishSpec
+    sla: Sla | None = None
 
 
 def _trigger_kind(value: Any) -> str | None:
@@ -639,7 +699,7 @@ MAX_STEPS = 500
 MAX_TRIGGERS = 50
 
 
-class WorkflowDefinition(_Model):
+class WorkflowDefinition(_OmitUnset):
     """A workflow as pushed by its owner; each distinct body becomes an immutable version."""
 
     id: str = Field(pattern=WORKFLOW_ID_PATTERN)
@@ -654,6 +714,15 @@ class WorkflowDefinition(_Model):
     timeout: Duration | None = None
     run_strategy: RunStrategy = Field(default_factory=RunStrategy)
     triggers: list[Trigger] = Field(default_factory=list, max_length=MAX_TRIGGERS)
+    sla: Sla | None = Field(
+        default=None,
+        description="Every run's promise to finish (a trigger's own `sla` overrides it)",
+    )
+    expect: list[Expectation] = Field(
+        default_factory=list,
+        max_length=20,
+        description="Data-arrival signals expected every day by a time (freshness)",
+    )
     allow_trigger_loop: bool = Field(
         default=False,
         description="Allow triggers that, through completion or emitted signals, start this "

@@ -12,6 +12,10 @@ RunWorkflow's ends (the hot path) take no name lock: the end and the admission c
 transaction and the completion signal in a second one, which is retried with the activity if the
 process dies in between. Ends decided by the API (stop, kill, workflow stop) commit everything
 in one transaction, name lock first, so nothing is left to redo if the process dies.
+
+Every end records its SLA margin (`maestro.sla.record_end`) and its webhook event
+(`maestro.outbox.run_ended`) in the transaction that writes it, so an end that committed is
+delivered even if the process dies right after.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from maestro import metrics, strategies
+from maestro import metrics, outbox, sla, strategies
 from maestro.db import runs as runs_db
 from maestro.db import signals as signals_db
 from maestro.db import workflows as workflows_db
@@ -106,7 +110,10 @@ class RunEnds:
                 temporal_run_id,
                 waits=finish.waits,
             )
-            admitted = await self._runs.run_ended(session, run, workflow) if ended else []
+            admitted = []
+            if ended:
+                await self._recorded(session, run)
+                admitted = await self._runs.run_ended(session, run, workflow)
         async with self._sessions.begin() as session:
             pending = await self._publish_completion(session, run)
         if ended:
@@ -217,8 +224,13 @@ class RunEnds:
         await self._after(to_launch, [pending])
         return run
 
-    @staticmethod
-    async def _end_in(session: AsyncSession, run: Run, error: str) -> None:
+    async def _recorded(self, session: AsyncSession, run: Run) -> None:
+        """In the end's transaction: the run's SLA margin and its webhook event."""
+        definition = await self._runs.definitions.get(session, run.workflow_id, run.version)
+        promise = await sla.record_end(session, definition, run)
+        await outbox.run_ended(session, run, promise)
+
+    async def _end_in(self, session: AsyncSession, run: Run, error: str) -> None:
         """Write a `stopped` end: the run, its unfinished steps, its open waits."""
         now = datetime.now(UTC)
         run.status, run.error, run.ended_at = RunStatus.stopped, error, now
@@ -234,6 +246,7 @@ class RunEnds:
                 SignalWait.run_id == run.run_id, SignalWait.matched_signal_id.is_(None)
             )
         )
+        await self._recorded(session, run)
         metrics.RUNS_ENDED.labels(run.status).inc()
 
     async def _publish_completion(self, session: AsyncSession, run: Run) -> Any:

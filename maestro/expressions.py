@@ -119,6 +119,16 @@ def compile_expression(source: str, roots: frozenset[str] = RUN_ROOTS) -> Any:
     return program
 
 
+def validate_source(source: str | None, roots: frozenset[str] = RUN_ROOTS) -> str | None:
+    """A pydantic validator's check: `source` if it compiles, else ValueError saying why."""
+    if source is not None:
+        try:
+            compile_expression(source, roots)
+        except ExpressionError as exc:
+            raise ValueError(str(exc)) from None
+    return source
+
+
 def _check_length(source: str) -> None:
     """Refuse a source too long to hand to the CEL parser (whose recursion is not bounded)."""
     try:

@@ -89,12 +89,12 @@ def produced_for(readable: Sequence[str] | None, producer_owners: Sequence[str] 
     return readable is None or not set(readable).isdisjoint(producer_owners or ())
 
 
-def check_owner(owners: Sequence[str], owner: str) -> None:
-    """A key limited to owners may act only on their workflows."""
+def check_owner(owners: Sequence[str], owner: str, what: str = "the workflow") -> None:
+    """A key limited to owners may act only on their objects (workflows, webhooks)."""
     if owners and owner not in owners:
         raise Forbidden(
             f"this key is limited to owners {', '.join(owners)}; "
-            f"the workflow belongs to {owner or 'no owner'!r}"
+            f"{what} belongs to {owner or 'no owner'!r}"
         )
 
 

@@ -70,3 +70,18 @@ def observe_fires(runs: Iterable[Run]) -> None:
             continue
         TRIGGER_FIRES.labels(kind).inc()
         TRIGGER_LAG.labels(kind).observe(max(0.0, (now - start).total_seconds()))
+
+
+SLA_MISSED = Counter(
+    "maestro_sla_missed_total", "Runs still unfinished at their SLA deadline", ["workflow_id"]
+)
+SLA_MARGIN = Histogram(
+    "maestro_sla_margin_seconds",
+    "How long before their SLA deadline runs ended (runs that ended in time)",
+    buckets=(1, 10, 60, 300, 900, 1800, 3600, 7200, 14400, 43200, 86400),
+)
+FRESHNESS_MISSED = Counter(
+    "maestro_freshness_missed_total",
+    "Expected data-arrival signals that did not come in time",
+    ["workflow_id"],
+)

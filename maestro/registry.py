@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from maestro import outbox
 from maestro.db import models as models_db
 from maestro.db.tables import Model, ModelVersion, StageChange
 from maestro.errors import Forbidden, InvalidInput, Problem
@@ -122,4 +123,12 @@ class Registry:
             request_id=f"stage-change:{change.id}",
         )
         pending = await self._bus.publish_in(session, [deployed], producer)
+        await outbox.record(
+            session,
+            f"model.stage_changed:{change.id}",
+            "model.stage_changed",
+            {**deployed.params, "reason": reason},
+            workflow_id=producer.workflow_id,
+            owner=model.owner,
+        )
         return Promotion(target, previous, change, pending)

@@ -25,14 +25,14 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes, Workfl
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from maestro import metrics, strategies
+from maestro import metrics, sla, strategies
 from maestro.db import runs as runs_db
 from maestro.db import workflows as workflows_db
 from maestro.db.engine import autocommit
 from maestro.db.tables import Run, Workflow
 from maestro.definitions import RunStrategy, RunStrategyKind, resolve_run_params
 from maestro.definitions_cache import DefinitionsCache
-from maestro.ends import skip_waiting
+from maestro.ends import LIVE, skip_waiting
 from maestro.errors import (
     Unavailable,
     WorkflowInactive,
@@ -174,6 +174,8 @@ class RunsService:
         if decision.skip_reason:
             run.status, run.error, run.ended_at = RunStatus.skipped, decision.skip_reason, now
         await runs_db.insert_run(session, run, consumed)
+        if not decision.skip_reason:
+            await sla.record_deadline(session, definition, run)
         await strategies.request_stop(session, decision.stop)
         if decision.stop:
             self._stops_due.add(workflow_id)
@@ -215,6 +217,9 @@ class RunsService:
         if todo and self.temporal_down():
             logger.info("Temporal is down: runs wait for launch", extra={"runs": len(todo)})
             return
+        # Runs waiting in their queue (or carried already) start their SLA timers now;
+        # `_start_on_temporal` starts those of the runs it launches.
+        await self._watch_slas([r for r in runs if r not in todo and r.status in LIVE])
         if todo:
             results = await asyncio.gather(
                 *(self.start_on_temporal(r) for r in todo), return_exceptions=True
@@ -238,6 +243,28 @@ class RunsService:
         if due and not self.temporal_down():
             self._stops_due -= due
             await self.send_stops(due)
+
+    async def _watch_slas(self, runs: list[Run], *, raising: bool = False) -> None:
+        """Start the SLA timers of runs whose definition has an SLA (idempotent). Failures
+        are raised for a launch (which is then retried) and logged otherwise (the launch
+        starts the timer later)."""
+        timed = [
+            r
+            for r in runs
+            if (r.workflow_id, r.version) in self.definitions
+            and sla.has_sla(self.definitions.loaded(r.workflow_id, r.version))
+        ]
+        for run in timed:
+            definition = self.definitions.loaded(run.workflow_id, run.version)
+            try:
+                await sla.watch(self._client, self._settings.task_queue, run, definition)
+            except (RPCError, TimeoutError) as exc:
+                if raising:
+                    raise
+                logger.warning(
+                    "starting an SLA timer failed; its launch starts it",
+                    extra={"run_id": run.run_id, "error": str(exc)},
+                )
 
     def temporal_down(self) -> bool:
         """Whether a call to Temporal failed for being unreachable in the last moments."""
@@ -287,6 +314,7 @@ class RunsService:
             async with self._sessions() as session:
                 await self.definitions.get(session, run.workflow_id, run.version)
         run_input = self.run_input(run)
+        await self._watch_slas([run], raising=True)
         search_attributes = None
         if self._search_attributes:
             search_attributes = TypedSearchAttributes(

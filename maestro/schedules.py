@@ -12,6 +12,7 @@ crash between the database and Temporal heals itself.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -37,7 +38,7 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
-from maestro import metrics
+from maestro import metrics, outbox
 from maestro.db import runs as runs_db
 from maestro.db import workflows as workflows_db
 from maestro.db.tables import Run, Workflow
@@ -50,6 +51,7 @@ from maestro.errors import (
     Unavailable,
     WorkflowInactive,
 )
+from maestro.freshness import ExpectationRef, expectations
 from maestro.runs import RunsService
 from maestro.runtime import (
     SCHEDULE_PREFIX,
@@ -168,7 +170,21 @@ class Schedules:
         definition = await self._runs.definitions.get(session, workflow.id, workflow.active_version)
         return time_triggers(workflow.id, definition), workflow.paused or not workflow.is_active
 
-    def _schedule(self, ref: TimeTriggerRef, paused: bool) -> Schedule:
+    async def _wanted(
+        self, session: AsyncSession, workflow: Workflow
+    ) -> tuple[list[TimeTriggerRef | ExpectationRef], bool]:
+        """The schedules the workflow should have: its time triggers' and its freshness
+        expectations' (maestro.freshness), paused with it."""
+        desired, paused = await self._desired(session, workflow)
+        if workflow.active_version is None:
+            return [*desired], paused
+        definition = await self._runs.definitions.get(session, workflow.id, workflow.active_version)
+        return [*desired, *expectations(workflow.id, definition)], paused
+
+    def _schedule(self, ref: TimeTriggerRef | ExpectationRef, paused: bool) -> Schedule:
+        if isinstance(ref, ExpectationRef):
+            state = ScheduleState(paused=paused, note=self._note(ref, paused))
+            return ref.schedule(self._settings.task_queue, state)
         trigger = ref.trigger
         if isinstance(trigger, TimeTrigger):
             spec = ScheduleSpec(
@@ -198,7 +214,7 @@ class Schedules:
             state=ScheduleState(paused=paused, note=self._note(ref, paused)),
         )
 
-    def _note(self, ref: TimeTriggerRef, paused: bool) -> str:
+    def _note(self, ref: TimeTriggerRef | ExpectationRef, paused: bool) -> str:
         """Names the desired state, so an unchanged schedule is left alone (the action's
         workflow type is part of it: a schedule starting another type gets updated)."""
         state = f"{ref.trigger_id}/{paused}/{TIMED_RUN_WORKFLOW}"
@@ -209,7 +225,7 @@ class Schedules:
         """Create, update, pause or delete this workflow's schedules to match the database."""
         async with self._sessions() as session:
             workflow = await workflows_db.get_workflow(session, workflow_id)
-            desired, paused = await self._desired(session, workflow)
+            desired, paused = await self._wanted(session, workflow)
             former = await self.schedule_ids(session, workflow_id)
         return await self._apply(desired, paused, former)
 
@@ -220,6 +236,7 @@ class Schedules:
         for version in await workflows_db.list_versions(session, workflow_id):
             definition = await self._runs.definitions.get(session, workflow_id, version.version)
             ids |= {ref.schedule_id for ref in time_triggers(workflow_id, definition)}
+            ids |= {ref.schedule_id for ref in expectations(workflow_id, definition)}
         return ids
 
     async def delete_schedules(self, schedule_ids: set[str]) -> None:
@@ -235,7 +252,7 @@ class Schedules:
         """Reconcile every workflow (start-up); returns how many schedules were touched."""
         async with self._sessions() as session:
             workflows = await workflows_db.all_workflows(session)
-            plans = [await self._desired(session, w) for w in workflows]
+            plans = [await self._wanted(session, w) for w in workflows]
         existing = await self._existing(SCHEDULE_PREFIX)
         touched = 0
         wanted: set[str] = set()
@@ -264,7 +281,9 @@ class Schedules:
         except RPCError as exc:
             raise Unavailable(f"Temporal is unavailable: {exc}") from exc
 
-    async def _apply(self, desired: list[TimeTriggerRef], paused: bool, existing: set[str]) -> int:
+    async def _apply(
+        self, desired: list[TimeTriggerRef | ExpectationRef], paused: bool, existing: set[str]
+    ) -> int:
         touched = 0
         for ref in desired:
             schedule = self._schedule(ref, paused)
@@ -375,13 +394,14 @@ class Schedules:
             )
             return None
         at = scheduled_at.astimezone(UTC)
+        missed = functools.partial(self._missed, session, workflow_id, trigger_id, at, kind)
         cause = Cause(
             kind="time",
             request_id=None,
             detail={"trigger_id": trigger_id, "scheduled_at": at.isoformat(), "via": kind},
         )
         try:
-            return await self._runs.create_run(
+            made = await self._runs.create_run(
                 session,
                 workflow_id,
                 {},
@@ -390,9 +410,15 @@ class Schedules:
                 request_id=f"{trigger_id}:{at.isoformat()}",
                 system_params=run_params(at, ref),
             )
+            run, new = made
+            if new and run.status == RunStatus.skipped:
+                await missed(f"the run strategy skipped its run: {run.error}")
+            return made
         except WorkflowInactive:
+            await missed("the workflow is inactive")
             return None
         except ParamsInvalid as exc:
+            await missed(f"{exc.message}: {'; '.join(p.msg for p in exc.problems)}")
             # A required param without a default cannot come from a schedule; retrying would
             # not help, so the fire is dropped (visible in the log) instead of retried forever.
             logger.warning(
@@ -405,6 +431,27 @@ class Schedules:
                 },
             )
             return None
+
+    @staticmethod
+    async def _missed(
+        session: AsyncSession,
+        workflow_id: str,
+        trigger_id: str,
+        at: datetime,
+        kind: str,
+        reason: str,
+    ) -> None:
+        """A fire (not a backfill) that could not start its run: `schedule.missed`, in the
+        transaction that decided it (a paused workflow's fires are held, not missed)."""
+        if kind != "time":
+            return
+        await outbox.record(
+            session,
+            f"schedule.missed:{workflow_id}:{trigger_id}:{at.isoformat()}",
+            "schedule.missed",
+            {"trigger_id": trigger_id, "scheduled_at": at.isoformat(), "reason": reason[:2000]},
+            workflow_id=workflow_id,
+        )
 
     async def backfill(
         self, workflow_id: str, start: datetime, end: datetime

@@ -100,7 +100,7 @@ class WorkerSettings(BaseModel):
 
 class RetentionSettings(BaseModel):
     """How long ended runs and signals are kept; unset `days` keeps everything (the default).
-    Deletion runs in the API processes, a few small batches per sweep (maestro.retention)."""
+    Deletion runs in the workers, a few small batches per sweep (maestro.retention)."""
 
     # Ended runs (with their steps) and signals older than this are deleted, unless something
     # kept still needs them. Temporal's namespace retention is lowered to match when longer.
@@ -114,6 +114,38 @@ class RetentionSettings(BaseModel):
     # Lower the Temporal namespace's workflow retention to `days` (at least Temporal's minimum
     # of one day) when it is longer; needs the rights to update the namespace.
     align_temporal: bool = True
+
+
+class OutboundSettings(BaseModel):
+    """Where Maestro may send HTTP requests (webhook deliveries, `http` steps), and how much."""
+
+    # Hosts (`api.example.com`, `*.example.com`) and addresses or networks (`203.0.113.0/24`)
+    # requests may go to; empty: any public address. Checked against the URL's host and
+    # against every address it resolves to, at each request.
+    allowed_hosts: list[str] = Field(default_factory=list)
+    # Private, loopback, link-local and metadata addresses are refused unless they are in one
+    # of these networks (e.g. `["10.0.0.0/8"]`, or `["127.0.0.1/32"]` for a local receiver).
+    allowed_private_networks: list[str] = Field(default_factory=list)
+    max_request_bytes: int = Field(default=262_144, ge=1_024)
+    max_response_bytes: int = Field(default=1_048_576, ge=1_024)
+    timeout_seconds: float = Field(default=10.0, gt=0)
+
+
+class WebhookSettings(BaseModel):
+    """How the worker's dispatcher delivers webhook events."""
+
+    # Deliver events (off the run path, in each worker process); off: events wait in the
+    # outbox for a process that does.
+    dispatch: bool = True
+    # How often an idle dispatcher looks for due deliveries.
+    poll_interval_seconds: float = Field(default=0.2, gt=0)
+    # Webhooks one dispatcher delivers to at once (each in order, one request at a time).
+    concurrency: int = Field(default=16, ge=1)
+    # Retries back off exponentially from the first to the longest delay, for this long; the
+    # delivery is then `dead` (shown in its list, redeliverable).
+    retry_initial_seconds: float = Field(default=1.0, gt=0)
+    retry_max_seconds: float = Field(default=600.0, gt=0)
+    retry_for_seconds: float = Field(default=86_400.0, gt=0)
 
 
 class Settings(BaseSettings):
@@ -133,6 +165,8 @@ class Settings(BaseSettings):
     api: ApiSettings = Field(default_factory=ApiSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    outbound: OutboundSettings = Field(default_factory=OutboundSettings)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     log_level: str = "INFO"
     # The key that encrypts secrets at rest (a Fernet key: 32 bytes, URL-safe base64; several
     # separated by commas while rotating it: the first encrypts, all decrypt). Unset: read from

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal
 
@@ -16,8 +17,14 @@ from pydantic import (
     field_validator,
 )
 
+from maestro.durations import Duration
 from maestro.errors import Problem
-from maestro.expressions import find_expressions, is_expr, quoted_concatenation
+from maestro.expressions import (
+    find_expressions,
+    is_expr,
+    quoted_concatenation,
+    validate_source,
+)
 
 ENTRYPOINT_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
 SECRET_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$"
@@ -160,6 +167,73 @@ class DeployParams(_StepParams):
     stage: Literal["staging", "production"] = "production"
 
 
+HTTP_ROOTS = frozenset({"response"})
+HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD")
+
+
+class HeaderSecret(BaseModel):
+    """`{secret: <name>, prefix: "Bearer "}`: a header made of the workflow owner's secret."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    secret: str = Field(pattern=SECRET_NAME_PATTERN)
+    prefix: str = Field(default="", max_length=100)
+
+
+HeaderValue = Annotated[
+    Annotated[str, Tag("value")] | Annotated[HeaderSecret, Tag("secret")],
+    Discriminator(_env_kind),
+]
+
+
+class HttpPoll(_StepParams):
+    """After the request: GET `url` (or the URL `url_expr` computes from the first response)
+    every `every` until `until` (CEL over `response`) is true, for at most `timeout`. No worker
+    slot is held between polls: each poll is one short attempt, the next one scheduled by
+    Temporal after `every`."""
+
+    url: str | None = Field(default=None, max_length=2000)
+    url_expr: str | None = Field(default=None, max_length=2000)
+    until: str = Field(min_length=1)
+    every: Duration = timedelta(seconds=30)
+    timeout: Duration = timedelta(hours=2)
+
+    _until = field_validator("until", "url_expr")(
+        classmethod(lambda cls, v: validate_source(v, HTTP_ROOTS))
+    )
+
+    @field_validator("every")
+    @classmethod
+    def _every_floor(cls, every: timedelta) -> timedelta:
+        if every < timedelta(milliseconds=100):
+            raise ValueError("every must be at least 100ms")
+        return every
+
+
+class HttpParams(_StepParams):
+    """One HTTP request; its answer (`status`, and `body`: the JSON, or the text) becomes the
+    step's outputs. 5xx answers, connection errors and timeouts fail the attempt (retried by
+    the step's retry policy); other unexpected statuses fail the step. Headers may be built
+    from secrets (never recorded). The destination must pass the outbound allowlist."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"] = "GET"
+    url: str = Field(min_length=1, max_length=2000)
+    headers: dict[str, HeaderValue] = Field(default_factory=dict, max_length=50)
+    query: dict[str, str | int | float | bool] = Field(default_factory=dict, max_length=100)
+    body: Any = Field(default=None, alias="json", description="A JSON body (CEL allowed)")
+    expected_status: list[Annotated[int, Field(ge=100, le=599)]] = Field(
+        default_factory=list, max_length=50, description="Empty: any 2xx"
+    )
+    timeout: Duration = timedelta(seconds=30)
+    max_response_bytes: int = Field(default=1_048_576, ge=1, le=16_777_216)
+    poll: HttpPoll | None = None
+
+    def accepts(self, status: int) -> bool:
+        return status in self.expected_status if self.expected_status else 200 <= status < 300
+
+
 STEP_TYPES: dict[str, type[_StepParams]] = {
     "noop": NoopParams,
     "sleep": SleepParams,
@@ -168,6 +242,7 @@ STEP_TYPES: dict[str, type[_StepParams]] = {
     "train": TrainParams,
     "evaluate": EvaluateParams,
     "deploy": DeployParams,
+    "http": HttpParams,
 }
 
 
@@ -191,6 +266,12 @@ def secret_references(spec: BaseModel) -> list[tuple[tuple[str | int, ...], str]
             (("env", key, "secret"), value.secret)
             for key, value in spec.env.items()
             if isinstance(value, SecretRef)
+        ]
+    if isinstance(spec, HttpParams):
+        return [
+            (("headers", key, "secret"), value.secret)
+            for key, value in spec.headers.items()
+            if isinstance(value, HeaderSecret)
         ]
     return [(("secrets", i), name) for i, name in enumerate(getattr(spec, "secrets", ()))]
 

@@ -30,9 +30,16 @@ from maestro.embedded import EmbeddedPostgres, free_port, temporal_dev_server_co
 from maestro.keys import create_key
 from maestro.runs import RunsService
 from maestro.schedules import Schedules
-from maestro.settings import Settings, TemporalSettings, WorkerSettings
+from maestro.settings import (
+    OutboundSettings,
+    Settings,
+    TemporalSettings,
+    WebhookSettings,
+    WorkerSettings,
+)
 from maestro.signals import SignalBus
 from maestro.temporal_client import connect
+from tests.receiver import Receiver
 from workers.activities import ScheduleActivities, StepActivities
 from workers.main import new_worker, run_worker
 
@@ -128,6 +135,9 @@ def settings(database_url: str, temporal_address: str, tmp_path_factory) -> Sett
         data_dir=tmp_path_factory.mktemp("maestro"),
         worker=TEST_WORKER.model_copy(update={"work_root": tmp_path_factory.mktemp("work")}),
         secrets_key=Fernet.generate_key().decode(),
+        # Webhook receivers and http steps under test listen on 127.0.0.1, allowed explicitly.
+        outbound=OutboundSettings(allowed_private_networks=["127.0.0.1/32"]),
+        webhooks=WebhookSettings(retry_initial_seconds=0.2, retry_max_seconds=2.0),
         temporal=TemporalSettings(
             address=temporal_address, task_queue="maestro-tests", ui_url="http://127.0.0.1:8233"
         ),
@@ -202,6 +212,15 @@ async def api(settings: Settings, auth_headers) -> AsyncIterator[httpx.AsyncClie
             transport=transport, base_url="http://maestro", headers=auth_headers
         ) as client:
             yield client
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    """A real HTTP server on 127.0.0.1 (webhook receivers, http step targets)."""
+    server = Receiver()
+    await server.start()
+    yield server
+    await server.stop()
 
 
 def unique_id(prefix: str) -> str:

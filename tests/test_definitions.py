@@ -250,7 +250,7 @@ def test_unknown_step_type_lists_known_types():
     assert found.type == "unknown_step_type"
     assert "unknown step type 'bash'" in found.msg
     assert found.msg.endswith(
-        "known types: deploy, evaluate, foreach, noop, python, shell, sleep, subworkflow, "
+        "known types: deploy, evaluate, foreach, http, noop, python, shell, sleep, subworkflow, "
         "train, while"
     )
 

@@ -30,6 +30,7 @@ from maestro.db.tables import Run, StepRun
 from maestro.ends import RunEnds
 from maestro.errors import ConfigurationError, Forbidden, NotFound
 from maestro.expressions import ExpressionError, resolve_values
+from maestro.outbound import Guard
 from maestro.registry import Registry
 from maestro.runtime import (
     ADMIT_FIRE_ACTIVITY,
@@ -53,7 +54,7 @@ from maestro.runtime import (
 )
 from maestro.schedules import Schedules
 from maestro.secrets import Masker, SecretBox, resolve_secrets
-from maestro.settings import WorkerSettings
+from maestro.settings import OutboundSettings, WorkerSettings
 from maestro.signals import Producer, SignalBus, SignalIn
 from maestro.steps import STEP_TYPES, secret_references, unsafe_params
 from workers.composite_activities import CompositeActivities
@@ -272,6 +273,7 @@ class StepActivities:
         artifacts: ArtifactStore | None = None,
         policy: WorkerSettings | None = None,
         secret_box: SecretBox | None = None,
+        outbound: OutboundSettings | None = None,
     ) -> None:
         self._policy = policy or WorkerSettings()
         self._sessions = sessions
@@ -282,7 +284,13 @@ class StepActivities:
         self._bus = bus
         self._secret_box = secret_box
         store = artifacts or LocalArtifactStore(work_root.parent / "artifacts")
-        self._services = Services(sessions, store, Registry(sessions, bus), self._work_root)
+        self._services = Services(
+            sessions,
+            store,
+            Registry(sessions, bus),
+            self._work_root,
+            Guard(outbound or OutboundSettings()),
+        )
         self._ends = RunEnds(sessions, bus.runs, bus) if bus is not None else None
         self.composites = CompositeActivities(
             sessions, bus.runs if bus is not None else None, self._policy.max_foreach_items
@@ -369,6 +377,7 @@ class StepActivities:
             previous_progress=previous,
             _artifact_dir=work_dir / records.name / "artifacts",
             _report=progress.report,
+            max_attempts=step.retry.max_attempts,
         )
         activity.logger.info("step attempt started", extra=log_extra)
         heartbeats = asyncio.create_task(self._heartbeat(progress, info.heartbeat_timeout))
@@ -387,6 +396,9 @@ class StepActivities:
             await start.settle()
             raise
         except Exception as exc:
+            # The latest progress reaches the next attempt even when it came just before
+            # the failure (a checkpoint, a polling step's state).
+            activity.heartbeat(progress.latest())
             metrics.STEP_DURATION.labels(step.type, "failed").observe(time.monotonic() - began)
             failure = exc if mask is None else _masked_failure(exc, mask)
             await self._record_failed_attempt(records, info.attempt, failure, await start.settle())

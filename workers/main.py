@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client import start_http_server
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.client import Client
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
@@ -31,12 +32,21 @@ from maestro.settings import Settings
 from maestro.signals import SignalBus
 from maestro.sweeper import Sweeper
 from maestro.temporal_client import WORKER_RETRY, connect, register_search_attributes
+from maestro.webhooks import Dispatcher
 from workers.activities import ScheduleActivities, StepActivities
+from workers.alerts import AlertActivities, FreshnessWorkflow, SlaWorkflow
 from workers.composite import ForeachWorkflow, WhileWorkflow
 from workers.schedules import TimedRunWorkflow
 from workers.workflow import RunWorkflow
 
-WORKFLOWS = [RunWorkflow, TimedRunWorkflow, ForeachWorkflow, WhileWorkflow]
+WORKFLOWS = [
+    RunWorkflow,
+    TimedRunWorkflow,
+    ForeachWorkflow,
+    WhileWorkflow,
+    SlaWorkflow,
+    FreshnessWorkflow,
+]
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +59,7 @@ def new_worker(
     task_queue: str,
     activities: StepActivities,
     schedule_activities: ScheduleActivities | None = None,
+    alert_activities: AlertActivities | None = None,
     *,
     limit: int = 100,
     workflows: bool = True,
@@ -76,6 +87,8 @@ def new_worker(
     ]
     if schedule_activities is not None:
         activity_list.append(schedule_activities.admit_fire)
+    if alert_activities is not None:
+        activity_list += [alert_activities.check_sla, alert_activities.check_freshness]
     return Worker(
         client,
         task_queue=task_queue,
@@ -126,6 +139,21 @@ def work_root(settings: Settings) -> Path:
     return root
 
 
+def _start_dispatcher(
+    settings: Settings, sessions: async_sessionmaker[AsyncSession], stop: asyncio.Event
+) -> asyncio.Task[None] | None:
+    """The webhook dispatcher, beside the workers (it delivers after the commits, so a slow
+    receiver never holds a run); none when dispatch is off or no secrets key signs."""
+    if not settings.webhooks.dispatch:
+        return None
+    box = SecretBox.from_settings(settings)
+    if box is None:
+        logger.warning("webhooks are not delivered: no secrets key (MAESTRO_SECRETS_KEY)")
+        return None
+    dispatcher = Dispatcher(sessions, box, settings.webhooks, settings.outbound)
+    return asyncio.create_task(dispatcher.run(stop))
+
+
 async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     """Run until `stop` is set (or SIGTERM/SIGINT), then drain and return."""
     engine = create_engine(
@@ -151,6 +179,7 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
         LocalArtifactStore(settings.data_dir.resolve() / "artifacts"),
         policy=settings.worker,
         secret_box=SecretBox.from_settings(settings),
+        outbound=settings.outbound,
     )
     schedules = Schedules(sessions, runs, client, settings.temporal)
     schedule_activities = ScheduleActivities(schedules)
@@ -177,6 +206,7 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
             settings.temporal.task_queue,
             activities,
             schedule_activities,
+            AlertActivities(sessions, bus),
             limit=limit,
             sandbox=settings.worker.workflow_sandbox,
         )
@@ -186,6 +216,7 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
         for queue in settings.worker.task_queues
     ]
     workers.append(recording_worker(client, settings.temporal.task_queue, activities))
+    dispatching = _start_dispatcher(settings, sessions, stop)
     async with contextlib.AsyncExitStack() as stack:
         for worker in workers:
             await stack.enter_async_context(worker)
@@ -200,6 +231,8 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
         sweeping.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sweeping
+    if dispatching is not None:
+        await dispatching
     await runs.close()
     await engine.dispose()
     logger.info("worker stopped")

@@ -52,7 +52,9 @@ def step_activity_options(step: Step) -> dict[str, Any]:
         "start_to_close_timeout": step.timeout or DEFAULT_STEP_TIMEOUT,
         "heartbeat_timeout": step.heartbeat_timeout or DEFAULT_HEARTBEAT_TIMEOUT,
         "retry_policy": RetryPolicy(
-            maximum_attempts=retry.max_attempts,
+            # A polling http step fails an attempt per unfinished poll and counts its own
+            # failures against max_attempts (workers/executors/http.py).
+            maximum_attempts=0 if _polls(step) else retry.max_attempts,
             initial_interval=retry.initial_backoff,
             maximum_interval=retry.maximum_backoff,
             backoff_coefficient=retry.backoff_coefficient,
@@ -60,6 +62,10 @@ def step_activity_options(step: Step) -> dict[str, Any]:
         ),
         "cancellation_type": workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
     }
+
+
+def _polls(step: Step) -> bool:
+    return step.type == "http" and bool(step.params.get("poll"))
 
 
 async def record(local: bool, activity: str, arg: Any) -> None:

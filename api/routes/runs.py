@@ -21,13 +21,13 @@ from api.schemas import (
     StartRunRequest,
     StepOut,
 )
-from maestro import keys
+from maestro import keys, sla
 from maestro.actions import step_actions
 from maestro.db import iterations as iterations_db
 from maestro.db import runs as runs_db
 from maestro.db import signals as signals_db
 from maestro.db import workflows as workflows_db
-from maestro.db.tables import Iteration, Run, Signal, StepRun, Workflow
+from maestro.db.tables import Iteration, Run, RunSla, Signal, StepRun, Workflow
 from maestro.ends import run_actions
 from maestro.errors import NotFound
 from maestro.runtime import RunStatus, StepStatus, temporal_ui_url
@@ -125,7 +125,9 @@ async def get_run(run_id: str, session: SessionDep, settings: SettingsDep) -> Ru
     rows = list(await runs_db.list_steps(session, run_id))
     loops = [s["id"] for s in version.definition["steps"] if s["type"] in _LOOPS]
     progress = await iterations_db.counts(session, run_id, loops)
-    return run_out(run, settings, step_outs(run, version.definition, rows, progress))
+    out = run_out(run, settings, step_outs(run, version.definition, rows, progress))
+    out.sla = sla.view(await session.get(RunSla, run_id))
+    return out
 
 
 @router.get("/runs/{run_id}/steps/{step}/iterations", response_model=IterationPage)

@@ -473,3 +473,106 @@ class Iteration(Base):
     skip_requested: Mapped[bool] = mapped_column(default=False, server_default=text("false"))
 
     __table_args__ = (Index("ix_iterations_status", "run_id", "step_path", "status"),)
+
+
+class Webhook(Base):
+    """An owner's subscription: events of its workflows (optionally some of them) are POSTed
+    to `url`, signed with its secret (stored sealed by the secrets key)."""
+
+    __tablename__ = "webhooks"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(200))
+    url: Mapped[str] = mapped_column(String(2000))
+    events: Mapped[list[str]] = mapped_column(ARRAY(String(64)))
+    # None: every workflow of the owner.
+    workflow_ids: Mapped[list[str] | None] = mapped_column(ARRAY(String(128)))
+    format: Mapped[str] = mapped_column(String(16))
+    description: Mapped[str] = mapped_column(String(500), default="", server_default="")
+    secret: Mapped[str] = mapped_column(Text)
+    # After a rotation: the former secret, which also signs deliveries until then.
+    previous_secret: Mapped[str | None] = mapped_column(Text)
+    previous_secret_until: Mapped[datetime | None]
+    # A dispatcher delivering this webhook's queue holds it until then.
+    lease_until: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+    __table_args__ = (Index("ix_webhooks_owner", "owner"),)
+
+
+class OutboxEvent(Base):
+    """An event recorded in the transaction that caused it (see `maestro_emit_event`)."""
+
+    __tablename__ = "outbox_events"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    # What makes the event unique (`run.failed:<run_id>`); `event_id` is derived from it.
+    event_key: Mapped[str] = mapped_column(String(400))
+    event_id: Mapped[str] = mapped_column(String(64))
+    type: Mapped[str] = mapped_column(String(64))
+    owner: Mapped[str] = mapped_column(String(200))
+    workflow_id: Mapped[str | None] = mapped_column(String(128))
+    data: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+    __table_args__ = (UniqueConstraint("event_key"),)
+
+
+class WebhookDelivery(Base):
+    """One event for one webhook: `pending` until delivered, or `dead` after retrying."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    webhook_id: Mapped[str] = mapped_column(ForeignKey("webhooks.id", ondelete="CASCADE"))
+    event_id: Mapped[int] = mapped_column(ForeignKey("outbox_events.id"))
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    next_attempt_at: Mapped[datetime]
+    redelivery_of: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    ended_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        Index(
+            "ix_webhook_deliveries_pending",
+            "webhook_id",
+            "id",
+            postgresql_where=text("status = 'pending'"),
+        ),
+        Index("ix_webhook_deliveries_webhook", "webhook_id", "id"),
+    )
+
+
+class WebhookAttempt(Base):
+    """One HTTP attempt of a delivery: the answer's status code, latency, or the error."""
+
+    __tablename__ = "webhook_attempts"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[int] = mapped_column(
+        ForeignKey("webhook_deliveries.id", ondelete="CASCADE")
+    )
+    attempt: Mapped[int] = mapped_column(Integer)
+    at: Mapped[datetime]
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    latency_ms: Mapped[float]
+    error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_webhook_attempts_delivery", "delivery_id", "id"),)
+
+
+class RunSla(Base):
+    """A run's deadline (its workflow's or trigger's `sla`), when it was found missed, and for a
+    run that ended in time, by how much."""
+
+    __tablename__ = "run_slas"
+
+    run_id: Mapped[str] = mapped_column(
+        ForeignKey("runs.run_id", ondelete="CASCADE"), primary_key=True
+    )
+    workflow_id: Mapped[str] = mapped_column(String(128))
+    deadline: Mapped[datetime]
+    missed_at: Mapped[datetime | None]
+    # Deadline minus end (positive: in time), written by the run's end.
+    margin_seconds: Mapped[float | None]

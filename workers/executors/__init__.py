@@ -9,6 +9,7 @@ from typing import Any
 from maestro.context import StepContext
 from maestro.runtime import StepResult
 from workers.executors.basic import run_noop, run_sleep
+from workers.executors.http import run_http
 from workers.executors.ml import run_deploy, run_evaluate, run_train
 from workers.executors.python import run_python
 from workers.executors.services import Services
@@ -24,6 +25,7 @@ EXECUTORS: dict[str, Executor] = {
     "train": run_train,
     "evaluate": run_evaluate,
     "deploy": run_deploy,
+    "http": run_http,
 }
 
 __all__ = ["EXECUTORS", "Executor", "Services"]

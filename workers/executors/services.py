@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from maestro.artifacts import ArtifactStore
 from maestro.context import StepContext
 from maestro.db import models as models_db
+from maestro.outbound import Guard
 from maestro.registry import Registry
 from workers.database import outlasting_outage
 from workers.workdirs import WorkRoot
@@ -27,6 +28,8 @@ class Services:
     registry: Registry
     # Where runs' directories are and the user shell steps run as.
     work_root: WorkRoot | None = None
+    # Where `http` steps may send requests (the outbound allowlist).
+    guard: Guard | None = None
 
     async def store_artifacts(self, ctx: StepContext, artifacts: dict[str, Any]) -> dict[str, str]:
         """Store `{name: path}` (paths relative to the artifact dir or absolute) and record

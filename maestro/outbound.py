@@ -1,0 +1,234 @@
+"""Outbound HTTP: where Maestro may send requests, and one bounded request to such a place.
+
+Webhook deliveries and `http` steps both go through `send`. A destination is checked twice:
+its URL when it is registered (`check_url`: scheme, the allowlist, literal addresses), and at
+every request the addresses its host resolves to (`resolve`). The request then goes to the
+checked address itself, with the original host in `Host` and TLS's server name, so a DNS answer
+that changes between the check and the connection (DNS rebinding) cannot redirect it.
+Redirects are never followed; request and response bodies are bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import ipaddress
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+
+from maestro.settings import OutboundSettings
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# Cloud metadata services: refused like link-local addresses unless a network is allowed.
+METADATA = frozenset(
+    ipaddress.ip_address(a) for a in ("169.254.169.254", "fd00:ec2::254", "100.100.100.200")
+)
+
+
+class DestinationRefused(ValueError):
+    """The destination is not allowed (the allowlist, or a private or metadata address)."""
+
+
+@dataclass(frozen=True)
+class Destination:
+    """A URL checked against the allowlist, with the address it was resolved to."""
+
+    url: str
+    host: str
+    address: str
+
+    def request_url(self) -> str:
+        """The URL with its host replaced by the checked address."""
+        parts = urlsplit(self.url)
+        literal = f"[{self.address}]" if ":" in self.address else self.address
+        netloc = literal + (f":{parts.port}" if parts.port else "")
+        return urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
+
+
+@dataclass
+class Response:
+    """An answer, its body cut at the size limit (`truncated`)."""
+
+    status_code: int
+    headers: dict[str, str]
+    body: bytes
+    truncated: bool
+    latency_ms: float
+
+
+@dataclass
+class Guard:
+    """The outbound rules of one process (from OutboundSettings)."""
+
+    settings: OutboundSettings = field(default_factory=OutboundSettings)
+
+    def __post_init__(self) -> None:
+        self._hosts = [h.lower() for h in self.settings.allowed_hosts if not _network(h)]
+        self._networks = [n for h in self.settings.allowed_hosts if (n := _network(h))]
+        self._private = [
+            ipaddress.ip_network(n, strict=False) for n in self.settings.allowed_private_networks
+        ]
+
+    def check_url(self, url: str) -> str:
+        """The URL's host if the URL may be used (scheme, allowlist, literal address);
+        DestinationRefused saying why otherwise."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https"):
+            raise DestinationRefused(f"the scheme must be http or https, not {parts.scheme!r}")
+        if not parts.hostname:
+            raise DestinationRefused("the URL has no host")
+        if parts.username or parts.password:
+            raise DestinationRefused("the URL must not carry a user or password")
+        try:
+            parts.port  # noqa: B018 - raises on a malformed port
+        except ValueError:
+            raise DestinationRefused("the URL's port is not a number from 0 to 65535") from None
+        host = parts.hostname.lower().rstrip(".")
+        literal = _address(host)
+        if literal is not None:
+            self.check_address(host, literal)
+        elif self._hosts or self._networks:
+            if not any(fnmatch.fnmatchcase(host, pattern) for pattern in self._hosts):
+                raise DestinationRefused(f"host {host!r} is not in MAESTRO_OUTBOUND__ALLOWED_HOSTS")
+        return host
+
+    def check_address(self, host: str, address: IPAddress) -> None:
+        """Refuse an address outside the rules: a public one outside a non-empty allowlist,
+        a private, loopback, link-local or metadata one outside the allowed private networks."""
+        if any(address in net for net in self._private):
+            return
+        if address in METADATA or address.is_link_local:
+            raise DestinationRefused(
+                f"{host} resolves to {address}, a link-local or metadata address (refused)"
+            )
+        if not address.is_global:
+            raise DestinationRefused(
+                f"{host} resolves to {address}, a private or reserved address; allow its "
+                "network in MAESTRO_OUTBOUND__ALLOWED_PRIVATE_NETWORKS"
+            )
+        if self._hosts or self._networks:
+            by_name = any(fnmatch.fnmatchcase(host, pattern) for pattern in self._hosts)
+            if not by_name and not any(address in net for net in self._networks):
+                raise DestinationRefused(
+                    f"{host} ({address}) is not in MAESTRO_OUTBOUND__ALLOWED_HOSTS"
+                )
+
+    async def resolve(self, url: str) -> Destination:
+        """Check the URL, resolve its host and check every address it resolves to (one
+        refused address refuses the destination); the first address is the one to use."""
+        host = self.check_url(url)
+        literal = _address(host)
+        if literal is not None:
+            return Destination(url, host, str(literal))
+        port = urlsplit(url).port or (443 if url.startswith("https") else 80)
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                host, port, type=socket.SOCK_STREAM
+            )
+        except socket.gaierror as exc:
+            raise ConnectionError(f"cannot resolve {host}: {exc.strerror}") from None
+        addresses = list(dict.fromkeys(_address(str(info[4][0])) for info in infos))
+        for address in addresses:
+            assert address is not None
+            self.check_address(host, address)
+        return Destination(url, host, str(addresses[0]))
+
+    def client(self, max_connections: int = 100) -> httpx.AsyncClient:
+        """An HTTP client for `send`: redirects off, TLS verified, bounded connections."""
+        return httpx.AsyncClient(
+            follow_redirects=False,
+            timeout=httpx.Timeout(self.settings.timeout_seconds),
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=20),
+            trust_env=False,
+        )
+
+    async def send(
+        self,
+        client: httpx.AsyncClient,
+        method: str,
+        url: str,
+        *,
+        headers: dict[str, str] | None = None,
+        content: bytes | None = None,
+        params: dict[str, Any] | None = None,
+        timeout: float | None = None,
+        max_response_bytes: int | None = None,
+    ) -> Response:
+        """One request to a checked destination, the body read up to the limit. Raises
+        DestinationRefused, ValueError (request too large), ConnectionError or TimeoutError."""
+        if content is not None and len(content) > self.settings.max_request_bytes:
+            raise ValueError(
+                f"the request body has {len(content):,} bytes; the limit is "
+                f"{self.settings.max_request_bytes:,} (MAESTRO_OUTBOUND__MAX_REQUEST_BYTES)"
+            )
+        limit = max_response_bytes or self.settings.max_response_bytes
+        timeout = timeout or self.settings.timeout_seconds
+        began = time.monotonic()
+        async with asyncio.timeout(timeout):
+            destination = await self.resolve(url)
+            request = client.build_request(
+                method,
+                destination.request_url(),
+                params=params,
+                headers={**(headers or {}), "Host": _host_header(url)},
+                content=content,
+                extensions={"sni_hostname": destination.host, "timeout": _timeouts(timeout)},
+            )
+            try:
+                answer = await client.send(request, stream=True)
+            except httpx.TimeoutException as exc:
+                raise TimeoutError(f"no answer from {destination.host} within {timeout}s") from exc
+            except httpx.TransportError as exc:
+                raise ConnectionError(f"{destination.host}: {exc or type(exc).__name__}") from exc
+            try:
+                body = bytearray()
+                truncated = False
+                async for chunk in answer.aiter_bytes():
+                    body += chunk
+                    if len(body) > limit:
+                        truncated = True
+                        del body[limit:]
+                        break
+            except httpx.TransportError as exc:
+                raise ConnectionError(f"{destination.host}: {exc or type(exc).__name__}") from exc
+            finally:
+                await answer.aclose()
+        return Response(
+            status_code=answer.status_code,
+            headers=dict(answer.headers),
+            body=bytes(body),
+            truncated=truncated,
+            latency_ms=(time.monotonic() - began) * 1000,
+        )
+
+
+def _timeouts(total: float) -> dict[str, float]:
+    return {"connect": total, "read": total, "write": total, "pool": total}
+
+
+def _host_header(url: str) -> str:
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    return host + (f":{parts.port}" if parts.port else "")
+
+
+def _address(text: str) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(text.strip("[]").split("%")[0])
+    except ValueError:
+        return None
+
+
+def _network(text: str) -> IPNetwork | None:
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return None
