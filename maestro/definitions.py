@@ -36,6 +36,7 @@ from maestro.expressions import (
     compile_expression,
     find_expressions,
     is_expr,
+    validate_source,
 )
 from maestro.steps import STEP_TYPES, check_step_params
 
@@ -83,15 +84,6 @@ def _cron_out_of_range(fields: list[str]) -> list[str]:
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-def _check_expression(source: str | None, roots: frozenset[str] = RUN_ROOTS) -> str | None:
-    if source is not None:
-        try:
-            compile_expression(source, roots)
-        except ExpressionError as exc:
-            raise ValueError(str(exc)) from None
-    return source
 
 
 def _roots(info: ValidationInfo) -> frozenset[str]:
@@ -228,7 +220,7 @@ class WaitFor(_Model):
         _check_where(literal)
         for value in where.values():
             if is_expr(value):
-                _check_expression(value["expr"])
+                validate_source(value["expr"])
         return where
 
 
@@ -243,7 +235,7 @@ class Emit(_Model):
     def _params_valid(cls, params: dict[str, Any]) -> dict[str, Any]:
         for key, value in params.items():
             if is_expr(value):
-                _check_expression(value["expr"])
+                validate_source(value["expr"])
             elif not isinstance(value, Scalar):
                 raise ValueError(f"param {key!r} must be a string/number or {{expr: CEL}}")
         return params
@@ -334,7 +326,7 @@ class Step(_Model):
     def _when_compiles(cls, source: str | None, info: ValidationInfo) -> str | None:
         if (info.context or {}).get("body"):
             return source  # in a composite step's body: check_steps knows its variables
-        return _check_expression(source, _roots(info))
+        return validate_source(source, _roots(info))
 
 
 # -- composite steps (foreach, subworkflow, while): their params hold a sub-DAG or a call --------
@@ -401,7 +393,7 @@ class ForeachParams(_CompositeParams):
     def _outputs_compile(cls, outputs: dict[str, str], info: ValidationInfo) -> dict[str, str]:
         roots = _roots(info) | {"iterations"}
         for source in outputs.values():
-            _check_expression(source, roots)
+            validate_source(source, roots)
         return outputs
 
     def body_roots(self, roots: frozenset[str]) -> frozenset[str]:
@@ -425,7 +417,7 @@ class SubworkflowParams(_Model):
     @classmethod
     def _params_compile(cls, params: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         for _, source in find_expressions(params):
-            _check_expression(source, _roots(info))
+            validate_source(source, _roots(info))
         return params
 
 
@@ -441,7 +433,7 @@ class WhileParams(_CompositeParams):
     @field_validator("condition")
     @classmethod
     def _condition_compiles(cls, source: str, info: ValidationInfo) -> str:
-        return _check_expression(source, while_roots(_roots(info)))  # type: ignore[return-value]
+        return validate_source(source, while_roots(_roots(info)))  # type: ignore[return-value]
 
     def body_roots(self, roots: frozenset[str]) -> frozenset[str]:
         return while_roots(roots)
@@ -481,9 +473,9 @@ def split_range(source: str) -> tuple[str, str] | None:
 def _check_items(source: str, roots: frozenset[str]) -> str:
     bounds = split_range(source)
     if bounds is None:
-        return _check_expression(source, roots)  # type: ignore[return-value]
+        return validate_source(source, roots)  # type: ignore[return-value]
     for bound in bounds:
-        _check_expression(bound, roots)
+        validate_source(bound, roots)
     return source
 
 
