@@ -206,6 +206,16 @@ def status(data_dir: Path) -> dict:
     return json.loads((data_dir / "status.json").read_text())
 
 
+async def status_up(data_dir: Path) -> dict:
+    """The status file once it says `up` (it is written just after the API first answers)."""
+    for _ in range(150):
+        found = status(data_dir)
+        if found["state"] == "up":
+            return found
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"status.json never said up: {found}")
+
+
 def alive(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
@@ -264,7 +274,7 @@ async def test_up_restarts_each_dead_child_and_keeps_the_others_running(own_tmp_
         try:
             await wait_until_up(api, proc, log)
             api.headers["Authorization"] = f"Bearer {(data_dir / 'api-key').read_text().strip()}"
-            first = status(data_dir)
+            first = await status_up(data_dir)
             assert first["state"] == "up" and first["pid"] == proc.pid
             assert list(first["children"]) == ["postgres", "temporal", "api", "worker"]
             seen |= {child["pid"] for child in first["children"].values()}
