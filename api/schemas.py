@@ -310,7 +310,7 @@ class Lineage(BaseModel):
     edges: list[LineageEdge]
 
 
-class ModelVersionOut(BaseModel):
+class ModelVersionOut(FromRow):
     model_name: str
     version: int
     stage: str = Field(description="none, staging, production or archived")
@@ -326,7 +326,7 @@ class ModelVersionOut(BaseModel):
     )
 
 
-class StageChangeOut(BaseModel):
+class StageChangeOut(FromRow):
     version: int
     stage: str
     previous_version: int | None
@@ -335,11 +335,11 @@ class StageChangeOut(BaseModel):
     changed_at: datetime
 
 
-class ModelOut(BaseModel):
+class ModelOut(FromRow):
     name: str
     owner: str = Field(description="The owner of the workflow that registered the model")
     latest_version: int
-    stages: dict[str, int] = Field(description="stage -> version holding it")
+    stages: dict[str, int] = Field(default={}, description="stage -> version holding it")
     created_at: datetime
     versions: list[ModelVersionOut] | None = None
     history: list[StageChangeOut] | None = None

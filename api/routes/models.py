@@ -4,7 +4,7 @@ promotes only its owners' models (the guard checks `{model_name}`)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request
 
@@ -23,31 +23,12 @@ VersionNumber = Annotated[int, Path(ge=1, le=2**31 - 1)]
 
 
 def version_out(version: ModelVersion, lineage: dict | None = None) -> ModelVersionOut:
-    return ModelVersionOut(
-        model_name=version.model_name,
-        version=version.version,
-        stage=version.stage,
-        artifact_uri=version.artifact_uri,
-        metrics=version.metrics,
-        params=version.params,
-        data_ref=version.data_ref,
-        run_id=version.run_id,
-        step_id=version.step_id,
-        created_at=version.created_at,
-        lineage=lineage,
-    )
+    return ModelVersionOut.model_validate(version).model_copy(update={"lineage": lineage})
 
 
-def model_out(model: Model, rows: list[ModelVersion], **extra) -> ModelOut:
+def model_out(model: Model, rows: list[ModelVersion], **extra: Any) -> ModelOut:
     stages = {v.stage: v.version for v in rows if v.stage in ("staging", "production")}
-    return ModelOut(
-        name=model.name,
-        owner=model.owner,
-        latest_version=model.latest_version,
-        stages=stages,
-        created_at=model.created_at,
-        **extra,
-    )
+    return ModelOut.model_validate(model).model_copy(update={"stages": stages, **extra})
 
 
 @router.get("", response_model=list[ModelOut])
@@ -66,15 +47,7 @@ async def get_model(model_name: str, session: SessionDep) -> ModelOut:
     model = await models_db.get_model(session, model_name)
     versions = list(await models_db.list_versions(session, model_name))
     history = [
-        StageChangeOut(
-            version=c.version,
-            stage=c.stage,
-            previous_version=c.previous_version,
-            run_id=c.run_id,
-            reason=c.reason,
-            changed_at=c.changed_at,
-        )
-        for c in await models_db.stage_history(session, model_name)
+        StageChangeOut.model_validate(c) for c in await models_db.stage_history(session, model_name)
     ]
     return model_out(model, versions, versions=[version_out(v) for v in versions], history=history)
 

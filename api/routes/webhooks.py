@@ -7,10 +7,11 @@ from typing import Any, Literal
 
 import yaml
 from fastapi import APIRouter, Path, Query, Request, Response
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import AliasChoices, BaseModel, Field, ValidationError
 
 from api.auth import owners_filter
 from api.deps import SessionDep
+from api.schemas import FromRow
 from maestro import webhooks
 from maestro.definitions import problems_from_validation
 from maestro.documents import DocumentTooComplex, load_json, load_yaml
@@ -24,12 +25,15 @@ WebhookId = Path(pattern=r"^wh_[0-9a-f]{16}$", description="The webhook's id (`w
 _YAML = ("application/yaml", "application/x-yaml", "text/yaml")
 
 
-class WebhookOut(BaseModel):
+class WebhookOut(FromRow):
     id: str
     owner: str
     url: str
     events: list[str]
-    workflows: list[str] | None = Field(description="None: every workflow of the owner")
+    workflows: list[str] | None = Field(
+        validation_alias=AliasChoices("workflows", "workflow_ids"),
+        description="None: every workflow of the owner",
+    )
     format: str
     description: str
     created_at: datetime
@@ -42,7 +46,7 @@ class WebhookCreated(WebhookOut):
     secret: str = Field(description="The signing secret: shown only in this answer")
 
 
-class AttemptOut(BaseModel):
+class AttemptOut(FromRow):
     attempt: int
     at: datetime
     status_code: int | None
@@ -69,19 +73,12 @@ class DeliveryPage(BaseModel):
     next_cursor: int | None = Field(description="Pass as `before` for the next (older) page")
 
 
-def _out(row: Any, cls: type[WebhookOut] = WebhookOut, **extra: Any) -> Any:
-    return cls(
-        id=row.id,
-        owner=row.owner,
-        url=row.url,
-        events=row.events,
-        workflows=row.workflow_ids,
-        format=row.format,
-        description=row.description,
-        created_at=row.created_at,
-        previous_secret_until=row.previous_secret_until,
-        **extra,
-    )
+def _out(row: Any) -> WebhookOut:
+    return WebhookOut.model_validate(row)
+
+
+def _created(row: Any, secret: str) -> WebhookCreated:
+    return WebhookCreated(**_out(row).model_dump(), secret=secret)
 
 
 def _delivery_out(d: Any, e: Any, attempts: list[Any]) -> DeliveryOut:
@@ -96,16 +93,7 @@ def _delivery_out(d: Any, e: Any, attempts: list[Any]) -> DeliveryOut:
         ended_at=d.ended_at,
         redelivery_of=d.redelivery_of,
         event=webhooks.event_body(e),
-        attempt_log=[
-            AttemptOut(
-                attempt=a.attempt,
-                at=a.at,
-                status_code=a.status_code,
-                latency_ms=a.latency_ms,
-                error=a.error,
-            )
-            for a in attempts
-        ],
+        attempt_log=[AttemptOut.model_validate(a) for a in attempts],
     )
 
 
@@ -154,7 +142,7 @@ async def create_webhook(request: Request, session: SessionDep) -> WebhookCreate
         body,
         _owners(request),
     )
-    return _out(row, WebhookCreated, secret=secret)
+    return _created(row, secret)
 
 
 @router.get("", response_model=list[WebhookOut])
@@ -192,7 +180,7 @@ async def rotate_secret(
     box = require_box(request.app.state.secret_box, request.app.state.settings)
     grace = (body or webhooks.RotateIn()).grace
     row, secret = await webhooks.rotate_secret(session, box, webhook_id, grace, _owners(request))
-    return _out(row, WebhookCreated, secret=secret)
+    return _created(row, secret)
 
 
 @router.get("/{webhook_id}/deliveries", response_model=DeliveryPage)
