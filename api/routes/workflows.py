@@ -316,13 +316,14 @@ async def list_triggers(
     joins = await signals_db.pending_joins(session, workflow_id)
     timed = {ref.position: ref for ref in time_triggers(workflow_id, definition)}
     paused = workflow.paused or not workflow.is_active
+    ids = [ref.trigger_id for ref in timed.values()] + [row.trigger_id for row in registered]
+    last_runs = await runs_db.last_runs_of_triggers(session, workflow_id, ids)
     now = datetime.now(UTC)
     out = []
     for position, trigger in enumerate(definition.triggers):
         spec = trigger.model_dump(mode="json", exclude_none=True)
         if position in timed:
             ref = timed[position]
-            last = await runs_db.last_run_of_trigger(session, workflow_id, ref.trigger_id)
             out.append(
                 TriggerOut(
                     position=position,
@@ -332,7 +333,7 @@ async def list_triggers(
                     paused=paused,
                     spec=spec,
                     next_fires=ref.fire_times(now, now + timedelta(days=3660), upcoming),
-                    last_fire=last_fire(last),
+                    last_fire=last_fire(last_runs.get(ref.trigger_id)),
                     schedule=await schedules.describe(ref),
                 )
             )
@@ -348,7 +349,6 @@ async def list_triggers(
                 for j in joins
                 if j.trigger_id == row.trigger_id
             ]
-            last = await runs_db.last_run_of_trigger(session, workflow_id, row.trigger_id)
             out.append(
                 TriggerOut(
                     position=position,
@@ -357,7 +357,7 @@ async def list_triggers(
                     active=row.active,
                     paused=paused,
                     spec=spec,
-                    last_fire=last_fire(last),
+                    last_fire=last_fire(last_runs.get(row.trigger_id)),
                     pending_joins=pending,
                 )
             )

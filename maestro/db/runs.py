@@ -452,19 +452,23 @@ async def set_step_waiting(session: AsyncSession, run_id: str, step_id: str) -> 
     )
 
 
-async def last_run_of_trigger(
-    session: AsyncSession, workflow_id: str, trigger_id: str
-) -> Run | None:
-    """The last run a trigger started: a restart keeps its original's trigger but is no fire."""
+async def last_runs_of_triggers(
+    session: AsyncSession, workflow_id: str, trigger_ids: list[str]
+) -> dict[str, Run]:
+    """The last run each trigger started, in one query: a restart keeps its original's
+    trigger but is no fire."""
+    if not trigger_ids:
+        return {}
     query = (
         select(Run)
         .where(
             Run.workflow_id == workflow_id,
-            Run.trigger_id == trigger_id,
+            Run.trigger_id.in_(trigger_ids),
             Run.cause["kind"].astext != "restart",
         )
+        .distinct(Run.trigger_id)
         # Runs made in one transaction (a backfill) share `created_at`.
-        .order_by(Run.created_at.desc(), Run.run_number.desc())
-        .limit(1)
+        .order_by(Run.trigger_id, Run.created_at.desc(), Run.run_number.desc())
     )
-    return (await session.execute(query)).scalar_one_or_none()
+    rows = (await session.execute(query)).scalars()
+    return {run.trigger_id: run for run in rows if run.trigger_id is not None}
