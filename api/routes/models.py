@@ -35,10 +35,9 @@ def model_out(model: Model, rows: list[ModelVersion], **extra: Any) -> ModelOut:
 async def list_models(request: Request, session: SessionDep) -> list[ModelOut]:
     """Registered models with the versions holding each stage (those of the key's owners,
     for an owner-limited key)."""
-    return [
-        model_out(m, list(await models_db.list_versions(session, m.name)))
-        for m in await models_db.list_models(session, owners=owners_filter(request))
-    ]
+    models = await models_db.list_models(session, owners=owners_filter(request))
+    held = await models_db.stage_holders(session, [m.name for m in models])
+    return [model_out(m, held[m.name]) for m in models]
 
 
 @router.get("/{model_name}", response_model=ModelOut)

@@ -119,6 +119,19 @@ async def list_versions(session: AsyncSession, name: str) -> Sequence[ModelVersi
     return (await session.execute(query)).scalars().all()
 
 
+async def stage_holders(
+    session: AsyncSession, names: Sequence[str]
+) -> dict[str, list[ModelVersion]]:
+    """The versions holding `staging` or `production`, per model, in one query."""
+    query = select(ModelVersion).where(
+        ModelVersion.model_name.in_(names), ModelVersion.stage.in_(("staging", "production"))
+    )
+    held: dict[str, list[ModelVersion]] = {name: [] for name in names}
+    for version in (await session.execute(query)).scalars():
+        held[version.model_name].append(version)
+    return held
+
+
 async def get_version(
     session: AsyncSession, name: str, version: int, *, lock: bool = False
 ) -> ModelVersion:
