@@ -31,6 +31,12 @@ class ArtifactStore(Protocol):
     def local_path(self, uri: str) -> Path:
         """A local path to read the artifact at `uri` from."""
 
+    def put_bytes(self, key: str, data: bytes) -> str:
+        """Store `data` under `key` (a relative path), replacing what was there; return its URI."""
+
+    def get_bytes(self, uri: str) -> bytes:
+        """The bytes stored at `uri`."""
+
 
 def _digest(path: Path) -> tuple[int, str]:
     """Total size and SHA-256 of a file, or of a directory's files in name order."""
@@ -72,3 +78,16 @@ class LocalArtifactStore:
         if parsed.scheme != "file":
             raise ValueError(f"{uri!r}: this store reads file:// URIs only")
         return Path(unquote(parsed.path))
+
+    def put_bytes(self, key: str, data: bytes) -> str:
+        target = (self.root / key).resolve()
+        if not target.is_relative_to(self.root):
+            raise ValueError(f"{key!r}: keys stay inside the store")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(target.name + ".partial")
+        partial.write_bytes(data)
+        partial.replace(target)  # readers never see half a file
+        return target.as_uri()
+
+    def get_bytes(self, uri: str) -> bytes:
+        return self.local_path(uri).read_bytes()
