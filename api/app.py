@@ -153,7 +153,11 @@ def create_app(settings: Settings) -> FastAPI:
             (409, "Not allowed in the current state"),
             (413, "Body too large"),
             (422, "Invalid input: every problem with its location"),
-            (503, "PostgreSQL or Temporal unavailable; retry after Retry-After seconds"),
+            (
+                503,
+                "PostgreSQL or Temporal unavailable (retry after Retry-After seconds), or a"
+                " feature this server is not configured for (error `configuration_error`)",
+            ),
         )
     }
     for router, scope, read_scopes, prefix in (

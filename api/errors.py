@@ -36,7 +36,9 @@ STATUS_BY_ERROR: list[tuple[type[MaestroError], int]] = [
     (NotFound, 404),
     (Conflict, 409),
     (Unavailable, 503),
-    (ConfigurationError, 500),
+    # A feature this server is not configured for (no secrets key, say): the message says what
+    # to set. Retrying does not help, so no Retry-After.
+    (ConfigurationError, 503),
 ]
 
 
@@ -48,7 +50,8 @@ def _maestro_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, MaestroError)
     status = next((s for kind, s in STATUS_BY_ERROR if isinstance(exc, kind)), 500)
     detail = [p.as_dict() for p in exc.problems] if isinstance(exc, InvalidInput) else []
-    headers = {"Retry-After": "5"} if status == 503 else None
+    retry = status == 503 and not isinstance(exc, ConfigurationError)
+    headers = {"Retry-After": "5"} if retry else None
     if status == 401:
         headers = {"WWW-Authenticate": "Bearer"}
     return JSONResponse(error_body(exc.code, exc.message, detail), status, headers=headers)

@@ -395,3 +395,28 @@ async def test_event_is_delivered_after_the_processes_that_recorded_it_are_kille
     finally:
         procs.stop_all()
         await receiver.stop()
+
+
+async def test_without_a_secrets_key_create_is_a_503_saying_what_to_set(api, receiver, sessions):
+    """A webhook's secret is encrypted with the secrets key: a server without one answers 503
+    naming the setting (not a 500), writes nothing, and keeps serving everything else."""
+    app = api._transport.app
+    box, app.state.secret_box = app.state.secret_box, None
+    try:
+        owner = unique_id("nokey")
+        response = await api.post(
+            "/api/v1/webhooks",
+            json={"url": receiver.url + "/hook", "owner": owner, "events": ["run.failed"]},
+        )
+        assert response.status_code == 503, response.text
+        assert response.json()["error"] == "configuration_error"
+        assert "MAESTRO_SECRETS_KEY" in response.json()["message"]
+        assert "Retry-After" not in response.headers
+        async with sessions() as session:
+            count = await session.scalar(
+                text("SELECT count(*) FROM webhooks WHERE owner = :o"), {"o": owner}
+            )
+        assert count == 0
+        assert (await api.get("/api/v1/webhooks")).status_code == 200
+    finally:
+        app.state.secret_box = box
