@@ -316,6 +316,9 @@ class AdmitFireInput(FireRequest):
 
     temporal_workflow_id: str
     temporal_run_id: str
+    # When Temporal started the execution: a fire started later than its trigger's catchup
+    # window allows is reported missed instead of run (None: not checked).
+    started_at: datetime | None = None
 
 
 class FireAdmission(BaseModel):

@@ -60,7 +60,6 @@ from maestro.runtime import (
     Cause,
     FireAdmission,
     FireInput,
-    FireRequest,
     RunStatus,
     scheduled_run_id,
     trigger_schedule_id,
@@ -70,6 +69,11 @@ from maestro.settings import TemporalSettings
 logger = logging.getLogger(__name__)
 
 MAX_BACKFILL = 1_000
+
+# Temporal starts every fire it could not start on time (after its own outage, say) up to this
+# long past the trigger's catchup window, so that Maestro, not Temporal, decides that a fire is
+# too late and reports it as `schedule.missed`. Older fires are dropped by Temporal unreported.
+REPORT_LATE_FIRES_FOR = timedelta(days=1)
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,18 @@ class TimeTriggerRef:
     def timezone(self) -> ZoneInfo:
         tz = self.trigger.timezone if isinstance(self.trigger, TimeTrigger) else "UTC"
         return ZoneInfo(tz)
+
+    @property
+    def catchup_window(self) -> timedelta:
+        """How late a fire may start and still run (at least 10 s, Temporal's minimum)."""
+        if isinstance(self.trigger, TimeTrigger):
+            return max(self.trigger.catchup_window, timedelta(seconds=10))
+        return timedelta(hours=1)
+
+    @property
+    def jitter(self) -> timedelta:
+        jitter = self.trigger.jitter if isinstance(self.trigger, TimeTrigger) else None
+        return jitter or timedelta(0)
 
     def fire_times(self, start: datetime, end: datetime, limit: int) -> list[datetime]:
         """Scheduled times in (start, end] (UTC), at most `limit`, DST-correct: the cron
@@ -134,6 +150,10 @@ def time_triggers(workflow_id: str, definition: WorkflowDefinition) -> list[Time
         for i, t in enumerate(definition.triggers)
         if isinstance(t, TimeTrigger | IntervalTrigger)
     ]
+
+
+def _seconds(span: timedelta) -> str:
+    return f"{span.total_seconds():.0f} s"
 
 
 def run_params(scheduled_at: datetime, ref: TimeTriggerRef) -> dict[str, Any]:
@@ -192,12 +212,10 @@ class Schedules:
                 time_zone_name=trigger.timezone,
                 jitter=trigger.jitter,
             )
-            catchup = trigger.catchup_window
         else:
             spec = ScheduleSpec(
                 intervals=[ScheduleIntervalSpec(every=trigger.every, offset=trigger.offset)]
             )
-            catchup = timedelta(hours=1)
         return Schedule(
             action=ScheduleActionStartWorkflow(
                 TIMED_RUN_WORKFLOW,
@@ -209,7 +227,7 @@ class Schedules:
             # Our run strategy decides about overlaps; every fire must reach it.
             policy=SchedulePolicy(
                 overlap=ScheduleOverlapPolicy.ALLOW_ALL,
-                catchup_window=max(catchup, timedelta(seconds=10)),
+                catchup_window=ref.catchup_window + ref.jitter + REPORT_LATE_FIRES_FOR,
             ),
             state=ScheduleState(paused=paused, note=self._note(ref, paused)),
         )
@@ -217,7 +235,7 @@ class Schedules:
     def _note(self, ref: TimeTriggerRef | ExpectationRef, paused: bool) -> str:
         """Names the desired state, so an unchanged schedule is left alone (the action's
         workflow type is part of it: a schedule starting another type gets updated)."""
-        state = f"{ref.trigger_id}/{paused}/{TIMED_RUN_WORKFLOW}"
+        state = f"{ref.trigger_id}/{paused}/{TIMED_RUN_WORKFLOW}/late-fires-reported"
         digest = hashlib.sha256(state.encode()).hexdigest()[:12]
         return f"{'paused' if paused else 'managed'} by Maestro [{digest}]"
 
@@ -362,11 +380,16 @@ class Schedules:
         )
 
     async def _create_fired(
-        self, session: AsyncSession, request: FireRequest
+        self, session: AsyncSession, request: AdmitFireInput
     ) -> tuple[Run, bool] | None:
         try:
             return await self._create(
-                session, request.workflow_id, request.trigger_id, request.scheduled_at, kind="time"
+                session,
+                request.workflow_id,
+                request.trigger_id,
+                request.scheduled_at,
+                kind="time",
+                started_at=request.started_at,
             )
         except NotFound:
             # The workflow was deleted after Temporal started this fire.
@@ -383,6 +406,7 @@ class Schedules:
         scheduled_at: datetime,
         *,
         kind: str,
+        started_at: datetime | None = None,
     ) -> tuple[Run, bool] | None:
         workflow = await workflows_db.get_workflow(session, workflow_id)
         desired, paused = await self._desired(session, workflow)
@@ -400,6 +424,14 @@ class Schedules:
             request_id=None,
             detail={"trigger_id": trigger_id, "scheduled_at": at.isoformat(), "via": kind},
         )
+        late = started_at - at if started_at is not None else timedelta(0)
+        if late > ref.catchup_window + ref.jitter:
+            # Temporal could not start it in time (its own outage, say): too late to run.
+            await missed(
+                f"Temporal started this fire {_seconds(late)} after its scheduled time, past the"
+                f" trigger's catchup window ({_seconds(ref.catchup_window)})"
+            )
+            return None
         try:
             made = await self._runs.create_run(
                 session,

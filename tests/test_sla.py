@@ -10,6 +10,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
+from temporalio.client import ScheduleBackfill, ScheduleOverlapPolicy
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
@@ -376,3 +378,47 @@ async def test_a_fire_that_cannot_start_is_a_missed_schedule_but_a_paused_one_is
     await _fire(temporal_client, schedule_id)
     await asyncio.sleep(3)
     assert len(receiver.events()) == 1
+
+
+async def test_a_fire_temporal_starts_past_the_catchup_window_is_a_missed_schedule(
+    api, receiver, sessions, temporal_client
+):
+    """Temporal starts fires it could not start on time (here: its own backfill of two hours
+    ago, as after a Temporal outage) and Maestro reports them as `schedule.missed` instead of
+    running them; the schedule lets Temporal start such fires for a day past the window."""
+    owner = unique_id("team")
+    await subscribe(api, receiver.url + "/late", owner, ["schedule.missed"])
+    workflow_id = unique_id("late-fire")
+    await push(
+        api,
+        {
+            "id": workflow_id,
+            "owner": owner,
+            "triggers": [{"cron": "*/30 * * * *", "catchup_window": "10m"}],
+            "steps": [{"id": "a", "type": "noop"}],
+        },
+    )
+    [ref] = await _definition(api, workflow_id, time_triggers)
+    handle = temporal_client.get_schedule_handle(ref.schedule_id)
+    policy = (await handle.describe()).schedule.policy
+    assert policy.catchup_window == timedelta(minutes=10) + timedelta(days=1)
+
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    await handle.backfill(
+        ScheduleBackfill(
+            start_at=now - timedelta(hours=2, minutes=1),
+            end_at=now - timedelta(hours=1, minutes=31),
+            overlap=ScheduleOverlapPolicy.ALLOW_ALL,
+        )
+    )
+    await receiver.wait_for(lambda: len(receiver.events()) >= 1)
+    event = receiver.events()[0].json()
+    assert event["type"] == "schedule.missed" and event["workflow_id"] == workflow_id
+    assert "catchup window (600 s)" in event["data"]["reason"]
+    scheduled = datetime.fromisoformat(event["data"]["scheduled_at"])
+    assert now - timedelta(hours=2, minutes=1) <= scheduled <= now - timedelta(hours=1, minutes=31)
+    async with sessions() as session:
+        runs = await session.scalar(
+            text("SELECT count(*) FROM runs WHERE workflow_id = :w"), {"w": workflow_id}
+        )
+    assert runs == 0

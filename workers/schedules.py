@@ -47,6 +47,7 @@ class TimedRunWorkflow(RunWorkflow):
             scheduled_at=info.typed_search_attributes.get(SCHEDULED_START) or info.start_time,
             temporal_workflow_id=info.workflow_id,
             temporal_run_id=info.run_id,
+            started_at=info.start_time,
         )
         admitting = asyncio.create_task(
             workflow.execute_local_activity(
