@@ -201,6 +201,8 @@ class Stack:
                     out["api"] = _cpu(pid)
                 elif "maestro.cli worker" in command:
                     out["worker"] = _cpu(pid)
+                elif "maestro.cli dispatcher" in command:
+                    out["dispatcher"] = _cpu(pid)
                 elif "temporal" in command:
                     out["temporal_server"] = _cpu(pid)
         pid_file = self.data_dir / "postgres" / "postmaster.pid"

@@ -129,6 +129,18 @@ def worker() -> None:
     _run(run_worker(settings))
 
 
+@app.command()
+def dispatcher() -> None:
+    """Deliver webhook events only, at a lower CPU priority than runs (MAESTRO_WEBHOOKS__NICE);
+    the workers then run with MAESTRO_WEBHOOKS__DISPATCH=false."""
+    from maestro.logs import configure_logging
+    from workers.main import run_dispatcher
+
+    settings = _settings()
+    configure_logging(settings.log_level)
+    _run(run_dispatcher(settings))
+
+
 class _ConsoleHandler(logging.Handler):
     """`maestro up`'s own events (a child died, restarted) on the console, one line each."""
 
@@ -203,8 +215,8 @@ def up(
     ),
 ) -> None:
     """Start everything on one machine: embedded PostgreSQL, the Temporal dev server with its UI,
-    the API and a worker, and keep them running (a child that dies is restarted). Data lives
-    under MAESTRO_DATA_DIR (default .maestro/). Ctrl-C stops all."""
+    the API, a worker and the webhook dispatcher, and keep them running (a child that dies is
+    restarted). Data lives under MAESTRO_DATA_DIR (default .maestro/). Ctrl-C stops all."""
     from maestro.db.engine import upgrade
     from maestro.embedded import (
         EmbeddedPostgres,
@@ -259,6 +271,16 @@ def up(
         worker_metrics = settings.worker.metrics_port or free_port()
         env["MAESTRO_WORKER__METRICS_PORT"] = str(worker_metrics)
         metrics["worker"] = f"http://{settings.worker.metrics_host}:{worker_metrics}/metrics"
+        # Webhooks are delivered by a process of their own, niced below the runs' processes.
+        dispatcher_metrics = free_port()
+        metrics["dispatcher"] = (
+            f"http://{settings.worker.metrics_host}:{dispatcher_metrics}/metrics"
+        )
+        envs = {
+            "api": env,
+            "worker": dict(env, MAESTRO_WEBHOOKS__DISPATCH="false"),
+            "dispatcher": dict(env, MAESTRO_WORKER__METRICS_PORT=str(dispatcher_metrics)),
+        }
         if not external_temporal:
             console.print("starting Temporal dev server ...")
             temporal_metrics = settings.temporal.dev_server_metrics_port or free_port()
@@ -284,10 +306,10 @@ def up(
         while not stopping:
             supervisor.check()
             if waiting_for == "temporal" and port_open(host or "127.0.0.1", int(port)):
-                for name in ("api", "worker"):
+                for name, child_env in envs.items():
                     command = [python, "-m", "maestro.cli", name]
                     supervisor.add(
-                        ChildProcess(name, command, env, logs / f"{name}.log", metrics[name])
+                        ChildProcess(name, command, child_env, logs / f"{name}.log", metrics[name])
                     )
                 waiting_for, since = "api", time.monotonic()
             elif waiting_for == "api" and port_open(settings.api.host, settings.api.port):

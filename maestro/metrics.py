@@ -27,6 +27,16 @@ TRIGGER_LAG = Histogram(
     ["kind"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
+WEBHOOK_ATTEMPTS = Counter(
+    "maestro_webhook_attempts_total",
+    "Webhook delivery attempts, by what became of the delivery",
+    ["outcome"],
+)  # delivered | retrying | dead
+WEBHOOK_LAG = Histogram(
+    "maestro_webhook_delivery_lag_seconds",
+    "From an event recorded to its delivery acknowledged by the receiver",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
+)
 RUNS_ENDED = Counter("maestro_runs_ended_total", "Runs that ended, by status", ["status"])
 RUNS = Gauge("maestro_runs", "Runs by status (from the database, at scrape time)", ["status"])
 QUEUE_DEPTH = Gauge(

@@ -135,8 +135,12 @@ class WebhookSettings(BaseModel):
     """How the worker's dispatcher delivers webhook events."""
 
     # Deliver events (off the run path, in each worker process); off: events wait in the
-    # outbox for a process that does.
+    # outbox for a process that does (`maestro dispatcher`; `maestro up` runs one and turns
+    # this off on its worker).
     dispatch: bool = True
+    # How much lower than the runs' processes `maestro dispatcher` runs (Unix niceness added
+    # at start): on a saturated machine deliveries wait for spare CPU instead of slowing runs.
+    nice: int = Field(default=10, ge=0, le=19)
     # How often an idle dispatcher looks for due deliveries.
     poll_interval_seconds: float = Field(default=0.2, gt=0)
     # Webhooks one dispatcher delivers to at once (each in order, one request at a time).

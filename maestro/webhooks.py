@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import Row, Table, bindparam, delete, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from maestro import metrics
 from maestro.db.tables import OutboxEvent, Webhook, WebhookAttempt, WebhookDelivery
 from maestro.definitions import WORKFLOW_ID_PATTERN
 from maestro.durations import Duration
@@ -542,6 +543,10 @@ class Dispatcher:
             settled |= {"b_status": "dead", "b_ended": datetime.now(UTC)}
         else:
             settled["b_next"] = now + timedelta(seconds=self.backoff(attempt))
+        status = str(settled["b_status"])
+        metrics.WEBHOOK_ATTEMPTS.labels("retrying" if status == "pending" else status).inc()
+        if error is None:
+            metrics.WEBHOOK_LAG.observe((datetime.now(UTC) - event.created_at).total_seconds())
         if error is not None:
             logger.info(
                 "webhook delivery failed",

@@ -24,13 +24,14 @@ from api.app import create_app
 from maestro.cli import app as cli_app
 from maestro.db.engine import async_url
 from maestro.embedded import DYNAMIC_CONFIG_FILE, temporal_dev_server_command
+from maestro.secrets import SecretBox
 from maestro.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
-MAESTRO_SERVICES = ("migrate", "api", "worker")
+MAESTRO_SERVICES = ("migrate", "api", "worker", "dispatcher")
 
 # Compose interpolation: `$$` escapes a dollar; `${NAME}`, `${NAME:-default}`, `${NAME-default}`,
 # `${NAME:?error}`, `${NAME?error}`, `${NAME:+alt}`, `${NAME+alt}` and bare `$NAME`.
@@ -229,6 +230,7 @@ def test_the_stack_has_its_services(compose):
         "migrate",
         "api",
         "worker",
+        "dispatcher",
     }
 
 
@@ -273,7 +275,7 @@ def test_maestro_services_build_the_one_dockerfile(compose):
 def test_maestro_services_run_real_cli_commands(compose):
     runner = CliRunner()
     commands = [compose["services"][name]["command"] for name in MAESTRO_SERVICES]
-    assert commands == [["db", "upgrade"], ["api"], ["worker"]]
+    assert commands == [["db", "upgrade"], ["api"], ["worker"], ["dispatcher"]]
     for command in [*commands, exec_form("CMD")]:
         result = runner.invoke(cli_app, [*command, "--help"])
         assert result.exit_code == 0, (command, result.output)
@@ -413,6 +415,18 @@ def test_worker_environment_builds_valid_settings(compose, clean_env):
     assert settings.worker.task_queues == []
     clean_env.setenv("MAESTRO_WORKER__TASK_QUEUES", '["gpu"]')
     assert Settings().worker.task_queues == ["gpu"]
+
+
+def test_webhooks_are_delivered_by_the_dispatcher_not_the_workers(compose, clean_env):
+    services = compose["services"]
+    assert environment(services["worker"])["MAESTRO_WEBHOOKS__DISPATCH"] == "false"
+    dispatcher = settings_for(services["dispatcher"], clean_env)
+    assert dispatcher.webhooks.dispatch, "the dispatcher keeps the default"
+    assert SecretBox.from_settings(dispatcher) is not None, "it has a key to sign with"
+    assert depends_on(compose["services"]["dispatcher"]) == {
+        "migrate": "service_completed_successfully"
+    }
+    assert not ports(compose["services"]["dispatcher"])
 
 
 def test_migrate_environment_has_the_database(compose, clean_env):

@@ -131,7 +131,7 @@ async def test_up_restart_keeps_data_and_resumes_in_flight_run(own_tmp_path: Pat
         postmaster = data_dir / "postgres" / "postmaster.pid"
         assert postmaster.exists(), "embedded PostgreSQL runs in the data directory"
         children = interrupt(proc)
-        assert len(children) >= 3  # temporal, api, worker (postgres runs under its own user)
+        assert len(children) >= 4  # temporal, api, worker, dispatcher (postgres: its own user)
         assert not any(
             psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie" for pid in children
         ), "every child process stopped"
@@ -178,10 +178,15 @@ async def assert_every_child_serves_metrics(
     children = status(data_dir)["children"]
     assert children["postgres"]["metrics"] is None
     assert children["api"]["metrics"] == f"http://127.0.0.1:{ports.api}/metrics"
-    for name in ("api", "worker", "temporal"):
+    for name in ("api", "worker", "dispatcher", "temporal"):
         assert f"{name} {children[name]['metrics']}" in log.read_text(), "the banner lists it"
         scraped = await api.get(children[name]["metrics"])
         assert scraped.status_code == 200 and "# TYPE" in scraped.text, name
+    dispatcher = psutil.Process(children["dispatcher"]["pid"])
+    worker_process = psutil.Process(children["worker"]["pid"])
+    assert dispatcher.nice() == worker_process.nice() + 10, "webhooks yield the CPU to runs"
+    delivering = (await api.get(children["dispatcher"]["metrics"])).text
+    assert "maestro_webhook_attempts_total" in delivering
     pushed = await api.post(
         "/api/v1/workflows",
         json={"id": every, "triggers": [{"every": "1s"}], "steps": [{"id": "go", "type": "noop"}]},
@@ -276,7 +281,8 @@ async def test_up_restarts_each_dead_child_and_keeps_the_others_running(own_tmp_
             api.headers["Authorization"] = f"Bearer {(data_dir / 'api-key').read_text().strip()}"
             first = await status_up(data_dir)
             assert first["state"] == "up" and first["pid"] == proc.pid
-            assert list(first["children"]) == ["postgres", "temporal", "api", "worker"]
+            children = ["postgres", "temporal", "api", "worker", "dispatcher"]
+            assert list(first["children"]) == children
             seen |= {child["pid"] for child in first["children"].values()}
             pushed = await api.post("/api/v1/workflows", json=sleep_then_noop(wid, 4, "2s"))
             assert pushed.status_code == 201, pushed.text
@@ -359,7 +365,7 @@ async def test_up_stops_everything_when_a_child_keeps_crashing(own_tmp_path: Pat
     assert "api exited with code 3; restarting in 1 s (restart 1)" in output
     assert "api exited with code 3; restarting in 8 s (restart 4)" in output
     assert "crashed 5 times within 120 s: stopping everything" in output
-    assert set(seen) == {"postgres", "temporal", "api", "worker"}, seen
+    assert set(seen) == {"postgres", "temporal", "api", "worker", "dispatcher"}, seen
     assert len(seen["api"]) >= 2, "the API was restarted"
     assert not [pid for pids in seen.values() for pid in pids if alive(pid)], "no process left"
     assert not (data_dir / "postgres" / "postmaster.pid").exists(), "PostgreSQL stopped"

@@ -154,6 +154,39 @@ def _start_dispatcher(
     return asyncio.create_task(dispatcher.run(stop))
 
 
+def _stop_on_signals() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def run_dispatcher(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
+    """A process that only delivers webhook events (`maestro dispatcher`), at a lower CPU
+    priority than the processes that carry runs; until `stop` (or SIGTERM/SIGINT)."""
+    if not settings.webhooks.dispatch:
+        raise ConfigurationError(
+            "MAESTRO_WEBHOOKS__DISPATCH is false: this process would deliver nothing"
+        )
+    if SecretBox.from_settings(settings) is None:
+        raise ConfigurationError(
+            "webhooks cannot be signed: set MAESTRO_SECRETS_KEY or create the key file "
+            f"{settings.secrets_key_path}"
+        )
+    os.nice(settings.webhooks.nice)
+    engine = create_engine(settings.require_database_url(), pool_size=2, max_overflow=2)
+    if settings.worker.metrics_port:
+        start_http_server(settings.worker.metrics_port, addr=settings.worker.metrics_host)
+    stop = stop or _stop_on_signals()
+    dispatching = _start_dispatcher(settings, session_factory(engine), stop)
+    assert dispatching is not None
+    logger.info("dispatcher started", extra={"nice": settings.webhooks.nice})
+    await dispatching
+    await engine.dispose()
+    logger.info("dispatcher stopped")
+
+
 async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     """Run until `stop` is set (or SIGTERM/SIGINT), then drain and return."""
     engine = create_engine(
@@ -195,11 +228,7 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
     limit = settings.worker.max_concurrent_activities
     if settings.worker.metrics_port:
         start_http_server(settings.worker.metrics_port, addr=settings.worker.metrics_host)
-    if stop is None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+    stop = stop or _stop_on_signals()
     workers = [
         new_worker(
             client,
