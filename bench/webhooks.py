@@ -254,7 +254,7 @@ def table(results: dict[str, Any]) -> str:
             spent = tp["cpu_ms_per_run"][kind]
             parts = ", ".join(
                 f"{name} {spent[name]:.1f}"
-                for name in ("worker", "api", "postgres", "temporal_server", "bench")
+                for name in ("worker", "dispatcher", "api", "postgres", "temporal_server", "bench")
                 if name in spent
             )
             lines.append(f"| CPU ms per run, {kind} | {parts} | | |")

@@ -864,7 +864,9 @@ def parse_definition(data: Any) -> WorkflowDefinition:
     """Validate a definition body completely, or raise DefinitionInvalid with every problem:
     those of single fields and those that span fields, in one answer."""
     try:
-        definition = WorkflowDefinition.model_validate(data)
+        # Strict, in JSON mode: a value is taken only in the JSON type the schema gives it (no
+        # "1" for 1, no 0 for false), and enums and times from their JSON spellings.
+        definition = WorkflowDefinition.model_validate_json(json.dumps(data), strict=True)
     except ValidationError as exc:
         problems = problems_from_validation(exc)
         raise DefinitionInvalid(

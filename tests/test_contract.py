@@ -79,9 +79,6 @@ def contract_config(api: ContractApi) -> SchemathesisConfig:
 include-method = "{method}"
 include-path = "{path}"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "422"]
-# Known gap: the definition models coerce as pydantic's lax mode does (0 -> false, a number of
-# seconds -> a duration, false -> 0), which the WorkflowDefinition schema does not state.
-checks.negative_data_rejection.enabled = false
 """
         for method, path in sorted(SEMANTIC_422)
     )
