@@ -8,6 +8,7 @@ MaestroError
 ├── Unauthorized              no key, or an unknown or revoked one         -> 401
 ├── Forbidden                 the key lacks the scope or the ownership     -> 403
 ├── NotFound                  no such workflow, version or run            -> 404
+│   └── ArtifactNotFound      nothing stored at an artifact URI (also a FileNotFoundError)
 ├── Conflict                  the thing exists but is in the wrong state  -> 409
 │   ├── WorkflowInactive
 │   ├── InvalidRunState
@@ -78,6 +79,13 @@ class Forbidden(MaestroError):
 
 class NotFound(MaestroError):
     code = "not_found"
+
+
+class ArtifactNotFound(NotFound, FileNotFoundError):
+    """Nothing is stored at an artifact URI (or under a key); a `FileNotFoundError` too, as
+    reading a missing file is."""
+
+    code = "artifact_not_found"
 
 
 class Conflict(MaestroError):

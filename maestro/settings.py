@@ -5,7 +5,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # PostgreSQL connections a process keeps open, and how many more it may open for a burst. A
@@ -152,6 +152,18 @@ class WebhookSettings(BaseModel):
     retry_for_seconds: float = Field(default=86_400.0, gt=0)
 
 
+class S3Settings(BaseModel):
+    """How an `s3://` artifact store is reached. Unset fields fall back to the standard AWS
+    environment variables and files (`AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`,
+    `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, instance and container credentials)."""
+
+    # Any S3-compatible server (MinIO, Ceph, R2, ...): `http://minio:9000`. Unset: AWS S3.
+    endpoint_url: str | None = None
+    region: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: SecretStr | None = None
+
+
 class Settings(BaseSettings):
     """All of Maestro's settings; nested groups use `__`, e.g. `MAESTRO_TEMPORAL__ADDRESS`."""
 
@@ -164,6 +176,15 @@ class Settings(BaseSettings):
     database_pool_size: int = Field(default=POOL_SIZE, ge=1)
     database_max_overflow: int = Field(default=MAX_OVERFLOW, ge=0)
     data_dir: Path = Path(".maestro")
+    # Where artifacts and code packages are kept, shared by the API and every worker:
+    # `file:///path` (a directory; workers on several machines need it on shared storage) or
+    # `s3://bucket/prefix` (any S3-compatible object store, see `s3`). Unset: the directory
+    # `artifacts` under `data_dir`.
+    artifact_store: str | None = None
+    # Where a worker keeps its local copies of objects from an `s3://` store (models,
+    # checkpoints, code packages). Unset: `artifact-cache` under `data_dir`.
+    artifact_cache_dir: Path | None = None
+    s3: S3Settings = Field(default_factory=S3Settings)
     embedded_postgres_port: int = 55432
     temporal: TemporalSettings = Field(default_factory=TemporalSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
@@ -178,6 +199,30 @@ class Settings(BaseSettings):
     secrets_key: SecretStr | None = None
     # Unset: `<data_dir>/secrets-key`, which `maestro up` creates (mode 0600) on first start.
     secrets_key_file: Path | None = None
+
+    @field_validator("artifact_store")
+    @classmethod
+    def _known_store(cls, url: str | None) -> str | None:
+        if url is None:
+            return None
+        scheme, sep, rest = url.partition("://")
+        if not sep or scheme not in ("file", "s3"):
+            raise ValueError("an artifact store URL is file:///path or s3://bucket/prefix")
+        if scheme == "s3" and not rest.split("/", 1)[0]:
+            raise ValueError("an s3:// artifact store URL names a bucket: s3://bucket/prefix")
+        if scheme == "file" and not rest.startswith("/"):
+            raise ValueError("a file:// artifact store URL has an absolute path: file:///path")
+        return url
+
+    @property
+    def artifact_store_url(self) -> str:
+        """The artifact store's URL, the default (`<data_dir>/artifacts`) filled in."""
+        return self.artifact_store or (self.data_dir.resolve() / "artifacts").as_uri()
+
+    @property
+    def artifact_cache_path(self) -> Path:
+        """Where local copies of an object store's artifacts are kept."""
+        return (self.artifact_cache_dir or self.data_dir / "artifact-cache").resolve()
 
     @property
     def secrets_key_path(self) -> Path:

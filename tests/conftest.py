@@ -40,6 +40,7 @@ from maestro.settings import (
 from maestro.signals import SignalBus
 from maestro.temporal_client import connect
 from tests.receiver import Receiver
+from tests.s3 import S3Server
 from workers.activities import ScheduleActivities, StepActivities
 from workers.main import new_worker, run_worker
 
@@ -126,6 +127,17 @@ def temporal_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """An S3-compatible server on loopback (moto), for the object-store artifact store."""
+    server = S3Server(tmp_path_factory.mktemp("s3"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

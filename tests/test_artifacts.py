@@ -1,26 +1,194 @@
-"""The local artifact store's byte objects (code packages and other content stored by key)."""
+"""The artifact stores, local directory and S3-compatible object store (against moto's server
+on loopback): files, directories and byte objects round trip; a missing artifact is a clear
+error; concurrent readers of one object share one local copy."""
 
 from __future__ import annotations
 
+import hashlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
-from maestro.artifacts import LocalArtifactStore
+from maestro.artifacts import (
+    ArtifactStore,
+    LocalArtifactStore,
+    ObjectArtifactStore,
+    open_store,
+)
+from maestro.errors import ArtifactNotFound
+from maestro.settings import S3Settings, Settings
+from tests.s3 import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, S3Server
 
 
-def test_put_bytes_round_trips_and_replaces(tmp_path: Path) -> None:
-    store = LocalArtifactStore(tmp_path / "artifacts")
+def s3_settings(server: S3Server, tmp_path: Path, bucket: str, prefix: str = "maestro") -> Settings:
+    return Settings(
+        data_dir=tmp_path / "data",
+        artifact_store=f"s3://{bucket}/{prefix}",
+        s3=S3Settings(
+            endpoint_url=server.endpoint,
+            region=REGION,
+            access_key_id=ACCESS_KEY_ID,
+            secret_access_key=SECRET_ACCESS_KEY,
+        ),
+    )
+
+
+@pytest.fixture(params=["file", "s3"])
+def store(request, tmp_path: Path) -> ArtifactStore:
+    if request.param == "file":
+        return open_store(Settings(data_dir=tmp_path / "data"))
+    server: S3Server = request.getfixturevalue("s3_server")
+    return open_store(s3_settings(server, tmp_path, server.new_bucket()))
+
+
+def test_open_store_follows_the_url(tmp_path: Path, s3_server: S3Server) -> None:
+    default = open_store(Settings(data_dir=tmp_path / "data"))
+    assert isinstance(default, LocalArtifactStore)
+    assert default.root == (tmp_path / "data" / "artifacts").resolve()
+    elsewhere = open_store(Settings(artifact_store=(tmp_path / "shared").as_uri()))
+    assert isinstance(elsewhere, LocalArtifactStore) and elsewhere.root == tmp_path / "shared"
+    bucket = s3_server.new_bucket()
+    remote = open_store(s3_settings(s3_server, tmp_path, bucket, "team/ml"))
+    assert isinstance(remote, ObjectArtifactStore)
+    assert remote.uri("code/x.zip") == f"s3://{bucket}/team/ml/code/x.zip"
+    assert remote.cache_dir == (tmp_path / "data" / "artifact-cache").resolve()
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("gs://bucket/x", "file:///path or s3://bucket/prefix"),
+        ("/var/lib/maestro", "file:///path or s3://bucket/prefix"),
+        ("s3:///prefix", "names a bucket"),
+        ("file://relative/dir", "absolute path"),
+    ],
+)
+def test_a_bad_store_url_is_refused_naming_the_setting(url: str, message: str) -> None:
+    with pytest.raises(ValidationError, match=message) as caught:
+        Settings(artifact_store=url)
+    assert caught.value.errors()[0]["loc"] == ("artifact_store",)
+
+
+def test_a_file_round_trips(store: ArtifactStore, tmp_path: Path) -> None:
+    source = tmp_path / "model.pkl"
+    source.write_bytes(b"weights" * 1000)
+    stored = store.put(source, run_id="r1", step_id="train", name="model")
+    assert stored.uri.split("://")[0] in ("file", "s3")
+    assert stored.uri.endswith("/r1/train/model")
+    assert stored.size == 7000
+    assert stored.sha256 == hashlib.sha256(b"weights" * 1000).hexdigest()
+    assert store.local_path(stored.uri).read_bytes() == b"weights" * 1000
+    assert store.get_bytes(stored.uri) == b"weights" * 1000
+
+
+def test_a_directory_round_trips_and_a_retry_replaces_it(
+    store: ArtifactStore, tmp_path: Path
+) -> None:
+    source = tmp_path / "checkpoint"
+    (source / "shards").mkdir(parents=True)
+    (source / "config.json").write_text("{}")
+    (source / "shards" / "0.bin").write_bytes(b"\x00\x01")
+    (source / "shards" / "1.bin").write_bytes(b"\x02")
+    first = store.put(source, run_id="r1", step_id="train", name="checkpoint")
+    local = store.local_path(first.uri)
+    assert local.is_dir() and local.name == "checkpoint"
+    assert sorted(str(p.relative_to(local)) for p in local.rglob("*") if p.is_file()) == [
+        "config.json",
+        "shards/0.bin",
+        "shards/1.bin",
+    ]
+    assert (local / "shards" / "0.bin").read_bytes() == b"\x00\x01"
+    assert first.size == 5
+
+    # A retried attempt stores something else under the same name: readers see only that.
+    (source / "shards" / "1.bin").unlink()
+    (source / "config.json").write_text('{"epochs": 2}')
+    again = store.put(source, run_id="r1", step_id="train", name="checkpoint")
+    assert again.uri == first.uri and again.sha256 != first.sha256
+    local = store.local_path(again.uri)
+    assert sorted(p.name for p in local.rglob("*") if p.is_file()) == ["0.bin", "config.json"]
+    assert (local / "config.json").read_text() == '{"epochs": 2}'
+
+
+def test_names_sharing_a_prefix_stay_apart(store: ArtifactStore, tmp_path: Path) -> None:
+    (tmp_path / "a").write_text("model")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "f").write_text("model2")
+    one = store.put(tmp_path / "a", run_id="r", step_id="s", name="model")
+    two = store.put(tmp_path / "b", run_id="r", step_id="s", name="model2")
+    assert store.local_path(one.uri).read_text() == "model"
+    assert (store.local_path(two.uri) / "f").read_text() == "model2"
+
+
+def test_byte_objects_round_trip_and_replace(store: ArtifactStore) -> None:
     uri = store.put_bytes("code/ab/abcd.zip", b"first")
-    assert uri.startswith("file://")
+    assert uri == store.uri("code/ab/abcd.zip")
     assert store.get_bytes(uri) == b"first"
     assert store.put_bytes("code/ab/abcd.zip", b"second") == uri
     assert store.get_bytes(uri) == b"second"
-    assert not list((tmp_path / "artifacts").rglob("*.partial"))
+    assert store.local_path(uri).read_bytes() == b"second"
 
 
-def test_put_bytes_refuses_keys_outside_the_store(tmp_path: Path) -> None:
-    store = LocalArtifactStore(tmp_path / "artifacts")
-    with pytest.raises(ValueError, match="inside the store"):
-        store.put_bytes("../escape.txt", b"x")
+def test_missing_artifacts_are_a_clear_error(store: ArtifactStore, tmp_path: Path) -> None:
+    missing = store.uri("code/nothing-here.zip")
+    with pytest.raises(ArtifactNotFound, match=f"artifact {missing} does not exist"):
+        store.get_bytes(missing)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        store.local_path(missing)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        store.put(tmp_path / "absent", run_id="r", step_id="s", name="model")
+
+
+def test_keys_stay_inside_the_store(store: ArtifactStore, tmp_path: Path) -> None:
+    for key in ("../escape.txt", "/abs.txt", "a//b", "a/./b"):
+        with pytest.raises(ValueError, match="inside the store"):
+            store.put_bytes(key, b"x")
     assert not (tmp_path / "escape.txt").exists()
+
+
+def test_an_object_store_refuses_uris_of_other_buckets(tmp_path: Path, s3_server) -> None:
+    store = open_store(s3_settings(s3_server, tmp_path, s3_server.new_bucket()))
+    with pytest.raises(ValueError, match="not an object of this store"):
+        store.get_bytes("s3://another-bucket/x")
+
+
+def test_concurrent_readers_share_one_local_copy(tmp_path: Path, s3_server: S3Server) -> None:
+    """Readers in several threads and two worker processes' stores (one cache directory each,
+    or a shared one) all get the whole artifact, and one copy per cache."""
+    settings = s3_settings(s3_server, tmp_path, s3_server.new_bucket())
+    writer = open_store(settings)
+    source = tmp_path / "model"
+    source.mkdir()
+    for i in range(8):
+        (source / f"part-{i}").write_bytes(bytes([i]) * 100_000)
+    uri = writer.put(source, run_id="r", step_id="train", name="model").uri
+
+    readers = [open_store(settings) for _ in range(4)]
+    with ThreadPoolExecutor(16) as pool:
+        paths = list(pool.map(lambda i: readers[i % 4].local_path(uri), range(32)))
+    assert len(set(paths)) == 1
+    [path] = set(paths)
+    for i in range(8):
+        assert (path / f"part-{i}").read_bytes() == bytes([i]) * 100_000
+    cache = settings.artifact_cache_path
+    assert [p.name for p in cache.iterdir()] == [path.parent.name], "no partial copies left"
+
+
+def test_a_replaced_object_is_fetched_again(tmp_path: Path, s3_server: S3Server) -> None:
+    store = open_store(s3_settings(s3_server, tmp_path, s3_server.new_bucket()))
+    uri = store.put_bytes("checkpoints/r/train", b"epoch 1")
+    first = store.local_path(uri)
+    store.put_bytes("checkpoints/r/train", b"epoch 2")
+    assert store.local_path(uri).read_bytes() == b"epoch 2"
+    assert first.read_bytes() == b"epoch 1", "a copy being read is not overwritten"
+
+
+def test_local_store_reads_existing_file_uris_and_refuses_others(tmp_path: Path) -> None:
+    store = LocalArtifactStore(tmp_path / "artifacts")
+    elsewhere = tmp_path / "x.txt"
+    elsewhere.write_text("x")
+    assert store.local_path(elsewhere.as_uri()) == elsewhere
+    with pytest.raises(ValueError, match="file:// URIs only"):
+        store.local_path("s3://bucket/x")

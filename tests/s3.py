@@ -1,0 +1,57 @@
+"""An S3-compatible server on loopback for tests: moto's server mode, standing in for a cloud
+object store (or MinIO), in a process of its own that is stopped by PID."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import httpx
+
+from maestro.embedded import free_port, wait_for_port
+
+# moto checks no signatures; the store signs its requests with these all the same.
+ACCESS_KEY_ID = "maestro-test"
+SECRET_ACCESS_KEY = "maestro-test-secret"
+REGION = "us-east-1"
+
+
+class S3Server:
+    """`python -m moto.server` on 127.0.0.1 and a free port."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self._log = log_dir / "s3-server.log"
+        self._proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        with self._log.open("wb") as log:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        wait_for_port("127.0.0.1", self.port, timeout=60)
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            self._proc.wait(20)
+
+    def new_bucket(self) -> str:
+        """A bucket of its own for one test."""
+        name = f"maestro-{uuid.uuid4().hex[:12]}"
+        httpx.put(f"{self.endpoint}/{name}", timeout=30).raise_for_status()
+        return name
+
+    def env(self) -> dict[str, str]:
+        """The MAESTRO_S3__* variables that point a Maestro process at this server."""
+        return {
+            "MAESTRO_S3__ENDPOINT_URL": self.endpoint,
+            "MAESTRO_S3__REGION": REGION,
+            "MAESTRO_S3__ACCESS_KEY_ID": ACCESS_KEY_ID,
+            "MAESTRO_S3__SECRET_ACCESS_KEY": SECRET_ACCESS_KEY,
+        }
