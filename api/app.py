@@ -29,6 +29,7 @@ from api.routes import (
 from api.schemas import ErrorBody
 from maestro import __version__
 from maestro.actions import RunActions
+from maestro.artifacts import open_store
 from maestro.db.engine import create_engine, session_factory
 from maestro.definitions import WorkflowDefinition
 from maestro.definitions_cache import DefinitionsCache
@@ -123,6 +124,8 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.registry = Registry(sessions, app.state.bus)
         app.state.schedules = Schedules(sessions, app.state.runs, client, settings.temporal)
         app.state.workflows = WorkflowsService(sessions, app.state.runs, app.state.schedules)
+        # The store the workers use: code packages and artifacts are read and written there.
+        app.state.artifacts = open_store(settings)
         yield
         await app.state.runs.close()
         try:

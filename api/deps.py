@@ -11,6 +11,7 @@ from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from maestro.actions import RunActions
+from maestro.artifacts import ArtifactStore
 from maestro.ends import RunEnds
 from maestro.keys import KeyCache
 from maestro.registry import Registry
@@ -69,6 +70,10 @@ async def get_secret_box(request: Request) -> SecretBox | None:
     return request.app.state.secret_box
 
 
+async def get_artifact_store(request: Request) -> ArtifactStore:
+    return request.app.state.artifacts
+
+
 async def get_key_cache(request: Request) -> KeyCache:
     return request.app.state.key_cache
 
@@ -85,3 +90,4 @@ SessionsDep = Annotated[async_sessionmaker[AsyncSession], Depends(get_sessions)]
 RegistryDep = Annotated[Registry, Depends(get_registry)]
 SecretBoxDep = Annotated[SecretBox | None, Depends(get_secret_box)]
 KeyCacheDep = Annotated[KeyCache, Depends(get_key_cache)]
+ArtifactStoreDep = Annotated[ArtifactStore, Depends(get_artifact_store)]

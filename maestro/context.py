@@ -8,6 +8,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
+from maestro.artifacts import ArtifactStore, LocalArtifactStore
+from maestro.errors import ArtifactNotFound
+
 
 @dataclass
 class StepContext:
@@ -37,6 +40,9 @@ class StepContext:
     # The step's `retry.max_attempts` (steps that count their own failures, like polling).
     max_attempts: int = 1
     _made: set[Path] = field(default_factory=set, repr=False)
+    # The worker's artifact store; unset: files only (`local_path` of `file://` URIs, and
+    # checkpoints under the run's directory).
+    _store: ArtifactStore | None = field(default=None, repr=False)
 
     def _made_dir(self, path: Path) -> Path:
         if path not in self._made:
@@ -61,11 +67,33 @@ class StepContext:
         return self._made_dir(self._artifact_dir)
 
     def local_path(self, uri: str) -> Path:
-        """A local path for a `file://` artifact URI (as found in upstream outputs)."""
+        """A local path to read the artifact at `uri` (as found in upstream outputs) from: the
+        file itself in a local store, a copy in this worker's cache from an object store."""
         parsed = urlparse(uri)
-        if parsed.scheme not in ("file", ""):
-            raise ValueError(f"{uri!r} is not a local artifact")
-        return Path(unquote(parsed.path))
+        if self._store is None or parsed.scheme == "":
+            if parsed.scheme not in ("file", ""):
+                raise ValueError(f"{uri!r} is not a local artifact")
+            return Path(unquote(parsed.path))
+        return self._store.local_path(uri)
+
+    def _checkpoints(self) -> tuple[ArtifactStore, str]:
+        store = self._store or LocalArtifactStore(self._work_dir / ".checkpoints")
+        return store, f"checkpoints/{self.run_id}/{self.step_id}"
+
+    def save_checkpoint(self, data: bytes) -> None:
+        """Keep `data` as this step's checkpoint in the artifact store, replacing the last one
+        (written whole or not at all): a retried attempt reads it with `load_checkpoint()`,
+        on whichever worker it runs."""
+        store, key = self._checkpoints()
+        store.put_bytes(key, data)
+
+    def load_checkpoint(self) -> bytes | None:
+        """The checkpoint an earlier attempt of this step in this run saved, or None."""
+        store, key = self._checkpoints()
+        try:
+            return store.get_bytes(store.uri(key))
+        except ArtifactNotFound:
+            return None
 
     def progress(self, details: Any) -> None:
         """Report progress (sent to Temporal as heartbeat details; thread-safe)."""

@@ -192,3 +192,58 @@ def test_local_store_reads_existing_file_uris_and_refuses_others(tmp_path: Path)
     assert store.local_path(elsewhere.as_uri()) == elsewhere
     with pytest.raises(ValueError, match="file:// URIs only"):
         store.local_path("s3://bucket/x")
+
+
+def step_context(tmp_path: Path, store: ArtifactStore | None, step_id: str = "train"):
+    from maestro.context import StepContext
+
+    return StepContext(
+        run_id="run-1",
+        workflow_id="wf",
+        run_number=1,
+        step_id=step_id,
+        attempt=1,
+        params={},
+        args={},
+        upstream={},
+        _work_dir=tmp_path / "work" / "run-1",
+        _store=store,
+    )
+
+
+def test_checkpoints_live_in_the_store_and_are_the_steps_own(
+    store: ArtifactStore, tmp_path: Path
+) -> None:
+    """A checkpoint saved on one worker is read on another (a second context and work dir over
+    the same store); each step of a run has its own."""
+    first = step_context(tmp_path / "a", store)
+    assert first.load_checkpoint() is None
+    first.save_checkpoint(b"epoch 1")
+    first.save_checkpoint(b"epoch 2")
+    elsewhere = step_context(tmp_path / "b", store)
+    assert elsewhere.load_checkpoint() == b"epoch 2"
+    assert step_context(tmp_path / "b", store, step_id="evaluate").load_checkpoint() is None
+
+
+def test_step_context_reads_artifacts_through_the_store(
+    store: ArtifactStore, tmp_path: Path
+) -> None:
+    (tmp_path / "model.pkl").write_bytes(b"model")
+    uri = store.put(tmp_path / "model.pkl", run_id="r", step_id="train", name="model").uri
+    ctx = step_context(tmp_path / "reader", store)
+    assert ctx.local_path(uri).read_bytes() == b"model"
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        ctx.local_path(uri + "-missing")
+
+
+def test_a_context_without_a_store_reads_files_and_keeps_checkpoints_in_its_work_dir(
+    tmp_path: Path,
+) -> None:
+    ctx = step_context(tmp_path, None)
+    (tmp_path / "f.txt").write_text("x")
+    assert ctx.local_path((tmp_path / "f.txt").as_uri()) == tmp_path / "f.txt"
+    with pytest.raises(ValueError, match="not a local artifact"):
+        ctx.local_path("s3://bucket/key")
+    ctx.save_checkpoint(b"state")
+    assert step_context(tmp_path, None).load_checkpoint() == b"state"
+    assert str(tmp_path / "work" / "run-1") in str(next((tmp_path / "work").rglob("train")))

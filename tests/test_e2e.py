@@ -299,9 +299,7 @@ async def test_worker_killed_during_training_and_the_pipeline_still_succeeds(
     worker = next(p for p in processes.procs if p.args[-1] == "worker" and p.poll() is None)
     run = await start(http, wid)
     await wait_for_step(http, run["run_id"], "train", "running")
-    checkpoint = (
-        settings.worker.work_root_dir() / run["run_id"] / "train" / "artifacts" / "checkpoint.pkl"
-    )
+    checkpoint = settings.data_dir.resolve() / "artifacts" / "checkpoints" / run["run_id"] / "train"
     for _ in range(100):
         if checkpoint.exists():
             break

@@ -378,6 +378,7 @@ class StepActivities:
             _artifact_dir=work_dir / records.name / "artifacts",
             _report=progress.report,
             max_attempts=step.retry.max_attempts,
+            _store=self._services.artifacts,
         )
         activity.logger.info("step attempt started", extra=log_extra)
         heartbeats = asyncio.create_task(self._heartbeat(progress, info.heartbeat_timeout))

@@ -19,7 +19,7 @@ from temporalio.client import Client
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
-from maestro.artifacts import LocalArtifactStore
+from maestro.artifacts import open_store
 from maestro.db.engine import create_engine, session_factory
 from maestro.definitions_cache import DefinitionsCache
 from maestro.errors import ConfigurationError
@@ -209,7 +209,7 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
         sessions,
         work_root(settings),
         bus,
-        LocalArtifactStore(settings.data_dir.resolve() / "artifacts"),
+        open_store(settings),
         policy=settings.worker,
         secret_box=SecretBox.from_settings(settings),
         outbound=settings.outbound,

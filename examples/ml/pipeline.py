@@ -1,6 +1,6 @@
 """Step functions of the reference pipeline, on scikit-learn's bundled digits data set (no
-downloads). Training reports progress per epoch and resumes from its last checkpoint when a
-retried attempt starts (after a worker crash, say)."""
+downloads). Training reports progress per epoch and resumes from its last checkpoint (kept in
+the artifact store) when a retried attempt starts, after a worker crash say, on any worker."""
 
 from __future__ import annotations
 
@@ -34,16 +34,16 @@ def train_digits(ctx: StepContext) -> dict:
     epochs = int(ctx.args.get("epochs", 8))
     pause = float(ctx.args.get("epoch_seconds", 0.0))
     x_train, _, y_train, _ = _split(ctx.data)
-    checkpoint = ctx.artifact_dir / "checkpoint.pkl"
     start = 0
     alpha = float(ctx.args.get("alpha", 1e-4))
     model = SGDClassifier(loss="log_loss", alpha=alpha, random_state=0)
-    if ctx.previous_progress and checkpoint.exists():
-        start = int(ctx.previous_progress["epoch"])
-        model = pickle.loads(checkpoint.read_bytes())
+    saved = ctx.load_checkpoint() if ctx.previous_progress else None
+    if saved is not None:
+        # The epoch travels with the model: the last progress may not have reached Temporal.
+        start, model = pickle.loads(saved)
     for epoch in range(start, epochs):
         model.partial_fit(x_train, y_train, classes=CLASSES)
-        checkpoint.write_bytes(pickle.dumps(model))
+        ctx.save_checkpoint(pickle.dumps((epoch + 1, model)))
         ctx.progress({"epoch": epoch + 1, "of": epochs, "pct": round(100 * (epoch + 1) / epochs)})
         time.sleep(pause)
     (ctx.artifact_dir / "model.pkl").write_bytes(pickle.dumps(model))

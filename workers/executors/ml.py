@@ -3,6 +3,7 @@ champion/challenger) and `deploy` (stage promotion + `model.deployed`)."""
 
 from __future__ import annotations
 
+import asyncio
 import operator
 from typing import Any
 
@@ -90,7 +91,8 @@ async def run_evaluate(ctx: StepContext, spec: EvaluateParams, services: Service
 
     candidate, champion = await services.transaction(read)
     ctx.args, ctx.data = spec.args, spec.data
-    ctx.model_path = services.artifacts.local_path(candidate.artifact_uri)
+    # From an object store, a download into this worker's cache: off the event loop.
+    ctx.model_path = await asyncio.to_thread(services.artifacts.local_path, candidate.artifact_uri)
     result = await call_entrypoint(spec.entrypoint, ctx)
     metrics = _metrics(result, spec.entrypoint)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -39,7 +40,10 @@ class Services:
             source = Path(path)
             if not source.is_absolute() and ctx.artifact_dir is not None:
                 source = ctx.artifact_dir / source
-            artifact = self.artifacts.put(source, run_id=ctx.run_id, step_id=ctx.step_id, name=name)
+            # Off the event loop: an object store uploads over the network, heartbeats go on.
+            artifact = await asyncio.to_thread(
+                self.artifacts.put, source, run_id=ctx.run_id, step_id=ctx.step_id, name=name
+            )
             await self.transaction(
                 functools.partial(
                     models_db.record_artifact,
