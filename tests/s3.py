@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 
 from maestro.embedded import free_port, wait_for_port
+from maestro.settings import S3Settings, Settings
 
 # moto checks no signatures; the store signs its requests with these all the same.
 ACCESS_KEY_ID = "maestro-test"
@@ -55,3 +56,16 @@ class S3Server:
             "MAESTRO_S3__ACCESS_KEY_ID": ACCESS_KEY_ID,
             "MAESTRO_S3__SECRET_ACCESS_KEY": SECRET_ACCESS_KEY,
         }
+
+    def settings(self, bucket: str, data_dir: Path, prefix: str = "maestro") -> Settings:
+        """Settings whose artifact store is `s3://<bucket>/<prefix>` on this server."""
+        return Settings(
+            data_dir=data_dir,
+            artifact_store=f"s3://{bucket}/{prefix}",
+            s3=S3Settings(
+                endpoint_url=self.endpoint,
+                region=REGION,
+                access_key_id=ACCESS_KEY_ID,
+                secret_access_key=SECRET_ACCESS_KEY,
+            ),
+        )

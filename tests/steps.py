@@ -76,6 +76,12 @@ def train_interrupted(ctx: StepContext) -> dict:
     }
 
 
+def digest_of(ctx: StepContext) -> dict:
+    """The SHA-256 of the artifact at `args.uri`, read through the worker's store."""
+    path = ctx.local_path(ctx.args["uri"])
+    return {"sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "path": str(path)}
+
+
 def whoami(ctx: StepContext) -> dict:
     """Which worker process ran this step."""
     time.sleep(ctx.args.get("seconds", 0.2))

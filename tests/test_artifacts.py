@@ -18,21 +18,8 @@ from maestro.artifacts import (
     open_store,
 )
 from maestro.errors import ArtifactNotFound
-from maestro.settings import S3Settings, Settings
-from tests.s3 import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, S3Server
-
-
-def s3_settings(server: S3Server, tmp_path: Path, bucket: str, prefix: str = "maestro") -> Settings:
-    return Settings(
-        data_dir=tmp_path / "data",
-        artifact_store=f"s3://{bucket}/{prefix}",
-        s3=S3Settings(
-            endpoint_url=server.endpoint,
-            region=REGION,
-            access_key_id=ACCESS_KEY_ID,
-            secret_access_key=SECRET_ACCESS_KEY,
-        ),
-    )
+from maestro.settings import Settings
+from tests.s3 import S3Server
 
 
 @pytest.fixture(params=["file", "s3"])
@@ -40,7 +27,7 @@ def store(request, tmp_path: Path) -> ArtifactStore:
     if request.param == "file":
         return open_store(Settings(data_dir=tmp_path / "data"))
     server: S3Server = request.getfixturevalue("s3_server")
-    return open_store(s3_settings(server, tmp_path, server.new_bucket()))
+    return open_store(server.settings(server.new_bucket(), tmp_path / "data"))
 
 
 def test_open_store_follows_the_url(tmp_path: Path, s3_server: S3Server) -> None:
@@ -50,7 +37,7 @@ def test_open_store_follows_the_url(tmp_path: Path, s3_server: S3Server) -> None
     elsewhere = open_store(Settings(artifact_store=(tmp_path / "shared").as_uri()))
     assert isinstance(elsewhere, LocalArtifactStore) and elsewhere.root == tmp_path / "shared"
     bucket = s3_server.new_bucket()
-    remote = open_store(s3_settings(s3_server, tmp_path, bucket, "team/ml"))
+    remote = open_store(s3_server.settings(bucket, tmp_path / "data", "team/ml"))
     assert isinstance(remote, ObjectArtifactStore)
     assert remote.uri("code/x.zip") == f"s3://{bucket}/team/ml/code/x.zip"
     assert remote.cache_dir == (tmp_path / "data" / "artifact-cache").resolve()
@@ -149,7 +136,7 @@ def test_keys_stay_inside_the_store(store: ArtifactStore, tmp_path: Path) -> Non
 
 
 def test_an_object_store_refuses_uris_of_other_buckets(tmp_path: Path, s3_server) -> None:
-    store = open_store(s3_settings(s3_server, tmp_path, s3_server.new_bucket()))
+    store = open_store(s3_server.settings(s3_server.new_bucket(), tmp_path / "data"))
     with pytest.raises(ValueError, match="not an object of this store"):
         store.get_bytes("s3://another-bucket/x")
 
@@ -157,7 +144,7 @@ def test_an_object_store_refuses_uris_of_other_buckets(tmp_path: Path, s3_server
 def test_concurrent_readers_share_one_local_copy(tmp_path: Path, s3_server: S3Server) -> None:
     """Readers in several threads and two worker processes' stores (one cache directory each,
     or a shared one) all get the whole artifact, and one copy per cache."""
-    settings = s3_settings(s3_server, tmp_path, s3_server.new_bucket())
+    settings = s3_server.settings(s3_server.new_bucket(), tmp_path / "data")
     writer = open_store(settings)
     source = tmp_path / "model"
     source.mkdir()
@@ -177,7 +164,7 @@ def test_concurrent_readers_share_one_local_copy(tmp_path: Path, s3_server: S3Se
 
 
 def test_a_replaced_object_is_fetched_again(tmp_path: Path, s3_server: S3Server) -> None:
-    store = open_store(s3_settings(s3_server, tmp_path, s3_server.new_bucket()))
+    store = open_store(s3_server.settings(s3_server.new_bucket(), tmp_path / "data"))
     uri = store.put_bytes("checkpoints/r/train", b"epoch 1")
     first = store.local_path(uri)
     store.put_bytes("checkpoints/r/train", b"epoch 2")
