@@ -7,10 +7,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# Steps run as this user. The artifact store's directory exists in the image, owned by it, so
-# that the volume docker-compose mounts there starts out writable for it.
+# Steps run as this user. The data directory, with the local copies of the artifact store's
+# objects (models, checkpoints, code packages), belongs to it.
 RUN useradd --system --uid 10001 --user-group --create-home --home-dir /home/maestro maestro \
-    && mkdir -p /var/lib/maestro/artifacts \
+    && mkdir -p /var/lib/maestro/artifact-cache \
     && chown -R maestro:maestro /var/lib/maestro
 
 # Only what `pip install .` needs: the project metadata (its readme included) and packages.

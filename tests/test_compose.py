@@ -13,6 +13,7 @@ import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import pytest
 import yaml
@@ -21,6 +22,7 @@ from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
 from api.app import create_app
+from maestro.artifacts import ObjectArtifactStore, open_store
 from maestro.cli import app as cli_app
 from maestro.db.engine import async_url
 from maestro.embedded import DYNAMIC_CONFIG_FILE, temporal_dev_server_command
@@ -227,6 +229,8 @@ def test_the_stack_has_its_services(compose):
         "postgres",
         "temporal",
         "temporal-ui",
+        "minio",
+        "minio-setup",
         "migrate",
         "api",
         "worker",
@@ -250,6 +254,8 @@ def test_third_party_images_are_pinned(compose):
         "postgres": "postgres:16",
         "temporal": "temporalio/auto-setup:",
         "temporal-ui": "temporalio/ui:",
+        "minio": "minio/minio:RELEASE.",
+        "minio-setup": "minio/minio:RELEASE.",
     }
     for name, prefix in expected.items():
         image = compose["services"][name]["image"]
@@ -466,8 +472,10 @@ def test_start_order(compose):
         assert depends_on(services[name]) == {
             "migrate": "service_completed_successfully",
             "temporal": "service_healthy",
+            "minio-setup": "service_completed_successfully",
         }, name
     assert depends_on(services["temporal-ui"]) == {"temporal": "service_healthy"}
+    assert depends_on(services["minio-setup"]) == {"minio": "service_healthy"}
     for name, service in services.items():
         for dependency, condition in depends_on(service).items():
             assert dependency in services, (name, dependency)
@@ -488,6 +496,9 @@ def test_published_ports(compose, clean_env):
     assert (8233, 8080) in {(p, t) for _, p, t in ports(services["temporal-ui"])}
     assert settings.temporal.ui_url.rstrip("/").endswith(":8233")
     assert not ports(services["migrate"])
+    # MinIO's S3 API and console answer this host only: Maestro reaches it inside the network.
+    assert ports(services["minio"]) == [("127.0.0.1", 9000, 9000), ("127.0.0.1", 9001, 9001)]
+    assert not ports(services["minio-setup"])
 
 
 def test_worker_scales(compose):
@@ -503,28 +514,59 @@ def test_postgres_keeps_its_data_in_a_named_volume(compose):
     assert named & set(compose.get("volumes") or {})
 
 
-def test_api_and_workers_share_one_artifact_volume(compose, clean_env):
-    """Artifacts (`<MAESTRO_DATA_DIR>/artifacts`, where the worker's store keeps them) live in
-    one named volume mounted writable into the API and every worker, not in each container."""
-    worker_main = (ROOT / "workers" / "main.py").read_text()
-    store = r'LocalArtifactStore\(settings\.data_dir\.resolve\(\) / "artifacts"\)'
-    assert re.search(store, worker_main)
-    sources = set()
+def test_minio_keeps_its_data_in_a_named_volume_and_has_a_healthcheck(compose):
+    minio = compose["services"]["minio"]
+    source, read_only = mounts(minio)["/data"]
+    assert source in (compose.get("volumes") or {}) and not read_only
+    assert minio["command"][:2] == ["server", "/data"]
+    assert healthcheck_command(minio) == ["CMD", "mc", "ready", "local"]
+    assert compose["services"]["minio-setup"]["restart"] == "no"
+
+
+@pytest.mark.parametrize(
+    "env",
+    [{}, {"MINIO_ROOT_USER": "ops", "MINIO_ROOT_PASSWORD": "long-s3cret", "MINIO_BUCKET": "ml"}],
+)
+def test_api_and_workers_keep_artifacts_in_the_minio_bucket(env, clean_env):
+    """The API and every worker use one S3 artifact store: MinIO's service and port, its
+    credentials, and the bucket the setup service creates; nothing is kept in a volume of
+    theirs (they stay stateless)."""
+    compose = load_compose(env)
+    services = compose["services"]
+    minio, setup = environment(services["minio"]), environment(services["minio-setup"])
+    bucket = setup["MINIO_BUCKET"]
+    assert bucket == env.get("MINIO_BUCKET", "maestro")
+    (script,) = services["minio-setup"]["command"]
+    assert services["minio-setup"]["entrypoint"] == ["/bin/sh", "-c"]
+    assert 'mc alias set store http://minio:9000 "$MINIO_ROOT_USER" "$MINIO_ROOT_PASSWORD"' in (
+        script
+    )
+    assert 'mc mb --ignore-existing "store/$MINIO_BUCKET"' in script
+    assert (setup["MINIO_ROOT_USER"], setup["MINIO_ROOT_PASSWORD"]) == (
+        minio["MINIO_ROOT_USER"],
+        minio["MINIO_ROOT_PASSWORD"],
+    )
+    assert len(minio["MINIO_ROOT_PASSWORD"]) >= 8, "MinIO refuses shorter passwords"
+    assert re.search(r"open_store\(settings\)", (ROOT / "workers" / "main.py").read_text())
     for name in ("api", "worker"):
-        service = compose["services"][name]
-        artifacts = str(settings_for(service, clean_env).data_dir / "artifacts")
-        assert artifacts in mounts(service), (name, service.get("volumes"))
-        source, read_only = mounts(service)[artifacts]
-        assert source in (compose.get("volumes") or {}), (name, source)  # named, not a bind
-        assert not read_only, name
-        sources.add(source)
-    assert len(sources) == 1, sources
-    # The image has the directory, owned by the user it runs as: a new volume copies both.
+        settings = settings_for(services[name], clean_env)
+        store = open_store(settings)
+        assert isinstance(store, ObjectArtifactStore), name
+        assert (store.bucket, store.prefix) == (bucket, "artifacts")
+        endpoint = urlparse(settings.s3.endpoint_url)
+        assert endpoint.hostname in services and endpoint.port == 9000, name
+        assert services[endpoint.hostname]["image"].startswith("minio/minio:")
+        assert settings.s3.access_key_id == minio["MINIO_ROOT_USER"]
+        assert settings.s3.secret_access_key is not None
+        assert settings.s3.secret_access_key.get_secret_value() == minio["MINIO_ROOT_PASSWORD"]
+        assert not services[name].get("volumes"), name
+    # The image's data directory (the artifact cache) belongs to the user it runs as.
     user = dockerfile_values("USER")[-1].split(":")[0]
-    setup = " && ".join(dockerfile_values("RUN"))
-    assert re.search(rf"mkdir -p {re.escape(artifacts)}(\s|$)", setup), setup
-    owned = re.findall(rf"chown -R {user}:\S+ (\S+)", setup)
-    assert any(artifacts.startswith(path.rstrip("/") + "/") for path in owned), setup
+    setup_runs = " && ".join(dockerfile_values("RUN"))
+    cache = str(settings.artifact_cache_path)
+    assert re.search(rf"mkdir -p {re.escape(cache)}(\s|$)", setup_runs), setup_runs
+    owned = re.findall(rf"chown -R {user}:\S+ (\S+)", setup_runs)
+    assert any(cache.startswith(path.rstrip("/") + "/") for path in owned), setup_runs
 
 
 # --- the image ---------------------------------------------------------------------------
