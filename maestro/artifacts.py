@@ -261,7 +261,7 @@ class ObjectArtifactStore:
         target = entry / name
         if entry.exists():
             return target
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        self.cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         partial = self.cache_dir / f".partial-{uuid.uuid4().hex}"
         try:
             for meta in objects:
