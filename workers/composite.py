@@ -20,7 +20,14 @@ from temporalio.exceptions import (
 )
 from temporalio.workflow import ParentClosePolicy
 
-from workers.workflow_common import RECORD_RETRY, record, step_activity_options, when_holds
+from workers.workflow_common import (
+    RECORD_RETRY,
+    Readiness,
+    pending_steps,
+    record,
+    step_activity_options,
+    when_holds,
+)
 
 with workflow.unsafe.imports_passed_through():
     from maestro.composites import (
@@ -251,33 +258,25 @@ class _Iteration:
         return ("failed" if bad else "succeeded"), self.error
 
     def _schedule(self, running: dict[str, asyncio.Task[StepResult]]) -> None:
-        progressed = True
-        while progressed:
-            progressed = False
-            for step_id in self.order:
-                if self.status[step_id] is not StepStatus.pending:
+        for step, readiness, blocked in pending_steps(
+            self.order, self.steps, self.status.__getitem__
+        ):
+            if blocked is not None:
+                self.status[step.id] = StepStatus.skipped
+                continue
+            if readiness is not Readiness.ready:
+                continue
+            if step.when is not None:
+                try:
+                    go = when_holds(step, self.context(), self.roots)
+                except ExpressionError as exc:
+                    self._failed(step, f"expression error: {exc}")
                     continue
-                step = self.steps[step_id]
-                deps = [self.status[d] for d in step.depends_on]
-                if any(d.is_terminal and not d.lets_downstream_run for d in deps):
-                    self.status[step_id] = StepStatus.skipped
-                    progressed = True
+                if not go:
+                    self.status[step.id] = StepStatus.skipped
                     continue
-                if not all(d.lets_downstream_run for d in deps):
-                    continue
-                if step.when is not None:
-                    try:
-                        go = when_holds(step, self.context(), self.roots)
-                    except ExpressionError as exc:
-                        self._failed(step, f"expression error: {exc}")
-                        progressed = True
-                        continue
-                    if not go:
-                        self.status[step_id] = StepStatus.skipped
-                        progressed = True
-                        continue
-                self.status[step_id] = StepStatus.running
-                running[step_id] = asyncio.create_task(self._execute(step))
+            self.status[step.id] = StepStatus.running
+            running[step.id] = asyncio.create_task(self._execute(step))
 
     def _finishes(self, step_id: str) -> bool:
         """Whether this step's success ends the iteration `succeeded`."""

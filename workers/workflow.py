@@ -20,6 +20,8 @@ from workers.composite import CompositeFailed, run_composite
 from workers.workflow_common import (
     FOLD_SUCCESSES_PATCH,
     RECORD_RETRY,
+    Readiness,
+    pending_steps,
     record,
     step_activity_options,
     when_holds,
@@ -336,53 +338,36 @@ class RunWorkflow:
             raise
 
     def _schedule(self, running: dict[str, asyncio.Task[StepResult]]) -> None:
-        progressed = True
-        while progressed:
-            progressed = False
-            for step_id in self._order:
-                if self._states[step_id].status is not StepStatus.pending:
-                    continue
-                if step_id in self._skip:
-                    self._set(
-                        step_id,
-                        StepStatus.skipped_manually,
-                        outputs={},
-                        error="skipped by an operator",
-                    )
-                    progressed = True
-                    continue
-                step = self._steps[step_id]
-                deps = [self._states[d] for d in step.depends_on]
-                blocked = next(
-                    (d for d in deps if d.status.is_terminal and not d.status.lets_downstream_run),
-                    None,
+        for step, readiness, blocked in pending_steps(
+            self._order, self._steps, lambda sid: self._states[sid].status
+        ):
+            step_id = step.id
+            if step_id in self._skip:
+                self._set(
+                    step_id, StepStatus.skipped_manually, outputs={}, error="skipped by an operator"
                 )
-                if blocked is not None:
-                    self._set(
-                        step_id,
-                        StepStatus.skipped,
-                        error=f"upstream step {blocked.step_id} is {blocked.status.value}",
-                    )
-                    progressed = True
+                continue
+            if blocked is not None:
+                self._set(
+                    step_id,
+                    StepStatus.skipped,
+                    error=f"upstream step {blocked} is {self._states[blocked].status.value}",
+                )
+                continue
+            if readiness is not Readiness.ready:
+                continue
+            if step.when is not None:
+                try:
+                    go = when_holds(step, self._context())
+                except ExpressionError as exc:
+                    self._step_failed(step, f"expression error: {exc}")
                     continue
-                if not all(d.status.lets_downstream_run for d in deps):
+                if not go:
+                    self._set(step_id, StepStatus.skipped, error=f"condition is false: {step.when}")
                     continue
-                if step.when is not None:
-                    try:
-                        go = when_holds(step, self._context())
-                    except ExpressionError as exc:
-                        self._step_failed(step, f"expression error: {exc}")
-                        progressed = True
-                        continue
-                    if not go:
-                        self._set(
-                            step_id, StepStatus.skipped, error=f"condition is false: {step.when}"
-                        )
-                        progressed = True
-                        continue
-                # Marked before the task runs so the next pass does not start it twice.
-                self._states[step_id].status = StepStatus.running
-                running[step_id] = asyncio.create_task(self._execute(step))
+            # Marked before the task runs so the next pass does not start it twice.
+            self._states[step_id].status = StepStatus.running
+            running[step_id] = asyncio.create_task(self._execute(step))
 
     async def _execute(self, step: Step) -> StepResult:
         assert self._input is not None

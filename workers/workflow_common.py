@@ -1,9 +1,11 @@
-"""What RunWorkflow and the composite steps' workflows share: recording and step activity
-options."""
+"""What RunWorkflow, the composite steps' workflows and local runs share: which steps are ready,
+recording and step activity options."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import timedelta
+from enum import StrEnum
 from typing import Any
 
 from temporalio import workflow
@@ -13,7 +15,12 @@ from temporalio.exceptions import CancelledError, FailureError
 with workflow.unsafe.imports_passed_through():
     from maestro.definitions import Step
     from maestro.expressions import RUN_ROOTS, ExpressionError, evaluate
-    from maestro.runtime import DEFAULT_HEARTBEAT_TIMEOUT, DEFAULT_STEP_TIMEOUT, recording_queue
+    from maestro.runtime import (
+        DEFAULT_HEARTBEAT_TIMEOUT,
+        DEFAULT_STEP_TIMEOUT,
+        StepStatus,
+        recording_queue,
+    )
 
 # Recording must outlive a database restart; it is idempotent, so it retries without limit.
 RECORD_RETRY = RetryPolicy(
@@ -33,6 +40,46 @@ LOCAL_RECORDING_PATCH = "local-recording"
 # Since this patch, a run's successes still unrecorded at its end (and emitting no signals) are
 # written by finish_run with the end, not by one more record_step_success before it.
 FOLD_SUCCESSES_PATCH = "fold-successes-into-end"
+
+
+class Readiness(StrEnum):
+    """What a pending step's dependencies allow."""
+
+    waiting = "waiting"  # some have not ended yet
+    blocked = "blocked"  # one ended in a way that stops downstream steps: the step is skipped
+    ready = "ready"  # all let it run (its `when` decides next)
+
+
+def pending_steps(
+    order: Sequence[str], steps: Mapping[str, Step], status: Callable[[str], StepStatus]
+) -> Iterator[tuple[Step, Readiness, str | None]]:
+    """Each pending step in `order` with what its dependencies allow (and the blocking upstream
+    step), pass after pass while the caller ends some of them (a skip, a failure): a step ended
+    in one pass can release or block others in the next. The caller sets each step's status
+    before taking the next one."""
+    progressed = True
+    while progressed:
+        progressed = False
+        for step_id in order:
+            if status(step_id) is not StepStatus.pending:
+                continue
+            step = steps[step_id]
+            blocked = next(
+                (
+                    d
+                    for d in step.depends_on
+                    if status(d).is_terminal and not status(d).lets_downstream_run
+                ),
+                None,
+            )
+            if blocked is not None:
+                yield step, Readiness.blocked, blocked
+            elif all(status(d).lets_downstream_run for d in step.depends_on):
+                yield step, Readiness.ready, None
+            else:
+                yield step, Readiness.waiting, None
+            if status(step_id).is_terminal:
+                progressed = True
 
 
 def when_holds(step: Step, context: dict[str, Any], roots: frozenset[str] = RUN_ROOTS) -> bool:
