@@ -59,7 +59,8 @@ from maestro.signals import Producer, SignalBus, SignalIn
 from maestro.steps import STEP_TYPES, secret_references, unsafe_params
 from workers.composite_activities import CompositeActivities
 from workers.database import outlasting_outage
-from workers.executors import EXECUTORS, Services
+from workers.executors import EXECUTORS
+from workers.executors.services import DatabaseServices
 from workers.workdirs import WorkRoot
 
 logger = logging.getLogger(__name__)
@@ -284,12 +285,12 @@ class StepActivities:
         self._bus = bus
         self._secret_box = secret_box
         store = artifacts or LocalArtifactStore(work_root.parent / "artifacts")
-        self._services = Services(
-            sessions,
-            store,
-            Registry(sessions, bus),
-            self._work_root,
-            Guard(outbound or OutboundSettings()),
+        self._services = DatabaseServices(
+            sessions=sessions,
+            artifacts=store,
+            registry=Registry(sessions, bus),
+            work_root=self._work_root,
+            guard=Guard(outbound or OutboundSettings()),
         )
         self._ends = RunEnds(sessions, bus.runs, bus) if bus is not None else None
         self.composites = CompositeActivities(

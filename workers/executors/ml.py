@@ -7,14 +7,10 @@ import asyncio
 import operator
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.exceptions import ApplicationError
 
 from maestro.context import StepContext
-from maestro.db import models as models_db
-from maestro.db.tables import ModelVersion
 from maestro.runtime import StepResult
-from maestro.signals import Producer
 from maestro.steps import DeployParams, EvaluateParams, TrainParams, parse_gate
 from workers.executors.python import call_entrypoint
 from workers.executors.services import Services
@@ -56,23 +52,12 @@ async def run_train(ctx: StepContext, spec: TrainParams, services: Services) -> 
     stored = await services.store_artifacts(
         ctx, {"model": result["model"], **result.get("artifacts", {})}
     )
-    version = await services.transaction(
-        lambda session: models_db.register_version(
-            session,
-            model_name=spec.model_name,
-            artifact_uri=stored["model"],
-            metrics=metrics,
-            params=spec.args,
-            data_ref=spec.data,
-            run_id=ctx.run_id,
-            step_id=ctx.step_id,
-        )
-    )
+    version = await services.register_model_version(ctx, spec, stored["model"], metrics)
     return StepResult(
         outputs={
             **extra,
             "model_name": spec.model_name,
-            "model_version": version.version,
+            "model_version": version,
             "model_uri": stored["model"],
             "metrics": metrics,
             "artifacts": stored,
@@ -81,28 +66,17 @@ async def run_train(ctx: StepContext, spec: TrainParams, services: Services) -> 
 
 
 async def run_evaluate(ctx: StepContext, spec: EvaluateParams, services: Services) -> StepResult:
-    async def read(session: AsyncSession) -> tuple[ModelVersion, ModelVersion | None]:
-        candidate = await models_db.get_version(session, spec.model_name, spec.model_version)
-        if spec.better_than is None:
-            return candidate, None
-        return candidate, await models_db.holder_of(
-            session, spec.model_name, spec.better_than.stage
-        )
-
-    candidate, champion = await services.transaction(read)
+    candidate, champion = await services.model_versions(
+        spec.model_name,
+        spec.model_version,
+        spec.better_than.stage if spec.better_than is not None else None,
+    )
     ctx.args, ctx.data = spec.args, spec.data
     # From an object store, a download into this worker's cache: off the event loop.
     ctx.model_path = await asyncio.to_thread(services.artifacts.local_path, candidate.artifact_uri)
     result = await call_entrypoint(spec.entrypoint, ctx)
     metrics = _metrics(result, spec.entrypoint)
-
-    async def merge_metrics(session: AsyncSession) -> None:
-        version = await models_db.get_version(
-            session, spec.model_name, spec.model_version, lock=True
-        )
-        version.metrics = {**version.metrics, **metrics}
-
-    await services.transaction(merge_metrics)
+    await services.merge_model_metrics(spec.model_name, spec.model_version, metrics)
     failures: list[str] = []
     for gate in spec.gates:
         metric, op, threshold = parse_gate(gate)
@@ -155,29 +129,15 @@ async def run_evaluate(ctx: StepContext, spec: EvaluateParams, services: Service
 
 
 async def run_deploy(ctx: StepContext, spec: DeployParams, services: Services) -> StepResult:
-    producer = Producer(
-        kind="step", workflow_id=ctx.workflow_id, run_id=ctx.run_id, step_id=ctx.step_id
+    previous, artifact_uri = await services.promote_model(
+        ctx, spec.model_name, spec.model_version, spec.stage
     )
-    promotion = await services.transaction(
-        lambda session: services.registry.promote_in(
-            session,
-            spec.model_name,
-            spec.model_version,
-            spec.stage,
-            reason=f"deploy step {ctx.step_id} of run {ctx.run_id}",
-            producer=producer,
-            run_id=ctx.run_id,
-            request_key=f"{ctx.run_id}:{ctx.step_id}",
-        )
-    )
-    if promotion.pending is not None:
-        await services.registry.after_commit(promotion.pending)
     return StepResult(
         outputs={
             "model_name": spec.model_name,
             "model_version": spec.model_version,
             "stage": spec.stage,
-            "previous_version": promotion.previous_version,
-            "model_uri": promotion.version.artifact_uri,
+            "previous_version": previous,
+            "model_uri": artifact_uri,
         }
     )
