@@ -25,6 +25,7 @@ from maestro.client_cli import (
     status_command,
     workflow_app,
 )
+from maestro.local_cli import run_local_command
 from maestro.settings import Settings
 
 app = typer.Typer(help="Maestro: event-triggered workflows on Temporal.", no_args_is_help=True)
@@ -36,6 +37,7 @@ app.add_typer(signal_app, name="signal")
 app.add_typer(models_app, name="models")
 app.add_typer(keys_app, name="keys")
 app.command("status")(status_command)
+app.command("run-local")(run_local_command)
 console = Output(stderr=True)
 
 

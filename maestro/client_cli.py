@@ -89,6 +89,14 @@ OutputOption = Annotated[
 ]
 
 
+ParamsArgument = Annotated[
+    list[str] | None,
+    typer.Argument(
+        metavar="KEY=VALUE", help="Params; VALUE is JSON when it parses as JSON, else a string."
+    ),
+]
+
+
 def _print_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
 
@@ -696,13 +704,7 @@ def workflow_delete(
 def run_start(
     ctx: typer.Context,
     workflow_id: str,
-    params: Annotated[
-        list[str] | None,
-        typer.Argument(
-            metavar="KEY=VALUE",
-            help="Params; VALUE is JSON when it parses as JSON, else a string.",
-        ),
-    ] = None,
+    params: ParamsArgument = None,
     version: Annotated[
         int | None, typer.Option(min=1, help="Run this version instead of the active one.")
     ] = None,

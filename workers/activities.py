@@ -27,6 +27,7 @@ from maestro.db import iterations as iterations_db
 from maestro.db import runs as runs_db
 from maestro.db.engine import autocommit
 from maestro.db.tables import Run, StepRun
+from maestro.definitions import Step
 from maestro.ends import RunEnds
 from maestro.errors import ConfigurationError, Forbidden, NotFound
 from maestro.expressions import ExpressionError, resolve_values
@@ -59,7 +60,7 @@ from maestro.signals import Producer, SignalBus, SignalIn
 from maestro.steps import STEP_TYPES, secret_references, unsafe_params
 from workers.composite_activities import CompositeActivities
 from workers.database import outlasting_outage
-from workers.executors import EXECUTORS
+from workers.executors import EXECUTORS, Executor
 from workers.executors.services import DatabaseServices
 from workers.workdirs import WorkRoot
 
@@ -123,6 +124,77 @@ class _Progress:
     def latest(self) -> Any:
         with self._lock:
             return self._details
+
+
+def step_executor(step: Step, params: dict[str, Any]) -> tuple[Executor, Any]:
+    """The executor of the step's type and its params validated; a step that cannot run as
+    defined fails for good."""
+    if unsafe := unsafe_params(step.type, step.params):
+        # Definitions stored before these checks ran at registration.
+        raise ApplicationError(
+            "; ".join(f"{'.'.join(map(str, p.loc))}: {p.msg}" for p in unsafe),
+            type="UnsafeStepParams",
+            non_retryable=True,
+        )
+    executor = EXECUTORS.get(step.type)
+    if executor is None:
+        raise ApplicationError(
+            f"this worker cannot run step type {step.type!r}",
+            type="UnknownStepType",
+            non_retryable=True,
+        )
+    try:
+        spec = STEP_TYPES[step.type].model_validate(params)
+    except ValidationError as exc:
+        raise ApplicationError(
+            f"invalid params for a {step.type} step: {exc}",
+            type="InvalidStepParams",
+            non_retryable=True,
+        ) from None
+    return executor, spec
+
+
+def step_failure(exc: Exception) -> ApplicationError:
+    """How a step's own exception fails its attempt: retryable, typed by its class."""
+    return ApplicationError(f"{type(exc).__name__}: {exc}", type=type(exc).__name__)
+
+
+def emitted_signals(step_input: StepInput, result: StepResult) -> list[SignalIn]:
+    """The step's `emits`, with expressions evaluated over the run and this step's outputs."""
+    step = step_input.step
+    if not step.emits:
+        return []
+    context = {
+        "params": step_input.run_params,
+        "steps": {
+            **{sid: {"outputs": out} for sid, out in step_input.upstream.items()},
+            step.id: {"outputs": result.outputs},
+        },
+        "run": {
+            "id": step_input.run_id,
+            "number": step_input.run_number,
+            "workflow_id": step_input.workflow_id,
+            "version": step_input.version,
+        },
+        "signals": step_input.signals,
+    }
+    try:
+        # Resolved together, so all the emits' expressions share one cost budget.
+        params = resolve_values([emit.params for emit in step.emits], context)
+        return [
+            SignalIn(
+                name=emit.name,
+                params=values,
+                request_id=f"emit:{step_input.run_id}:{step.id}:{i}",
+            )
+            for i, (emit, values) in enumerate(zip(step.emits, params, strict=True))
+        ]
+    except (ExpressionError, ValidationError) as exc:
+        raise ApplicationError(
+            f"cannot build the signals this step emits: {exc}",
+            type="InvalidEmit",
+            non_retryable=True,
+        ) from None
 
 
 # A step attempt that ends sooner than this has its start recorded with its end, in one
@@ -317,19 +389,11 @@ class StepActivities:
             "step_id": records.name,
             "attempt": info.attempt,
         }
-        executor = EXECUTORS.get(step.type)
         if self._policy.step_types and step.type not in self._policy.step_types:
             raise ApplicationError(
                 f"this worker does not run {step.type!r} steps (it runs "
                 f"{', '.join(self._policy.step_types)}); route the step with task_queue",
                 type="StepTypeNotAllowed",
-                non_retryable=True,
-            )
-        if unsafe := unsafe_params(step.type, step.params):
-            # Definitions stored before these checks ran at registration.
-            raise ApplicationError(
-                "; ".join(f"{'.'.join(map(str, p.loc))}: {p.msg}" for p in unsafe),
-                type="UnsafeStepParams",
                 non_retryable=True,
             )
         entrypoint = step_input.params.get("entrypoint")
@@ -343,20 +407,7 @@ class StepActivities:
                 type="EntrypointNotAllowed",
                 non_retryable=True,
             )
-        if executor is None:
-            raise ApplicationError(
-                f"this worker cannot run step type {step.type!r}",
-                type="UnknownStepType",
-                non_retryable=True,
-            )
-        try:
-            spec = STEP_TYPES[step.type].model_validate(step_input.params)
-        except ValidationError as exc:
-            raise ApplicationError(
-                f"invalid params for a {step.type} step: {exc}",
-                type="InvalidStepParams",
-                non_retryable=True,
-            ) from None
+        executor, spec = step_executor(step, step_input.params)
         work_dir = self._work_root.run_dir(step_input.run_id)
         previous = info.heartbeat_details[0] if info.heartbeat_details else None
         if info.attempt > 1:
@@ -408,7 +459,7 @@ class StepActivities:
                 raise failure from None
             if isinstance(exc, ApplicationError):
                 raise
-            raise ApplicationError(f"{type(exc).__name__}: {exc}", type=type(exc).__name__) from exc
+            raise step_failure(exc) from exc
         finally:
             heartbeats.cancel()
         metrics.STEP_DURATION.labels(step.type, "succeeded").observe(time.monotonic() - began)
@@ -432,7 +483,7 @@ class StepActivities:
         it to the workflow when the database is away."""
         step = step_input.step
         log_extra = {"run_id": step_input.run_id, "step_id": step.id, "attempt": info.attempt}
-        emitted = self._emitted(step_input, result)
+        emitted = emitted_signals(step_input, result)
         success = StepSuccess(
             run_id=step_input.run_id,
             workflow_id=step_input.workflow_id,
@@ -546,44 +597,6 @@ class StepActivities:
             raise ApplicationError(
                 f"step {step_input.step.id!r} cannot have its secrets: {exc.message}",
                 type="SecretUnavailable",
-                non_retryable=True,
-            ) from None
-
-    @staticmethod
-    def _emitted(step_input: StepInput, result: StepResult) -> list[SignalIn]:
-        """The step's `emits`, with expressions evaluated over the run and this step's outputs."""
-        step = step_input.step
-        if not step.emits:
-            return []
-        context = {
-            "params": step_input.run_params,
-            "steps": {
-                **{sid: {"outputs": out} for sid, out in step_input.upstream.items()},
-                step.id: {"outputs": result.outputs},
-            },
-            "run": {
-                "id": step_input.run_id,
-                "number": step_input.run_number,
-                "workflow_id": step_input.workflow_id,
-                "version": step_input.version,
-            },
-            "signals": step_input.signals,
-        }
-        try:
-            # Resolved together, so all the emits' expressions share one cost budget.
-            params = resolve_values([emit.params for emit in step.emits], context)
-            return [
-                SignalIn(
-                    name=emit.name,
-                    params=values,
-                    request_id=f"emit:{step_input.run_id}:{step.id}:{i}",
-                )
-                for i, (emit, values) in enumerate(zip(step.emits, params, strict=True))
-            ]
-        except (ExpressionError, ValidationError) as exc:
-            raise ApplicationError(
-                f"cannot build the signals this step emits: {exc}",
-                type="InvalidEmit",
                 non_retryable=True,
             ) from None
 

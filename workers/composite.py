@@ -22,11 +22,12 @@ from temporalio.workflow import ParentClosePolicy
 
 from workers.workflow_common import (
     RECORD_RETRY,
-    Readiness,
-    pending_steps,
+    Decision,
+    cancel_all,
+    carry_steps,
     record,
     step_activity_options,
-    when_holds,
+    step_decisions,
 )
 
 with workflow.unsafe.imports_passed_through():
@@ -235,48 +236,21 @@ class _Iteration:
 
     async def run(self) -> tuple[str, str | None]:
         """(status, error) of the iteration."""
-        running: dict[str, asyncio.Task[StepResult]] = {}
-        try:
-            while True:
-                self._schedule(running)
-                if not running:
-                    break
-                done, _ = await workflow.wait(
-                    list(running.values()), return_when=asyncio.FIRST_COMPLETED
-                )
-                for step_id, task in list(running.items()):
-                    if task in done:
-                        del running[step_id]
-                        self._settle(step_id, task)
-        except BaseException:
-            for task in running.values():
-                task.cancel()
-            if running:
-                await workflow.wait(list(running.values()))
-            raise
+        await carry_steps({}, self._schedule, self._settle)
         bad = [s for s in self.status.values() if s in _FAILING]
         return ("failed" if bad else "succeeded"), self.error
 
     def _schedule(self, running: dict[str, asyncio.Task[StepResult]]) -> None:
-        for step, readiness, blocked in pending_steps(
-            self.order, self.steps, self.status.__getitem__
+        for step, decision, why in step_decisions(
+            self.order, self.steps, self.status.__getitem__, self.context, self.roots
         ):
-            if blocked is not None:
+            if decision is Decision.fail:
+                self._failed(step, why or "")
+            elif decision is Decision.start:
+                self.status[step.id] = StepStatus.running
+                running[step.id] = asyncio.create_task(self._execute(step))
+            else:
                 self.status[step.id] = StepStatus.skipped
-                continue
-            if readiness is not Readiness.ready:
-                continue
-            if step.when is not None:
-                try:
-                    go = when_holds(step, self.context(), self.roots)
-                except ExpressionError as exc:
-                    self._failed(step, f"expression error: {exc}")
-                    continue
-                if not go:
-                    self.status[step.id] = StepStatus.skipped
-                    continue
-            self.status[step.id] = StepStatus.running
-            running[step.id] = asyncio.create_task(self._execute(step))
 
     def _finishes(self, step_id: str) -> bool:
         """Whether this step's success ends the iteration `succeeded`."""
@@ -468,10 +442,7 @@ class ForeachWorkflow:
                         for other in running:
                             other.cancel()
         except BaseException:
-            for task in running:
-                task.cancel()
-            if running:
-                await workflow.wait(list(running))
+            await cancel_all(running)
             raise
         return result
 

@@ -20,11 +20,11 @@ from workers.composite import CompositeFailed, run_composite
 from workers.workflow_common import (
     FOLD_SUCCESSES_PATCH,
     RECORD_RETRY,
-    Readiness,
-    pending_steps,
+    Decision,
     record,
+    run_end,
     step_activity_options,
-    when_holds,
+    step_decisions,
 )
 
 with workflow.unsafe.imports_passed_through():
@@ -164,14 +164,7 @@ class RunWorkflow:
                 raise asyncio.CancelledError()
             timeout = definition.timeout.total_seconds() if definition.timeout else None
             await asyncio.wait_for(self._drive(), timeout)
-            failed = [
-                s
-                for s in self._states.values()
-                if s.status in (StepStatus.failed, StepStatus.timed_out)
-            ]
-            self._status = RunStatus.failed if failed else RunStatus.succeeded
-            if failed:
-                self._error = "; ".join(f"step {s.step_id} {s.status}: {s.error}" for s in failed)
+            self._status, self._error = run_end(self._states.values())
         except _FailFast:
             self._status = RunStatus.failed
         except builtins.TimeoutError:
@@ -338,36 +331,23 @@ class RunWorkflow:
             raise
 
     def _schedule(self, running: dict[str, asyncio.Task[StepResult]]) -> None:
-        for step, readiness, blocked in pending_steps(
-            self._order, self._steps, lambda sid: self._states[sid].status
+        for step, decision, why in step_decisions(
+            self._order,
+            self._steps,
+            lambda sid: self._states[sid].status,
+            self._context,
+            skipped=self._skip,
         ):
-            step_id = step.id
-            if step_id in self._skip:
-                self._set(
-                    step_id, StepStatus.skipped_manually, outputs={}, error="skipped by an operator"
-                )
-                continue
-            if blocked is not None:
-                self._set(
-                    step_id,
-                    StepStatus.skipped,
-                    error=f"upstream step {blocked} is {self._states[blocked].status.value}",
-                )
-                continue
-            if readiness is not Readiness.ready:
-                continue
-            if step.when is not None:
-                try:
-                    go = when_holds(step, self._context())
-                except ExpressionError as exc:
-                    self._step_failed(step, f"expression error: {exc}")
-                    continue
-                if not go:
-                    self._set(step_id, StepStatus.skipped, error=f"condition is false: {step.when}")
-                    continue
-            # Marked before the task runs so the next pass does not start it twice.
-            self._states[step_id].status = StepStatus.running
-            running[step_id] = asyncio.create_task(self._execute(step))
+            if decision is Decision.skip_manually:
+                self._set(step.id, StepStatus.skipped_manually, outputs={}, error=why)
+            elif decision is Decision.skip:
+                self._set(step.id, StepStatus.skipped, error=why)
+            elif decision is Decision.fail:
+                self._step_failed(step, why or "")
+            else:
+                # Marked before the task runs so the next pass does not start it twice.
+                self._states[step.id].status = StepStatus.running
+                running[step.id] = asyncio.create_task(self._execute(step))
 
     async def _execute(self, step: Step) -> StepResult:
         assert self._input is not None

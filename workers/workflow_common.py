@@ -3,7 +3,16 @@ recording and step activity options."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import asyncio
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Collection,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from datetime import timedelta
 from enum import StrEnum
 from typing import Any
@@ -18,6 +27,7 @@ with workflow.unsafe.imports_passed_through():
     from maestro.runtime import (
         DEFAULT_HEARTBEAT_TIMEOUT,
         DEFAULT_STEP_TIMEOUT,
+        RunStatus,
         StepStatus,
         recording_queue,
     )
@@ -42,21 +52,27 @@ LOCAL_RECORDING_PATCH = "local-recording"
 FOLD_SUCCESSES_PATCH = "fold-successes-into-end"
 
 
-class Readiness(StrEnum):
-    """What a pending step's dependencies allow."""
+class Decision(StrEnum):
+    """What happens to a pending step whose turn came."""
 
-    waiting = "waiting"  # some have not ended yet
-    blocked = "blocked"  # one ended in a way that stops downstream steps: the step is skipped
-    ready = "ready"  # all let it run (its `when` decides next)
+    start = "start"  # its dependencies let it run and its `when` holds (or it has none)
+    skip = "skip"  # an upstream step blocks it, or its `when` is false
+    fail = "fail"  # its `when` cannot be evaluated
+    skip_manually = "skip_manually"  # an operator skipped it
 
 
-def pending_steps(
-    order: Sequence[str], steps: Mapping[str, Step], status: Callable[[str], StepStatus]
-) -> Iterator[tuple[Step, Readiness, str | None]]:
-    """Each pending step in `order` with what its dependencies allow (and the blocking upstream
-    step), pass after pass while the caller ends some of them (a skip, a failure): a step ended
-    in one pass can release or block others in the next. The caller sets each step's status
-    before taking the next one."""
+def step_decisions(
+    order: Sequence[str],
+    steps: Mapping[str, Step],
+    status: Callable[[str], StepStatus],
+    context: Callable[[], dict[str, Any]],
+    roots: frozenset[str] = RUN_ROOTS,
+    skipped: Collection[str] = (),
+) -> Iterator[tuple[Step, Decision, str | None]]:
+    """What happens to each pending step whose dependencies have all ended, or that an
+    operator skipped (`skipped`), in `order` (with why, unless it starts); pass after pass
+    while steps end in them: a step skipped or failed in one pass can release or block others
+    in the next. The caller sets each step's status before taking the next one."""
     progressed = True
     while progressed:
         progressed = False
@@ -64,22 +80,73 @@ def pending_steps(
             if status(step_id) is not StepStatus.pending:
                 continue
             step = steps[step_id]
+            deps = [(d, status(d)) for d in step.depends_on]
             blocked = next(
-                (
-                    d
-                    for d in step.depends_on
-                    if status(d).is_terminal and not status(d).lets_downstream_run
-                ),
-                None,
+                (d for d, s in deps if s.is_terminal and not s.lets_downstream_run), None
             )
-            if blocked is not None:
-                yield step, Readiness.blocked, blocked
-            elif all(status(d).lets_downstream_run for d in step.depends_on):
-                yield step, Readiness.ready, None
+            if step_id in skipped:
+                yield step, Decision.skip_manually, "skipped by an operator"
+            elif blocked is not None:
+                yield step, Decision.skip, f"upstream step {blocked} is {status(blocked).value}"
+            elif not all(s.lets_downstream_run for _, s in deps):
+                continue
+            elif step.when is None:
+                yield step, Decision.start, None
             else:
-                yield step, Readiness.waiting, None
+                try:
+                    go = when_holds(step, context(), roots)
+                except ExpressionError as exc:
+                    yield step, Decision.fail, f"expression error: {exc}"
+                else:
+                    if go:
+                        yield step, Decision.start, None
+                    else:
+                        yield step, Decision.skip, f"condition is false: {step.when}"
             if status(step_id).is_terminal:
                 progressed = True
+
+
+async def carry_steps(
+    running: dict[str, asyncio.Task[Any]],
+    schedule: Callable[[dict[str, asyncio.Task[Any]]], None],
+    settle: Callable[[str, asyncio.Task[Any]], None],
+    wait: Callable[..., Awaitable[Any]] = workflow.wait,
+) -> None:
+    """Start what `schedule` starts and `settle` each step task as it ends, until nothing runs.
+    On a failure or cancellation, cancel what still runs (left in `running`), wait for it and
+    raise. `wait`: workflow.wait in workflow code, asyncio.wait outside."""
+    try:
+        while True:
+            schedule(running)
+            if not running:
+                return
+            done, _ = await wait(list(running.values()), return_when=asyncio.FIRST_COMPLETED)
+            for step_id, task in list(running.items()):
+                if task in done:
+                    del running[step_id]
+                    settle(step_id, task)
+    except BaseException:
+        await cancel_all(running.values(), wait)
+        raise
+
+
+async def cancel_all(
+    tasks: Collection[asyncio.Task[Any]], wait: Callable[..., Awaitable[Any]] = workflow.wait
+) -> None:
+    """Cancel the tasks and wait until they all ended."""
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await wait(list(tasks))
+
+
+def run_end(steps: Iterable[Any]) -> tuple[RunStatus, str | None]:
+    """How a run whose steps (with `step_id`, `status`, `error`) all ended ends: failed if one
+    failed or timed out, saying which and why."""
+    failed = [s for s in steps if s.status in (StepStatus.failed, StepStatus.timed_out)]
+    if not failed:
+        return RunStatus.succeeded, None
+    return RunStatus.failed, "; ".join(f"step {s.step_id} {s.status}: {s.error}" for s in failed)
 
 
 def when_holds(step: Step, context: dict[str, Any], roots: frozenset[str] = RUN_ROOTS) -> bool:
