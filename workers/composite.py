@@ -289,7 +289,9 @@ class _Iteration:
                 workflow_id=run.workflow_id,
                 run_number=run.run_number,
                 version=run.version,
-                step=step,
+                # Its `when` held already; left in, it would fail the input's decoding in the
+                # activity, where the body's variables (`item`, `as`, ...) are not known.
+                step=step.model_copy(update={"when": None}),
                 params=params,
                 run_params=composite.context.get("params", {}),
                 upstream={d: self.outputs.get(d, {}) for d in step.depends_on},
