@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from maestro.definitions import WorkflowDefinition, parse_definition
 from maestro.documents import DocumentTooComplex, load_json, load_yaml
 from maestro.errors import InvalidInput, Problem
@@ -92,9 +94,7 @@ def load_definition_file(path: Path) -> WorkflowDefinition:
         data = load_json(raw) if path.suffix.lower() == ".json" else load_yaml(raw)
     except OSError as exc:
         raise _target_invalid(str(path), exc.strerror or str(exc)) from None
-    except (DocumentTooComplex, ValueError) as exc:
-        raise _target_invalid(str(path), str(exc)) from None
-    except Exception as exc:  # noqa: BLE001 - YAML's parser errors have no common base here
+    except (DocumentTooComplex, ValueError, yaml.YAMLError) as exc:
         raise _target_invalid(str(path), str(exc)) from None
     return parse_definition(data)
 
