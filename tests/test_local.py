@@ -406,3 +406,17 @@ def test_cli_run_local_rejects_bad_targets_and_params(tmp_path):
     assert result.exit_code == 2 and "workflow definition is invalid" in result.output
     result = cli.invoke(app, ["run-local", str(tmp_path / "missing.yaml")])
     assert result.exit_code == 2 and "cannot load" in result.output
+
+
+def test_triggers_read_as_words():
+    from maestro.local import load_definition_file
+    from maestro.triggers import describe_trigger
+
+    report = load_definition_file(EXAMPLES / "daily-report.yaml")
+    assert [describe_trigger(t) for t in report.triggers] == [
+        "when orders.loaded with rows > 0 and customers.loaded arrive with the same dt within 6h"
+    ]
+    training = load_definition_file(EXAMPLES / "ml" / "train.yaml")
+    assert [describe_trigger(t) for t in training.triggers] == [
+        'when table.partition.ready with table = "digits" arrives'
+    ]
