@@ -71,6 +71,12 @@ def iteration_path(path: str, index: int, step_id: str) -> str:
     return f"{path}[{index}].{step_id}"
 
 
+def subworkflow_request_id(parent_run_id: str, path: str) -> str:
+    """The request id of the child run a subworkflow step (at `path`) of a run starts: one
+    child per parent run and step."""
+    return f"subworkflow:{parent_run_id}:{path}"
+
+
 class RunRef(BaseModel):
     """The run a composite step belongs to."""
 

@@ -30,6 +30,7 @@ from maestro.composites import (
     PrepareResult,
     RecordIterationsInput,
     SubworkflowStart,
+    subworkflow_request_id,
 )
 from maestro.db import iterations as iterations_db
 from maestro.db import runs as runs_db
@@ -251,7 +252,9 @@ class CompositeActivities:
         async with self._sessions() as session:
             if parent.reuse_from:
                 earlier = await runs_db.find_by_request_id(
-                    session, spec.workflow, _request_id(parent.reuse_from, composite.path)
+                    session,
+                    spec.workflow,
+                    subworkflow_request_id(parent.reuse_from, composite.path),
                 )
                 if earlier is not None and earlier.status != RunStatus.succeeded:
                     steps = await runs_db.list_steps(session, earlier.run_id)
@@ -265,7 +268,7 @@ class CompositeActivities:
                         },
                     }
                     version, params = earlier.version, dict(earlier.params)
-        request_id = _request_id(parent.run_id, composite.path)
+        request_id = subworkflow_request_id(parent.run_id, composite.path)
         try:
             async with self._sessions.begin() as session:
                 run, _ = await self._runs.create_run(
@@ -285,10 +288,6 @@ class CompositeActivities:
                 non_retryable=True,
             ) from None
         return SubworkflowStart(run_input=self._runs.run_input(run))
-
-
-def _request_id(parent_run_id: str, path: str) -> str:
-    return f"subworkflow:{parent_run_id}:{path}"
 
 
 async def children_of(session: AsyncSession, run_id: str) -> list[Run]:
