@@ -79,6 +79,13 @@ def _module_allowed(entrypoint: str, allowed: list[str]) -> bool:
     return any(a == "*" or module == a or module.startswith(a + ".") for a in allowed)
 
 
+def _details(exc: BaseException) -> dict | None:
+    """What a failed attempt left to look at (a shell step's log tails), if anything."""
+    if isinstance(exc, ApplicationError) and exc.details and isinstance(exc.details[0], dict):
+        return exc.details[0]
+    return None
+
+
 def _masked_failure(exc: BaseException, mask: Masker) -> ApplicationError:
     """The failure of an attempt that held secrets, its text masked and without the original
     exception attached (whose message would reach Temporal unmasked)."""
@@ -267,9 +274,11 @@ class _Records:
             session, self.step_input.run_id, self.step_input.step.id, attempt, temporal_run_id, at
         )
 
-    async def attempt_failed(self, session: AsyncSession, attempt: int, error: str) -> None:
+    async def attempt_failed(
+        self, session: AsyncSession, attempt: int, error: str, details: dict | None = None
+    ) -> None:
         await runs_db.mark_attempt_failed(
-            session, self.step_input.run_id, self.step_input.step.id, attempt, error
+            session, self.step_input.run_id, self.step_input.step.id, attempt, error, details
         )
 
     async def succeeded(
@@ -310,7 +319,9 @@ class _IterationRecords(_Records):
             session, *self._key(), self.step_input.step.id, attempt, at
         )
 
-    async def attempt_failed(self, session: AsyncSession, attempt: int, error: str) -> None:
+    async def attempt_failed(
+        self, session: AsyncSession, attempt: int, error: str, details: dict | None = None
+    ) -> None:
         await iterations_db.step_attempt_failed(session, *self._key(), error)
 
     async def succeeded(
@@ -611,7 +622,7 @@ class StepActivities:
             async with self._sessions.begin() as session:
                 if started is not None:
                     await records.started(session, attempt, *started)
-                await records.attempt_failed(session, attempt, str(exc)[:4000])
+                await records.attempt_failed(session, attempt, str(exc)[:4000], _details(exc))
 
     @staticmethod
     async def _heartbeat(progress: _Progress, timeout: Any) -> None:

@@ -19,6 +19,7 @@ from sqlalchemy import (
     literal,
     select,
     text,
+    true,
     tuple_,
     update,
 )
@@ -318,13 +319,22 @@ async def mark_step_started(
 
 
 async def mark_attempt_failed(
-    session: AsyncSession, run_id: str, step_id: str, attempt: int, error: str
+    session: AsyncSession,
+    run_id: str,
+    step_id: str,
+    attempt: int,
+    error: str,
+    details: dict[str, Any] | None = None,
 ) -> None:
-    """An attempt failed; the workflow decides later whether the step failed for good."""
+    """An attempt failed (with its `details`, a shell step's log tails, when it left any); the
+    workflow decides later whether the step failed for good."""
+    values: dict[str, Any] = {"error": error}
+    if details is not None:
+        values["details"] = details
     await session.execute(
         update(StepRun)
         .where(StepRun.run_id == run_id, StepRun.step_id == step_id, StepRun.attempt == attempt)
-        .values(error=error)
+        .values(**values)
     )
 
 
@@ -472,3 +482,31 @@ async def last_runs_of_triggers(
     )
     rows = (await session.execute(query)).scalars()
     return {run.trigger_id: run for run in rows if run.trigger_id is not None}
+
+
+async def recent_runs(
+    session: AsyncSession, workflow_ids: Sequence[str], per_workflow: int
+) -> dict[str, list[Run]]:
+    """The newest `per_workflow` runs of each workflow, newest first, in one query (each
+    workflow's read from its `created_at` index)."""
+    if not workflow_ids:
+        return {}
+    ids = select(func.unnest(array(list(workflow_ids), type_=String)).column_valued("id")).subquery(
+        "ids"
+    )
+    newest = (
+        select(Run.run_id)
+        .where(Run.workflow_id == ids.c.id)
+        .order_by(Run.created_at.desc(), Run.run_id.desc())
+        .limit(per_workflow)
+        .lateral()
+    )
+    query = (
+        select(Run)
+        .where(Run.run_id.in_(select(newest.c.run_id).select_from(ids.join(newest, true()))))
+        .order_by(Run.workflow_id, Run.created_at.desc(), Run.run_id.desc())
+    )
+    found: dict[str, list[Run]] = {workflow_id: [] for workflow_id in workflow_ids}
+    for run in (await session.execute(query)).scalars():
+        found[run.workflow_id].append(run)
+    return found
