@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from sqlalchemy import text
 
+from api import console
 from api.audit import AuditMiddleware, AuditWriter
 from api.auth import guard
 from api.errors import install_error_handlers
@@ -180,6 +181,8 @@ def create_app(settings: Settings) -> FastAPI:
             responses=errors,
             dependencies=[guard(scope, read_scopes=read_scopes)],
         )
+
+    console.install(app)
 
     @app.get(
         "/healthz",

@@ -85,12 +85,12 @@ def guard(write_scope: Scope, read_scopes: Sequence[Scope] = (Scope.read,)):
                 f"it has {', '.join(principal.scopes)}"
             )
         if principal.owners:
-            await _check_path_owner(request, principal, sessions)
+            await check_path_owner(request, principal, sessions)
 
     return Depends(check)
 
 
-async def _check_path_owner(
+async def check_path_owner(
     request: Request, principal: Principal, sessions: async_sessionmaker[AsyncSession]
 ) -> None:
     """Refuse (403) when the path names an object of another owner; a missing object is left

@@ -29,6 +29,14 @@ class DefinitionsCache:
             self._definitions[key] = WorkflowDefinition.model_validate(stored.definition)
         return self._definitions[key]
 
+    def add(self, workflow_id: str, version: int, stored: dict) -> WorkflowDefinition:
+        """The version's definition, parsed from its stored form (already read by the caller)
+        the first time."""
+        key = (workflow_id, version)
+        if key not in self._definitions:
+            self._definitions[key] = WorkflowDefinition.model_validate(stored)
+        return self._definitions[key]
+
     def loaded(self, workflow_id: str, version: int) -> WorkflowDefinition:
         """The version's definition, which an earlier `get` must have loaded."""
         return self._definitions[(workflow_id, version)]

@@ -20,13 +20,13 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from maestro.db.tables import ApiKey
+from maestro.db.tables import ApiKey, ConsoleSession
 from maestro.errors import (
     ConfirmationRequired,
     Forbidden,
@@ -222,6 +222,43 @@ async def revoke_key(
     row.revoked_at = datetime.now(UTC)
     await session.flush()
     return row
+
+
+async def open_console_session(session: AsyncSession, key_id: str, lifetime: timedelta) -> str:
+    """A new web console session for a key; returns its opaque token (only its hash is
+    stored). Expired sessions are deleted on the way."""
+    now = datetime.now(UTC)
+    await session.execute(delete(ConsoleSession).where(ConsoleSession.expires_at <= now))
+    token = secrets.token_urlsafe(32)
+    session.add(
+        ConsoleSession(token_hash=hash_key(token), key_id=key_id, expires_at=now + lifetime)
+    )
+    await session.flush()
+    return token
+
+
+async def console_session_key(session: AsyncSession, token: str) -> KnownKey | None:
+    """The key a live console session stands for: None once it expired, was closed or its key
+    was revoked."""
+    query = (
+        select(ApiKey)
+        .join(ConsoleSession, ConsoleSession.key_id == ApiKey.id)
+        .where(
+            ConsoleSession.token_hash == hash_key(token),
+            ConsoleSession.expires_at > datetime.now(UTC),
+            ApiKey.revoked_at.is_(None),
+        )
+    )
+    row = (await session.execute(query)).scalar_one_or_none()
+    if row is None:
+        return None
+    return KnownKey(row.id, row.name, tuple(row.scopes), tuple(row.owners))
+
+
+async def close_console_session(session: AsyncSession, token: str) -> None:
+    await session.execute(
+        delete(ConsoleSession).where(ConsoleSession.token_hash == hash_key(token))
+    )
 
 
 async def create_admin_key(database_url: str, name: str) -> str:

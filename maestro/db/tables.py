@@ -409,6 +409,20 @@ class ApiKey(Base):
     __table_args__ = (UniqueConstraint("key_hash"),)
 
 
+class ConsoleSession(Base):
+    """A web console sign-in: only its token's hash is kept, with the API key it stands for
+    (a revoked key ends its sessions at once)."""
+
+    __tablename__ = "console_sessions"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    expires_at: Mapped[datetime]
+
+    __table_args__ = (Index("ix_console_sessions_expires_at", "expires_at"),)
+
+
 class Secret(Base):
     """A named secret of one owner: only its value encrypted with the operator's key is kept."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import cast
 
-from sqlalchemy import Table, bindparam, delete, func, select, update
+from sqlalchemy import Table, bindparam, delete, func, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -62,6 +62,62 @@ async def list_workflows(
     if owners is not None:
         query = query.where(Workflow.owner.in_(owners))
     return (await session.execute(query)).scalars().all()
+
+
+WORKFLOW_STATES = ("active", "paused", "blocked", "inactive")
+
+
+async def search_workflows(
+    session: AsyncSession,
+    *,
+    limit: int,
+    offset: int,
+    owners: list[str] | None = None,
+    owner: str | None = None,
+    branch: str | None = None,
+    state: str | None = None,
+    id_contains: str | None = None,
+) -> tuple[Sequence[Workflow], int]:
+    """A page of workflows by id, filtered by owner, branch (where workflows have one), state
+    (`active`, `paused`, `blocked`, `inactive`) and a piece of the id; with the number that
+    match."""
+    query = select(Workflow)
+    if owners is not None:
+        query = query.where(Workflow.owner.in_(owners))
+    if owner:
+        query = query.where(Workflow.owner == owner)
+    branch_column = getattr(Workflow, "branch", None)
+    if branch and branch_column is not None:
+        query = query.where(branch_column == branch)
+    if state == "active":
+        query = query.where(Workflow.is_active, ~Workflow.paused)
+    elif state == "paused":
+        query = query.where(Workflow.paused)
+    elif state == "blocked":
+        query = query.where(Workflow.blocked_by_run_id.is_not(None))
+    elif state == "inactive":
+        query = query.where(~Workflow.is_active)
+    if id_contains:
+        escaped = id_contains.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        query = query.where(Workflow.id.ilike(f"%{escaped}%", escape="\\"))
+    total = await session.scalar(select(func.count()).select_from(query.subquery()))
+    rows = (
+        await session.execute(query.order_by(Workflow.id).limit(limit).offset(offset))
+    ).scalars()
+    return rows.all(), total or 0
+
+
+async def active_definitions(
+    session: AsyncSession, workflows: Sequence[Workflow]
+) -> dict[str, dict]:
+    """The stored active definition of each workflow that has one, in one query."""
+    keys = [(w.id, w.active_version) for w in workflows if w.active_version is not None]
+    if not keys:
+        return {}
+    query = select(WorkflowVersion.workflow_id, WorkflowVersion.definition).where(
+        tuple_(WorkflowVersion.workflow_id, WorkflowVersion.version).in_(keys)
+    )
+    return {workflow_id: definition for workflow_id, definition in await session.execute(query)}
 
 
 async def all_workflows(session: AsyncSession) -> Sequence[Workflow]:
