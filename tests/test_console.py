@@ -145,6 +145,11 @@ async def test_a_form_without_the_sessions_csrf_token_is_refused(app, api, admin
             other_csrf = await sign_in(other, admin_key)
         assert other_csrf != csrf
         assert (await client.post(url, data={"csrf": other_csrf})).status_code == 403
+        # The page's own forms carry the session's token.
+        page = (await client.get(f"/ui/workflows/{workflow_id}")).text
+        forms = re.findall(r'<form method="post".*?</form>', page, re.S)
+        assert len(forms) >= 2
+        assert all(f'name="csrf" value="{csrf}"' in form for form in forms)
         done = await client.post(url, data={"csrf": csrf})
         assert done.status_code == 303 and done.headers["location"].startswith(
             f"/ui/workflows/{workflow_id}?notice="
