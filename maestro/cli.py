@@ -182,6 +182,7 @@ def _print_up(
     console.print(
         f"""[bold green]Maestro is up[/]
   API        {api_url}/api/v1   (OpenAPI: {api_url}/docs)
+  Console    Open {api_url}/ui   (sign in with the admin API key)
   Temporal   {settings.temporal.address}   (UI: {settings.temporal.ui_url})
   PostgreSQL {shown_url}{password_note}
   data       {data_dir}   (logs in {data_dir / "logs"})

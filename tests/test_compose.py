@@ -464,6 +464,22 @@ def test_api_healthcheck_requests_a_real_route(compose, clean_env):
     assert url[2] == "/healthz" and url[2] in paths
 
 
+def test_the_api_serves_the_console_with_files_that_ship_in_the_package(compose, clean_env):
+    """The stack has no service of its own for the web console: the API serves /ui, with its
+    templates and static files installed as package data (nothing fetched at run time)."""
+    settings = settings_for(compose["services"]["api"], clean_env)
+    app = create_app(settings)
+    assert app.url_path_for("login_page") == "/ui/login"
+    assert app.url_path_for("workflow_page", workflow_id="w") == "/ui/workflows/w"
+    assert app.url_path_for("console-static", path="htmx.min.js") == "/ui/static/htmx.min.js"
+    patterns = pyproject()["tool"]["setuptools"]["package-data"]["api.console"]
+    console = ROOT / "api" / "console"
+    for pattern in patterns:
+        assert list(console.glob(pattern)), pattern
+    assert (console / "static" / "htmx.min.js").stat().st_size > 10_000
+    assert "/ui" in COMPOSE_FILE.read_text()  # the file says where the console is
+
+
 def test_start_order(compose):
     services = compose["services"]
     assert depends_on(services["migrate"]) == {"postgres": "service_healthy"}

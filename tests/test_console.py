@@ -409,6 +409,39 @@ async def test_signal_page_explains_each_trigger_and_links_the_run(app, api, adm
         assert bad.status_code == 422 and "name" in bad.text
 
 
+async def test_model_page_shows_versions_metrics_and_promotes(app, api, admin_key, sessions):
+    from maestro.db import models as models_db
+
+    workflow_id, name = unique_id("console-model"), unique_id("console-model")
+    await push(api, {"id": workflow_id, "steps": [{"id": "train", "type": "noop"}]})
+    run_id = (await api.post(f"/api/v1/workflows/{workflow_id}/runs", json={})).json()["run_id"]
+    async with sessions.begin() as session:
+        for accuracy in (0.81, 0.93):
+            await models_db.register_version(
+                session,
+                model_name=name,
+                artifact_uri=f"file:///m/{accuracy}",
+                metrics={"accuracy": accuracy},
+                params={},
+                data_ref=None,
+                run_id=run_id,
+                step_id=f"train-{accuracy}",
+            )
+    async with browser(app) as client:
+        csrf = await sign_in(client, admin_key)
+        assert name in (await client.get("/ui/models")).text
+        page = (await client.get(f"/ui/models/{name}")).text
+        assert "accuracy" in page and "0.93" in page and "Promote to production" in page
+        promoted = await client.post(
+            f"/ui/models/{name}/versions/2/promote", data={"csrf": csrf, "stage": "production"}
+        )
+        assert promoted.status_code == 303
+        model = (await api.get(f"/api/v1/models/{name}")).json()
+        assert model["stages"] == {"production": 2}
+        page = (await client.get(f"/ui/models/{name}")).text
+        assert "stage-production" in page and "Stage history" in page
+
+
 async def test_models_page_lists_nothing_gracefully(app, admin_key):
     async with browser(app) as client:
         await sign_in(client, admin_key)

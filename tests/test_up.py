@@ -176,6 +176,10 @@ async def assert_every_child_serves_metrics(
     the worker's shows the lag of live schedule fires (a timed run is carried by the worker
     that admits it)."""
     children = status(data_dir)["children"]
+    banner = log.read_text()
+    assert f"Console    Open http://127.0.0.1:{ports.api}/ui" in banner
+    console = await api.get("/ui/login")
+    assert console.status_code == 200 and 'name="key"' in console.text
     assert children["postgres"]["metrics"] is None
     assert children["api"]["metrics"] == f"http://127.0.0.1:{ports.api}/metrics"
     for name in ("api", "worker", "dispatcher", "temporal"):

@@ -819,11 +819,27 @@ async def models_page(request: Request, session: SessionDep, viewer: Viewer = OB
 
 @router.get("/models/{model_name}", response_class=HTMLResponse)
 async def model_page(
-    model_name: str, request: Request, session: SessionDep, viewer: Viewer = OBJECTS
+    model_name: str,
+    request: Request,
+    session: SessionDep,
+    viewer: Viewer = OBJECTS,
+    page: int = Query(1, ge=1, le=1_000_000),
 ):
     model = await model_routes.get_model(model_name, session)
-    metric_names = sorted({k for v in model.versions or [] for k in v.metrics})
-    return render(request, "model.html", model=model, metric_names=metric_names)
+    versions = list(reversed(model.versions or []))
+    shown = versions[(page - 1) * PAGE : page * PAGE]
+    history = list(reversed(model.history or []))[:PAGE]
+    metric_names = sorted({k for v in shown for k in v.metrics})
+    return render(
+        request,
+        "model.html",
+        model=model,
+        versions=shown,
+        history=history,
+        page=page,
+        pages=max(1, -(-len(versions) // PAGE)),
+        metric_names=metric_names,
+    )
 
 
 @router.post("/models/{model_name}/versions/{version}/promote")
