@@ -21,7 +21,7 @@ from maestro.client_cli import (
 )
 from maestro.errors import InvalidInput
 from maestro.local import LocalRun, StepOutcome, load_target, pick_workflow
-from maestro.triggers import describe_trigger
+from maestro.trigger_words import describe_trigger
 
 _MARKS = {"succeeded": "✓", "failed": "✗", "timed_out": "✗", "completed_with_error": "!"}
 

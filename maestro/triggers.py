@@ -10,12 +10,9 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from maestro.definitions import (
-    IntervalTrigger,
     OnFinishTrigger,
     SignalCondition,
     SignalTrigger,
-    TimeTrigger,
-    Trigger,
     WorkflowDefinition,
 )
 from maestro.expressions import TRIGGER_ROOTS, Evaluation
@@ -208,47 +205,3 @@ def evaluate_trigger(trigger: CompiledTrigger, context: dict[str, Any]) -> tuple
     if trigger.when is not None and evaluation.evaluate(trigger.when) is not True:
         return False, {}
     return True, {name: evaluation.evaluate(source) for name, source in trigger.params.items()}
-
-
-def _readable(value: timedelta) -> str:
-    """`6h`, `1h30m`, `45s`."""
-    seconds = int(value.total_seconds())
-    parts = [(seconds // 86400, "d"), (seconds % 86400 // 3600, "h"), (seconds % 3600 // 60, "m")]
-    text = "".join(f"{n}{unit}" for n, unit in parts if n) + (
-        f"{seconds % 60}s" if seconds % 60 else ""
-    )
-    return text or f"{value.total_seconds():g}s"
-
-
-def _condition_words(condition: SignalCondition) -> str:
-    parts = []
-    for key in sorted(condition.where):
-        value = condition.where[key]
-        checks = value.items() if isinstance(value, dict) else [("=", value)]
-        parts += [f"{key} {op} {json.dumps(v)}" for op, v in checks]
-    return condition.name + (f" with {' and '.join(parts)}" if parts else "")
-
-
-def describe_trigger(trigger: Trigger) -> str:
-    """A trigger in words: `runs when orders.loaded arrives with rows > 0`, `cron 0 7 * * 1-5
-    (Europe/Paris)`."""
-    if isinstance(trigger, TimeTrigger):
-        jitter = f", jitter up to {_readable(trigger.jitter)}" if trigger.jitter else ""
-        return f"on cron {trigger.cron} ({trigger.timezone}{jitter})"
-    if isinstance(trigger, IntervalTrigger):
-        offset = f", offset {_readable(trigger.offset)}" if trigger.offset else ""
-        return f"every {_readable(trigger.every)}{offset}"
-    if isinstance(trigger, OnFinishTrigger):
-        spec = trigger.on_finish
-        text = f"when a run of {spec.workflow} ends {' or '.join(spec.status)}"
-    else:
-        signal = trigger.signal
-        text = "when " + " and ".join(_condition_words(c) for c in signal.all_of) + " arrive"
-        if len(signal.all_of) == 1:
-            text += "s"
-        if signal.join_on:
-            text += f" with the same {', '.join(signal.join_on)}"
-        if signal.within is not None:
-            text += f" within {_readable(signal.within)}"
-    when = trigger.on_finish.when if isinstance(trigger, OnFinishTrigger) else trigger.signal.when
-    return text + (f", if {when}" if when else "")

@@ -373,7 +373,7 @@ def test_cli_run_local_lists_triggers_without_arming_them():
     assert result.exit_code == 0, result.output
     assert "triggers (listed, not armed):" in result.output
     assert "when a run of daily-report ends succeeded" in result.output
-    assert "on cron 0 7 * * MON-FRI (Europe/Paris)" in result.output
+    assert "weekdays 07:00 Europe/Paris" in result.output
 
 
 def test_cli_run_local_prints_the_failing_step_traceback_and_exits_four(tmp_path):
@@ -410,13 +410,13 @@ def test_cli_run_local_rejects_bad_targets_and_params(tmp_path):
 
 def test_triggers_read_as_words():
     from maestro.local import load_definition_file
-    from maestro.triggers import describe_trigger
+    from maestro.trigger_words import describe_trigger
 
     report = load_definition_file(EXAMPLES / "daily-report.yaml")
     assert [describe_trigger(t) for t in report.triggers] == [
-        "when orders.loaded with rows > 0 and customers.loaded arrive with the same dt within 6h"
+        "when orders.loaded (rows > 0) and customers.loaded for the same dt within 6h"
     ]
     training = load_definition_file(EXAMPLES / "ml" / "train.yaml")
     assert [describe_trigger(t) for t in training.triggers] == [
-        'when table.partition.ready with table = "digits" arrives'
+        "when table.partition.ready (table = digits)"
     ]
