@@ -301,7 +301,10 @@ class LineageNode(BaseModel):
 class LineageEdge(BaseModel):
     source: str
     target: str
-    kind: str = Field(description="`started` (signal -> run) or `produced` (run -> signal)")
+    kind: str = Field(
+        description="`started` (signal -> run), `produced` (run -> signal) or `subworkflow` "
+        "(parent run -> the child run one of its subworkflow steps started)"
+    )
 
 
 class Lineage(BaseModel):

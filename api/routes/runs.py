@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, Response
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.auth import owners_filter, signal_owners_filter
 from api.deps import ActionsDep, EndsDep, RunsDep, SessionDep, SettingsDep
@@ -166,8 +167,11 @@ async def list_iterations(
     status_code=202,
 )
 async def skip_iteration(run_id: str, step: str, index: int, actions: ActionsDep) -> IterationOut:
-    """Skip one iteration of a running foreach (cancelled if it runs): it ends `skipped`
-    and the other iterations go on. 409 if it already ended or the run is not live."""
+    """Skip one iteration of a running foreach or while (cancelled if it runs): it ends
+    `skipped` and the other iterations go on (a while's next one sees the outputs of the
+    iteration before the skipped one as `previous`). 404 if the iteration does not exist yet
+    (a while's future one), 409 if it already ended (a failed one: restart the run from
+    `failed`) or the run is not live."""
     return _iteration_out(await actions.skip_iteration(run_id, step, index))
 
 
@@ -286,9 +290,11 @@ async def run_lineage(
     session: SessionDep,
     depth: Annotated[int, Query(ge=1, le=10)] = 3,
 ) -> Lineage:
-    """Upstream (the signals that caused this run and the runs that produced them,
-    recursively) and downstream (the signals it emitted and the runs they started), up to
-    `depth` hops of run -> run each way. For an owner-limited key, other owners' runs and
+    """Upstream (the signals that caused this run and the runs that produced them, and the
+    run whose subworkflow step started it, recursively) and downstream (the signals it emitted
+    and the runs they started, and the runs its subworkflow steps started), up to `depth` hops
+    of run -> run each way. A subworkflow child's node names its parent's step
+    (`parent_step`). For an owner-limited key, other owners' runs and
     signals it may not read are left out (and not followed)."""
     root = await runs_db.get_run(session, run_id)
     owners, readable = owners_filter(request), signal_owners_filter(request)
@@ -321,6 +327,7 @@ async def run_lineage(
                     "run_number": run.run_number,
                     "version": run.version,
                     "status": run.status,
+                    **_parent_step(run),
                 },
             ),
         )
@@ -349,6 +356,10 @@ async def run_lineage(
     for _ in range(depth):
         next_up: list[Run] = []
         for run in upstream:
+            parent = await _subworkflow_parent(session, run)
+            if parent is not None and await visible_run(parent):
+                edges.add((add_run(parent), f"run:{run.run_id}", "subworkflow"))
+                next_up.append(parent)
             for signal in await signals_db.signals_consumed_by_run(session, run.run_id):
                 if not visible_signal(signal):
                     continue
@@ -360,6 +371,10 @@ async def run_lineage(
                         next_up.append(producer)
         next_down: list[Run] = []
         for run in downstream:
+            for child in await runs_db.subworkflow_children(session, run.run_id):
+                if await visible_run(child):
+                    edges.add((f"run:{run.run_id}", add_run(child), "subworkflow"))
+                    next_down.append(child)
             for signal in await signals_db.signals_produced_by_run(session, run.run_id):
                 if not visible_signal(signal):
                     continue
@@ -375,3 +390,18 @@ async def run_lineage(
         nodes=list(nodes.values()),
         edges=[LineageEdge(source=s, target=t, kind=k) for s, t, k in sorted(edges)],
     )
+
+
+async def _subworkflow_parent(session: AsyncSession, run: Run) -> Run | None:
+    """The run whose subworkflow step started this one, if it is kept."""
+    if run.cause.get("kind") != "subworkflow":
+        return None
+    parent_id = (run.cause.get("detail") or {}).get("parent_run_id")
+    return await session.get(Run, parent_id) if parent_id else None
+
+
+def _parent_step(run: Run) -> dict[str, str]:
+    """A subworkflow child's node: the step of its parent run that started it."""
+    if run.cause.get("kind") != "subworkflow":
+        return {}
+    return {"parent_step": (run.cause.get("detail") or {}).get("parent_step", "")}

@@ -42,6 +42,10 @@ _RUNS_BATCH = text(
               WHERE k.cause ->> 'kind' = 'restart'
                 AND ((k.cause -> 'detail') ->> 'restart_of') = r.run_id)
           AND NOT EXISTS (
+              SELECT 1 FROM runs k
+              WHERE k.cause ->> 'kind' = 'subworkflow'
+                AND ((k.cause -> 'detail') ->> 'parent_run_id') = r.run_id)
+          AND NOT EXISTS (
               SELECT 1 FROM signals s
               JOIN signal_matches m ON m.signal_id = s.id
               JOIN runs d ON d.run_id = m.run_id

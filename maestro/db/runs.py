@@ -32,6 +32,19 @@ from maestro.errors import NotFound
 from maestro.runtime import RunStatus, StepState, StepStatus
 
 
+async def subworkflow_children(session: AsyncSession, run_id: str) -> Sequence[Run]:
+    """The runs the subworkflow steps of a run started, oldest first."""
+    query = (
+        select(Run)
+        .where(
+            Run.cause["kind"].astext == "subworkflow",
+            Run.cause["detail"]["parent_run_id"].astext == run_id,
+        )
+        .order_by(Run.created_at, Run.run_id)
+    )
+    return (await session.execute(query)).scalars().all()
+
+
 async def get_run(session: AsyncSession, run_id: str, *, lock: bool = False) -> Run:
     run = await session.get(Run, run_id, with_for_update=lock)
     if run is None:
