@@ -38,6 +38,7 @@ with workflow.unsafe.imports_passed_through():
         OPEN_ITERATION_ACTIVITY,
         PREPARE_FOREACH_ACTIVITY,
         RECORD_ITERATIONS_ACTIVITY,
+        RESUME_WHILE_ACTIVITY,
         RUN_ITERATION_STEP_ACTIVITY,
         SKIP_ITERATION_SIGNAL,
         START_SUBWORKFLOW_ACTIVITY,
@@ -53,6 +54,8 @@ with workflow.unsafe.imports_passed_through():
         OpenIterationInput,
         PrepareResult,
         RecordIterationsInput,
+        ResumeWhileInput,
+        ResumeWhileResult,
         SkipIterationInput,
         SubworkflowStart,
         WhileInput,
@@ -90,6 +93,12 @@ _SHORT = timedelta(seconds=60)
 _PREPARE_TIMEOUT = timedelta(minutes=10)
 
 
+# Since this patch, a composite step whose child execution was cancelled (its run is stopped)
+# ends `stopped` without its finishing activity, and one whose child ended otherwise (timed
+# out, terminated) fails the step instead of the workflow task.
+CHILD_ENDS_PATCH = "composite-child-ends"
+
+
 class CompositeFailed(Exception):
     """A composite step failed (its iterations, its child run, or its expressions)."""
 
@@ -102,18 +111,25 @@ async def run_composite(composite: CompositeInput) -> StepResult:
     outputs: dict[str, Any] | None = None
     child_run_id: str | None = None
     error: str | None = None
-    if isinstance(spec, ForeachParams):
-        error = await _foreach(composite, spec)
-    elif isinstance(spec, WhileParams):
-        result = await workflow.execute_child_workflow(
-            WHILE_WORKFLOW,
-            WhileInput(composite=composite, capacity=leaf_capacity(spec.steps)),
-            id=f"{composite.run.temporal_workflow_id}:{composite.path}",
-            result_type=WhileResult,
-        )
-        error, outputs = result.error, result.outputs
-    elif isinstance(spec, SubworkflowParams):
-        child_run_id, error, outputs = await _subworkflow(composite, spec)
+    try:
+        if isinstance(spec, ForeachParams):
+            error = await _foreach(composite, spec)
+        elif isinstance(spec, WhileParams):
+            result = await workflow.execute_child_workflow(
+                WHILE_WORKFLOW,
+                WhileInput(composite=composite, capacity=leaf_capacity(spec.steps)),
+                id=f"{composite.run.temporal_workflow_id}:{composite.path}",
+                result_type=WhileResult,
+            )
+            error, outputs = result.error, result.outputs
+        elif isinstance(spec, SubworkflowParams):
+            child_run_id, error, outputs = await _subworkflow(composite, spec)
+    except ChildWorkflowError as exc:
+        if not workflow.patched(CHILD_ENDS_PATCH):
+            raise
+        if isinstance(exc.cause, CancelledError):
+            raise asyncio.CancelledError() from None
+        raise CompositeFailed(_child_error(exc)) from None
     outcome = await workflow.execute_activity(
         FINISH_COMPOSITE_ACTIVITY,
         FinishCompositeInput(
@@ -190,10 +206,15 @@ async def _subworkflow(
     try:
         await workflow.execute_child_workflow(RUN_WORKFLOW, run_input, **options)
     except ChildWorkflowError as exc:
-        cause = exc.cause
-        message = cause.message if isinstance(cause, ApplicationError) else str(cause or exc)
-        return run_input.run_id, f"subworkflow run {run_input.run_id} {message}", None
+        if isinstance(exc.cause, CancelledError) and workflow.patched(CHILD_ENDS_PATCH):
+            raise  # the parent is stopped: so is this step
+        return run_input.run_id, f"subworkflow run {run_input.run_id} {_child_error(exc)}", None
     return run_input.run_id, None, None
+
+
+def _child_error(exc: ChildWorkflowError) -> str:
+    cause = exc.cause
+    return cause.message if isinstance(cause, ApplicationError) else str(cause or exc)
 
 
 class _Iteration:
@@ -543,10 +564,28 @@ class ForeachWorkflow:
         return result
 
 
+# Since this patch, a WhileWorkflow of a run restarted from `failed` first takes over the
+# iterations that succeeded in the run it restarts (RESUME_WHILE_ACTIVITY) and goes on from the
+# first one that did not.
+WHILE_RESUME_PATCH = "while-resume"
+
+
 @workflow.defn(name=WHILE_WORKFLOW)
 class WhileWorkflow:
     """A while's iterations, one after the other; continued as new every `capacity`
     iterations so that its history stays within its budget."""
+
+    def __init__(self) -> None:
+        self._skip: set[int] = set()
+        self._running: tuple[int, asyncio.Task[tuple[str, str | None]]] | None = None
+
+    @workflow.signal(name=SKIP_ITERATION_SIGNAL)
+    def skip_iteration(self, request: SkipIterationInput) -> None:
+        """An operator skips one iteration (cancelled if it runs): it ends `skipped` and the
+        loop goes on with the outputs of the iteration before it as `previous`."""
+        self._skip.add(request.index)
+        if self._running is not None and self._running[0] == request.index:
+            self._running[1].cancel()
 
     @workflow.run
     async def run(self, state: WhileInput) -> WhileResult:
@@ -554,6 +593,19 @@ class WhileWorkflow:
         spec, body_roots = _body(composite)
         assert isinstance(spec, WhileParams)
         index, previous = state.index, state.previous
+        if state.index == 0 and composite.run.reuse_from and workflow.patched(WHILE_RESUME_PATCH):
+            resumed = await workflow.execute_activity(
+                RESUME_WHILE_ACTIVITY,
+                ResumeWhileInput(
+                    run_id=composite.run.run_id,
+                    path=composite.path,
+                    from_run_id=composite.run.reuse_from,
+                ),
+                result_type=ResumeWhileResult,
+                start_to_close_timeout=_SHORT,
+                retry_policy=RECORD_RETRY,
+            )
+            index, previous = resumed.index, resumed.previous
         carried = 0
         while True:
             variables = {"iteration": {"index": index}, "previous": previous}
@@ -587,13 +639,35 @@ class WhileWorkflow:
                 retry_policy=RECORD_RETRY,
             )
             body = _Iteration(composite, spec.steps, body_roots, index, variables)
-            status, error = await body.run()
+            status, error = await self._iterate(index, body)
             if not (body.recorded and status == "succeeded"):
                 recorder = _Recorder(composite.run.run_id, composite.path)
                 recorder.add(index, status, error)
                 await recorder.drain()
-            if status != "succeeded":
+            if status == "failed" or status == "stopped":
                 return WhileResult(iterations=index + 1, error=f"iteration {index}: {error}")
-            previous = body.outputs
+            if status == "succeeded":
+                previous = body.outputs
             index += 1
             carried += 1
+
+    async def _iterate(self, index: int, body: _Iteration) -> tuple[str, str | None]:
+        """Run one iteration's body: (status, error), `skipped` if an operator skipped it."""
+        if index in self._skip:
+            return "skipped", "skipped by an operator"
+        task = asyncio.create_task(body.run())
+        self._running = (index, task)
+        try:
+            await workflow.wait([task])
+        except BaseException:
+            # The while itself is stopped: its body's steps are cancelled with it.
+            task.cancel()
+            await workflow.wait([task])
+            raise
+        finally:
+            self._running = None
+        if index in self._skip and (
+            task.cancelled() or isinstance(task.exception(), asyncio.CancelledError)
+        ):
+            return "skipped", "skipped by an operator"
+        return task.result()

@@ -380,7 +380,8 @@ async def mark_step_succeeded(
 
 
 async def record_step_states(session: AsyncSession, run_id: str, states: list[StepState]) -> None:
-    """Write states the workflow decided (skipped, failed for good, stopped, ...)."""
+    """Write states the workflow decided (skipped, failed for good, stopped, a composite step
+    running, ...)."""
     for state in states:
         values: dict[str, Any] = {
             "status": state.status,
@@ -399,6 +400,14 @@ async def record_step_states(session: AsyncSession, run_id: str, states: list[St
                 **values,
             )
             .on_conflict_do_update(index_elements=["run_id", "step_id"], set_=values)
+        )
+    starts = [s.started_at for s in states if s.status is StepStatus.running and s.started_at]
+    if starts:
+        # A composite step began (its work is in child executions): its run is running.
+        await session.execute(
+            update(Run)
+            .where(Run.run_id == run_id, Run.status == RunStatus.queued)
+            .values(status=RunStatus.running, started_at=min(starts))
         )
 
 
