@@ -1,5 +1,5 @@
 """Operator actions on runs: restart, unblock a strict_sequential queue, bypass a wait, skip a
-step or a foreach iteration — and which actions a step's status allows."""
+step or an iteration of a foreach or while — and which actions a step's status allows."""
 
 from __future__ import annotations
 
@@ -135,8 +135,8 @@ class RunActions:
         return run
 
     async def skip_iteration(self, run_id: str, path: str, index: int) -> Iteration:
-        """Skip one iteration of a foreach step (`path`: its step id, or the path of a nested
-        one): it ends `skipped` (cancelled if it runs) and the others go on."""
+        """Skip one iteration of a foreach or while step (`path`: its step id, or the path of
+        a nested one): it ends `skipped` (cancelled if it runs) and the others go on."""
         async with self._sessions.begin() as session:
             run = await runs_db.get_run(session, run_id)
             if RunStatus(run.status) not in LIVE:

@@ -22,6 +22,7 @@ RECORD_ITERATIONS_ACTIVITY = "record_iterations"
 OPEN_ITERATION_ACTIVITY = "open_iteration"
 FINISH_COMPOSITE_ACTIVITY = "finish_composite"
 START_SUBWORKFLOW_ACTIVITY = "start_subworkflow"
+RESUME_WHILE_ACTIVITY = "resume_while"
 SKIP_ITERATION_SIGNAL = "skip_iteration"
 
 # Events one execution may gather before it hands work to children (Temporal's hard limit is
@@ -191,6 +192,21 @@ class OpenIterationInput(BaseModel):
     index: int
     params: Any = None
     temporal_workflow_id: str
+
+
+class ResumeWhileInput(BaseModel):
+    """A while of a run restarted from `failed`: the run it restarts."""
+
+    run_id: str
+    path: str
+    from_run_id: str
+
+
+class ResumeWhileResult(BaseModel):
+    """Where the while goes on: the first iteration to run, and `previous` for it."""
+
+    index: int = 0
+    previous: dict[str, Any] = Field(default_factory=dict)
 
 
 class SkipIterationInput(BaseModel):

@@ -19,6 +19,7 @@ from maestro.composites import (
     OPEN_ITERATION_ACTIVITY,
     PREPARE_FOREACH_ACTIVITY,
     RECORD_ITERATIONS_ACTIVITY,
+    RESUME_WHILE_ACTIVITY,
     START_SUBWORKFLOW_ACTIVITY,
     CompositeInput,
     CompositeOutcome,
@@ -29,13 +30,14 @@ from maestro.composites import (
     OpenIterationInput,
     PrepareResult,
     RecordIterationsInput,
+    ResumeWhileInput,
+    ResumeWhileResult,
     SubworkflowStart,
     subworkflow_request_id,
 )
 from maestro.db import iterations as iterations_db
 from maestro.db import runs as runs_db
 from maestro.db.engine import autocommit
-from maestro.db.tables import Run
 from maestro.definitions import (
     ForeachParams,
     SubworkflowParams,
@@ -172,6 +174,16 @@ class CompositeActivities:
             )
         metrics.ITERATIONS_STARTED.labels("while").inc()
 
+    @activity.defn(name=RESUME_WHILE_ACTIVITY)
+    async def resume_while(self, request: ResumeWhileInput) -> ResumeWhileResult:
+        """A while of a run restarted from `failed`: take over the iterations that succeeded
+        before the one that failed; the while goes on from there."""
+        async with self._sessions.begin() as session:
+            index, previous = await iterations_db.resume_while(
+                session, request.run_id, request.path, request.from_run_id
+            )
+        return ResumeWhileResult(index=index, previous=previous)
+
     @activity.defn(name=FINISH_COMPOSITE_ACTIVITY)
     async def finish_composite(self, finish: FinishCompositeInput) -> CompositeOutcome:
         """The composite step's outcome: its failure as it is, or its outputs (a foreach's
@@ -288,14 +300,3 @@ class CompositeActivities:
                 non_retryable=True,
             ) from None
         return SubworkflowStart(run_input=self._runs.run_input(run))
-
-
-async def children_of(session: AsyncSession, run_id: str) -> list[Run]:
-    """The runs the subworkflow steps of a run started."""
-    from sqlalchemy import select
-
-    query = select(Run).where(
-        Run.cause["kind"].astext == "subworkflow",
-        Run.cause["detail"]["parent_run_id"].astext == run_id,
-    )
-    return list((await session.execute(query)).scalars())

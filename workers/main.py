@@ -82,6 +82,7 @@ def new_worker(
         composites.load_iterations,
         composites.record_iterations,
         composites.open_iteration,
+        composites.resume_while,
         composites.finish_composite,
         composites.start_subworkflow,
     ]

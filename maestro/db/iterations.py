@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select, text, update
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from maestro.db.tables import Iteration
@@ -267,11 +268,44 @@ async def outputs_in_order(session: AsyncSession, run_id: str, path: str) -> lis
     return [outputs or {} if status == "succeeded" else None for status, outputs in rows]
 
 
-async def last_run(session: AsyncSession, run_id: str, path: str) -> list[Iteration]:
-    """A while's iterations in order (for a restart that resumes it)."""
+async def resume_while(
+    session: AsyncSession, run_id: str, path: str, from_run_id: str
+) -> tuple[int, dict[str, Any]]:
+    """A restart of a while: the iterations of `from_run_id` before its first one that did not
+    succeed (or was not skipped) are taken over, the succeeded ones with their outputs.
+    Returns the index the while goes on from, and the outputs it sees as `previous`."""
     rows = await session.execute(
         select(Iteration)
-        .where(Iteration.run_id == run_id, Iteration.step_path == path)
+        .where(Iteration.run_id == from_run_id, Iteration.step_path == path)
         .order_by(Iteration.index)
     )
-    return list(rows.scalars())
+    kept: list[Iteration] = []
+    for row in rows.scalars():
+        if row.index != len(kept) or row.status not in ("succeeded", "skipped"):
+            break
+        kept.append(row)
+    if kept:
+        note = f"reused from run {from_run_id}"
+        await session.execute(
+            insert(Iteration)
+            .values(
+                [
+                    {
+                        "run_id": run_id,
+                        "step_path": path,
+                        "index": row.index,
+                        "status": row.status,
+                        "params": row.params,
+                        "outputs": row.outputs,
+                        "steps": row.steps,
+                        "error": note if row.status == "succeeded" else row.error,
+                        "started_at": row.started_at,
+                        "ended_at": row.ended_at,
+                    }
+                    for row in kept
+                ]
+            )
+            .on_conflict_do_nothing()
+        )
+    succeeded = [row for row in kept if row.status == "succeeded"]
+    return len(kept), (succeeded[-1].outputs or {}) if succeeded else {}
