@@ -108,6 +108,14 @@ def record_call(ctx: StepContext) -> dict:
     return {"pid": os.getpid()}
 
 
+def record_item(ctx: StepContext) -> dict:
+    """Append `<key> <attempt> <pid>` to the file `file`: one line per execution of an
+    iteration's step."""
+    with Path(ctx.args["file"]).open("a") as f:
+        f.write(f"{ctx.args['key']} {ctx.attempt} {os.getpid()}\n")
+    return {"key": ctx.args["key"]}
+
+
 def use_secret(ctx: StepContext) -> dict:
     """Return the secret `args.name` (which the worker masks) and its hash (which it does not);
     report it as progress and fail with it in the message when asked to."""

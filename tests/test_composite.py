@@ -9,9 +9,10 @@ import yaml
 from sqlalchemy import select
 
 from maestro.actions import RunActions
+from maestro.composites import leaf_capacity
 from maestro.db import workflows as workflows_db
-from maestro.db.tables import Iteration, Run
-from maestro.definitions import parse_definition
+from maestro.db.tables import Iteration, Run, StepRun
+from maestro.definitions import Step, parse_definition
 from maestro.runs import RunsService
 from maestro.runtime import RunState
 from maestro.settings import TemporalSettings
@@ -222,23 +223,26 @@ async def test_max_concurrency_is_never_exceeded(env, sessions, tmp_path):
     assert peak == 3  # reached, never passed
 
 
-async def test_restart_from_failed_reruns_only_the_failed_iterations(env, sessions, tmp_path):
-    items = ["a", "b", "c", "d"]
-    result, rows, _ = await foreach_run(env, sessions, tmp_path, "finish_all", items)
-    assert result.status == "failed"
-    assert sorted(calls(tmp_path)) == items
-    (tmp_path / "failing").unlink()  # b succeeds from now on
+async def restart_from_failed(env, sessions, run_id: str) -> tuple[Run, RunState]:
+    """Restart a run from `failed` through RunActions; the new run and its end state."""
     runs = RunsService(
         sessions,
         env.client,
         TemporalSettings(task_queue=WORKFLOW_TASK_QUEUE),
         search_attributes=False,
     )
-    restarted = await RunActions(sessions, runs, env.client).restart_run(
-        rows["each"].run_id, "failed"
-    )
+    restarted = await RunActions(sessions, runs, env.client).restart_run(run_id, "failed")
     handle = env.client.get_workflow_handle(restarted.temporal_workflow_id, result_type=RunState)
-    state = await handle.result()
+    return restarted, await handle.result()
+
+
+async def test_restart_from_failed_reruns_only_the_failed_iterations(env, sessions, tmp_path):
+    items = ["a", "b", "c", "d"]
+    result, rows, _ = await foreach_run(env, sessions, tmp_path, "finish_all", items)
+    assert result.status == "failed"
+    assert sorted(calls(tmp_path)) == items
+    (tmp_path / "failing").unlink()  # b succeeds from now on
+    restarted, state = await restart_from_failed(env, sessions, rows["each"].run_id)
     assert statuses(state) == {"each": "succeeded", "after": "succeeded"}
     assert sorted(calls(tmp_path)) == ["a", "b", "b", "c", "d"]  # only b ran again
     found = await iterations_of(sessions, restarted.run_id, "each")
@@ -292,6 +296,89 @@ async def test_while_loops_until_its_condition_fails_and_stops_at_its_cap(env, s
     assert result.status == "failed"
     assert "condition still true after max_iterations (3)" in rows["loop"].error
     assert len(await iterations_of(sessions, rows["loop"].run_id, "loop")) == 3
+
+
+async def test_restart_from_failed_resumes_a_while_at_its_failed_iteration(env, sessions, tmp_path):
+    marker = tmp_path / "failing"
+    marker.touch()
+    body = {
+        "steps": [
+            {
+                "id": "loop",
+                "type": "while",
+                "params": {
+                    "condition": "iteration.index < 4",
+                    "max_iterations": 10,
+                    "steps": [
+                        py(
+                            "work",
+                            "tally",
+                            args={
+                                "key": {"expr": "iteration.index"},
+                                "file": str(tmp_path / "calls"),
+                                "fail_keys": [2],
+                                "fail_while": str(marker),
+                            },
+                        )
+                    ],
+                },
+            },
+            {"id": "after", "type": "noop", "depends_on": ["loop"]},
+        ]
+    }
+    result, rows, _ = await run(env, sessions, body)
+    assert statuses(result) == {"loop": "failed", "after": "skipped"}
+    assert calls(tmp_path) == ["0", "1", "2"]
+    marker.unlink()
+    restarted, state = await restart_from_failed(env, sessions, rows["loop"].run_id)
+    assert statuses(state) == {"loop": "succeeded", "after": "succeeded"}
+    # Iterations 0 and 1 are taken over; the failed one runs again, then the loop goes on.
+    assert calls(tmp_path) == ["0", "1", "2", "2", "3"]
+    found = await iterations_of(sessions, restarted.run_id, "loop")
+    assert [i.status for i in found] == ["succeeded"] * 4
+    assert [i.error for i in found[:2]] == [f"reused from run {rows['loop'].run_id}"] * 2
+    assert found[2].params == {"work": {"key": 1}}  # the same `previous` as the first time
+    assert [i.outputs["work"]["key"] for i in found] == [0, 1, 2, 3]
+    async with sessions() as session:
+        loop = await session.get(StepRun, (restarted.run_id, "loop"))
+    assert loop is not None and loop.outputs == {"iterations": 4, "work": {"key": 3}}
+
+
+async def test_a_split_foreach_keeps_every_execution_under_the_event_limit(env, sessions):
+    """One iteration at a time (the most events per iteration): the iterations are carried by
+    several ForeachWorkflow executions, each under its history budget."""
+    capacity = leaf_capacity([Step(id="work", type="noop")])
+    count = 2 * capacity  # two full leaves
+    result, rows, temporal_id = await run(
+        env,
+        sessions,
+        {
+            "steps": [
+                {
+                    "id": "each",
+                    "type": "foreach",
+                    "params": {
+                        "items": f"range(0, {count})",
+                        "max_concurrency": 1,
+                        "steps": [{"id": "work", "type": "noop"}],
+                    },
+                }
+            ]
+        },
+    )
+    assert result.status == "succeeded", rows["each"].error
+    found = await iterations_of(sessions, rows["each"].run_id, "each")
+    assert [i.status for i in found] == ["succeeded"] * count
+    leaves = {i.temporal_workflow_id for i in found}
+    assert len(leaves) == 2, leaves  # split: no single execution carried them all
+    root = f"{temporal_id}:each"
+    lengths = {}
+    for workflow_id in {temporal_id, root, *leaves}:
+        history = await env.client.get_workflow_handle(workflow_id).fetch_history()
+        lengths[workflow_id] = len(history.events)
+    assert max(lengths.values()) < 10_000, lengths
+    # The leaves are the largest: each carried `capacity` iterations, about 6 events each.
+    assert all(lengths[leaf] > 5 * capacity for leaf in leaves), lengths
 
 
 async def test_subworkflow_runs_a_child_run_whose_outputs_become_the_steps(env, sessions):
