@@ -363,7 +363,56 @@ def _run_view(run: dict[str, Any]) -> RenderableType:
                 detail,
             )
         parts += [Text(""), steps]
+        bars = [
+            (step["step_id"], step["progress"])
+            for step in run["steps"]
+            if step.get("progress") and step["status"] == "running"
+        ]
+        if bars:
+            grid = Table.grid(padding=(0, 2))
+            grid.add_column(style="bold")
+            grid.add_column()
+            for step_id, counts in bars:
+                grid.add_row(step_id, progress_bar(counts))
+            parts += [Text(""), grid]
     return Group(*parts)
+
+
+# Iteration statuses in the order a progress bar shows them, and their colours.
+_BAR_PARTS = (
+    ("succeeded", "green"),
+    ("failed", "red"),
+    ("skipped", "yellow"),
+    ("stopped", "magenta"),
+    ("running", "cyan"),
+)
+BAR_WIDTH = 30
+
+
+def progress_bar(counts: dict[str, int], width: int = BAR_WIDTH) -> Text:
+    """A foreach's or while's iterations as a bar coloured by status, then how many ended of
+    how many there are and the counts by status: `███░░ 3/5 (60%)  succeeded 3 · pending 2`."""
+    total = sum(counts.values())
+    ended = sum(counts.get(s, 0) for s in ("succeeded", "failed", "skipped", "stopped"))
+    bar = Text()
+    used = 0
+    for status, style in _BAR_PARTS:
+        cells = round(width * counts.get(status, 0) / total) if total else 0
+        cells = min(cells, width - used)
+        bar.append("█" * cells, style=style)
+        used += cells
+    bar.append("░" * (width - used), style="dim")
+    percent = f" ({100 * ended // total}%)" if total else ""
+    bar.append(f" {ended:,}/{total:,}{percent}  ")
+    bar.append(
+        " · ".join(
+            f"{status} {counts[status]:,}"
+            for status in ("succeeded", "failed", "skipped", "stopped", "running", "pending")
+            if counts.get(status)
+        )
+        or "no iterations yet"
+    )
+    return bar
 
 
 def _follow(client: MaestroClient, run: dict[str, Any], *, show: bool = True) -> dict[str, Any]:

@@ -177,6 +177,61 @@ def test_run_start_wait_list_and_show(cli, tmp_path: Path):
     assert f"{wid} #3 (version 1)" in restarted and UI_LINK.search(restarted)
 
 
+def test_run_show_draws_a_progress_bar_for_a_running_foreach(cli, tmp_path: Path):
+    wid = unique_id("cli-foreach")
+    gate = {"entrypoint": "tests.steps:gated", "args": {"dir": str(tmp_path)}}
+    apply_definition(
+        cli,
+        tmp_path,
+        {
+            "id": wid,
+            "steps": [
+                {
+                    "id": "each",
+                    "type": "foreach",
+                    "params": {
+                        "items": "range(0, 4)",
+                        "max_concurrency": 2,
+                        "steps": [{"id": "work", "type": "python", "params": gate}],
+                    },
+                }
+            ],
+        },
+    )
+    run_id = RUN_ID.search(ok(cli("run", "start", wid))).group(1)
+    deadline = time.monotonic() + 60
+    while True:
+        run = json.loads(ok(cli("run", "show", run_id, "-o", "json")))
+        [step] = run["steps"]
+        if step["status"] == "running" and (step["progress"] or {}).get("running") == 2:
+            break
+        assert time.monotonic() < deadline, run
+        time.sleep(0.2)
+    shown = ok(cli("run", "show", run_id))
+    [bar] = [line for line in shown.splitlines() if line.startswith("each ") and "/4" in line]
+    # Two of four running, none ended: the bar is half cyan, half empty.
+    assert re.fullmatch(r"each\s+█{15}░{15} 0/4 \(0%\)  running 2 · pending 2\s*", bar), bar
+
+    (tmp_path / "release").touch()
+    ended = ok(cli("run", "show", run_id, "--follow"))
+    assert re.search(r"status\s+succeeded", ended)
+    assert "░" not in ended and "█" not in ended  # no bar once the step ended
+
+
+def test_progress_bar_counts_and_colours():
+    bar = client_cli.progress_bar(
+        {"pending": 0, "running": 1, "succeeded": 6, "failed": 2, "skipped": 1, "stopped": 0},
+        width=10,
+    )
+    assert bar.plain == "██████████ 9/10 (90%)  succeeded 6 · failed 2 · skipped 1 · running 1"
+    styles = [(span.start, span.end, span.style) for span in bar.spans]
+    assert styles[:4] == [(0, 6, "green"), (6, 8, "red"), (8, 9, "yellow"), (9, 10, "cyan")]
+    empty = client_cli.progress_bar(dict.fromkeys(("pending", "running"), 0), width=4)
+    assert empty.plain == "░░░░ 0/0  no iterations yet"
+    big = client_cli.progress_bar({"succeeded": 33_333, "pending": 66_667}, width=9)
+    assert big.plain == "███░░░░░░ 33,333/100,000 (33%)  succeeded 33,333 · pending 66,667"
+
+
 def test_follow_refreshes_in_place_on_a_terminal(cli, tmp_path: Path, monkeypatch):
     wid = unique_id("cli-live")
     path = tmp_path / "live.json"
