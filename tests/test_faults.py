@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
+import signal
 import time
 import uuid
 from collections import Counter
@@ -18,7 +20,7 @@ from sqlalchemy import select
 
 from api.app import create_app
 from maestro.db.engine import create_engine, session_factory, upgrade
-from maestro.db.tables import Run, StepRun
+from maestro.db.tables import Iteration, Run, StepRun
 from maestro.embedded import (
     EmbeddedPostgres,
     free_port,
@@ -26,7 +28,7 @@ from maestro.embedded import (
 from maestro.keys import create_admin_key
 from maestro.settings import Settings
 from tests.conftest import unique_id
-from tests.processes import TemporalDevServer
+from tests.processes import Processes, TemporalDevServer
 from workers.main import run_worker
 
 pytestmark = [pytest.mark.e2e, pytest.mark.fault, pytest.mark.timeout(300)]
@@ -298,3 +300,109 @@ async def test_database_outage_inside_steps_spends_no_attempt(settings, tmp_path
     assert {sid: s["attempt"] for sid, s in steps.items()} == {"gate": 1, "train": 1, "secret": 1}
     assert steps["secret"]["outputs"]["sha256"] == hashlib.sha256(b"s3cr3t-value").hexdigest()
     assert [v["version"] for v in registered["versions"]] == [1], registered
+
+
+@pytest.mark.timeout(1200)
+async def test_a_worker_killed_in_a_10000_iteration_foreach(
+    settings, sessions, admin_key, tmp_path
+):
+    """SIGKILL the only worker while a foreach of 10,000 iterations runs, start another: the
+    run succeeds, every iteration succeeded once, and an iteration's code ran again only where
+    the killed worker was running it (its success was not written yet)."""
+    queue = f"faults-foreach-{uuid.uuid4().hex[:8]}"
+    own = settings.model_copy(
+        update={"temporal": settings.temporal.model_copy(update={"task_queue": queue})}
+    )
+    calls = tmp_path / "calls"
+    calls.touch()
+    count, concurrency = 10_000, 200
+    workers = Processes(own, tmp_path, task_queue=queue)
+    first = workers.start("worker")
+    wid = unique_id("kill-foreach")
+    app = create_app(own)
+    try:
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app),
+                base_url="http://maestro",
+                headers={"Authorization": f"Bearer {admin_key}"},
+            ) as api,
+        ):
+            body = {"entrypoint": "tests.steps:record_item"}
+            pushed = await api.post(
+                "/api/v1/workflows",
+                json={
+                    "id": wid,
+                    "steps": [
+                        {
+                            "id": "each",
+                            "type": "foreach",
+                            "params": {
+                                "items": f"range(0, {count})",
+                                "max_concurrency": concurrency,
+                                "steps": [
+                                    {
+                                        "id": "work",
+                                        "type": "python",
+                                        "params": {
+                                            **body,
+                                            "args": {"key": {"expr": "item"}, "file": str(calls)},
+                                        },
+                                        # A step cut by the killed worker is retried 5 s later.
+                                        "heartbeat_timeout": "5s",
+                                    }
+                                ],
+                            },
+                        }
+                    ],
+                },
+            )
+            assert pushed.status_code == 201, pushed.text
+            run_id = (await api.post(f"/api/v1/workflows/{wid}/runs", json={})).json()["run_id"]
+
+            async def progress() -> dict:
+                run = (await api.get(f"/api/v1/runs/{run_id}")).json()
+                return run["steps"][0]["progress"] or {}
+
+            async def a_fifth_done() -> bool:
+                return (await progress()).get("succeeded", 0) >= count // 5
+
+            await until(a_fifth_done, 600, every=0.5)
+            os.kill(first.pid, signal.SIGKILL)
+            first.wait(30)
+            killed_at = (await progress())["succeeded"]
+            assert killed_at < count, "the foreach ended before the kill"
+            second = workers.start("worker")
+
+            async def ended() -> dict | None:
+                run = (await api.get(f"/api/v1/runs/{run_id}")).json()
+                return run if run["status"] not in ("queued", "running") else None
+
+            run = await until(ended, 900, every=1)
+            assert run["status"] == "succeeded", run
+            assert run["steps"][0]["progress"]["succeeded"] == count
+    finally:
+        workers.stop_all()
+    lines = [line.split() for line in calls.read_text().splitlines()]
+    runs: dict[int, list[int]] = {}
+    for key, _attempt, pid in lines:
+        runs.setdefault(int(key), []).append(int(pid))
+    assert sorted(runs) == list(range(count))  # every iteration's code ran
+    again = {key: pids for key, pids in runs.items() if len(pids) > 1}
+    for key, pids in again.items():
+        # Ran twice: first in the killed worker (cut before its success was written), then
+        # once in the new one.
+        assert pids == [first.pid, second.pid], (key, pids)
+    assert len(again) <= concurrency, len(again)
+    async with sessions() as session:
+        statuses = Counter(
+            (
+                await session.execute(
+                    select(Iteration.status).where(
+                        Iteration.run_id == run_id, Iteration.step_path == "each"
+                    )
+                )
+            ).scalars()
+        )
+    assert statuses == {"succeeded": count}
