@@ -38,6 +38,55 @@ class RawWorkflow:
         )
 
 
+RAW_FANOUT_WORKFLOW = "RawFanoutWorkflow"
+RAW_CHILDREN_WORKFLOW = "RawChildrenWorkflow"
+
+
+async def _bounded(count: int, concurrency: int, start) -> None:
+    """Run `start(i)` for i in [0, count), at most `concurrency` at once."""
+    import asyncio
+
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(i: int) -> None:
+        async with gate:
+            await start(i)
+
+    await asyncio.gather(*(one(i) for i in range(count)))
+
+
+@workflow.defn(name=RAW_FANOUT_WORKFLOW)
+class RawFanoutWorkflow:
+    """`count` activities, at most `concurrency` at once: the floor of a foreach's iterations
+    (one execution carries at most about 1,300 of them, as a ForeachWorkflow leaf does)."""
+
+    @workflow.run
+    async def run(self, count: int, concurrency: int) -> None:
+        async def start(_: int) -> None:
+            await workflow.execute_activity(
+                raw_stamp,
+                start_to_close_timeout=DEFAULT_STEP_TIMEOUT,
+                heartbeat_timeout=DEFAULT_HEARTBEAT_TIMEOUT,
+            )
+
+        await _bounded(count, concurrency, start)
+
+
+@workflow.defn(name=RAW_CHILDREN_WORKFLOW)
+class RawChildrenWorkflow:
+    """`count` child RawWorkflows, at most `concurrency` at once: the floor of a foreach of
+    subworkflow steps."""
+
+    @workflow.run
+    async def run(self, count: int, concurrency: int) -> None:
+        base = workflow.info().workflow_id
+
+        async def start(i: int) -> None:
+            await workflow.execute_child_workflow(RAW_WORKFLOW, id=f"{base}:{i}")
+
+        await _bounded(count, concurrency, start)
+
+
 async def _serve(address: str, task_queue: str, max_concurrent_activities: int) -> None:
     import asyncio
     import signal
@@ -53,7 +102,7 @@ async def _serve(address: str, task_queue: str, max_concurrent_activities: int) 
     worker = Worker(
         client,
         task_queue=task_queue,
-        workflows=[RawWorkflow],
+        workflows=[RawWorkflow, RawFanoutWorkflow, RawChildrenWorkflow],
         activities=[raw_stamp],
         # The same limit and workflow runner as a Maestro worker's defaults.
         max_concurrent_activities=max_concurrent_activities,
