@@ -593,14 +593,15 @@ def test_the_up_banner_is_not_wrapped_off_a_terminal(capsys, tmp_path: Path):
         "(OpenAPI:",
         "http://127.0.0.1:8000/docs)",
     ]
-    assert lines[3].split()[:2] == [
+    assert lines[2].split()[:3] == ["Console", "Open", "http://127.0.0.1:8000/ui"]
+    assert lines[4].split()[:2] == [
         "PostgreSQL",
         "postgresql://postgres:***@127.0.0.1:55432/postgres",
     ]
-    assert lines[3].endswith(f"(password in {data_dir / 'postgres-password'})")
-    assert lines[4].split() == ["data", str(data_dir), "(logs", "in", f"{data_dir / 'logs'})"]
-    assert lines[5].split() == ["metrics", "api", metrics["api"], "worker", metrics["worker"]]
-    assert len(lines) == 7
+    assert lines[4].endswith(f"(password in {data_dir / 'postgres-password'})")
+    assert lines[5].split() == ["data", str(data_dir), "(logs", "in", f"{data_dir / 'logs'})"]
+    assert lines[6].split() == ["metrics", "api", metrics["api"], "worker", metrics["worker"]]
+    assert len(lines) == 8
 
 
 def test_output_still_fits_a_terminal():
