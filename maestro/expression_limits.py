@@ -653,9 +653,12 @@ def check_total(analyses: list[Analysis]) -> int:
     return cost
 
 
-def bounded_inputs(analyses: list[Analysis], context: dict[str, Any]) -> dict[str, Any]:
+def bounded_inputs(
+    analyses: list[Analysis], context: dict[str, Any], limit: int = MAX_INPUT_WEIGHT
+) -> dict[str, Any]:
     """The root variables cut down to the paths the expressions read; raise LimitExceeded if
-    together they weigh more than `MAX_INPUT_WEIGHT`. Roots none of them reads are empty."""
+    together they weigh more than `limit` (`MAX_INPUT_WEIGHT` but for a foreach's `outputs`,
+    whose input grows with its items). Roots none of them reads are empty."""
     paths: dict[str, set[tuple[str, ...]]] = {}
     for analysis in analyses:
         for name, read in analysis.paths.items():
@@ -664,11 +667,11 @@ def bounded_inputs(analyses: list[Analysis], context: dict[str, Any]) -> dict[st
     total = 0
     for name in sorted(paths):
         out[name] = _prune(context.get(name, {}), frozenset(paths[name]))
-        total += input_weight(out[name], MAX_INPUT_WEIGHT - total)
-        if total > MAX_INPUT_WEIGHT:
+        total += input_weight(out[name], limit - total)
+        if total > limit:
             raise LimitExceeded(
                 f"the values read from {', '.join(f'`{n}`' for n in sorted(paths))} are too "
-                f"large: over {MAX_INPUT_WEIGHT:,} units (a list or map item, or "
+                f"large: over {limit:,} units (a list or map item, or "
                 f"{CHARS_PER_UNIT} characters of a string, count one each)"
             )
     return out

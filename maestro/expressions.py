@@ -151,7 +151,11 @@ class Evaluation:
     cut down, size-checked and converted into CEL values once."""
 
     def __init__(
-        self, sources: list[str], context: dict[str, Any], roots: frozenset[str] = RUN_ROOTS
+        self,
+        sources: list[str],
+        context: dict[str, Any],
+        roots: frozenset[str] = RUN_ROOTS,
+        input_limit: int = expression_limits.MAX_INPUT_WEIGHT,
     ) -> None:
         self.roots = roots
         analyses = []
@@ -163,7 +167,8 @@ class Evaluation:
         try:
             expression_limits.check_total(analyses)
             self._variables = cel.Context(
-                variables=expression_limits.bounded_inputs(analyses, full), functions=FUNCTIONS
+                variables=expression_limits.bounded_inputs(analyses, full, input_limit),
+                functions=FUNCTIONS,
             )
         except LimitExceeded as exc:
             raise ExpressionError(f"evaluating {what} refused: {exc}") from None

@@ -360,13 +360,26 @@ async def test_a_split_foreach_keeps_every_execution_under_the_event_limit(env, 
                     "params": {
                         "items": f"range(0, {count})",
                         "max_concurrency": 1,
-                        "steps": [{"id": "work", "type": "noop"}],
+                        "steps": [
+                            {
+                                "id": "work",
+                                "type": "noop",
+                                "params": {"outputs": {"n": {"expr": "iteration.index"}}},
+                            }
+                        ],
+                        # Over every iteration's outputs, more than one evaluation's usual
+                        # input allowance (2,048 units): the allowance grows with the items.
+                        "outputs": {
+                            "total": "size(iterations)",
+                            "last": "max_by(iterations, 'work.n').work.n",
+                        },
                     },
                 }
             ]
         },
     )
     assert result.status == "succeeded", rows["each"].error
+    assert rows["each"].outputs == {"total": count, "last": count - 1}
     found = await iterations_of(sessions, rows["each"].run_id, "each")
     assert [i.status for i in found] == ["succeeded"] * count
     leaves = {i.temporal_workflow_id for i in found}

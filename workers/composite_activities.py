@@ -45,10 +45,14 @@ from maestro.definitions import (
     split_range,
 )
 from maestro.errors import MaestroError
-from maestro.expressions import ExpressionError, evaluate, resolve_values
+from maestro.expression_limits import MAX_INPUT_WEIGHT
+from maestro.expressions import Evaluation, ExpressionError, evaluate, resolve_values
 from maestro.runs import RunsService
 from maestro.runtime import Cause, RunStatus, StepState, StepStatus
 
+# What a foreach's `outputs` may read grows by this many input units per iteration (a list or
+# map item, or a few characters of a string, count one each).
+OUTPUT_WEIGHT_PER_ITERATION = 64
 _PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
 
@@ -202,9 +206,15 @@ class CompositeActivities:
                 async with self._sessions() as session:
                     found = await iterations_db.outputs_in_order(session, run_id, composite.path)
                 context = {**composite.context, "iterations": found}
+                # The iterations' outputs are read whole however many there are: the inputs
+                # may weigh OUTPUT_WEIGHT_PER_ITERATION more for each (cost grows with them).
+                limit = MAX_INPUT_WEIGHT + OUTPUT_WEIGHT_PER_ITERATION * len(found)
+                sources = list(spec.outputs.values())
+                name = ", ".join(spec.outputs)
                 try:
+                    evaluation = Evaluation(sources, context, roots | {"iterations"}, limit)
                     for name, source in spec.outputs.items():
-                        outputs[name] = evaluate(source, context, roots | {"iterations"})
+                        outputs[name] = evaluation.evaluate(source)
                 except ExpressionError as exc:
                     return CompositeOutcome(error=f"outputs.{name}: {exc}")
         elif isinstance(spec, SubworkflowParams) and outputs is None:
