@@ -4,7 +4,9 @@ MaestroError
 ├── ConfigurationError        settings are missing or inconsistent
 ├── InvalidInput              the caller sent something wrong            -> 422
 │   ├── DefinitionInvalid     a workflow definition breaks a rule
-│   └── ParamsInvalid         run params do not fit the workflow's params
+│   ├── ParamsInvalid         run params do not fit the workflow's params
+│   ├── FlowInvalid           a Python flow cannot be loaded or built (maestro.sdk)
+│   └── CodePackageInvalid    a code package breaks a rule (size, secrets, hash, layout)
 ├── Unauthorized              no key, or an unknown or revoked one         -> 401
 ├── Forbidden                 the key lacks the scope or the ownership     -> 403
 ├── NotFound                  no such workflow, version or run            -> 404
@@ -67,6 +69,14 @@ class DefinitionInvalid(InvalidInput):
 
 class ParamsInvalid(InvalidInput):
     code = "params_invalid"
+
+
+class FlowInvalid(InvalidInput):
+    code = "flow_invalid"
+
+
+class CodePackageInvalid(InvalidInput):
+    code = "code_package_invalid"
 
 
 class Unauthorized(MaestroError):
