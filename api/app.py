@@ -18,6 +18,7 @@ from api.errors import install_error_handlers
 from api.limits import BodySizeLimit
 from api.routes import (
     audit,
+    code,
     keys,
     metrics,
     models,
@@ -143,7 +144,11 @@ def create_app(settings: Settings) -> FastAPI:
         "character (U+0000), which PostgreSQL cannot store.",
         lifespan=lifespan,
     )
-    app.add_middleware(BodySizeLimit, max_bytes=settings.api.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=settings.api.max_body_bytes,
+        larger={"/api/v1/code/": settings.api.max_code_package_bytes},
+    )
     # Outside the size limit, so refused bodies (413) are audited too.
     app.add_middleware(AuditMiddleware)
     install_error_handlers(app)
@@ -166,6 +171,7 @@ def create_app(settings: Settings) -> FastAPI:
     }
     for router, scope, read_scopes, prefix in (
         (workflows.router, Scope.write, (Scope.read,), "/api/v1"),
+        (code.router, Scope.write, (Scope.read,), "/api/v1"),
         (runs.router, Scope.write, (Scope.read,), "/api/v1"),
         (signals.router, Scope.publish, (Scope.read, Scope.signals_read), "/api/v1"),
         (models.router, Scope.write, (Scope.read,), "/api/v1"),

@@ -68,9 +68,24 @@ class VersionOut(FromRow):
     workflow_id: str
     version: int
     active: bool = False
-    content_hash: str
+    content_hash: str = Field(
+        description="The definition's hash, combined with the code package's when it has one"
+    )
     created_at: datetime
     definition: dict[str, Any]
+    code_sha256: str | None = Field(
+        default=None, description="The code package its steps run (`maestro deploy`), if any"
+    )
+    code_uri: str | None = Field(default=None, description="Where that code package is stored")
+
+
+class CodePackageOut(FromRow):
+    sha256: str
+    uri: str
+    size: int = Field(description="Bytes of the zip")
+    files: int = Field(description="How many files it holds")
+    created_at: datetime | None
+    created: bool = Field(default=False, description="Stored by this request")
 
 
 class PushResult(BaseModel):
@@ -153,6 +168,10 @@ class RunOut(FromRow):
     error: str | None
     outputs: dict[str, Any] | None
     trigger_id: str | None = None
+    code_sha256: str | None = Field(
+        default=None,
+        description="Single-run reads: the code package of the run's version, if it has one",
+    )
     actions: list[str] = Field(default=[], description="Actions this run's status allows")
     steps: list[StepOut] | None = Field(default=None, description="Present on single-run reads")
     sla: dict[str, Any] | None = Field(

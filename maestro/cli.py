@@ -25,6 +25,7 @@ from maestro.client_cli import (
     status_command,
     workflow_app,
 )
+from maestro.deploy_cli import deploy_command
 from maestro.local_cli import run_local_command
 from maestro.settings import Settings
 
@@ -37,6 +38,7 @@ app.add_typer(signal_app, name="signal")
 app.add_typer(models_app, name="models")
 app.add_typer(keys_app, name="keys")
 app.command("status")(status_command)
+app.command("deploy")(deploy_command)
 app.command("run-local")(run_local_command)
 console = Output(stderr=True)
 

@@ -133,13 +133,55 @@ class MaestroClient:
         }
 
     def push_workflow(
-        self, definition: Mapping[str, Any] | str | bytes, *, content_type: str | None = None
+        self,
+        definition: Mapping[str, Any] | str | bytes,
+        *,
+        content_type: str | None = None,
+        code: str | None = None,
+        branch: str | None = None,
+        with_schedules: bool = False,
     ) -> dict[str, Any]:
         """Register a definition (a dict, or YAML/JSON text with its `content_type`, YAML by
-        default); `created` is False when an identical version already existed."""
+        default), running the uploaded code package `code` (its SHA-256) if given, on `branch`
+        (the server's default: prod); `created` is False when an identical version (same
+        definition, same code) already existed."""
+        params: dict[str, str] = {}
+        if code is not None:
+            params["code"] = code
+        if branch is not None:
+            params["branch"] = branch
+        if with_schedules:
+            params["with_schedules"] = "true"
         return self._request(
-            "POST", "/workflows", **self._definition_body(definition, content_type)
+            "POST",
+            "/workflows",
+            params=params,
+            **self._definition_body(definition, content_type),
         )
+
+    def get_code(self, sha256: str) -> dict[str, Any]:
+        """A stored code package's record (MaestroAPIError 404 if it was never uploaded)."""
+        return self._request("GET", f"/code/{_segment(sha256)}")
+
+    def upload_code(self, sha256: str, data: bytes) -> dict[str, Any]:
+        """Store a code package (a zip) under its SHA-256, unless the API has it already;
+        `created` says whether this call stored it."""
+        try:
+            return self.get_code(sha256)
+        except MaestroAPIError as exc:
+            if exc.status != 404:
+                raise
+        return self._request(
+            "PUT",
+            f"/code/{_segment(sha256)}",
+            content=data,
+            headers={"content-type": "application/zip"},
+        )
+
+    def check_requirements(self, requirements: list[str]) -> dict[str, Any]:
+        """Check extra requirements (`scikit-learn>=1.4`) against the workers' environment;
+        raises (422) naming each one that is not satisfied."""
+        return self._request("POST", "/code/requirements", json={"requirements": requirements})
 
     def validate_workflow(
         self, definition: Mapping[str, Any] | str | bytes, *, content_type: str | None = None

@@ -42,6 +42,8 @@ class ApiSettings(BaseModel):
     # Require `Authorization: Bearer <key>` on every endpoint but health and the OpenAPI page.
     auth: bool = True
     max_body_bytes: int = 1_048_576
+    # Code packages (`PUT /api/v1/code/{sha256}`, from `maestro deploy`) may be this large.
+    max_code_package_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)
     # How long an idle HTTP connection stays open. Longer than client pools keep theirs (httpx:
     # 5 s) and than load balancers' idle timeouts (often 60 s), so the client closes first: a
     # server closing a connection just as a client reuses it fails that request.
@@ -68,6 +70,11 @@ class WorkerSettings(BaseModel):
     # "mycompany.ml"); a step naming any other module fails. "*" allows every importable
     # module, the standard library's too (`os:system`), so only for trusted definitions.
     allowed_modules: list[str] = Field(default_factory=lambda: ["examples"])
+    # Run the code packages `maestro deploy` ships with versions: an entrypoint whose module the
+    # version's package holds is imported from the package (in isolation, whatever
+    # allowed_modules says: it names installed modules); others come from installed modules as
+    # allowed_modules allows. False: steps of versions with a package fail.
+    code_packages: bool = True
     # Serve Prometheus metrics (step durations, run ends, fires) on <metrics_host>:<port>;
     # 0 = off (`maestro up` gives its worker a free port then).
     metrics_port: int = 0

@@ -9,11 +9,12 @@ import logging
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from maestro.composites import check_subworkflow_cycle
+from maestro.db import code_packages as code_db
 from maestro.db import workflows as workflows_db
-from maestro.db.tables import Workflow, WorkflowVersion
+from maestro.db.tables import CodePackage, Workflow, WorkflowVersion
 from maestro.definitions import WorkflowDefinition
 from maestro.ends import LIVE
-from maestro.errors import Conflict
+from maestro.errors import Conflict, InvalidInput, NotFound, Problem
 from maestro.runs import RunsService
 from maestro.schedules import Schedules
 from maestro.secrets import check_references
@@ -36,10 +37,14 @@ class WorkflowsService:
         self._definitions = runs.definitions
         self._schedules = schedules
 
-    async def push(self, definition: WorkflowDefinition) -> tuple[Workflow, WorkflowVersion, bool]:
-        """A new version, activated (its triggers take over) — or the identical one, as is."""
+    async def push(
+        self, definition: WorkflowDefinition, code_sha256: str | None = None
+    ) -> tuple[Workflow, WorkflowVersion, bool]:
+        """A new version, activated (its triggers take over) — or the identical one, as is.
+        `code_sha256` names the uploaded code package its steps run."""
         async with self._sessions.begin() as session:
-            workflow, version, created = await workflows_db.push_version(session, definition)
+            code = await self._code_package(session, code_sha256)
+            workflow, version, created = await workflows_db.push_version(session, definition, code)
             if created:
                 await check_references(session, definition)
                 await check_subworkflow_cycle(session, definition)
@@ -48,6 +53,17 @@ class WorkflowsService:
         if created:
             await self._reconcile(definition.id)
         return workflow, version, created
+
+    @staticmethod
+    async def _code_package(session: AsyncSession, sha256: str | None) -> CodePackage | None:
+        if sha256 is None:
+            return None
+        try:
+            return await code_db.get_package(session, sha256)
+        except NotFound as exc:
+            raise InvalidInput(
+                "unknown code package", [Problem(("query", "code"), exc.message, "unknown_code")]
+            ) from None
 
     async def activate(self, workflow_id: str, version: str | int) -> Workflow:
         async with self._sessions.begin() as session:

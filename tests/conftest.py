@@ -39,6 +39,7 @@ from maestro.settings import (
 )
 from maestro.signals import SignalBus
 from maestro.temporal_client import connect
+from tests.processes import api_with_worker
 from tests.receiver import Receiver
 from tests.s3 import S3Server
 from workers.activities import ScheduleActivities, StepActivities
@@ -224,6 +225,19 @@ async def api(settings: Settings, auth_headers) -> AsyncIterator[httpx.AsyncClie
             transport=transport, base_url="http://maestro", headers=auth_headers
         ) as client:
             yield client
+
+
+@pytest.fixture(scope="module")
+def api_url(
+    request: pytest.FixtureRequest, settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """A real `maestro api` and `maestro worker` on the module's TASK_QUEUE, stopped at the end
+    of the module; the API's URL."""
+    queue = request.module.TASK_QUEUE
+    with api_with_worker(
+        settings, tmp_path_factory.mktemp(f"{queue}-logs"), task_queue=queue
+    ) as url:
+        yield url
 
 
 @pytest.fixture

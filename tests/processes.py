@@ -7,6 +7,8 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from maestro.embedded import free_port, temporal_dev_server_command, wait_for_port
@@ -59,6 +61,20 @@ class Processes:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+@contextmanager
+def api_with_worker(settings: Settings, log_dir: Path, *, task_queue: str) -> Iterator[str]:
+    """A real `maestro api` and `maestro worker` on `task_queue`; yields the API's URL."""
+    stack = Processes(settings, log_dir, task_queue=task_queue)
+    port = free_port()
+    try:
+        stack.start("worker")
+        stack.start("api", port=port)
+        wait_for_port("127.0.0.1", port, timeout=60)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stack.stop_all()
 
 
 class TemporalDevServer:

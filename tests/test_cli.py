@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -23,11 +22,10 @@ from maestro import __version__, client_cli
 from maestro.cli import _print_up, app
 from maestro.client import MaestroAPIError
 from maestro.client_cli import Output, parse_assignments
-from maestro.embedded import free_port, wait_for_port
+from maestro.embedded import free_port
 from maestro.settings import Settings
 from maestro.supervisor import ChildProcess, Supervisor
 from tests.conftest import EXAMPLES, unique_id
-from tests.processes import Processes
 from tests.test_ml import fixed_pipeline
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -36,18 +34,8 @@ UI_LINK = re.compile(r"Temporal UI: http://127\.0\.0\.1:8233/namespaces/default/
 RUN_ID = re.compile(r"run (\S+):")
 
 
-@pytest.fixture(scope="module")
-def api_url(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real `maestro api` and `maestro worker`, stopped at the end of the module."""
-    stack = Processes(settings, tmp_path_factory.mktemp("cli-logs"), task_queue="maestro-cli")
-    port = free_port()
-    try:
-        stack.start("worker")
-        stack.start("api", port=port)
-        wait_for_port("127.0.0.1", port, timeout=60)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        stack.stop_all()
+# The task queue of this module's `maestro api` and `maestro worker` (conftest's api_url).
+TASK_QUEUE = "maestro-cli"
 
 
 @pytest.fixture

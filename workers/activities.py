@@ -58,9 +58,11 @@ from maestro.secrets import Masker, SecretBox, resolve_secrets
 from maestro.settings import OutboundSettings, WorkerSettings
 from maestro.signals import Producer, SignalBus, SignalIn
 from maestro.steps import STEP_TYPES, secret_references, unsafe_params
+from workers.code_packages import CodePackages, PackagedCode
 from workers.composite_activities import CompositeActivities
 from workers.database import outlasting_outage
 from workers.executors import EXECUTORS, Executor
+from workers.executors.python import CODE_PACKAGE
 from workers.executors.services import DatabaseServices
 from workers.workdirs import WorkRoot
 
@@ -358,6 +360,7 @@ class StepActivities:
         policy: WorkerSettings | None = None,
         secret_box: SecretBox | None = None,
         outbound: OutboundSettings | None = None,
+        code_cache: Path | None = None,
     ) -> None:
         self._policy = policy or WorkerSettings()
         self._sessions = sessions
@@ -368,6 +371,7 @@ class StepActivities:
         self._bus = bus
         self._secret_box = secret_box
         store = artifacts or LocalArtifactStore(work_root.parent / "artifacts")
+        self._code = CodePackages(sessions, store, code_cache or work_root.parent / "code-cache")
         self._services = DatabaseServices(
             sessions=sessions,
             artifacts=store,
@@ -408,8 +412,13 @@ class StepActivities:
                 non_retryable=True,
             )
         entrypoint = step_input.params.get("entrypoint")
-        if isinstance(entrypoint, str) and not _module_allowed(
-            entrypoint, self._policy.allowed_modules
+        code = await self._code_package(step_input) if isinstance(entrypoint, str) else None
+        CODE_PACKAGE.set(code)
+        packaged = code is not None and code.owns(str(entrypoint).partition(":")[0])
+        if (
+            isinstance(entrypoint, str)
+            and not packaged
+            and not _module_allowed(entrypoint, self._policy.allowed_modules)
         ):
             raise ApplicationError(
                 f"entrypoint {entrypoint!r} is outside this worker's allowed modules "
@@ -482,6 +491,22 @@ class StepActivities:
         result = await records.succeeded(result, info, started)
         activity.logger.info("step attempt succeeded", extra=log_extra)
         return result
+
+    async def _code_package(self, step_input: StepInput) -> PackagedCode | None:
+        """The code package of the step's workflow version (None: installed code only)."""
+        code = await outlasting_outage(
+            lambda: self._code.for_version(step_input.workflow_id, step_input.version),
+            heartbeat=activity.heartbeat,
+        )
+        if code is not None and not self._policy.code_packages:
+            raise ApplicationError(
+                f"version {step_input.version} of {step_input.workflow_id!r} runs a code "
+                "package, and this worker does not run code packages "
+                "(MAESTRO_WORKER__CODE_PACKAGES=false)",
+                type="CodePackagesNotAllowed",
+                non_retryable=True,
+            )
+        return code
 
     async def _step_succeeded(
         self,

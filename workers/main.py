@@ -214,6 +214,7 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
         policy=settings.worker,
         secret_box=SecretBox.from_settings(settings),
         outbound=settings.outbound,
+        code_cache=settings.data_dir.resolve() / "code-cache",
     )
     schedules = Schedules(sessions, runs, client, settings.temporal)
     schedule_activities = ScheduleActivities(schedules)

@@ -128,6 +128,7 @@ async def get_run(run_id: str, session: SessionDep, settings: SettingsDep) -> Ru
     progress = await iterations_db.counts(session, run_id, loops)
     out = run_out(run, settings, step_outs(run, version.definition, rows, progress))
     out.sla = sla.view(await session.get(RunSla, run_id))
+    out.code_sha256 = version.code_sha256
     return out
 
 

@@ -36,6 +36,7 @@ from api.schemas import (
     WorkflowOut,
     WorkflowPage,
 )
+from maestro.code_packages import SHA256_PATTERN
 from maestro.db import runs as runs_db
 from maestro.db import signals as signals_db
 from maestro.db import workflows as workflows_db
@@ -145,12 +146,23 @@ def version_out(version: WorkflowVersion, workflow: Workflow) -> VersionOut:
     responses={200: {"model": PushResult, "description": "Identical definition existed"}},
 )
 async def push_workflow(
-    request: Request, response: Response, workflows: WorkflowsDep, sessions: SessionsDep
+    request: Request,
+    response: Response,
+    workflows: WorkflowsDep,
+    sessions: SessionsDep,
+    code: Annotated[
+        str | None,
+        Query(
+            pattern=SHA256_PATTERN,
+            description="The SHA-256 of an uploaded code package (PUT /api/v1/code/{sha256}) "
+            "the version's steps run; part of what makes a version identical",
+        ),
+    ] = None,
 ) -> PushResult:
     """Register a workflow definition: a new version that becomes active (its triggers and
-    schedules take over), or — when an identical definition was pushed before — that version,
-    unchanged (200, nothing written, even if another version is active or the workflow is
-    deactivated)."""
+    schedules take over), or — when an identical definition (with the same code package) was
+    pushed before — that version, unchanged (200, nothing written, even if another version is
+    active or the workflow is deactivated)."""
     definition = await read_definition(request)
     principal = getattr(request.state, "principal", None)
     if principal is not None and principal.owners:
@@ -159,7 +171,7 @@ async def push_workflow(
             existing = await session.get(Workflow, definition.id)
         if existing is not None:  # no taking over another team's workflow by pushing it
             principal.check_owner(existing.owner)
-    workflow, version, created = await workflows.push(definition)
+    workflow, version, created = await workflows.push(definition, code)
     if not created:
         response.status_code = 200
     return PushResult(workflow=workflow_out(workflow), version=version.version, created=created)

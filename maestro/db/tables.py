@@ -75,10 +75,26 @@ class WorkflowVersion(Base):
     workflow_id: Mapped[str] = mapped_column(ForeignKey("workflows.id"), primary_key=True)
     version: Mapped[int] = mapped_column(Integer, primary_key=True)
     definition: Mapped[dict[str, Any]]
+    # The definition's hash, combined with the code package's when it has one.
     content_hash: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    # The code package its steps run (`maestro deploy`), or None: code installed on workers.
+    code_sha256: Mapped[str | None] = mapped_column(ForeignKey("code_packages.sha256"))
+    code_uri: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (UniqueConstraint("workflow_id", "content_hash"),)
+
+
+class CodePackage(Base):
+    """A code package in the artifact store (content-addressed: its name is its SHA-256)."""
+
+    __tablename__ = "code_packages"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    uri: Mapped[str] = mapped_column(Text)
+    size: Mapped[int] = mapped_column(BigInteger)
+    files: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime | None] = mapped_column(server_default=func.now())
 
 
 class Run(Base):

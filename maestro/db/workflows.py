@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from typing import cast
 
@@ -11,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from maestro.db.direct import DirectStatement, adopt
 from maestro.db.tables import (
+    CodePackage,
     DeletedWorkflow,
     Run,
     SignalMatch,
@@ -124,10 +126,19 @@ async def all_workflows(session: AsyncSession) -> Sequence[Workflow]:
     return (await session.execute(select(Workflow))).scalars().all()
 
 
+def version_hash(definition: WorkflowDefinition, code_sha256: str | None) -> str:
+    """What makes a version itself: its definition, and the code package it runs."""
+    digest = definition.content_hash()
+    if code_sha256 is None:
+        return digest
+    return hashlib.sha256(f"{digest}:code:{code_sha256}".encode()).hexdigest()
+
+
 async def push_version(
-    session: AsyncSession, definition: WorkflowDefinition
+    session: AsyncSession, definition: WorkflowDefinition, code: CodePackage | None = None
 ) -> tuple[Workflow, WorkflowVersion, bool]:
-    """Store a definition: a new version (activated) unless an identical one exists."""
+    """Store a definition (with the code package its steps run): a new version (activated)
+    unless an identical one (same definition, same code) exists."""
     # A workflow created again after a delete carries on its former counters.
     former = await session.get(DeletedWorkflow, definition.id)
     await session.execute(
@@ -142,7 +153,7 @@ async def push_version(
         .on_conflict_do_nothing()
     )
     workflow = await get_workflow(session, definition.id, lock=True)
-    digest = definition.content_hash()
+    digest = version_hash(definition, code.sha256 if code else None)
     existing = (
         await session.execute(
             select(WorkflowVersion).where(
@@ -158,6 +169,8 @@ async def push_version(
         version=workflow.latest_version,
         definition=definition.model_dump(mode="json"),
         content_hash=digest,
+        code_sha256=code.sha256 if code else None,
+        code_uri=code.uri if code else None,
     )
     session.add(version)
     workflow.active_version = version.version

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import inspect
+from contextvars import ContextVar
 from typing import Any
 
 from temporalio.exceptions import ApplicationError
@@ -12,17 +13,25 @@ from temporalio.exceptions import ApplicationError
 from maestro.context import StepContext
 from maestro.runtime import StepResult
 from maestro.steps import PythonParams
+from workers.code_packages import PackagedCode
 from workers.executors.services import Services
 
-# Entrypoints imported before: later steps call them without a thread hop for the lookup.
-_loaded: dict[str, Any] = {}
+# Entrypoints imported before, by code package (or "" for the worker's installed modules):
+# later steps call them without a thread hop for the lookup.
+_loaded: dict[tuple[str, str], Any] = {}
+# The code package of the attempt's workflow version, if it has one (set per attempt).
+CODE_PACKAGE: ContextVar[PackagedCode | None] = ContextVar("code_package", default=None)
 
 
-def load_entrypoint(entrypoint: str) -> Any:
-    """Import `module:function`, or fail the step for good with a clear message."""
+def load_entrypoint(entrypoint: str, code: PackagedCode | None = None) -> Any:
+    """Import `module:function` (from the code package when it holds the module), or fail the
+    step for good with a clear message."""
     module_name, _, attr = entrypoint.partition(":")
     try:
-        module = importlib.import_module(module_name)
+        if code is not None and code.owns(module_name):
+            module = code.module(module_name)
+        else:
+            module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ApplicationError(
             f"cannot import module {module_name!r}: {exc}",
@@ -43,9 +52,11 @@ async def call_entrypoint(entrypoint: str, ctx: StepContext) -> dict:
     """Import and call a step function: coroutines on the loop, sync (often CPU-bound) code in
     a thread. It must return a dict (or None). The import runs in a thread too: a first import
     of a heavy library takes seconds, and the loop must keep heartbeating meanwhile."""
-    function = _loaded.get(entrypoint)
+    code = CODE_PACKAGE.get()
+    key = (code.sha256 if code is not None else "", entrypoint)
+    function = _loaded.get(key)
     if function is None:
-        function = _loaded[entrypoint] = await asyncio.to_thread(load_entrypoint, entrypoint)
+        function = _loaded[key] = await asyncio.to_thread(load_entrypoint, entrypoint, code)
     if inspect.iscoroutinefunction(function):
         result = await function(ctx)
     else:

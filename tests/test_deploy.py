@@ -1,0 +1,191 @@
+"""`maestro deploy` end to end: a real `maestro api` and `maestro worker` (separate processes),
+Temporal and PostgreSQL. The flows live in the test's temporary directory, which the worker
+cannot import from: their steps run from the deployed code package only."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from maestro.cli import app
+from maestro.client import MaestroClient
+from tests.conftest import unique_id
+
+pytestmark = pytest.mark.e2e
+
+FLOW = """
+import time
+from pathlib import Path
+
+from maestro.sdk import Param, RunStrategy, StepContext, Workflow, signal
+
+wf = Workflow(
+    "{wid}",
+    params={{"gate": Param(str, default="")}},
+    triggers=[signal("{signal}", where={{"rows": {{">": 0}}}})],
+    requirements={requirements},
+    run_strategy=RunStrategy(kind="parallel", max_concurrency=5),
+)
+
+
+@wf.step
+def hello(ctx: StepContext) -> dict[str, object]:
+    gate = ctx.params["gate"]
+    while gate and {waits} and not Path(gate).exists():
+        time.sleep(0.05)
+    return {{"word": "{word}", "module": __name__}}
+"""
+
+
+def write_flow(
+    path: Path, wid: str, word: str, *, waits: bool = False, requirements: str = "()"
+) -> Path:
+    path.write_text(
+        textwrap.dedent(
+            FLOW.format(
+                wid=wid, word=word, waits=waits, signal=f"{wid}.loaded", requirements=requirements
+            )
+        )
+    )
+    return path
+
+
+# The task queue of this module's `maestro api` and `maestro worker` (conftest's api_url).
+TASK_QUEUE = "maestro-deploy"
+
+
+@pytest.fixture
+def deploy(api_url: str, admin_key: str, tmp_path: Path):
+    runner = CliRunner()
+    env = {"MAESTRO_DATA_DIR": str(tmp_path / "data"), "MAESTRO_API_KEY": admin_key}
+
+    def invoke(*args: str) -> tuple[int, str]:
+        result = runner.invoke(app, ["deploy", "--api-url", api_url, *args], env=env)
+        return result.exit_code, result.output
+
+    return invoke
+
+
+@pytest.fixture
+def client(api_url: str, admin_key: str) -> Iterator[MaestroClient]:
+    with MaestroClient(api_url, admin_key) as c:
+        yield c
+
+
+def _deployed(deploy, flow: Path) -> dict:
+    code, output = deploy(str(flow), "--production", "--output", "json")
+    assert code == 0, output
+    return json.loads(output)
+
+
+def _run(client: MaestroClient, wid: str, **params: object) -> dict:
+    return client.start_run(wid, params=params)
+
+
+def test_a_flow_runs_from_its_code_package_only(deploy, client, tmp_path: Path) -> None:
+    wid = unique_id("deployed")
+    module = f"flow_{wid.replace('-', '_')}"
+    flow = write_flow(tmp_path / f"{module}.py", wid, "one")
+    code, output = deploy(str(flow), "--production")
+    assert code == 0, output
+    assert f"{wid} [prod]: created version 1 (active)" in output
+    assert f"runs when {wid}.loaded arrives with rows > 0" in output
+    report = _deployed(deploy, flow)
+    sha = report["code"]["sha256"]
+    assert report["code"]["files"] == [flow.name]
+    assert report["workflows"][0]["result"]["created"] is False  # identical: unchanged
+    code, output = deploy(str(flow), "--production")
+    assert f"{wid} [prod]: unchanged (version 1)" in output
+    flow.unlink()  # nothing of it remains but the package
+
+    run = client.wait_for_run(_run(client, wid)["run_id"], timeout=60)
+    assert run["status"] == "succeeded", run
+    outputs = run["steps"][0]["outputs"]
+    assert outputs["word"] == "one"
+    assert outputs["module"].startswith("_maestro_code_") and outputs["module"].endswith(module)
+    assert run["code_sha256"] == sha
+    version = client.get_version(wid, 1)
+    assert version["code_sha256"] == sha and version["code_uri"].endswith(f"code/{sha}.zip")
+    assert version["definition"]["steps"][0]["params"]["entrypoint"] == f"{module}:hello"
+
+
+def test_two_versions_with_different_code_run_at_once(deploy, client, tmp_path: Path) -> None:
+    wid = unique_id("versions")
+    flow = tmp_path / "side_by_side_flow.py"
+    gate = tmp_path / "gate"
+    _deployed(deploy, write_flow(flow, wid, "one", waits=True))
+    first = _run(client, wid, gate=str(gate))
+    second_report = _deployed(deploy, write_flow(flow, wid, "two"))
+    assert second_report["workflows"][0]["result"]["version"] == 2
+    second = client.wait_for_run(_run(client, wid, gate=str(gate))["run_id"], timeout=60)
+    assert client.get_run(first["run_id"])["status"] == "running"
+    gate.touch()
+    first = client.wait_for_run(first["run_id"], timeout=60)
+    assert (first["version"], first["steps"][0]["outputs"]["word"]) == (1, "one")
+    assert (second["version"], second["steps"][0]["outputs"]["word"]) == (2, "two")
+    assert first["code_sha256"] != second["code_sha256"]
+
+
+def test_unmet_requirements_stop_the_deploy(deploy, client, tmp_path: Path) -> None:
+    wid = unique_id("needs")
+    flow = write_flow(
+        tmp_path / "needs_flow.py", wid, "x", requirements='["no-such-distribution-anywhere>=1"]'
+    )
+    code, output = deploy(str(flow), "--production")
+    assert code == 1
+    assert "no-such-distribution-anywhere is not installed on the workers" in output
+    assert wid not in [w["id"] for w in client.iter_workflows()]
+
+
+def test_bad_packages_are_refused(api_url: str, admin_key: str, tmp_path: Path) -> None:
+    headers = {"authorization": f"Bearer {admin_key}", "content-type": "application/zip"}
+    with httpx.Client(base_url=f"{api_url}/api/v1", headers=headers) as http:
+
+        def put(data: bytes, sha: str | None = None) -> httpx.Response:
+            return http.put(f"/code/{sha or hashlib.sha256(data).hexdigest()}", content=data)
+
+        big = os.urandom(5 * 1024 * 1024 + 1)
+        assert put(big).status_code == 413
+        (tmp_path / "pkg").mkdir()
+        (tmp_path / "pkg" / "flow.py").write_text("X = 1\n")
+        from maestro import code_packages
+
+        package = code_packages.build(tmp_path, [tmp_path / "pkg"])
+        mismatch = put(package.data, "0" * 64)
+        assert mismatch.status_code == 422
+        assert mismatch.json()["detail"][0]["type"] == "hash_mismatch"
+        secret = _zip_with(".env")
+        answer = put(secret)
+        assert answer.status_code == 422 and "looks like a secret" in answer.text
+        assert put(b"plain text").json()["detail"][0]["type"] == "not_a_zip"
+        stored = put(package.data)
+        assert stored.status_code == 201 and stored.json()["created"] is True
+        assert put(package.data).status_code == 200  # content-addressed: stored once
+        unknown = http.post(
+            "/workflows",
+            params={"code": "1" * 64},
+            json={"id": unique_id("nocode"), "steps": [{"id": "a", "type": "noop"}]},
+            headers={"content-type": "application/json"},
+        )
+        assert unknown.status_code == 422
+        assert unknown.json()["detail"][0]["loc"] == ["query", "code"]
+        unauthenticated = httpx.put(f"{api_url}/api/v1/code/{package.sha256}", content=package.data)
+        assert unauthenticated.status_code == 401
+
+
+def _zip_with(name: str) -> bytes:
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr(name, "KEY=1")
+    return buffer.getvalue()
