@@ -181,7 +181,7 @@ class MaestroClient:
     def check_requirements(self, requirements: list[str]) -> dict[str, Any]:
         """Check extra requirements (`scikit-learn>=1.4`) against the workers' environment;
         raises (422) naming each one that is not satisfied."""
-        return self._request("POST", "/code/requirements", json={"requirements": requirements})
+        return self._request("POST", "/requirements/check", json={"requirements": requirements})
 
     def validate_workflow(
         self, definition: Mapping[str, Any] | str | bytes, *, content_type: str | None = None

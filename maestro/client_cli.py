@@ -340,6 +340,8 @@ def _run_view(run: dict[str, Any]) -> RenderableType:
         ("ended", _time(run["ended_at"])),
         ("duration", _duration(run["started_at"], run["ended_at"])),
     ]
+    if run.get("code_sha256"):
+        rows.insert(2, ("code", f"package {run['code_sha256'][:12]}"))
     if run.get("error"):
         rows.append(("error", Text(run["error"], style="red")))
     if run.get("outputs"):
@@ -565,12 +567,13 @@ def workflow_versions(
 
 
 def _show_versions(versions: list[dict[str, Any]]) -> None:
-    table = _table("VERSION", "ACTIVE", "HASH", "CREATED")
+    table = _table("VERSION", "ACTIVE", "HASH", "CODE", "CREATED")
     for v in versions:
         table.add_row(
             str(v["version"]),
             "yes" if v["active"] else "",
             v["content_hash"][:12],
+            (v.get("code_sha256") or "-")[:12],
             _time(v["created_at"]),
         )
     out.print(table)

@@ -34,6 +34,10 @@ SEMANTIC_422 = {
     # steps form a DAG of known step types, expressions compile, crons parse, ...
     ("POST", "/api/v1/workflows"),
     ("POST", "/api/v1/workflows/validate"),
+    # a code package's body hashes to its name, is a zip, holds no secret-looking file
+    ("PUT", "/api/v1/code/{sha256}"),
+    # requirements parse (PEP 508) and are installed
+    ("POST", "/api/v1/requirements/check"),
 }
 
 

@@ -71,6 +71,7 @@ def deploy(api_url: str, admin_key: str, tmp_path: Path):
         result = runner.invoke(app, ["deploy", "--api-url", api_url, *args], env=env)
         return result.exit_code, result.output
 
+    invoke.runner, invoke.env, invoke.url = runner, env, api_url  # type: ignore[attr-defined]
     return invoke
 
 
@@ -115,6 +116,11 @@ def test_a_flow_runs_from_its_code_package_only(deploy, client, tmp_path: Path) 
     version = client.get_version(wid, 1)
     assert version["code_sha256"] == sha and version["code_uri"].endswith(f"code/{sha}.zip")
     assert version["definition"]["steps"][0]["params"]["entrypoint"] == f"{module}:hello"
+    runner, env = deploy.runner, deploy.env
+    shown = runner.invoke(app, ["workflow", "--api-url", deploy.url, "versions", wid], env=env)
+    assert sha[:12] in shown.output
+    shown = runner.invoke(app, ["run", "--api-url", deploy.url, "show", run["run_id"]], env=env)
+    assert f"package {sha[:12]}" in shown.output
 
 
 def test_two_versions_with_different_code_run_at_once(deploy, client, tmp_path: Path) -> None:

@@ -145,7 +145,10 @@ class CodePackages:
         self._fetching: dict[str, asyncio.Lock] = {}
 
     async def for_version(self, workflow_id: str, version: int) -> PackagedCode | None:
-        """The package a version's steps run, or None (code installed on the worker)."""
+        """The package a version's steps run, or None (code installed on the worker; also for
+        version 0: inputs that name no version)."""
+        if version < 1:
+            return None
         key = (workflow_id, version)
         if key not in self._versions:
             async with self._sessions() as session:

@@ -15,21 +15,30 @@ from maestro import code_packages
 from maestro.db import code_packages as code_db
 from maestro.errors import InvalidInput
 
-router = APIRouter(prefix="/code", tags=["code"])
+router = APIRouter(tags=["code"])
 
-Sha256 = Annotated[str, Path(description="The package's SHA-256 (64 lowercase hex digits)")]
+Sha256 = Annotated[
+    str,
+    Path(
+        pattern=code_packages.SHA256_PATTERN,
+        description="The package's SHA-256 (64 lowercase hex digits)",
+    ),
+]
 
 
 @router.put(
-    "/{sha256}",
+    "/code/{sha256}",
     response_model=CodePackageOut,
     status_code=201,
     responses={200: {"model": CodePackageOut, "description": "The package was stored before"}},
     openapi_extra={
         "requestBody": {
             "required": True,
-            "description": "The package: a zip of the flow's file or package directory",
-            "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}},
+            "description": "The package: a zip of the flow's file or package directory "
+            "(sent as application/zip or application/octet-stream)",
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+            },
         }
     },
 )
@@ -56,7 +65,7 @@ async def put_code(
     return CodePackageOut.model_validate(row).model_copy(update={"created": created})
 
 
-@router.get("/{sha256}", response_model=CodePackageOut)
+@router.get("/code/{sha256}", response_model=CodePackageOut)
 async def get_code(sha256: Sha256, session: SessionDep) -> CodePackageOut:
     """A stored code package's record (404 when it was never uploaded)."""
     return CodePackageOut.model_validate(await code_db.get_package(session, sha256))
@@ -73,7 +82,7 @@ class RequirementsOut(BaseModel):
     requirements: list[str]
 
 
-@router.post("/requirements", response_model=RequirementsOut)
+@router.post("/requirements/check", response_model=RequirementsOut)
 async def check_requirements(body: RequirementsIn) -> RequirementsOut:
     """Check a flow's extra requirements against the environment of this API process, which is
     the workers' environment where they are installed together (`maestro up`, the Docker image);
