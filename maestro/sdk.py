@@ -46,6 +46,7 @@ from maestro.definitions import (
     WorkflowDefinition,
     parse_definition,
 )
+from maestro.durations import format_duration
 from maestro.errors import FlowInvalid, Problem
 from maestro.steps import ChampionCheck
 
@@ -100,8 +101,15 @@ def expr(source: str) -> dict[str, str]:
 
 
 def _set(target: dict[str, Any], /, **values: Any) -> dict[str, Any]:
-    """`data` with the values that were given (not None): defaults stay the models' own."""
-    target.update({k: v for k, v in values.items() if v is not None})
+    """`target` with the values that were given (not None): defaults stay the models' own.
+    Durations given as timedeltas are written as definitions spell them ("90s")."""
+    target.update(
+        {
+            k: format_duration(v) if isinstance(v, timedelta) else v
+            for k, v in values.items()
+            if v is not None
+        }
+    )
     return target
 
 
@@ -190,7 +198,7 @@ def signal(
     all_of = [
         {"name": s, **({"where": dict(where)} if where else {})}
         if isinstance(s, str)
-        else s.model_dump(exclude_defaults=True)
+        else s.model_dump(mode="json", exclude_defaults=True)
         for s in signals
     ]
     spec = _set(
@@ -307,18 +315,23 @@ class StepRef:
         if isinstance(retry, int):
             data["retry"] = {"max_attempts": retry}
         elif retry is not None:
-            data["retry"] = retry.model_dump(exclude_unset=True)
-        for name in ("when", "timeout", "heartbeat_timeout", "failure_mode", "task_queue"):
-            if name in options:
-                data[name] = options[name]
+            data["retry"] = retry.model_dump(mode="json", exclude_unset=True)
+        _set(
+            data,
+            when=options.get("when"),
+            timeout=options.get("timeout"),
+            heartbeat_timeout=options.get("heartbeat_timeout"),
+            failure_mode=options.get("failure_mode"),
+            task_queue=options.get("task_queue"),
+        )
         if options.get("wait_for"):
             data["wait_for"] = [
-                {"name": w} if isinstance(w, str) else w.model_dump(exclude_unset=True)
+                {"name": w} if isinstance(w, str) else w.model_dump(mode="json", exclude_unset=True)
                 for w in options["wait_for"]
             ]
         if options.get("emits"):
             data["emits"] = [
-                {"name": e} if isinstance(e, str) else e.model_dump(exclude_unset=True)
+                {"name": e} if isinstance(e, str) else e.model_dump(mode="json", exclude_unset=True)
                 for e in options["emits"]
             ]
         return data
@@ -485,7 +498,9 @@ class _Steps:
             data=data,
             args=dict(args) if args else None,
             gates=list(gates) or None,
-            better_than=better_than.model_dump(exclude_unset=True) if better_than else None,
+            better_than=better_than.model_dump(mode="json", exclude_unset=True)
+            if better_than
+            else None,
             secrets=list(secrets) or None,
         )
         return lambda fn: self._function_step(fn, id, "evaluate", params, options)
@@ -708,18 +723,21 @@ class Workflow(_Steps):
         if self._params:
             data["params"] = {name: p.spec() for name, p in self._params.items()}
         if isinstance(self._run_strategy, RunStrategy):
-            data["run_strategy"] = self._run_strategy.model_dump(exclude_unset=True)
+            data["run_strategy"] = self._run_strategy.model_dump(mode="json", exclude_unset=True)
         elif self._run_strategy is not None:
             data["run_strategy"] = self._run_strategy
         if self._triggers:
             data["triggers"] = [
-                {k: v.model_dump(exclude_unset=True) if k == "sla" else v for k, v in t.items()}
+                {
+                    k: v.model_dump(mode="json", exclude_unset=True) if k == "sla" else v
+                    for k, v in t.items()
+                }
                 for t in self._triggers
             ]
         if self._sla is not None:
-            data["sla"] = self._sla.model_dump(exclude_unset=True)
+            data["sla"] = self._sla.model_dump(mode="json", exclude_unset=True)
         if self._expect:
-            data["expect"] = [e.model_dump(exclude_unset=True) for e in self._expect]
+            data["expect"] = [e.model_dump(mode="json", exclude_unset=True) for e in self._expect]
         data["steps"] = [s.build() for s in self._steps]
         return data
 

@@ -83,7 +83,7 @@ def test_every_trigger_kind_and_step_option() -> None:
         noop_step,
         id="first",
         retry=retry(5, initial_backoff="2s", maximum_backoff="1m"),
-        timeout="10m",
+        timeout=timedelta(minutes=10),
         wait_for=[wait_for("b.ready", where={"dt": expr("params.dt")}, timeout="1h")],
         emits=["first.done"],
         failure_mode="ignore_failure",
@@ -111,6 +111,7 @@ def test_every_trigger_kind_and_step_option() -> None:
     step = definition.step("first")
     assert step.params == {"entrypoint": "tests.test_sdk:noop_step", "secrets": ["token"]}
     assert step.retry.max_attempts == 5 and step.retry.maximum_backoff == timedelta(minutes=1)
+    assert step.timeout == timedelta(minutes=10)
     assert step.wait_for[0].where == {"dt": {"expr": "params.dt"}}
     assert [e.name for e in step.emits] == ["first.done"]
     assert definition.step("nap").depends_on == ["first"]
