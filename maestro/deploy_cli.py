@@ -27,9 +27,9 @@ from maestro.client_cli import (
     out,
 )
 from maestro.definitions import IntervalTrigger, TimeTrigger, WorkflowDefinition
-from maestro.describe import describe_workflow
 from maestro.errors import InvalidInput
 from maestro.sdk import load
+from maestro.trigger_words import describe_triggers
 
 PRODUCTION = "prod"
 BRANCH_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -125,7 +125,7 @@ def deploy_command(
                 report["workflows"].append(
                     {
                         "id": definition.id,
-                        "triggers": describe_workflow(definition),
+                        "triggers": describe_triggers(definition.triggers),
                         "schedules_paused": chosen != PRODUCTION
                         and not with_schedules
                         and _has_time_triggers(definition),
@@ -153,6 +153,6 @@ def _show_deployed(report: dict[str, Any]) -> None:
             else f"unchanged (version {result['version']})"
         )
         out.print(f"{workflow['id']} [{report['branch']}]: {state}")
-        out.print(f"  {item['triggers']}")
+        out.print(f"  starts: {item['triggers']}")
         if item["schedules_paused"]:
             out.print("  time triggers are paused on this branch (--with-schedules arms them)")

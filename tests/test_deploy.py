@@ -98,7 +98,7 @@ def test_a_flow_runs_from_its_code_package_only(deploy, client, tmp_path: Path) 
     code, output = deploy(str(flow), "--production")
     assert code == 0, output
     assert f"{wid} [prod]: created version 1 (active)" in output
-    assert f"runs when {wid}.loaded arrives with rows > 0" in output
+    assert f"starts: when {wid}.loaded (rows > 0)" in output
     report = _deployed(deploy, flow)
     sha = report["code"]["sha256"]
     assert report["code"]["files"] == [flow.name]

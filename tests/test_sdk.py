@@ -209,3 +209,13 @@ def test_load_reports_what_is_wrong(tmp_path: Path) -> None:
         load(str(tmp_path / "broken_flow.py"))
     # The SDK module is untouched by an error: a later load works.
     assert load(str(ROOT / "examples" / "ml" / "flow.py")).workflows
+
+
+def test_a_python_flow_runs_locally_with_maestro_testing() -> None:
+    from maestro.testing import run_flow
+    from tests.sdk_examples import hello
+
+    result = run_flow(hello, {"who": "Ada", "shout": True})
+    assert result.status == "succeeded"
+    assert result.steps["count"].outputs["letters"] == 8
+    assert result.steps["shout"].status == "succeeded"
