@@ -107,14 +107,8 @@ def load_target(target: str) -> list[WorkflowDefinition]:
     if target.lower().endswith(DEFINITION_SUFFIXES):
         _importable(Path.cwd())
         return [load_definition_file(Path(target))]
-    try:
-        from maestro import sdk  # type: ignore[attr-defined,unused-ignore]
-    except ImportError:
-        raise _target_invalid(
-            target,
-            "Python flows need maestro.sdk, which this installation does not have; "
-            "run a definition file (.yaml, .yml, .json) instead",
-        ) from None
+    from maestro import sdk
+
     loaded = sdk.load(target)
     _importable(Path(loaded.root))
     definitions = [w.definition() for w in loaded.workflows]
