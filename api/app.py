@@ -18,6 +18,7 @@ from api.errors import install_error_handlers
 from api.limits import BodySizeLimit
 from api.routes import (
     audit,
+    branches,
     code,
     keys,
     metrics,
@@ -171,6 +172,7 @@ def create_app(settings: Settings) -> FastAPI:
     }
     for router, scope, read_scopes, prefix in (
         (workflows.router, Scope.write, (Scope.read,), "/api/v1"),
+        (branches.router, Scope.write, (Scope.read,), "/api/v1"),
         (code.router, Scope.write, (Scope.read,), "/api/v1"),
         (runs.router, Scope.write, (Scope.read,), "/api/v1"),
         (signals.router, Scope.publish, (Scope.read, Scope.signals_read), "/api/v1"),

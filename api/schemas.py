@@ -41,8 +41,12 @@ class FromRow(BaseModel):
 
 
 class WorkflowOut(FromRow):
-    id: str
+    id: str = Field(description="The definition's id; `<id>@<branch>` outside `prod`")
     owner: str
+    branch: str = Field(description="`prod`, or the branch the definition was pushed to")
+    schedules_paused: bool = Field(
+        description="The time triggers are held: a branch pushed without `with_schedules`"
+    )
     active_version: int | None
     latest_version: int
     is_active: bool
@@ -62,6 +66,17 @@ class WorkflowPage(BaseModel):
     items: list[WorkflowOut]
     limit: int
     offset: int
+
+
+class BranchOut(BaseModel):
+    branch: str
+    workflows: int = Field(description="Workflows deployed to the branch")
+    active_workflows: int = Field(description="Of those, the ones not deactivated")
+
+
+class BranchDeleted(BaseModel):
+    branch: str
+    deleted: list[str] = Field(description="The ids of the workflows deleted")
 
 
 class VersionOut(FromRow):
@@ -97,6 +112,8 @@ class PushResult(BaseModel):
 class ValidationResult(BaseModel):
     valid: bool
     definition: dict[str, Any] = Field(description="The definition with every default filled in")
+    workflow_id: str = Field(description="The id a push to `branch` would store it under")
+    branch: str
 
 
 class StartRunRequest(BaseModel):
@@ -194,6 +211,10 @@ class SignalOut(FromRow):
     payload: dict[str, Any] | None
     request_id: str | None
     producer: dict[str, Any] = Field(description="outside, or the run/step that published it")
+    branch: str | None = Field(
+        description="The branch of the workflow that published it (or that it was published "
+        "for); null: from outside, reaching every branch"
+    )
     created_at: datetime
 
 
@@ -277,7 +298,10 @@ class TriggerOut(BaseModel):
     kind: str = Field(description="time, interval, signal or on_finish")
     trigger_id: str = Field(description="Stable id; unchanged while the trigger is unchanged")
     active: bool = Field(description="Fires now (the workflow is active and not paused)")
-    paused: bool = Field(description="The workflow is paused or deactivated")
+    paused: bool = Field(
+        description="The workflow is paused or deactivated (time triggers: or a branch's "
+        "schedules are held)"
+    )
     spec: dict[str, Any]
     next_fires: list[datetime] | None = Field(default=None, description="Time triggers")
     last_fire: LastFire | None = Field(
@@ -312,17 +336,19 @@ class RestartIn(BaseModel):
 
 
 class LineageNode(BaseModel):
-    id: str = Field(description="`run:<run_id>` or `signal:<id>`")
-    kind: str
-    data: dict[str, Any]
+    id: str = Field(description="`run:<run_id>`, `signal:<id>` or `model:<model name>:<version>`")
+    kind: str = Field(description="run, signal or model_version")
+    data: dict[str, Any] = Field(description="The node's fields, its `branch` among them")
 
 
 class LineageEdge(BaseModel):
     source: str
     target: str
     kind: str = Field(
-        description="`started` (signal -> run), `produced` (run -> signal) or `subworkflow` "
-        "(parent run -> the child run one of its subworkflow steps started)"
+        description="`started` (signal -> run), `produced` (run -> signal), `subworkflow` "
+        "(parent run -> the child run one of its subworkflow steps started), `registered` "
+        "(run -> model version) or `deployed` (model version -> the run that moved it to a "
+        "stage)"
     )
 
 
@@ -342,6 +368,7 @@ class ModelVersionOut(FromRow):
     data_ref: str | None
     run_id: str
     step_id: str
+    branch: str = Field(description="The branch of the run that registered it")
     created_at: datetime
     lineage: dict[str, Any] | None = Field(
         default=None, description="The run that trained it and the signals that started that run"

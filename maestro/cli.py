@@ -18,6 +18,7 @@ import typer
 from maestro import __version__
 from maestro.client_cli import (
     Output,
+    branch_app,
     keys_app,
     models_app,
     run_app,
@@ -37,6 +38,7 @@ app.add_typer(run_app, name="run")
 app.add_typer(signal_app, name="signal")
 app.add_typer(models_app, name="models")
 app.add_typer(keys_app, name="keys")
+app.add_typer(branch_app, name="branch")
 app.command("status")(status_command)
 app.command("deploy")(deploy_command)
 app.command("run-local")(run_local_command)

@@ -132,6 +132,13 @@ class MaestroClient:
             "headers": {"content-type": content_type or "application/yaml"},
         }
 
+    @staticmethod
+    def _branch_params(branch: str | None, with_schedules: bool) -> dict[str, Any]:
+        params: dict[str, Any] = {"branch": branch} if branch is not None else {}
+        if with_schedules:
+            params["with_schedules"] = "true"
+        return params
+
     def push_workflow(
         self,
         definition: Mapping[str, Any] | str | bytes,
@@ -142,16 +149,13 @@ class MaestroClient:
         with_schedules: bool = False,
     ) -> dict[str, Any]:
         """Register a definition (a dict, or YAML/JSON text with its `content_type`, YAML by
-        default), running the uploaded code package `code` (its SHA-256) if given, on `branch`
-        (the server's default: prod); `created` is False when an identical version (same
+        default), running the uploaded code package `code` (its SHA-256) if given, in `branch`
+        (None: `prod`), stored as `<id>@<branch>` outside prod, with its time triggers paused
+        there unless `with_schedules`; `created` is False when an identical version (same
         definition, same code) already existed."""
-        params: dict[str, str] = {}
+        params: dict[str, Any] = self._branch_params(branch, with_schedules)
         if code is not None:
             params["code"] = code
-        if branch is not None:
-            params["branch"] = branch
-        if with_schedules:
-            params["with_schedules"] = "true"
         return self._request(
             "POST",
             "/workflows",
@@ -184,22 +188,38 @@ class MaestroClient:
         return self._request("POST", "/requirements/check", json={"requirements": requirements})
 
     def validate_workflow(
-        self, definition: Mapping[str, Any] | str | bytes, *, content_type: str | None = None
+        self,
+        definition: Mapping[str, Any] | str | bytes,
+        *,
+        content_type: str | None = None,
+        branch: str | None = None,
+        with_schedules: bool = False,
     ) -> dict[str, Any]:
-        """Check a definition without storing it; returns it normalised, or raises (422)."""
+        """Check a definition without storing it; returns it normalised with the id a push to
+        `branch` would store it under, or raises (422)."""
         return self._request(
-            "POST", "/workflows/validate", **self._definition_body(definition, content_type)
+            "POST",
+            "/workflows/validate",
+            params=self._branch_params(branch, with_schedules),
+            **self._definition_body(definition, content_type),
         )
 
-    def list_workflows(self, *, limit: int = 100, offset: int = 0) -> dict[str, Any]:
-        """One page of workflows by id."""
-        return self._request("GET", "/workflows", params={"limit": limit, "offset": offset})
+    def list_workflows(
+        self, *, limit: int = 100, offset: int = 0, branch: str | None = None
+    ) -> dict[str, Any]:
+        """One page of workflows by id (of one branch, if given)."""
+        params: dict[str, Any] = {"limit": limit, "offset": offset}
+        if branch is not None:
+            params["branch"] = branch
+        return self._request("GET", "/workflows", params=params)
 
-    def iter_workflows(self, *, page_size: int = 500) -> Iterator[dict[str, Any]]:
-        """Every workflow, fetching pages as needed."""
+    def iter_workflows(
+        self, *, page_size: int = 500, branch: str | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Every workflow (of one branch, if given), fetching pages as needed."""
         offset = 0
         while True:
-            items = self.list_workflows(limit=page_size, offset=offset)["items"]
+            items = self.list_workflows(limit=page_size, offset=offset, branch=branch)["items"]
             yield from items
             if len(items) < page_size:
                 return
@@ -257,6 +277,17 @@ class MaestroClient:
     def delete_workflow(self, workflow_id: str) -> None:
         """Delete the workflow with its schedules, versions and runs (409 while runs are live)."""
         self._request("DELETE", f"/workflows/{_segment(workflow_id)}")
+
+    # Branches
+
+    def list_branches(self) -> list[dict[str, Any]]:
+        """Every branch that holds workflows, with how many."""
+        return self._request("GET", "/branches")
+
+    def delete_branch(self, branch: str) -> dict[str, Any]:
+        """Delete a branch's workflows with their schedules, versions and runs (never `prod`;
+        409 while runs are live); returns the ids deleted."""
+        return self._request("DELETE", f"/branches/{_segment(branch)}")
 
     # Runs
 
@@ -358,14 +389,17 @@ class MaestroClient:
         *,
         payload: Mapping[str, Any] | None = None,
         request_id: str | None = None,
+        branch: str | None = None,
     ) -> dict[str, Any]:
-        """Publish a signal; returns it with `duplicate` and the `runs` it started."""
+        """Publish a signal (from outside, or as one of `branch`, which reaches only that
+        branch's workflows); returns it with `duplicate` and the `runs` it started."""
         body: dict[str, Any] = {"name": name, "params": dict(params or {})}
         if payload is not None:
             body["payload"] = dict(payload)
         if request_id is not None:
             body["request_id"] = request_id
-        return self._request("POST", "/signals", json=body)
+        query = {"branch": branch} if branch is not None else {}
+        return self._request("POST", "/signals", json=body, params=query)
 
     def list_signals(
         self,
@@ -375,10 +409,17 @@ class MaestroClient:
         since: str | None = None,
         limit: int = 100,
         cursor: str | None = None,
+        branch: str | None = None,
     ) -> dict[str, Any]:
-        """One page of the signal log, newest first; `params` filter by equality."""
+        """One page of the signal log, newest first; `params` filter by equality, `branch`
+        keeps one branch's signals."""
         query: dict[str, Any] = {"limit": limit}
-        for key, value in (("name", name), ("since", since), ("cursor", cursor)):
+        for key, value in (
+            ("name", name),
+            ("since", since),
+            ("cursor", cursor),
+            ("branch", branch),
+        ):
             if value is not None:
                 query[key] = value
         for key, value in (params or {}).items():

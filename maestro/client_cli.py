@@ -51,6 +51,10 @@ models_app = typer.Typer(
     help="The model registry: versions, stages, promotion.", no_args_is_help=True
 )
 keys_app = typer.Typer(help="Manage API keys (needs an admin key).", no_args_is_help=True)
+branch_app = typer.Typer(
+    help="Branches: isolated deployments of workflows (user.alice, test.x).",
+    no_args_is_help=True,
+)
 
 # Off a terminal, lines are laid out as if the screen were this wide: none is ever wrapped.
 UNWRAPPED_WIDTH = 100_000
@@ -163,7 +167,7 @@ def _target(
     ctx.obj = Target(api_url, api_key or _key_from_file())
 
 
-for _app in (workflow_app, run_app, signal_app, models_app, keys_app):
+for _app in (workflow_app, run_app, signal_app, models_app, keys_app, branch_app):
     _app.callback()(_target)
 
 
@@ -455,19 +459,47 @@ DefinitionFile = Annotated[
 ]
 
 
+BranchOption = Annotated[
+    str | None,
+    typer.Option(
+        "--branch",
+        help="Deploy to this branch (stored as <id>@<branch>; its emitted and completion "
+        "signals reach only its own workflows). Default: prod.",
+        show_default=False,
+    ),
+]
+WithSchedulesOption = Annotated[
+    bool,
+    typer.Option(
+        "--with-schedules", help="Outside prod: arm the time triggers (paused by default)."
+    ),
+]
+
+
 @workflow_app.command("apply")
 def workflow_apply(
-    ctx: typer.Context, file: DefinitionFile, output: OutputOption = OutputFormat.table
+    ctx: typer.Context,
+    file: DefinitionFile,
+    branch: BranchOption = None,
+    with_schedules: WithSchedulesOption = False,
+    output: OutputOption = OutputFormat.table,
 ) -> None:
     """Register a definition: a changed one becomes the next, active version."""
     body, content_type = _definition_file(file)
     with _client(ctx) as client:
-        result = client.push_workflow(body, content_type=content_type)
+        result = client.push_workflow(
+            body, content_type=content_type, branch=branch, with_schedules=with_schedules
+        )
     _emit(output, result, _show_applied)
 
 
 def _show_applied(result: dict[str, Any]) -> None:
     workflow = result["workflow"]
+    if workflow["schedules_paused"]:
+        out.print(
+            f"{workflow['id']}: branch {workflow['branch']}: time triggers paused "
+            "(--with-schedules arms them)"
+        )
     if result["created"]:
         out.print(f"{workflow['id']}: created version {result['version']} (active)")
         return
@@ -497,10 +529,16 @@ def workflow_validate(
 
 
 @workflow_app.command("list")
-def workflow_list(ctx: typer.Context, output: OutputOption = OutputFormat.table) -> None:
+def workflow_list(
+    ctx: typer.Context,
+    branch: Annotated[
+        str | None, typer.Option(help="Only this branch's workflows.", show_default=False)
+    ] = None,
+    output: OutputOption = OutputFormat.table,
+) -> None:
     """List workflows."""
     with _client(ctx) as client:
-        workflows = list(client.iter_workflows())
+        workflows = list(client.iter_workflows(branch=branch))
     _emit(output, workflows, _show_workflows)
 
 
@@ -508,7 +546,7 @@ def _show_workflows(workflows: list[dict[str, Any]]) -> None:
     if not workflows:
         out.print("no workflows")
         return
-    table = _table("ID", "OWNER", "STATE", "ACTIVE", "LATEST", "RUNS", "UPDATED")
+    table = _table("ID", "OWNER", "STATE", "ACTIVE", "LATEST", "RUNS", "UPDATED", "BRANCH")
     for w in workflows:
         table.add_row(
             w["id"],
@@ -518,6 +556,7 @@ def _show_workflows(workflows: list[dict[str, Any]]) -> None:
             str(w["latest_version"]),
             str(w["run_count"]),
             _time(w["updated_at"]),
+            w["branch"],
         )
     out.print(table)
 
@@ -749,6 +788,49 @@ def workflow_delete(
     out.print(f"{workflow_id}: deleted")
 
 
+# maestro branch ...
+
+
+@branch_app.command("list")
+def branch_list(ctx: typer.Context, output: OutputOption = OutputFormat.table) -> None:
+    """Every branch that holds workflows, with how many."""
+    with _client(ctx) as client:
+        branches = client.list_branches()
+
+    def show(branches: list[dict[str, Any]]) -> None:
+        if not branches:
+            out.print("no branches")
+            return
+        table = _table("BRANCH", "WORKFLOWS", "ACTIVE")
+        for b in branches:
+            table.add_row(b["branch"], str(b["workflows"]), str(b["active_workflows"]))
+        out.print(table)
+
+    _emit(output, branches, show)
+
+
+@branch_app.command("delete")
+def branch_delete(
+    ctx: typer.Context,
+    name: str,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
+    output: OutputOption = OutputFormat.table,
+) -> None:
+    """Delete a branch: its workflows with their schedules, versions and runs (never prod;
+    refused while runs are live)."""
+    if not yes:
+        typer.confirm(f"delete branch {name} with its workflows and run history?", abort=True)
+    with _client(ctx) as client:
+        result = client.delete_branch(name)
+
+    def show(result: dict[str, Any]) -> None:
+        for workflow_id in result["deleted"]:
+            out.print(f"{workflow_id}: deleted")
+        out.print(f"branch {result['branch']}: deleted ({len(result['deleted'])} workflows)")
+
+    _emit(output, result, show)
+
+
 # maestro run ...
 
 
@@ -916,6 +998,14 @@ def signal_publish(
     request_id: Annotated[
         str | None, typer.Option(help="Dedupe key (default: the name and params).")
     ] = None,
+    branch: Annotated[
+        str | None,
+        typer.Option(
+            help="Publish as a signal of this branch (reaches only its workflows); default: "
+            "from outside, reaching every branch that listens.",
+            show_default=False,
+        ),
+    ] = None,
     output: OutputOption = OutputFormat.table,
 ) -> None:
     """Publish a signal; prints the runs it started."""
@@ -929,7 +1019,9 @@ def signal_publish(
         if not isinstance(body, dict):
             _usage("--payload must be a JSON object")
     with _client(ctx) as client:
-        result = client.publish_signal(name, values, payload=body, request_id=request_id)
+        result = client.publish_signal(
+            name, values, payload=body, request_id=request_id, branch=branch
+        )
     _emit(output, result, _show_published)
 
 
@@ -969,7 +1061,7 @@ def _show_signals(signals: list[dict[str, Any]]) -> None:
     if not signals:
         out.print("no signals")
         return
-    table = _table("ID", "NAME", "SEQ", "PARAMS", "PRODUCER", "CREATED")
+    table = _table("ID", "NAME", "SEQ", "PARAMS", "PRODUCER", "CREATED", "BRANCH")
     for s in signals:
         table.add_row(
             str(s["id"]),
@@ -978,6 +1070,7 @@ def _show_signals(signals: list[dict[str, Any]]) -> None:
             _compact(s["params"], 80),
             _producer(s["producer"]),
             _time(s["created_at"]),
+            s["branch"] or "-",
         )
     out.print(table)
 
@@ -1077,7 +1170,7 @@ def _show_model(model: dict[str, Any]) -> None:
     ]
     out.print(_fields(rows))
     out.print()
-    table = _table("VERSION", "STAGE", "METRICS", "RUN", "STEP", "CREATED")
+    table = _table("VERSION", "STAGE", "METRICS", "RUN", "STEP", "CREATED", "BRANCH")
     for v in model.get("versions") or []:
         table.add_row(
             str(v["version"]),
@@ -1086,6 +1179,7 @@ def _show_model(model: dict[str, Any]) -> None:
             v["run_id"],
             v["step_id"],
             _time(v["created_at"]),
+            v["branch"],
         )
     out.print(table)
     if model.get("history"):

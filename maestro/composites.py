@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from maestro.branches import PROD, qualified_id
 from maestro.definitions import Step
 from maestro.runtime import IterationRef, RunInput
 
@@ -239,18 +240,20 @@ def subworkflow_calls(
     return found
 
 
-async def check_subworkflow_cycle(session: Any, definition: Any) -> None:
+async def check_subworkflow_cycle(session: Any, definition: Any, branch: str = PROD) -> None:
     """Refuse a definition whose subworkflow steps call, through other workflows' active (or
-    named) versions, back into it: DefinitionInvalid naming the cycle."""
+    named) versions, back into it: DefinitionInvalid naming the cycle. In a branch, a
+    subworkflow step calls the workflow of the same branch."""
     from maestro.db.workflows import get_version
     from maestro.definitions import WorkflowDefinition
     from maestro.errors import DefinitionInvalid, NotFound, Problem
 
     def calls_of(body: WorkflowDefinition) -> list[tuple[str, str | int]]:
-        return subworkflow_calls(body.steps)
+        return [(qualified_id(w, branch), v) for w, v in subworkflow_calls(body.steps)]
 
-    stack: list[tuple[str, list[tuple[str, str | int]]]] = [(definition.id, calls_of(definition))]
-    path = [definition.id]
+    own_id = qualified_id(definition.id, branch)
+    stack: list[tuple[str, list[tuple[str, str | int]]]] = [(own_id, calls_of(definition))]
+    path = [own_id]
     seen: set[tuple[str, str | int]] = set()
     while stack:
         _, pending = stack[-1]
@@ -259,7 +262,7 @@ async def check_subworkflow_cycle(session: Any, definition: Any) -> None:
             path.pop()
             continue
         workflow_id, version = pending.pop()
-        if workflow_id == definition.id:
+        if workflow_id == own_id:
             cycle = [*path, workflow_id]
             raise DefinitionInvalid(
                 "workflow definition is invalid",

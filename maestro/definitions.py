@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from maestro import expression_limits
+from maestro.branches import BRANCH_PATTERN, SEPARATOR, BranchName
 from maestro.dag import find_cycle
 from maestro.durations import Duration
 from maestro.errors import DefinitionInvalid, ParamsInvalid, Problem
@@ -41,6 +42,8 @@ from maestro.expressions import (
 from maestro.steps import STEP_TYPES, check_step_params
 
 WORKFLOW_ID_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,127}$"
+# A stored workflow's id: a definition id, `@<branch>` outside prod (maestro.branches).
+STORED_WORKFLOW_ID_PATTERN = rf"{WORKFLOW_ID_PATTERN[:-1]}(?:{SEPARATOR}{BRANCH_PATTERN[1:-1]})?$"
 STEP_ID_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
 # Cron macros and the five-field expression each stands for.
 CRON_MACROS = {
@@ -588,12 +591,22 @@ class _TriggerRun(_Model):
         return params
 
 
-class SignalTriggerSpec(_TriggerRun):
+class SignalTriggerSpec(_TriggerRun, _OmitUnset):
     """All of these signals (agreeing on `join_on` params, at most `within` apart) start a run."""
+
+    _omitted_when_unset: ClassVar[tuple[str, ...]] = ("branches",)
 
     all_of: list[SignalCondition] = Field(min_length=1, max_length=10)
     join_on: list[ParamName] = Field(default_factory=list, max_length=10)
     within: Duration | None = None
+    branches: list[BranchName] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=50,
+        description="The branches whose deployment of this workflow takes outside signals "
+        "(those published without a branch) through this trigger, e.g. `[prod]`; unset: "
+        "every branch. Signals of the workflow's own branch always reach it.",
+    )
 
     @model_validator(mode="after")
     def _distinct_names(self) -> SignalTriggerSpec:

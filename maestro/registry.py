@@ -1,7 +1,9 @@
 """The model registry service: promoting a version to a stage archives the previous holder and
 publishes `model.deployed` in the same transaction (so downstream workflows can react). A model
 belongs to the owner of the workflow that registered it: only that owner's runs promote it
-(the API checks the calling key's owners before it gets here)."""
+(the API checks the calling key's owners before it gets here). Only the `prod` branch reaches
+the `production` stage: a version a branch's run registered, or a branch's deploy step, is
+refused it."""
 
 from __future__ import annotations
 
@@ -12,12 +14,14 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from maestro import outbox
+from maestro.branches import PROD
 from maestro.db import models as models_db
 from maestro.db.tables import Model, ModelVersion, StageChange
 from maestro.errors import Forbidden, InvalidInput, Problem
 from maestro.signals import Producer, SignalBus, SignalIn
 
-STAGES = ("staging", "production")
+PRODUCTION = "production"
+STAGES = ("staging", PRODUCTION)
 DEPLOYED_SIGNAL = "model.deployed"
 
 
@@ -80,16 +84,29 @@ class Registry:
         ).scalar_one_or_none()
         target = await models_db.get_version(session, name, version, lock=True)
         assert model is not None  # a version exists, so its model does
+        if stage == PRODUCTION and target.branch != PROD:
+            raise Forbidden(
+                f"version {version} of model {name!r} was registered by a run of branch "
+                f"{target.branch!r}; only versions of the prod branch may reach production "
+                "(deploy the workflow to prod and train it there)"
+            )
         if run_id is not None:
-            owner = await models_db.run_owner(session, run_id)
+            owner, branch = await models_db.run_owner_and_branch(session, run_id)
             if owner != model.owner:
                 raise Forbidden(
                     f"model {name!r} belongs to {model.owner or 'no owner'!r}; run {run_id} of "
                     f"a workflow of {owner or 'no owner'!r} cannot promote it"
                 )
+            if stage == PRODUCTION and branch != PROD:
+                raise Forbidden(
+                    f"run {run_id} is of branch {branch!r}; only prod runs may deploy to production"
+                )
         if producer.owners is None and producer.workflow_id is None:
-            # Promoted from outside (the API): the deploy signal is the model owner's.
-            producer = producer.model_copy(update={"owners": [model.owner]})
+            # Promoted from outside (the API): the deploy signal is the model owner's, and of
+            # the version's branch (a branch's deployments reach only its own workflows).
+            producer = producer.model_copy(
+                update={"owners": [model.owner], "branch": producer.branch or target.branch}
+            )
         if request_key is not None:
             earlier = await models_db.change_by_key(session, request_key)
             if earlier is not None:

@@ -1,6 +1,8 @@
 """Time triggers on Temporal Schedules: one schedule per time trigger, reconciled from the
 database (the active version's triggers, the workflow's active and paused flags).
 
+A branch's schedules (maestro.branches) are paused unless it was pushed `with_schedules`.
+
 A schedule starts a TimedRunWorkflow: its first (local) activity, `admit_fire`, creates the run
 through the same door as every other start (run strategy, exactly-once by a request id made of
 trigger and scheduled time); if the strategy admits the run at once, that same execution carries
@@ -188,7 +190,8 @@ class Schedules:
         if workflow.active_version is None:
             return [], True
         definition = await self._runs.definitions.get(session, workflow.id, workflow.active_version)
-        return time_triggers(workflow.id, definition), workflow.paused or not workflow.is_active
+        held = workflow.paused or not workflow.is_active or workflow.schedules_paused
+        return time_triggers(workflow.id, definition), held
 
     async def _wanted(
         self, session: AsyncSession, workflow: Workflow

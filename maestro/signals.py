@@ -27,6 +27,7 @@ from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
 from maestro import metrics
+from maestro.branches import PROD, branch_of
 from maestro.db import signals as signals_db
 from maestro.db import workflows as workflows_db
 from maestro.db.runs import set_step_waiting
@@ -50,6 +51,7 @@ from maestro.runtime import (
 )
 from maestro.triggers import (
     CompiledTrigger,
+    branch_problem,
     completion_signal_name,
     equality_filter,
     evaluate_trigger,
@@ -104,11 +106,13 @@ class SignalIn(BaseModel):
                 raise ValueError(f"payload is {size} bytes; the limit is {MAX_PAYLOAD_BYTES}")
         return payload
 
-    def dedupe_key(self) -> str:
-        """`request_id` when given, else a hash of name and params."""
+    def dedupe_key(self, branch: str | None = None) -> str:
+        """`request_id` when given, else a hash of name and params (and the branch the signal
+        is tagged with, if any: the same signal in two branches is two signals)."""
         if self.request_id is not None:
             return f"req:{self.request_id}"
-        canonical = json.dumps([self.name, self.params], sort_keys=True, separators=(",", ":"))
+        content: list[Any] = [self.name, self.params] + ([branch] if branch is not None else [])
+        canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
         return f"hash:{hashlib.sha256(canonical.encode()).hexdigest()}"
 
 
@@ -123,6 +127,15 @@ class Producer(BaseModel):
     # `signals.producer_owners`; None for a run's or step's, whose workflow's owner the
     # database fills in.
     owners: list[str] | None = Field(default=None, exclude=True)
+    # The branch the signals are tagged with (`signals.branch`), if not the workflow's.
+    branch: str | None = Field(default=None, exclude=True)
+
+    def signal_branch(self) -> str | None:
+        """The branch its signals are tagged with: the one given, else the producing
+        workflow's (read from its id); None for an outside signal, which every branch gets."""
+        if self.branch is not None:
+            return self.branch
+        return branch_of(self.workflow_id) if self.workflow_id is not None else None
 
 
 @dataclass
@@ -152,7 +165,7 @@ class TriggerExplanation(BaseModel):
     routed: bool = Field(
         description="Publishing hands the signal to this trigger (it has an outcome in "
         "`matches`); false: the routing index passes it by, as its `where` requires a string "
-        "param the signal does not carry"
+        "param the signal does not carry, or the signal's branch does not reach the trigger's"
     )
     would_match: bool = Field(
         description="The signal satisfies the trigger now: its `where`, join key, `when` and "
@@ -161,7 +174,7 @@ class TriggerExplanation(BaseModel):
     outcome: str = Field(
         description="What the trigger would do with the signal now: would_start_run, "
         "join_incomplete, condition_false, condition_error, params_invalid, workflow_paused, "
-        "workflow_inactive"
+        "workflow_inactive, other_branch (the signal's branch does not reach the workflow's)"
     )
     reasons: list[str] = Field(description="Why it would not start a run (empty if it would)")
 
@@ -348,7 +361,8 @@ class SignalBus:
         is retried (a step's emits), the insert still refuses a duplicate, which then leaves a
         gap in the name's `seq` instead of costing every publish a query."""
         pending = _Pending()
-        keys = [s.dedupe_key() for s in signals]
+        branch = producer.signal_branch()
+        keys = [s.dedupe_key(branch) for s in signals]
         lookup = lookup and len(signals) > 1
         existing = await signals_db.find_by_dedupe_keys(session, keys) if lookup else {}
         fresh: dict[str, SignalIn] = {}
@@ -368,6 +382,7 @@ class SignalBus:
                     "producer": produced_by,
                     "producer_run_id": producer.run_id,
                     "producer_owners": producer.owners,
+                    "branch": branch,
                 }
                 for key, s in fresh.items()
             }
@@ -405,7 +420,7 @@ class SignalBus:
         if len(rows) == 1:
             [row] = rows
             stored = await signals_db.insert_signal(
-                session, row, signal_routes(row["name"], row["params"])
+                session, row, signal_routes(row["name"], row["params"], row["branch"])
             )
             if stored is None:
                 return [], None
@@ -438,7 +453,7 @@ class SignalBus:
         `reached`, unless they are to be looked up), and to open waits on `waited_on` (the
         names flagged as waited on, whose locks this transaction holds: only those can have
         open waits)."""
-        routes = {s.id: set(signal_routes(s.name, s.params)) for s in signals}
+        routes = {s.id: set(signal_routes(s.name, s.params, s.branch)) for s in signals}
         triggers = reached
         if triggers is None:
             triggers = await signals_db.triggers_reached(session, set().union(*routes.values()))
@@ -453,6 +468,7 @@ class SignalBus:
                 if (
                     wait.matched_signal_id is None
                     and wait.name == signal.name
+                    and signal.branch in (None, wait.branch)
                     and where_matches(wait.where, signal.params)
                 ):
                     wait.matched_signal_id = signal.id
@@ -591,7 +607,7 @@ class SignalBus:
         only their workflows'): whether the signal would match it now and why not, routed past
         by the index or not. Reads only; the expressions run in a worker thread, each trigger
         within its cost budget."""
-        routes = set(signal_routes(signal.name, signal.params))
+        routes = set(signal_routes(signal.name, signal.params, signal.branch))
         rows = sorted(
             await signals_db.triggers_listening_to(session, [signal.name], owners),
             key=lambda r: (r.workflow_id, r.trigger_id),
@@ -605,6 +621,12 @@ class SignalBus:
             if not row.active:
                 workflow = await workflows_db.get_workflow(session, row.workflow_id)
                 state = "workflow_paused" if workflow.is_active else "workflow_inactive"
+            elsewhere = branch_problem(trigger, branch_of(row.workflow_id), signal.branch)
+            if elsewhere is not None:
+                explained[(row.workflow_id, row.trigger_id)] = _explanation(
+                    row, routed, state, "other_branch", [elsewhere]
+                )
+                continue
             problems = where_problems(trigger.condition(signal.name).where, signal.params)
             if problems:
                 explained[(row.workflow_id, row.trigger_id)] = _explanation(
@@ -631,6 +653,8 @@ class SignalBus:
         """Record a step's waits and release those a stored signal already satisfies."""
         matched: list[MatchedSignal] = []
         async with self._sessions.begin() as session:
+            run = await session.get(Run, request.run_id)
+            branch = branch_of(run.workflow_id) if run is not None else PROD
             await signals_db.lock_names_for_waits(session, [w.name for w in request.waits])
             await signals_db.add_waits(
                 session,
@@ -642,6 +666,7 @@ class SignalBus:
                         "name": w.name,
                         "where": w.where,
                         "temporal_workflow_id": request.temporal_workflow_id,
+                        "branch": branch,
                     }
                     for w in request.waits
                 ],
@@ -652,7 +677,7 @@ class SignalBus:
                     signal = await session.get(Signal, wait.matched_signal_id)
                 else:
                     for candidate in await signals_db.latest_matching(
-                        session, wait.name, equality_filter(wait.where)
+                        session, wait.name, equality_filter(wait.where), wait.branch
                     ):
                         if where_matches(wait.where, candidate.params):
                             signal = candidate

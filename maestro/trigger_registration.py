@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from maestro.branches import PROD, branch_of, qualified_id
 from maestro.db import signals as signals_db
 from maestro.db import workflows as workflows_db
 from maestro.definitions import FINISH_STATUSES, WorkflowDefinition
@@ -15,14 +16,19 @@ from maestro.triggers import CompiledTrigger, compile_signal_triggers, completio
 
 
 async def check_trigger_loop(
-    session: AsyncSession, definitions: DefinitionsCache, definition: WorkflowDefinition
+    session: AsyncSession,
+    definitions: DefinitionsCache,
+    definition: WorkflowDefinition,
+    branch: str = PROD,
 ) -> None:
     """Refuse a definition whose triggers would start it again through the completion or
-    emitted signals of the runs they start (A -> B -> A), unless it opts in."""
+    emitted signals of the runs they start (A -> B -> A), unless it opts in. What a workflow's
+    runs publish reaches only its branch, so the loop is looked for there."""
     if definition.allow_trigger_loop:
         return
-    new_triggers = [t for t in compile_signal_triggers(definition)]
-    active: dict[str, WorkflowDefinition] = {definition.id: definition}
+    new_triggers = [t for t in compile_signal_triggers(definition, branch)]
+    own_id = qualified_id(definition.id, branch)
+    active: dict[str, WorkflowDefinition] = {own_id: definition}
 
     async def products(workflow_id: str) -> list[tuple[str, str | None]]:
         if workflow_id not in active:
@@ -48,22 +54,23 @@ async def check_trigger_loop(
 
     async def successors(workflow_id: str) -> list[str]:
         made = await products(workflow_id)
-        found = {definition.id} if any(consumes(t, made) for t in new_triggers) else set()
+        found = {own_id} if any(consumes(t, made) for t in new_triggers) else set()
         for row in await signals_db.triggers_listening_to(session, [n for n, _ in made]):
             if (
                 row.active
-                and row.workflow_id != definition.id
+                and row.workflow_id != own_id
+                and branch_of(row.workflow_id) == branch
                 and consumes(CompiledTrigger.model_validate(row.spec), made)
             ):
                 found.add(row.workflow_id)
         return sorted(found)
 
-    path = [definition.id]
+    path = [own_id]
     visited: set[str] = set()
 
     async def visit(node: str) -> list[str] | None:
         for nxt in await successors(node):
-            if nxt == definition.id:
+            if nxt == own_id:
                 return [*path, nxt]
             if nxt not in visited:
                 visited.add(nxt)
@@ -74,7 +81,7 @@ async def check_trigger_loop(
                 path.pop()
         return None
 
-    loop = await visit(definition.id)
+    loop = await visit(own_id)
     if loop:
         raise DefinitionInvalid(
             "workflow definition is invalid",
@@ -104,5 +111,6 @@ async def sync_triggers(
         workflow_id,
         workflow.active_version,
         workflow.is_active and not workflow.paused,
-        compile_signal_triggers(definition),
+        compile_signal_triggers(definition, workflow.branch),
+        workflow.branch,
     )

@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from maestro.branches import PROD, qualified_id
 from maestro.definitions import (
     OnFinishTrigger,
     SignalCondition,
@@ -36,6 +37,8 @@ class CompiledTrigger(BaseModel):
     within: timedelta | None = None
     when: str | None = None
     params: dict[str, str] = Field(default_factory=dict)
+    # The branches whose deployment takes outside signals through it (None: every branch).
+    branches: list[str] | None = None
 
     @property
     def names(self) -> list[str]:
@@ -45,6 +48,14 @@ class CompiledTrigger(BaseModel):
     def routes(self) -> list[str]:
         """What the trigger is indexed under, one entry per condition (see `condition_route`)."""
         return [condition_route(c) for c in self.conditions]
+
+    def branch_routes(self, branch: str) -> list[str]:
+        """What the trigger of a workflow in `branch` is registered under: its routes within
+        the branch (see `branch_route`) and, unless `branches` leaves the branch out, its
+        routes for outside signals."""
+        own = [branch_route(branch, r) for r in self.routes]
+        outside = self.branches is None or branch in self.branches
+        return own + self.routes if outside else own
 
     def condition(self, name: str) -> SignalCondition:
         return next(c for c in self.conditions if c.name == name)
@@ -68,10 +79,37 @@ def condition_route(condition: SignalCondition) -> str:
     return condition.name
 
 
-def signal_routes(name: str, params: dict[str, Any]) -> list[str]:
-    """Every entry a signal reaches: its name alone, and its name with each string param."""
+def branch_route(branch: str, entry: str) -> str:
+    """An index entry within a branch: reached only by signals tagged with that branch (what
+    its workflows' runs and steps publish). Signal names start with a letter or digit, so a
+    branch entry never collides with an outside one."""
+    return f"@{branch}/{entry}"
+
+
+def signal_routes(name: str, params: dict[str, Any], branch: str | None = None) -> list[str]:
+    """Every entry a signal reaches: its name alone, and its name with each string param —
+    within `branch` for a signal tagged with one, else those of outside signals (which every
+    branch's triggers are registered under, unless they say otherwise)."""
     strings = [(key, value) for key, value in params.items() if isinstance(value, str)]
-    return [name, *(route(name, key, value) for key, value in strings)]
+    entries = [name, *(route(name, key, value) for key, value in strings)]
+    if branch is None:
+        return entries
+    return [branch_route(branch, entry) for entry in entries]
+
+
+def branch_problem(trigger: CompiledTrigger, branch: str, signal_branch: str | None) -> str | None:
+    """Why a signal tagged with `signal_branch` (None: from outside) does not reach a trigger
+    of a workflow in `branch`, or None if it does (what `branch_routes` encode)."""
+    if signal_branch is None:
+        if trigger.branches is not None and branch not in trigger.branches:
+            return (
+                f"the trigger takes outside signals only in branches "
+                f"{', '.join(trigger.branches)}; its workflow is in branch {branch!r}"
+            )
+        return None
+    if signal_branch != branch:
+        return f"the signal is of branch {signal_branch!r}; the workflow is in branch {branch!r}"
+    return None
 
 
 def _stable_id(prefix: str, content: Any) -> str:
@@ -79,9 +117,12 @@ def _stable_id(prefix: str, content: Any) -> str:
     return f"{prefix}-{digest.hexdigest()[:16]}"
 
 
-def compile_signal_triggers(definition: WorkflowDefinition) -> list[CompiledTrigger]:
+def compile_signal_triggers(
+    definition: WorkflowDefinition, branch: str = PROD
+) -> list[CompiledTrigger]:
     """The definition's signal and on_finish triggers, each with an id stable across versions
-    as long as the trigger itself does not change (so partial joins survive a re-push)."""
+    as long as the trigger itself does not change (so partial joins survive a re-push). In a
+    branch, `on_finish` listens to the runs of the upstream workflow of the same branch."""
     compiled: list[CompiledTrigger] = []
     for position, trigger in enumerate(definition.triggers):
         if isinstance(trigger, SignalTrigger):
@@ -96,13 +137,15 @@ def compile_signal_triggers(definition: WorkflowDefinition) -> list[CompiledTrig
                     within=spec.within,
                     when=spec.when,
                     params=spec.params,
+                    branches=spec.branches,
                 )
             )
         elif isinstance(trigger, OnFinishTrigger):
             finish = trigger.on_finish
             for status in finish.status:
+                upstream = qualified_id(finish.workflow, branch)
                 condition = SignalCondition(
-                    name=completion_signal_name(status), where={"workflow_id": finish.workflow}
+                    name=completion_signal_name(status), where={"workflow_id": upstream}
                 )
                 compiled.append(
                     CompiledTrigger(

@@ -38,7 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from maestro import metrics
 from maestro.db.tables import OutboxEvent, Webhook, WebhookAttempt, WebhookDelivery
-from maestro.definitions import WORKFLOW_ID_PATTERN
+from maestro.definitions import STORED_WORKFLOW_ID_PATTERN
 from maestro.durations import Duration
 from maestro.errors import InvalidInput, NotFound, Problem
 from maestro.keys import check_owner
@@ -79,7 +79,7 @@ class WebhookIn(BaseModel):
     @classmethod
     def _workflow_ids(cls, ids: list[str] | None) -> list[str] | None:
         for workflow_id in ids or []:
-            if not re.match(WORKFLOW_ID_PATTERN, workflow_id):
+            if not re.match(STORED_WORKFLOW_ID_PATTERN, workflow_id):
                 raise ValueError(f"{workflow_id!r} is not a workflow id")
         return ids
 

@@ -8,6 +8,7 @@ import logging
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from maestro.branches import PROD, check_qualified_id
 from maestro.composites import check_subworkflow_cycle
 from maestro.db import code_packages as code_db
 from maestro.db import workflows as workflows_db
@@ -15,6 +16,7 @@ from maestro.db.tables import CodePackage, Workflow, WorkflowVersion
 from maestro.definitions import WorkflowDefinition
 from maestro.ends import LIVE
 from maestro.errors import Conflict, InvalidInput, NotFound, Problem
+from maestro.keys import check_owner
 from maestro.runs import RunsService
 from maestro.schedules import Schedules
 from maestro.secrets import check_references
@@ -38,20 +40,31 @@ class WorkflowsService:
         self._schedules = schedules
 
     async def push(
-        self, definition: WorkflowDefinition, code_sha256: str | None = None
+        self,
+        definition: WorkflowDefinition,
+        code_sha256: str | None = None,
+        *,
+        branch: str = PROD,
+        with_schedules: bool = False,
     ) -> tuple[Workflow, WorkflowVersion, bool]:
-        """A new version, activated (its triggers take over) — or the identical one, as is.
-        `code_sha256` names the uploaded code package its steps run."""
+        """A new version, activated (its triggers take over) — or the identical one, as is —
+        under the definition's id in `branch`. `code_sha256` names the uploaded code package
+        its steps run. Outside `prod`, the time triggers are held unless `with_schedules`
+        (which every push restates)."""
+        workflow_id = check_qualified_id(definition.id, branch)
+        held = branch != PROD and not with_schedules
         async with self._sessions.begin() as session:
             code = await self._code_package(session, code_sha256)
-            workflow, version, created = await workflows_db.push_version(session, definition, code)
+            workflow, version, created = await workflows_db.push_version(
+                session, definition, code, branch=branch, schedules_paused=held
+            )
             if created:
                 await check_references(session, definition)
-                await check_subworkflow_cycle(session, definition)
-                await check_trigger_loop(session, self._definitions, definition)
-                await sync_triggers(session, self._definitions, definition.id)
-        if created:
-            await self._reconcile(definition.id)
+                await check_subworkflow_cycle(session, definition, branch)
+                await check_trigger_loop(session, self._definitions, definition, branch)
+                await sync_triggers(session, self._definitions, workflow_id)
+        if created or branch != PROD:  # a branch's push may arm or hold its schedules
+            await self._reconcile(workflow_id)
         return workflow, version, created
 
     @staticmethod
@@ -70,7 +83,7 @@ class WorkflowsService:
             workflow = await workflows_db.activate_version(session, workflow_id, version)
             assert workflow.active_version is not None  # just activated
             definition = await self._definitions.get(session, workflow_id, workflow.active_version)
-            await check_trigger_loop(session, self._definitions, definition)
+            await check_trigger_loop(session, self._definitions, definition, workflow.branch)
             await sync_triggers(session, self._definitions, workflow_id)
         await self._reconcile(workflow_id)
         return workflow
@@ -103,6 +116,31 @@ class WorkflowsService:
                 raise
             await workflows_db.delete_workflow(session, workflow_id)
         logger.info("workflow deleted", extra={"workflow_id": workflow_id})
+
+    async def delete_branch(self, branch: str, owners: list[str] | None = None) -> list[str]:
+        """Delete every workflow of a branch (never `prod`), each as `delete` does (schedules,
+        versions, trigger registrations, runs), and return their ids. Refused as a whole when
+        a workflow belongs to none of `owners` (given for an owner-limited caller) or has
+        queued or running runs."""
+        if branch == PROD:
+            raise Conflict(
+                "prod is the production branch and cannot be deleted as a whole; delete its "
+                "workflows one by one (DELETE /api/v1/workflows/{id})"
+            )
+        async with self._sessions() as session:
+            workflows = await workflows_db.branch_workflows(session, branch)
+            if not workflows:
+                raise NotFound(f"branch {branch!r} has no workflows")
+            for workflow in workflows:
+                if owners is not None:
+                    check_owner(owners, workflow.owner, f"workflow {workflow.id!r}")
+                await self._refuse_live_runs(session, workflow.id)
+        deleted = []
+        for workflow in workflows:
+            await self.delete(workflow.id)
+            deleted.append(workflow.id)
+        logger.info("branch deleted", extra={"branch": branch, "workflows": deleted})
+        return deleted
 
     @staticmethod
     async def _refuse_live_runs(session: AsyncSession, workflow_id: str) -> None:

@@ -494,6 +494,8 @@ def test_output_json_is_the_apis_json(cli, api_url: str, admin_key: str, tmp_pat
     assert validated == {
         "valid": True,
         "definition": api_json(api_url, admin_key, f"/workflows/{wid}")["definition"],
+        "workflow_id": wid,
+        "branch": "prod",
     }
 
     run = as_json(cli("run", "start", wid, "who=ada", "--wait", "-o", "json"))
@@ -787,3 +789,39 @@ def test_models_list_show_promote(cli, api_url: str, admin_key: str, tmp_path: P
     assert re.search(rf"trained by\s+run \S+ \({wid} #2, manual\), step train", detail), detail
     bad = cli("models", "promote", model, "1", "--stage", "moon")
     assert bad.exit_code == 1 and bad.stderr.startswith("error: 422 ")
+
+
+def test_branch_apply_list_and_delete(cli, tmp_path: Path):
+    branch = unique_id("user.cli")
+    wid = unique_id("cli-nightly")
+    definition = {
+        "id": wid,
+        "steps": [{"id": "go", "type": "noop"}],
+        "triggers": [{"cron": "0 3 * * *"}],
+    }
+    path = tmp_path / "nightly.json"
+    path.write_text(json.dumps(definition))
+    applied = ok(cli("workflow", "apply", str(path), "--branch", branch)).splitlines()
+    assert applied == [
+        f"{wid}@{branch}: branch {branch}: time triggers paused (--with-schedules arms them)",
+        f"{wid}@{branch}: created version 1 (active)",
+    ]
+    armed = as_json(
+        cli("workflow", "apply", str(path), "--branch", branch, "--with-schedules", "-o", "json")
+    )
+    assert armed["workflow"]["schedules_paused"] is False and armed["created"] is False
+
+    [row] = [
+        line
+        for line in ok(cli("workflow", "list", "--branch", branch)).splitlines()
+        if line.startswith(wid)
+    ]
+    assert row.split()[0] == f"{wid}@{branch}" and row.split()[-1] == branch
+    [row] = [line for line in ok(cli("branch", "list")).splitlines() if line.startswith(branch)]
+    assert row.split() == [branch, "1", "1"]
+
+    deleted = ok(cli("branch", "delete", branch, "--yes")).splitlines()
+    assert deleted == [f"{wid}@{branch}: deleted", f"branch {branch}: deleted (1 workflows)"]
+    assert branch not in ok(cli("branch", "list"))
+    refused = cli("branch", "delete", "prod", "--yes")
+    assert refused.exit_code == 1 and "prod is the production branch" in refused.output

@@ -9,7 +9,7 @@ import asyncpg
 
 from maestro.db.engine import upgrade
 from maestro.definitions import SignalCondition
-from maestro.triggers import condition_route
+from maestro.triggers import CompiledTrigger
 from tests.conftest import scratch_database
 
 
@@ -51,13 +51,22 @@ async def test_trigger_routes_are_computed_for_registered_triggers(postgres_serv
         finally:
             await db.close()
         assert routes == {
-            "on-finish": ["maestro.run.succeeded?workflow_id=up"],
+            # 0017: within production's branch first, then for outside signals.
+            "on-finish": [
+                "@prod/maestro.run.succeeded?workflow_id=up",
+                "maestro.run.succeeded?workflow_id=up",
+            ],
             # The first string equality in key order; a number narrows nothing.
-            "join": ["orders?dt=x", "fx"],
+            "join": ["@prod/orders?dt=x", "@prod/fx", "orders?dt=x", "fx"],
         }
-        # The same routes as registering the triggers now gives.
+        # The same routes as registering the triggers in production now gives.
         assert routes == {
-            trigger_id: [condition_route(SignalCondition(**c)) for c in conditions]
+            trigger_id: CompiledTrigger(
+                trigger_id=trigger_id,
+                position=0,
+                kind="signal",
+                conditions=[SignalCondition(**c) for c in conditions],
+            ).branch_routes("prod")
             for trigger_id, conditions in specs.items()
         }
 

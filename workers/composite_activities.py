@@ -13,6 +13,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from maestro import metrics
+from maestro.branches import branch_of, qualified_id
 from maestro.composites import (
     FINISH_COMPOSITE_ACTIVITY,
     LOAD_ITERATIONS_ACTIVITY,
@@ -271,12 +272,12 @@ class CompositeActivities:
             "parent_step": composite.path,
         }
         version = None if spec.version == "active" else int(spec.version)
+        # A branch's run calls the workflow of its own branch.
+        callee = qualified_id(spec.workflow, branch_of(parent.workflow_id))
         async with self._sessions() as session:
             if parent.reuse_from:
                 earlier = await runs_db.find_by_request_id(
-                    session,
-                    spec.workflow,
-                    subworkflow_request_id(parent.reuse_from, composite.path),
+                    session, callee, subworkflow_request_id(parent.reuse_from, composite.path)
                 )
                 if earlier is not None and earlier.status != RunStatus.succeeded:
                     steps = await runs_db.list_steps(session, earlier.run_id)
@@ -295,7 +296,7 @@ class CompositeActivities:
             async with self._sessions.begin() as session:
                 run, _ = await self._runs.create_run(
                     session,
-                    spec.workflow,
+                    callee,
                     params,
                     cause=Cause(kind="subworkflow", request_id=request_id, detail=detail),
                     request_id=request_id,
@@ -305,7 +306,7 @@ class CompositeActivities:
                 await self._runs.definitions.get(session, run.workflow_id, run.version)
         except MaestroError as exc:
             raise ApplicationError(
-                f"cannot start subworkflow {spec.workflow!r}: {exc.message}",
+                f"cannot start subworkflow {callee!r}: {exc.message}",
                 type="SubworkflowInvalid",
                 non_retryable=True,
             ) from None

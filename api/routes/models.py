@@ -12,6 +12,7 @@ from api.auth import owners_filter, signal_owners_filter
 from api.deps import RegistryDep, SessionDep
 from api.schemas import ModelOut, ModelVersionOut, PromoteIn, PromoteOut, StageChangeOut
 from maestro import keys
+from maestro.branches import branch_of
 from maestro.db import models as models_db
 from maestro.db import runs as runs_db
 from maestro.db import signals as signals_db
@@ -72,9 +73,13 @@ async def get_model_version(
         ]
         lineage.update(
             workflow_id=run.workflow_id,
+            branch=branch_of(run.workflow_id),
             run_number=run.run_number,
             cause=run.cause.get("kind"),
-            signals=[{"id": s.id, "name": s.name, "params": s.params} for s in signals],
+            signals=[
+                {"id": s.id, "name": s.name, "params": s.params, "branch": s.branch}
+                for s in signals
+            ],
         )
     return version_out(found, lineage)
 
@@ -84,8 +89,9 @@ async def promote_model_version(
     model_name: str, version: int, body: PromoteIn, registry: RegistryDep
 ) -> PromoteOut:
     """Move a version to `staging` or `production`; the previous holder is archived and
-    `model.deployed` is published (as the model owner's signal). Promoting an older version
-    is a rollback."""
+    `model.deployed` is published (as the model owner's signal, of the version's branch).
+    Promoting an older version is a rollback. Only versions registered by `prod` runs may
+    reach `production` (403 for a branch's version)."""
     promotion = await registry.promote(model_name, version, body.stage)
     return PromoteOut(
         version=version_out(promotion.version), previous_version=promotion.previous_version

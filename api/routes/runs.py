@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -24,11 +24,13 @@ from api.schemas import (
 )
 from maestro import keys, sla
 from maestro.actions import step_actions
+from maestro.branches import branch_of
 from maestro.db import iterations as iterations_db
+from maestro.db import models as models_db
 from maestro.db import runs as runs_db
 from maestro.db import signals as signals_db
 from maestro.db import workflows as workflows_db
-from maestro.db.tables import Iteration, Run, RunSla, Signal, StepRun, Workflow
+from maestro.db.tables import Iteration, ModelVersion, Run, RunSla, Signal, StepRun, Workflow
 from maestro.ends import run_actions
 from maestro.errors import NotFound
 from maestro.runtime import RunStatus, StepStatus, temporal_ui_url
@@ -294,9 +296,10 @@ async def run_lineage(
     """Upstream (the signals that caused this run and the runs that produced them, and the
     run whose subworkflow step started it, recursively) and downstream (the signals it emitted
     and the runs they started, and the runs its subworkflow steps started), up to `depth` hops
-    of run -> run each way. A subworkflow child's node names its parent's step
-    (`parent_step`). For an owner-limited key, other owners' runs and
-    signals it may not read are left out (and not followed)."""
+    of run -> run each way, with the model versions each run registered or deployed. A
+    subworkflow child's node names its parent's step (`parent_step`). Every node names its
+    branch (a signal's is null when it came from outside). For an owner-limited key, other
+    owners' runs and signals it may not read are left out (and not followed)."""
     root = await runs_db.get_run(session, run_id)
     owners, readable = owners_filter(request), signal_owners_filter(request)
     workflow_owners: dict[str, str] = {}
@@ -315,44 +318,62 @@ async def run_lineage(
     nodes: dict[str, LineageNode] = {}
     edges: set[tuple[str, str, str]] = set()
 
-    def add_run(run: Run) -> str:
-        key = f"run:{run.run_id}"
-        nodes.setdefault(
-            key,
-            LineageNode(
-                id=key,
-                kind="run",
-                data={
-                    "run_id": run.run_id,
-                    "workflow_id": run.workflow_id,
-                    "run_number": run.run_number,
-                    "version": run.version,
-                    "status": run.status,
-                    **_parent_step(run),
-                },
-            ),
-        )
+    def add_node(key: str, kind: str, data: dict[str, Any]) -> str:
+        nodes.setdefault(key, LineageNode(id=key, kind=kind, data=data))
         return key
+
+    def add_run(run: Run) -> str:
+        return add_node(
+            f"run:{run.run_id}",
+            "run",
+            {
+                "run_id": run.run_id,
+                "workflow_id": run.workflow_id,
+                "branch": branch_of(run.workflow_id),
+                "run_number": run.run_number,
+                "version": run.version,
+                "status": run.status,
+                **_parent_step(run),
+            },
+        )
+
+    def add_model_version(version: ModelVersion) -> str:
+        return add_node(
+            f"model:{version.model_name}:{version.version}",
+            "model_version",
+            {
+                "model_name": version.model_name,
+                "version": version.version,
+                "branch": version.branch,
+                "stage": version.stage,
+                "artifact_uri": version.artifact_uri,
+            },
+        )
+
+    async def add_models(run: Run) -> None:
+        """The model versions the run registered and those its deploy steps moved."""
+        key = f"run:{run.run_id}"
+        for version in await models_db.versions_registered_by(session, run.run_id):
+            edges.add((key, add_model_version(version), "registered"))
+        for version, _ in await models_db.versions_deployed_by(session, run.run_id):
+            edges.add((add_model_version(version), key, "deployed"))
 
     def add_signal(signal: Signal) -> str:
-        key = f"signal:{signal.id}"
-        nodes.setdefault(
-            key,
-            LineageNode(
-                id=key,
-                kind="signal",
-                data={
-                    "id": signal.id,
-                    "name": signal.name,
-                    "params": signal.params,
-                    "producer": signal.producer,
-                    "created_at": signal.created_at.isoformat(),
-                },
-            ),
+        return add_node(
+            f"signal:{signal.id}",
+            "signal",
+            {
+                "id": signal.id,
+                "name": signal.name,
+                "params": signal.params,
+                "producer": signal.producer,
+                "branch": signal.branch,
+                "created_at": signal.created_at.isoformat(),
+            },
         )
-        return key
 
     add_run(root)
+    await add_models(root)
     upstream, downstream = [root], [root]
     for _ in range(depth):
         next_up: list[Run] = []
@@ -369,6 +390,7 @@ async def run_lineage(
                     producer = await session.get(Run, signal.producer_run_id)
                     if producer is not None and await visible_run(producer):
                         edges.add((add_run(producer), f"signal:{signal.id}", "produced"))
+                        await add_models(producer)
                         next_up.append(producer)
         next_down: list[Run] = []
         for run in downstream:
@@ -384,6 +406,7 @@ async def run_lineage(
                     started = await session.get(Run, started_id)
                     if started is not None and await visible_run(started):
                         edges.add((f"signal:{signal.id}", add_run(started), "started"))
+                        await add_models(started)
                         next_down.append(started)
         upstream, downstream = next_up, next_down
     return Lineage(

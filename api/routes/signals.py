@@ -26,6 +26,7 @@ from api.schemas import (
     SignalPage,
     Since,
 )
+from maestro.branches import BRANCH_PATTERN
 from maestro.db import signals as signals_db
 from maestro.definitions import problems_from_validation
 from maestro.errors import Forbidden, InvalidInput, Problem
@@ -36,7 +37,18 @@ from maestro.signals import MAX_BATCH, Producer, Published, SignalIn
 router = APIRouter(prefix="/signals", tags=["signals"])
 
 
-def _producer(principal: Principal, names: list[str]) -> Producer:
+BranchQuery = Annotated[
+    str | None,
+    Query(
+        pattern=BRANCH_PATTERN,
+        description="Publish as a signal of this branch: it reaches only that branch's "
+        "workflows (a branch's runs and steps publish so). Without it, the signal comes from "
+        "outside and reaches every branch that listens.",
+    ),
+]
+
+
+def _producer(principal: Principal, names: list[str], branch: str | None = None) -> Producer:
     """The outside producer a key publishes as; owner-limited keys may not publish Maestro's
     own signal names."""
     if principal.owners:
@@ -46,7 +58,7 @@ def _producer(principal: Principal, names: list[str]) -> Producer:
                     f"signal {name!r} is one Maestro publishes itself; this key is limited to "
                     f"owners {', '.join(principal.owners)} and may not publish it"
                 )
-    return Producer(owners=principal.owners)
+    return Producer(owners=principal.owners, branch=branch)
 
 
 def publish_out(result: Published, settings: Settings) -> PublishOut:
@@ -69,13 +81,14 @@ async def publish_signal(
     bus: BusDep,
     settings: SettingsDep,
     principal: PrincipalDep,
+    branch: BranchQuery = None,
 ) -> PublishOut:
     """Publish a signal. It is stored, matched against every signal trigger and waiting step,
     and the runs it completes are created, all before this returns; `runs` lists them. The same
     `request_id` (or, without one, the same name and params) again returns the stored signal
     with `duplicate: true` (200) and starts nothing. The signal belongs to the publishing
     key's owners."""
-    [result] = await bus.publish([body], _producer(principal, [body.name]))
+    [result] = await bus.publish([body], _producer(principal, [body.name], branch))
     if result.duplicate:
         response.status_code = 200
     return publish_out(result, settings)
@@ -93,6 +106,7 @@ async def publish_batch(
     bus: BusDep,
     settings: SettingsDep,
     principal: PrincipalDep,
+    branch: BranchQuery = None,
 ) -> BatchOut:
     """Publish up to 1,000 signals in one transaction, with the same semantics per signal: 201,
     or 200 when every signal was a duplicate (nothing was started). Any invalid signal rejects
@@ -116,7 +130,7 @@ async def publish_batch(
             problems += problems_from_validation(exc, ("body", "signals", i))
     if problems:
         raise InvalidInput("batch contains invalid signals", problems)
-    results = await bus.publish(signals, _producer(principal, [s.name for s in signals]))
+    results = await bus.publish(signals, _producer(principal, [s.name for s in signals], branch))
     if all(r.duplicate for r in results):
         response.status_code = 200
     return BatchOut(results=[publish_out(r, settings) for r in results])
@@ -128,12 +142,20 @@ async def list_signals(
     session: SessionDep,
     name: str | None = None,
     since: Since = None,
+    branch: Annotated[
+        str | None,
+        Query(
+            pattern=BRANCH_PATTERN,
+            description="Only the signals tagged with this branch (published by its runs and "
+            "steps, or for it)",
+        ),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     cursor: Annotated[
         int | None, Query(ge=1, le=BIGINT_MAX, description="`next_cursor` of the previous page")
     ] = None,
 ) -> SignalPage:
-    """The signal log, newest first. Filter by `name`, `since` (ISO time) and params with
+    """The signal log, newest first. Filter by `name`, `since` (ISO time), `branch` and params with
     `param.<key>=<value>` (equality; `5` matches both the number and the string). An
     owner-limited key without `signals:read` sees only its owners' signals."""
     params: dict[str, object] = {}
@@ -148,6 +170,7 @@ async def list_signals(
         limit=limit,
         before_id=cursor,
         producer_owners=signal_owners_filter(request),
+        branch=branch,
     )
     next_cursor = str(rows[-1].id) if len(rows) == limit else None
     return SignalPage(items=[SignalOut.model_validate(s) for s in rows], next_cursor=next_cursor)

@@ -36,6 +36,7 @@ from api.schemas import (
     WorkflowOut,
     WorkflowPage,
 )
+from maestro.branches import BRANCH_PATTERN, PROD, check_qualified_id
 from maestro.code_packages import SHA256_PATTERN
 from maestro.db import runs as runs_db
 from maestro.db import signals as signals_db
@@ -129,6 +130,25 @@ def _definition_from(raw: bytes, content_type: str) -> WorkflowDefinition:
     return parse_definition(data)
 
 
+BranchQuery = Annotated[
+    str,
+    Query(
+        pattern=BRANCH_PATTERN,
+        description="The branch to deploy to: the workflow is stored as `<id>@<branch>` "
+        "(`prod`, the default, keeps the plain id). Within a branch, `on_finish` triggers, "
+        "subworkflow steps and the signals its runs emit connect only its own workflows; "
+        "outside signals reach every branch that listens.",
+    ),
+]
+WithSchedulesQuery = Annotated[
+    bool,
+    Query(
+        description="Outside `prod`: arm the time triggers (by default a branch's schedules "
+        "are created paused); every push restates it"
+    ),
+]
+
+
 def workflow_out(workflow: Workflow, definition: dict | None = None) -> WorkflowOut:
     return WorkflowOut.model_validate(workflow).model_copy(update={"definition": definition})
 
@@ -158,31 +178,46 @@ async def push_workflow(
             "the version's steps run; part of what makes a version identical",
         ),
     ] = None,
+    branch: BranchQuery = PROD,
+    with_schedules: WithSchedulesQuery = False,
 ) -> PushResult:
-    """Register a workflow definition: a new version that becomes active (its triggers and
-    schedules take over), or — when an identical definition (with the same code package) was
-    pushed before — that version, unchanged (200, nothing written, even if another version is
-    active or the workflow is deactivated)."""
+    """Register a workflow definition in a branch (`prod` by default): a new version that
+    becomes active (its triggers and schedules take over), or — when an identical definition
+    (with the same code package) was pushed before — that version, unchanged (200, nothing
+    written but `with_schedules`, even if another version is active or the workflow is
+    deactivated). Outside `prod` the workflow's id is `<id>@<branch>` and its time triggers
+    are paused unless `with_schedules=true`."""
     definition = await read_definition(request)
+    workflow_id = check_qualified_id(definition.id, branch)
     principal = getattr(request.state, "principal", None)
     if principal is not None and principal.owners:
         principal.check_owner(definition.owner)
         async with sessions() as session:
-            existing = await session.get(Workflow, definition.id)
+            existing = await session.get(Workflow, workflow_id)
         if existing is not None:  # no taking over another team's workflow by pushing it
             principal.check_owner(existing.owner)
-    workflow, version, created = await workflows.push(definition, code)
+    workflow, version, created = await workflows.push(
+        definition, code, branch=branch, with_schedules=with_schedules
+    )
     if not created:
         response.status_code = 200
     return PushResult(workflow=workflow_out(workflow), version=version.version, created=created)
 
 
 @router.post("/validate", response_model=ValidationResult, openapi_extra=_DEFINITION_BODY)
-async def validate_workflow(request: Request) -> ValidationResult:
-    """Check a definition without storing anything: 200 with the normalised definition, or 422
-    listing every problem with its location."""
+async def validate_workflow(
+    request: Request, branch: BranchQuery = PROD, with_schedules: WithSchedulesQuery = False
+) -> ValidationResult:
+    """Check a definition without storing anything (with the parameters a push would take):
+    200 with the normalised definition and the id it would be stored under, or 422 listing
+    every problem with its location."""
     definition = await read_definition(request)
-    return ValidationResult(valid=True, definition=definition.model_dump(mode="json"))
+    return ValidationResult(
+        valid=True,
+        definition=definition.model_dump(mode="json"),
+        workflow_id=check_qualified_id(definition.id, branch),
+        branch=branch,
+    )
 
 
 @router.get("", response_model=WorkflowPage)
@@ -191,10 +226,13 @@ async def list_workflows(
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     offset: Annotated[int, Query(ge=0, le=BIGINT_MAX)] = 0,
+    branch: Annotated[
+        str | None, Query(pattern=BRANCH_PATTERN, description="Only this branch's workflows")
+    ] = None,
 ) -> WorkflowPage:
     """List workflows by id (those of the key's owners, for an owner-limited key)."""
     rows = await workflows_db.list_workflows(
-        session, limit=limit, offset=offset, owners=owners_filter(request)
+        session, limit=limit, offset=offset, owners=owners_filter(request), branch=branch
     )
     return WorkflowPage(items=[workflow_out(w) for w in rows], limit=limit, offset=offset)
 
@@ -328,6 +366,7 @@ async def list_triggers(
     joins = await signals_db.pending_joins(session, workflow_id)
     timed = {ref.position: ref for ref in time_triggers(workflow_id, definition)}
     paused = workflow.paused or not workflow.is_active
+    schedules_paused = paused or workflow.schedules_paused
     ids = [ref.trigger_id for ref in timed.values()] + [row.trigger_id for row in registered]
     last_runs = await runs_db.last_runs_of_triggers(session, workflow_id, ids)
     now = datetime.now(UTC)
@@ -341,8 +380,8 @@ async def list_triggers(
                     position=position,
                     kind="time" if "cron" in spec else "interval",
                     trigger_id=ref.trigger_id,
-                    active=not paused,
-                    paused=paused,
+                    active=not schedules_paused,
+                    paused=schedules_paused,
                     spec=spec,
                     next_fires=ref.fire_times(now, now + timedelta(days=3660), upcoming),
                     last_fire=last_fire(last_runs.get(ref.trigger_id)),

@@ -9,6 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from maestro.branches import PROD
 from maestro.db.tables import Artifact, Model, ModelVersion, Run, StageChange, Workflow
 from maestro.errors import Forbidden, NotFound
 
@@ -41,9 +42,10 @@ async def register_version(
     step_id: str,
 ) -> ModelVersion:
     """A new version of `model_name` (created on first use, owned by the run's workflow's
-    owner); a retried training step of the same run gets its earlier version back, updated.
-    A run of another owner's workflow cannot add versions to the model."""
-    owner = await run_owner(session, run_id)
+    owner), of the run's branch; a retried training step of the same run gets its earlier
+    version back, updated. A run of another owner's workflow cannot add versions to the
+    model."""
+    owner, branch = await run_owner_and_branch(session, run_id)
     await session.execute(
         insert(Model)
         .values(name=model_name, owner=owner, latest_version=0)
@@ -82,6 +84,7 @@ async def register_version(
         data_ref=data_ref,
         run_id=run_id,
         step_id=step_id,
+        branch=branch,
         stage="none",
     )
     session.add(version)
@@ -89,10 +92,11 @@ async def register_version(
     return version
 
 
-async def run_owner(session: AsyncSession, run_id: str) -> str:
-    """The owner of the run's workflow ('' if the run is gone)."""
-    query = select(Workflow.owner).join(Run, Run.workflow_id == Workflow.id)
-    return (await session.scalar(query.where(Run.run_id == run_id))) or ""
+async def run_owner_and_branch(session: AsyncSession, run_id: str) -> tuple[str, str]:
+    """The owner and the branch of the run's workflow ('' and `prod` if the run is gone)."""
+    query = select(Workflow.owner, Workflow.branch).join(Run, Run.workflow_id == Workflow.id)
+    row = (await session.execute(query.where(Run.run_id == run_id))).one_or_none()
+    return (row[0], row[1]) if row is not None else ("", PROD)
 
 
 async def list_models(
@@ -154,3 +158,30 @@ async def stage_history(session: AsyncSession, name: str) -> Sequence[StageChang
 async def change_by_key(session: AsyncSession, key: str) -> StageChange | None:
     query = select(StageChange).where(StageChange.request_key == key)
     return (await session.execute(query)).scalar_one_or_none()
+
+
+async def versions_registered_by(session: AsyncSession, run_id: str) -> Sequence[ModelVersion]:
+    """The model versions a run's training steps registered."""
+    query = (
+        select(ModelVersion)
+        .where(ModelVersion.run_id == run_id)
+        .order_by(ModelVersion.model_name, ModelVersion.version)
+    )
+    return (await session.execute(query)).scalars().all()
+
+
+async def versions_deployed_by(
+    session: AsyncSession, run_id: str
+) -> Sequence[tuple[ModelVersion, StageChange]]:
+    """The model versions a run's deploy steps moved to a stage, with each stage change."""
+    query = (
+        select(ModelVersion, StageChange)
+        .join(
+            StageChange,
+            (StageChange.model_name == ModelVersion.model_name)
+            & (StageChange.version == ModelVersion.version),
+        )
+        .where(StageChange.run_id == run_id)
+        .order_by(StageChange.id)
+    )
+    return [(v, c) for v, c in await session.execute(query)]

@@ -29,6 +29,7 @@ from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import Select
 
+from maestro.branches import PROD
 from maestro.db.direct import DirectStatement, adopt
 from maestro.db.tables import (
     Signal,
@@ -116,7 +117,7 @@ _INSERT_ONE_SIGNAL = DirectStatement(
     .from_select(
         [_SIGNAL_TABLE.c[c] for c in ("name", "seq", "params", "payload", "dedupe_key")]
         + [_SIGNAL_TABLE.c[c] for c in ("request_id", "producer", "producer_run_id")]
-        + [_SIGNAL_TABLE.c.producer_owners],
+        + [_SIGNAL_TABLE.c.producer_owners, _SIGNAL_TABLE.c.branch],
         select(
             bindparam("b_name", type_=String),
             _NEXT_SEQ.c.last_seq,
@@ -128,6 +129,7 @@ _INSERT_ONE_SIGNAL = DirectStatement(
             bindparam("b_producer", type_=JSONB),
             bindparam("b_producer_run_id", type_=String),
             bindparam("b_producer_owners", type_=ARRAY(String)),
+            bindparam("b_branch", type_=String),
         ),
     )
     .on_conflict_do_nothing(index_elements=["dedupe_key"])
@@ -243,10 +245,14 @@ async def list_signals(
     limit: int,
     before_id: int | None,
     producer_owners: Sequence[str] | None = None,
+    branch: str | None = None,
 ) -> Sequence[Signal]:
     """Newest first; `params` filters by equality (JSONB containment, indexed);
-    `producer_owners` (None: all) keeps the signals produced for any of these owners."""
+    `producer_owners` (None: all) keeps the signals produced for any of these owners;
+    `branch` keeps the signals tagged with it."""
     query = select(Signal)
+    if branch is not None:
+        query = query.where(Signal.branch == branch)
     if producer_owners is not None:
         query = query.where(Signal.producer_owners.overlap(list(producer_owners)))
     if name:
@@ -278,10 +284,13 @@ def _newest(query: Select[Any], limit: int) -> Select[Any]:
 
 
 async def latest_matching(
-    session: AsyncSession, name: str, equal: dict[str, Any], limit: int = 500
+    session: AsyncSession, name: str, equal: dict[str, Any], branch: str, limit: int = 500
 ) -> Sequence[Signal]:
-    """Recent signals of `name` whose params contain `equal`, newest first."""
-    query = select(Signal).where(Signal.name == name)
+    """Recent signals of `name` whose params contain `equal`, newest first: outside ones and
+    those of `branch`."""
+    query = select(Signal).where(
+        Signal.name == name, or_(Signal.branch.is_(None), Signal.branch == branch)
+    )
     if equal:
         query = query.where(Signal.params.contains(equal))
     return (await session.execute(_newest(query, limit))).scalars().all()
@@ -296,9 +305,10 @@ async def replace_triggers(
     version: int,
     active: bool,
     triggers: list[CompiledTrigger],
+    branch: str = PROD,
 ) -> None:
-    """Make the registered signal triggers those of `version`; unchanged triggers (same id)
-    keep their partial joins, removed ones lose them."""
+    """Make the registered signal triggers those of `version` (of a workflow in `branch`);
+    unchanged triggers (same id) keep their partial joins, removed ones lose them."""
     keep = [t.trigger_id for t in triggers]
     await session.execute(
         delete(SignalTriggerRow).where(
@@ -310,7 +320,7 @@ async def replace_triggers(
             "version": version,
             "position": trigger.position,
             "names": trigger.names,
-            "routes": trigger.routes,
+            "routes": trigger.branch_routes(branch),
             "spec": trigger.model_dump(mode="json"),
             "active": active,
         }

@@ -43,6 +43,10 @@ class Workflow(Base):
 
     id: Mapped[str] = mapped_column(String(128), primary_key=True)
     owner: Mapped[str] = mapped_column(String(200), default="")
+    # `prod`, or the branch a `<definition id>@<branch>` id was pushed to (maestro.branches).
+    branch: Mapped[str] = mapped_column(String(64), default="prod", server_default="prod")
+    # A branch's time triggers are held unless it was pushed `with_schedules`.
+    schedules_paused: Mapped[bool] = mapped_column(default=False, server_default=text("false"))
     active_version: Mapped[int | None] = mapped_column(Integer)
     latest_version: Mapped[int] = mapped_column(Integer, default=0)
     is_active: Mapped[bool] = mapped_column(default=True)
@@ -53,6 +57,8 @@ class Workflow(Base):
     run_counter: Mapped[int] = mapped_column(BigInteger, default=0)
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
+
+    __table_args__ = (Index("ix_workflows_branch", "branch", "id"),)
 
 
 class DeletedWorkflow(Base):
@@ -223,6 +229,9 @@ class Signal(Base):
     # the producing workflow's owner, filled by the database trigger
     # `signals_producer_owners` (migration 0010) so that no publishing path pays a query.
     producer_owners: Mapped[list[str] | None] = mapped_column(ARRAY(String(200)))
+    # The branch of the workflow whose run or step published it (or that the API was told);
+    # NULL for an outside signal, which reaches every branch.
+    branch: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
     __table_args__ = (
@@ -315,6 +324,8 @@ class SignalWait(Base):
     name: Mapped[str] = mapped_column(String(200))
     where: Mapped[dict[str, Any]]
     temporal_workflow_id: Mapped[str] = mapped_column(String(300))
+    # The waiting run's branch: outside signals and that branch's release it.
+    branch: Mapped[str] = mapped_column(String(64), default="prod", server_default="prod")
     matched_signal_id: Mapped[int | None] = mapped_column(BigInteger)
     delivered_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
@@ -377,6 +388,8 @@ class ModelVersion(Base):
     data_ref: Mapped[str | None] = mapped_column(String(1000))
     run_id: Mapped[str] = mapped_column(String(64))
     step_id: Mapped[str] = mapped_column(String(64))
+    # The branch of the run that registered it; only `prod` versions reach `production`.
+    branch: Mapped[str] = mapped_column(String(64), default="prod", server_default="prod")
     stage: Mapped[str] = mapped_column(String(32), default="none")
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
 

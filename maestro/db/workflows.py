@@ -10,6 +10,7 @@ from sqlalchemy import Table, bindparam, delete, func, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from maestro.branches import PROD, qualified_id
 from maestro.db.direct import DirectStatement, adopt
 from maestro.db.tables import (
     CodePackage,
@@ -58,11 +59,18 @@ async def get_workflow(
 
 
 async def list_workflows(
-    session: AsyncSession, *, limit: int, offset: int, owners: list[str] | None = None
+    session: AsyncSession,
+    *,
+    limit: int,
+    offset: int,
+    owners: list[str] | None = None,
+    branch: str | None = None,
 ) -> Sequence[Workflow]:
     query = select(Workflow).order_by(Workflow.id).limit(limit).offset(offset)
     if owners is not None:
         query = query.where(Workflow.owner.in_(owners))
+    if branch is not None:
+        query = query.where(Workflow.branch == branch)
     return (await session.execute(query)).scalars().all()
 
 
@@ -80,7 +88,7 @@ async def search_workflows(
     state: str | None = None,
     id_contains: str | None = None,
 ) -> tuple[Sequence[Workflow], int]:
-    """A page of workflows by id, filtered by owner, branch (where workflows have one), state
+    """A page of workflows by id, filtered by owner, branch, state
     (`active`, `paused`, `blocked`, `inactive`) and a piece of the id; with the number that
     match."""
     query = select(Workflow)
@@ -88,9 +96,8 @@ async def search_workflows(
         query = query.where(Workflow.owner.in_(owners))
     if owner:
         query = query.where(Workflow.owner == owner)
-    branch_column = getattr(Workflow, "branch", None)
-    if branch and branch_column is not None:
-        query = query.where(branch_column == branch)
+    if branch:
+        query = query.where(Workflow.branch == branch)
     if state == "active":
         query = query.where(Workflow.is_active, ~Workflow.paused)
     elif state == "paused":
@@ -122,6 +129,31 @@ async def active_definitions(
     return {workflow_id: definition for workflow_id, definition in await session.execute(query)}
 
 
+async def branch_workflows(session: AsyncSession, branch: str) -> Sequence[Workflow]:
+    """Every workflow of a branch, by id."""
+    query = select(Workflow).where(Workflow.branch == branch).order_by(Workflow.id)
+    return (await session.execute(query)).scalars().all()
+
+
+async def list_branches(
+    session: AsyncSession, owners: list[str] | None = None
+) -> list[tuple[str, int, int]]:
+    """Every branch that holds workflows (of `owners`, if given), by name: (branch, workflows,
+    active workflows)."""
+    query = (
+        select(
+            Workflow.branch,
+            func.count(),
+            func.count().filter(Workflow.is_active),
+        )
+        .group_by(Workflow.branch)
+        .order_by(Workflow.branch)
+    )
+    if owners is not None:
+        query = query.where(Workflow.owner.in_(owners))
+    return [(b, n, active) for b, n, active in await session.execute(query)]
+
+
 async def all_workflows(session: AsyncSession) -> Sequence[Workflow]:
     return (await session.execute(select(Workflow))).scalars().all()
 
@@ -135,29 +167,43 @@ def version_hash(definition: WorkflowDefinition, code_sha256: str | None) -> str
 
 
 async def push_version(
-    session: AsyncSession, definition: WorkflowDefinition, code: CodePackage | None = None
+    session: AsyncSession,
+    definition: WorkflowDefinition,
+    code: CodePackage | None = None,
+    *,
+    branch: str = PROD,
+    schedules_paused: bool = False,
 ) -> tuple[Workflow, WorkflowVersion, bool]:
-    """Store a definition (with the code package its steps run): a new version (activated)
-    unless an identical one (same definition, same code) exists."""
+    """Store a definition (with the code package its steps run) under its id in `branch` (see
+    `maestro.branches`): a new version (activated) unless an identical one (same definition,
+    same code) exists. `schedules_paused` holds the workflow's time triggers (set on every
+    push, even of an identical definition)."""
+    workflow_id = qualified_id(definition.id, branch)
     # A workflow created again after a delete carries on its former counters.
-    former = await session.get(DeletedWorkflow, definition.id)
+    former = await session.get(DeletedWorkflow, workflow_id)
     await session.execute(
         insert(Workflow)
         .values(
-            id=definition.id,
+            id=workflow_id,
             owner=definition.owner,
+            branch=branch,
+            schedules_paused=schedules_paused,
             latest_version=former.latest_version if former else 0,
             run_counter=former.run_counter if former else 0,
             is_active=True,
         )
         .on_conflict_do_nothing()
     )
-    workflow = await get_workflow(session, definition.id, lock=True)
+    workflow = await get_workflow(session, workflow_id, lock=True)
+    if workflow.schedules_paused != schedules_paused:
+        workflow.schedules_paused = schedules_paused
+        await session.flush()
+        await session.refresh(workflow, ["updated_at"])
     digest = version_hash(definition, code.sha256 if code else None)
     existing = (
         await session.execute(
             select(WorkflowVersion).where(
-                WorkflowVersion.workflow_id == definition.id, WorkflowVersion.content_hash == digest
+                WorkflowVersion.workflow_id == workflow_id, WorkflowVersion.content_hash == digest
             )
         )
     ).scalar_one_or_none()
@@ -165,7 +211,7 @@ async def push_version(
         return workflow, existing, False
     workflow.latest_version += 1
     version = WorkflowVersion(
-        workflow_id=definition.id,
+        workflow_id=workflow_id,
         version=workflow.latest_version,
         definition=definition.model_dump(mode="json"),
         content_hash=digest,

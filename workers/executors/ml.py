@@ -10,6 +10,7 @@ from typing import Any
 from temporalio.exceptions import ApplicationError
 
 from maestro.context import StepContext
+from maestro.errors import Forbidden
 from maestro.runtime import StepResult
 from maestro.steps import DeployParams, EvaluateParams, TrainParams, parse_gate
 from workers.executors.python import call_entrypoint
@@ -129,9 +130,12 @@ async def run_evaluate(ctx: StepContext, spec: EvaluateParams, services: Service
 
 
 async def run_deploy(ctx: StepContext, spec: DeployParams, services: Services) -> StepResult:
-    previous, artifact_uri = await services.promote_model(
-        ctx, spec.model_name, spec.model_version, spec.stage
-    )
+    try:
+        previous, artifact_uri = await services.promote_model(
+            ctx, spec.model_name, spec.model_version, spec.stage
+        )
+    except Forbidden as exc:  # another owner's model, or production from a branch: for good
+        raise ApplicationError(exc.message, type="DeployRefused", non_retryable=True) from None
     return StepResult(
         outputs={
             "model_name": spec.model_name,
