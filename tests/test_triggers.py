@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from maestro.definitions import SignalCondition
-from maestro.triggers import condition_route, signal_routes, where_matches, where_problems
+from maestro.triggers import (
+    CompiledTrigger,
+    branch_problem,
+    condition_route,
+    signal_routes,
+    where_matches,
+    where_problems,
+)
 
 
 @pytest.mark.parametrize(
@@ -31,6 +38,37 @@ def test_a_signal_reaches_its_name_and_its_name_with_each_string_param():
         "orders?table=events",
         "orders?dt=2026-11-28",
     ]
+
+
+@pytest.mark.parametrize(
+    ("trigger_branches", "workflow_branch", "signal_branch", "reached"),
+    [
+        (None, "prod", None, True),  # outside signals reach every branch
+        (None, "user.alice", None, True),
+        (["prod"], "prod", None, True),
+        (["prod"], "user.alice", None, False),  # branches: [prod] keeps alice's copy out
+        (["prod"], "user.alice", "user.alice", True),  # its own branch's signals still reach it
+        (None, "prod", "user.alice", False),  # alice's signals never reach production
+        (None, "user.alice", "prod", False),  # nor production's alice
+        (None, "user.bob", "user.alice", False),
+        (None, "prod", "prod", True),
+    ],
+)
+def test_a_trigger_is_reached_by_outside_signals_and_those_of_its_branch(
+    trigger_branches, workflow_branch, signal_branch, reached
+):
+    trigger = CompiledTrigger(
+        trigger_id="t",
+        position=0,
+        kind="signal",
+        conditions=[SignalCondition(name="orders", where={"table": "events"})],
+        branches=trigger_branches,
+    )
+    entries = set(trigger.branch_routes(workflow_branch))
+    routed = not entries.isdisjoint(signal_routes("orders", {"table": "events"}, signal_branch))
+    assert routed is reached
+    # Explaining says the same, with a reason when it is not reached.
+    assert (branch_problem(trigger, workflow_branch, signal_branch) is None) is reached
 
 
 @pytest.mark.parametrize(
