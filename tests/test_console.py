@@ -270,6 +270,23 @@ async def test_workflows_page_filters_searches_and_pages(app, api, admin_key):
         assert bad.status_code == 422 and "page" in bad.text
 
 
+async def test_workflows_page_shows_and_filters_branches(app, api, admin_key):
+    workflow_id = unique_id("console-branch")
+    body = {"id": workflow_id, "steps": [{"id": "a", "type": "noop"}]}
+    for branch in ("prod", "user.alice"):
+        pushed = await api.post("/api/v1/workflows", params={"branch": branch}, json=body)
+        assert pushed.status_code == 201, pushed.text
+    async with browser(app) as client:
+        await sign_in(client, admin_key)
+        both = (await client.get(f"/ui/workflows?q={workflow_id}")).text
+        assert "2 workflows" in both
+        assert "<td>prod</td>" in both and "<td>user.alice</td>" in both
+        alice = (await client.get(f"/ui/workflows?q={workflow_id}&branch=user.alice")).text
+        assert f"{workflow_id}@user.alice" in alice and "<td>prod</td>" not in alice
+        page = (await client.get(f"/ui/workflows/{workflow_id}@user.alice")).text
+        assert "<dt>Branch</dt><dd>user.alice</dd>" in page
+
+
 async def test_workflow_page_diff_activate_and_backfill_preview(app, api, admin_key):
     workflow_id = unique_id("console-wf")
     base = {"id": workflow_id, "triggers": [{"cron": "0 6 * * *", "timezone": "UTC"}]}

@@ -185,7 +185,6 @@ async def workflows_page(
     if owners:
         owner_query = owner_query.where(Workflow.owner.in_(owners))
     known_owners = list((await session.execute(owner_query)).scalars())
-    has_branches = hasattr(Workflow, "branch")
     now = datetime.now(UTC)
     items = []
     for workflow in rows:
@@ -197,7 +196,7 @@ async def workflows_page(
         items.append(
             {
                 "workflow": workflow,
-                "branch": getattr(workflow, "branch", None),
+                "branch": workflow.branch,
                 "state": _state(workflow),
                 "triggers": describe_triggers(definition.triggers) if definition else "—",
                 "next_fire": _next_fire(workflow, definition, now),
@@ -214,7 +213,6 @@ async def workflows_page(
         pages=max(1, -(-total // PAGE)),
         filters=filters,
         known_owners=known_owners,
-        has_branches=has_branches,
         states=STATES,
         query=lambda **change: urlencode({k: v for k, v in {**filters, **change}.items() if v}),
     )
@@ -277,7 +275,7 @@ async def workflow_page(
         "workflow.html",
         workflow=out,
         state=_state(workflow),
-        branch=getattr(workflow, "branch", None),
+        branch=workflow.branch,
         definition=definition,
         versions=version_slice,
         version_numbers=numbers,
