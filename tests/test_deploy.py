@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from maestro.cli import app
-from maestro.client import MaestroClient
+from maestro.client import MaestroAPIError, MaestroClient
 from tests.conftest import unique_id
 
 pytestmark = pytest.mark.e2e
@@ -195,3 +195,25 @@ def _zip_with(name: str) -> bytes:
     with zipfile.ZipFile(buffer, "w") as archive:
         archive.writestr(name, "KEY=1")
     return buffer.getvalue()
+
+
+def test_a_flow_goes_to_a_branch_first_then_to_production(deploy, client, tmp_path: Path) -> None:
+    """The developer's path: deploy to their branch (its schedules held, prod untouched), run it
+    there, then deploy the same code to production."""
+    wid = unique_id("branched")
+    flow = write_flow(tmp_path / f"flow_{wid.replace('-', '_')}.py", wid, "b")
+    code, output = deploy(str(flow), "--branch", "user.alice")
+    assert code == 0, output
+    assert f"{wid}@user.alice [user.alice]: created version 1" in output
+    branch = client.get_workflow(f"{wid}@user.alice")
+    assert branch["branch"] == "user.alice"
+    with pytest.raises(MaestroAPIError) as missing:
+        client.get_workflow(wid)
+    assert missing.value.status == 404, "production is untouched"
+    run = client.wait_for_run(_run(client, f"{wid}@user.alice")["run_id"], timeout=60)
+    assert run["status"] == "succeeded" and run["steps"][0]["outputs"]["word"] == "b"
+
+    code, output = deploy(str(flow), "--production")
+    assert code == 0, output
+    assert client.get_workflow(wid)["branch"] == "prod"
+    assert client.get_version(wid, 1)["code_sha256"] == run["code_sha256"]
