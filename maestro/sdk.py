@@ -184,10 +184,12 @@ def signal(
     params: Mapping[str, str] | None = None,
     when: str | None = None,
     sla: Sla | None = None,
+    branches: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Start a run when all of these signals arrive (agreeing on `join_on`, at most `within`
     apart); `where` filters a single signal given by name; `params` maps signal data (CEL over
-    `signal`, `signals`) into run params."""
+    `signal`, `signals`) into run params; `branches` (e.g. `["prod"]`) limits which branches'
+    deployments take signals published from outside."""
     if not signals:
         raise FlowInvalid("signal() needs at least one signal name")
     if where is not None and (len(signals) != 1 or not isinstance(signals[0], str)):
@@ -207,6 +209,7 @@ def signal(
         within=within,
         params=dict(params) if params else None,
         when=when,
+        branches=list(branches) if branches is not None else None,
     )
     return _set({"signal": spec}, sla=sla)
 

@@ -63,7 +63,11 @@ def test_every_trigger_kind_and_step_option() -> None:
         params={"dt": Param(str), "n": Param(int, default=3), "ratio": Param(float, default=0.5)},
         triggers=[
             signal(
-                "a.ready", where={"rows": {">": 0}}, within="1h", when="signal.params.rows < 10"
+                "a.ready",
+                where={"rows": {">": 0}},
+                within="1h",
+                when="signal.params.rows < 10",
+                branches=["prod"],
             ),
             on_finish(
                 "upstream", status=["failed", "timed_out"], params={"dt": "signal.params.dt"}
@@ -104,6 +108,8 @@ def test_every_trigger_kind_and_step_option() -> None:
     definition = wf.definition()
     kinds = [type(t) for t in definition.triggers]
     assert kinds == [SignalTrigger, OnFinishTrigger, TimeTrigger, IntervalTrigger]
+    arrival = definition.triggers[0]
+    assert isinstance(arrival, SignalTrigger) and arrival.signal.branches == ["prod"]
     time = definition.triggers[2]
     assert isinstance(time, TimeTrigger)
     assert (time.timezone, time.jitter) == ("Europe/Paris", timedelta(minutes=5))
