@@ -3,7 +3,8 @@ PostgreSQL): worker processes with separate data and work directories, an S3-com
 on loopback (moto) as the artifact store. A model trained on one worker is evaluated, deployed
 and scored on another; a worker killed mid-training is replaced by one on a fresh "machine",
 which resumes from the checkpoint in the store; a code package written by one process is read
-by a worker."""
+by a worker, and a flow deployed with `maestro deploy` runs from its package on another
+machine."""
 
 from __future__ import annotations
 
@@ -17,8 +18,10 @@ from pathlib import Path
 import httpx
 import pytest
 from sqlalchemy import select
+from typer.testing import CliRunner
 
 from maestro.artifacts import open_store
+from maestro.cli import app as cli_app
 from maestro.db.tables import Artifact, ModelVersion
 from maestro.embedded import wait_for_port
 from maestro.errors import ArtifactNotFound
@@ -169,6 +172,31 @@ async def test_workers_sharing_only_the_object_store(
             # The trainer's machine is gone with its disk: a new one takes its queue.
             replacement.start()
             done = await wait_for_run(http, run_id, timeout=150)
+
+            # A flow whose code exists only in its deployed package: `maestro deploy` on the
+            # developer's machine uploads it (the API writes it to the store) and the scorer's
+            # machine fetches it from the store to run the step.
+            flow_id = unique_id("shared-code")
+            flow = tmp_path / "dev" / f"flow_{flow_id.replace('-', '_')}.py"
+            flow.parent.mkdir()
+            flow.write_text(
+                "from maestro.sdk import StepContext, Workflow\n"
+                f"wf = Workflow({flow_id!r})\n"
+                f"@wf.step(task_queue={queue_b!r})\n"
+                "def where(ctx: StepContext) -> dict[str, object]:\n"
+                "    return {'module': __name__, 'file': __file__}\n"
+            )
+            deployed = CliRunner().invoke(
+                cli_app,
+                ["deploy", "--api-url", f"http://127.0.0.1:{api.api_port}", "--production"]
+                + [str(flow)],
+                env={"MAESTRO_API_KEY": auth_headers["Authorization"].split()[-1]},
+            )
+            assert deployed.exit_code == 0, deployed.output
+            code_run = await http.post(f"/api/v1/workflows/{flow_id}/runs", json={})
+            assert code_run.status_code == 201, code_run.text
+            code_done = await wait_for_run(http, code_run.json()["run_id"], timeout=60)
+            code_version = (await http.get(f"/api/v1/workflows/{flow_id}/versions/1")).json()
     finally:
         for machine in machines:
             machine.processes.stop_all()
@@ -202,3 +230,11 @@ async def test_workers_sharing_only_the_object_store(
         version = await session.get(ModelVersion, (model, 1))
     assert sorted(recorded) == sorted([model_uri, predictions])
     assert version is not None and version.artifact_uri == model_uri
+
+    assert code_done["status"] == "succeeded", code_done
+    ran = code_done["steps"][0]["outputs"]
+    assert ran["module"].startswith("_maestro_code_"), "imported from the package"
+    assert ran["file"].startswith(str(scorer.data_dir)), "unpacked on the scorer's machine"
+    assert (
+        code_version["code_uri"] == f"s3://{bucket}/maestro/code/{code_version['code_sha256']}.zip"
+    )
