@@ -42,9 +42,17 @@ async def new_key(sessions, scopes: list[str], owners: tuple[str, ...] = ()) -> 
     return secret
 
 
+async def login_form(client: httpx.AsyncClient, key: str, **more: str) -> httpx.Response:
+    """Post the sign-in form as a browser does: after loading it (its token and cookie)."""
+    form = await client.get("/ui/login")
+    match = re.search(r'name="csrf" value="([^"]+)"', form.text)
+    assert match, "the sign-in form carries its token"
+    return await client.post("/ui/login", data={"key": key, "csrf": match.group(1), **more})
+
+
 async def sign_in(client: httpx.AsyncClient, key: str) -> str:
     """Sign in; returns the page's CSRF token."""
-    response = await client.post("/ui/login", data={"key": key, "next": "/ui/workflows"})
+    response = await login_form(client, key, next="/ui/workflows")
     assert response.status_code == 303, response.text
     page = await client.get("/ui/workflows")
     assert page.status_code == 200, page.text
@@ -103,10 +111,10 @@ async def test_pages_send_a_stranger_to_sign_in_and_keep_where_they_were_going(a
 
 async def test_sign_in_sets_an_httponly_strict_cookie_secure_over_tls(app, admin_key):
     async with browser(app) as client:
-        refused = await client.post("/ui/login", data={"key": "mst_nope"})
+        refused = await login_form(client, "mst_nope")
         assert refused.status_code == 401 and "unknown or revoked" in refused.text
-        assert COOKIE not in refused.headers.get("set-cookie", "")
-        response = await client.post("/ui/login", data={"key": admin_key, "next": "//evil/x"})
+        assert f"{COOKIE}=" not in refused.headers.get("set-cookie", "")
+        response = await login_form(client, admin_key, next="//evil/x")
         assert response.status_code == 303
         assert response.headers["location"] == "/ui/workflows"  # no open redirect
         cookie = response.headers["set-cookie"]
@@ -115,8 +123,23 @@ async def test_sign_in_sets_an_httponly_strict_cookie_secure_over_tls(app, admin
         assert "Secure" not in cookie
         assert admin_key not in cookie  # an opaque token, not the key
     async with browser(app, "https") as client:
-        response = await client.post("/ui/login", data={"key": admin_key})
+        response = await login_form(client, admin_key)
         assert "Secure" in response.headers["set-cookie"]
+
+
+async def test_a_sign_in_posted_from_another_site_is_refused(app, admin_key):
+    """Login CSRF: another site's form cannot sign a browser in with the attacker's key. Its
+    post carries neither the form's token nor the SameSite=Strict cookie that matches it."""
+    async with browser(app) as client:
+        forged = await client.post("/ui/login", data={"key": admin_key})
+        assert forged.status_code == 403 and "did not come from this site" in forged.text
+        assert f"{COOKIE}=" not in forged.headers.get("set-cookie", "")
+        form = await client.get("/ui/login")
+        cookie = form.headers["set-cookie"]
+        assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/ui/login" in cookie
+        guessed = await client.post("/ui/login", data={"key": admin_key, "csrf": "x" * 32})
+        assert guessed.status_code == 403
+        assert (await login_form(client, admin_key)).status_code == 303
 
 
 async def test_pages_carry_security_headers(app, admin_key):

@@ -6,7 +6,9 @@ from __future__ import annotations
 import difflib
 import json
 from datetime import UTC, datetime, timedelta
+from hmac import compare_digest
 from pathlib import Path
+from secrets import token_urlsafe
 from typing import Any, Literal
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -63,6 +65,8 @@ from maestro.schedules import MAX_BACKFILL, time_triggers
 from maestro.signals import SignalIn
 from maestro.trigger_words import describe_trigger, describe_triggers
 
+# The sign-in form's token (double-submit: the form field and this cookie must match).
+LOGIN_COOKIE = "maestro_console_login"
 PAGE = 50
 STRIP = 10
 TEMPLATES = Jinja2Templates(directory=Path(__file__).parent / "templates")
@@ -108,11 +112,28 @@ async def home() -> RedirectResponse:
     return RedirectResponse("/ui/workflows", status_code=303)
 
 
+def _login_form(request: Request, code: int, next: str | None, error: str | None) -> Response:
+    """The sign-in form with a fresh token, also set as a SameSite=Strict cookie: a form
+    posted from another site carries no cookie, so it cannot sign a browser in (login CSRF)."""
+    token = token_urlsafe(24)
+    response = render(request, "login.html", code, next=_safe_next(next), error=error, csrf=token)
+    response.set_cookie(
+        LOGIN_COOKIE,
+        token,
+        max_age=3600,
+        path="/ui/login",
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+    return response
+
+
 @router.get("/login", response_class=HTMLResponse)
 async def login_page(request: Request, settings: SettingsDep, next: str | None = None):
     if not settings.api.auth:
         return RedirectResponse(_safe_next(next), status_code=303)
-    return render(request, "login.html", next=_safe_next(next), error=None)
+    return _login_form(request, 200, next, None)
 
 
 @router.post("/login", response_class=HTMLResponse)
@@ -122,16 +143,21 @@ async def login(
     key_cache: KeyCacheDep,
     key: str = Form(..., max_length=500),
     next: str = Form("/ui/workflows", max_length=2000),
+    csrf: str = Form("", max_length=100),
 ):
+    expected = request.cookies.get(LOGIN_COOKIE, "")
+    if not expected or not compare_digest(csrf.encode(), expected.encode()):
+        return _login_form(
+            request, 403, next, "the sign-in form did not come from this site: load it again"
+        )
     found = await key_cache.lookup(sessions, key.strip()) if key.strip() else None
     if found is None:
-        return render(
-            request, "login.html", 401, next=_safe_next(next), error="unknown or revoked API key"
-        )
+        return _login_form(request, 401, next, "unknown or revoked API key")
     async with sessions.begin() as session:
         token = await keys.open_console_session(session, found.id, SESSION_LIFETIME)
     response = RedirectResponse(_safe_next(next), status_code=303)
     set_session_cookie(request, response, token)
+    response.delete_cookie(LOGIN_COOKIE, path="/ui/login")
     return response
 
 
