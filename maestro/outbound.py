@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import httpx
+import aiohttp
 
 from maestro.settings import OutboundSettings
 
@@ -140,18 +140,19 @@ class Guard:
             self.check_address(host, address)
         return Destination(url, host, str(addresses[0]))
 
-    def client(self, max_connections: int = 100) -> httpx.AsyncClient:
-        """An HTTP client for `send`: redirects off, TLS verified, bounded connections."""
-        return httpx.AsyncClient(
-            follow_redirects=False,
-            timeout=httpx.Timeout(self.settings.timeout_seconds),
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=20),
+    def client(self, max_connections: int = 100) -> aiohttp.ClientSession:
+        """An HTTP client for `send`: no proxies from the environment, no cookies kept, TLS
+        verified, bounded connections (redirects are refused by `send`)."""
+        return aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=max_connections, limit_per_host=20),
+            cookie_jar=aiohttp.DummyCookieJar(),
             trust_env=False,
+            headers={"User-Agent": "Maestro"},
         )
 
     async def send(
         self,
-        client: httpx.AsyncClient,
+        client: aiohttp.ClientSession,
         method: str,
         url: str,
         *,
@@ -171,46 +172,50 @@ class Guard:
         limit = max_response_bytes or self.settings.max_response_bytes
         timeout = timeout or self.settings.timeout_seconds
         began = time.monotonic()
-        async with asyncio.timeout(timeout):
-            destination = await self.resolve(url)
-            request = client.build_request(
-                method,
-                destination.request_url(),
-                params=params,
-                headers={**(headers or {}), "Host": _host_header(url)},
-                content=content,
-                extensions={"sni_hostname": destination.host, "timeout": _timeouts(timeout)},
-            )
-            try:
-                answer = await client.send(request, stream=True)
-            except httpx.TimeoutException as exc:
-                raise TimeoutError(f"no answer from {destination.host} within {timeout}s") from exc
-            except httpx.TransportError as exc:
-                raise ConnectionError(f"{destination.host}: {exc or type(exc).__name__}") from exc
-            try:
-                body = bytearray()
-                truncated = False
-                async for chunk in answer.aiter_bytes():
-                    body += chunk
-                    if len(body) > limit:
-                        truncated = True
-                        del body[limit:]
-                        break
-            except httpx.TransportError as exc:
-                raise ConnectionError(f"{destination.host}: {exc or type(exc).__name__}") from exc
-            finally:
-                await answer.aclose()
+        destination = await asyncio.wait_for(self.resolve(url), timeout)
+        try:
+            async with asyncio.timeout(timeout - (time.monotonic() - began)):
+                async with client.request(
+                    method,
+                    destination.request_url(),
+                    params=_query(params),
+                    headers={**(headers or {}), "Host": _host_header(url)},
+                    data=content,
+                    allow_redirects=False,
+                    server_hostname=destination.host if url.startswith("https") else None,
+                    timeout=aiohttp.ClientTimeout(total=None),
+                ) as answer:
+                    body = bytearray()
+                    truncated = False
+                    async for chunk in answer.content.iter_chunked(65536):
+                        body += chunk
+                        if len(body) > limit:
+                            truncated = True
+                            del body[limit:]
+                            break
+        except TimeoutError:
+            raise TimeoutError(f"no answer from {destination.host} within {timeout}s") from None
+        except aiohttp.ClientError as exc:
+            raise ConnectionError(f"{destination.host}: {exc or type(exc).__name__}") from exc
         return Response(
-            status_code=answer.status_code,
-            headers=dict(answer.headers),
+            status_code=answer.status,
+            headers={k.lower(): v for k, v in answer.headers.items()},
             body=bytes(body),
             truncated=truncated,
             latency_ms=(time.monotonic() - began) * 1000,
         )
 
 
-def _timeouts(total: float) -> dict[str, float]:
-    return {"connect": total, "read": total, "write": total, "pool": total}
+def _query(params: dict[str, Any] | None) -> list[tuple[str, str]] | None:
+    """Query parameters as strings (booleans as `true`/`false`, None empty, a list repeated)."""
+    if not params:
+        return None
+    pairs = []
+    for key, value in params.items():
+        for item in value if isinstance(value, list | tuple) else [value]:
+            text = str(item).lower() if isinstance(item, bool) else str(item)
+            pairs.append((str(key), "" if item is None else text))
+    return pairs
 
 
 def _host_header(url: str) -> str:

@@ -31,9 +31,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, cast
 
-import httpx
+import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from sqlalchemy import Row, Table, bindparam, delete, insert, select, text, update
+from sqlalchemy import Table, bindparam, delete, insert, select, text, update
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from maestro import metrics
@@ -119,7 +120,7 @@ def verify(secret: str, timestamp: str, body: bytes, header: str) -> bool:
     )
 
 
-def event_body(event: OutboxEvent) -> dict[str, Any]:
+def event_body(event: OutboxEvent | _Event) -> dict[str, Any]:
     """The `json` format: the event as Maestro records it."""
     return {
         "id": event.event_id,
@@ -151,7 +152,7 @@ def _mrkdwn(value: Any) -> str:
     return str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def slack_body(event: OutboxEvent) -> dict[str, Any]:
+def slack_body(event: OutboxEvent | _Event) -> dict[str, Any]:
     """The `slack` format: Slack's incoming-webhook JSON (`text` plus `blocks`)."""
     data = event.data
     subject = event.workflow_id or data.get("model") or event.owner
@@ -180,7 +181,7 @@ def slack_body(event: OutboxEvent) -> dict[str, Any]:
     }
 
 
-def render(event: OutboxEvent, fmt: str, limit: int) -> bytes:
+def render(event: OutboxEvent | _Event, fmt: str, limit: int) -> bytes:
     """The request body of an event in a webhook's format, within `limit` bytes (a larger
     event's `data` is cut to its ids and `truncated: true`)."""
     payload = slack_body(event) if fmt == "slack" else event_body(event)
@@ -323,25 +324,79 @@ async def redeliver(
 
 # -- delivery ------------------------------------------------------------------------------
 
-# Webhooks whose oldest pending delivery is due and that no dispatcher holds.
+# Webhooks whose oldest pending delivery is due and that no dispatcher holds, leased, each with
+# its first pending deliveries (oldest first) and their events: one statement per claim.
 _CLAIM = text(
     """
-    UPDATE webhooks SET lease_until = now() + make_interval(secs => :lease)
-    WHERE id IN (
-        SELECT w.id FROM webhooks w
-        WHERE (w.lease_until IS NULL OR w.lease_until < now())
-          AND (
-            SELECT d.next_attempt_at FROM webhook_deliveries d
-            WHERE d.webhook_id = w.id AND d.status = 'pending'
-            ORDER BY d.id LIMIT 1
-          ) <= now()
-        ORDER BY w.id
-        LIMIT :limit
-        FOR UPDATE OF w SKIP LOCKED
+    WITH claimed AS (
+        UPDATE webhooks SET lease_until = now() + make_interval(secs => :lease)
+        WHERE id IN (
+            SELECT w.id FROM webhooks w
+            WHERE (w.lease_until IS NULL OR w.lease_until < now())
+              AND (
+                SELECT d.next_attempt_at FROM webhook_deliveries d
+                WHERE d.webhook_id = w.id AND d.status = 'pending'
+                ORDER BY d.id LIMIT 1
+              ) <= now()
+            ORDER BY w.id
+            LIMIT :limit
+            FOR UPDATE OF w SKIP LOCKED
+        )
+        RETURNING id, owner, url, format, secret, previous_secret, previous_secret_until
     )
-    RETURNING id, owner, url, format, secret, previous_secret, previous_secret_until
+    SELECT c.id, c.owner, c.url, c.format, c.secret, c.previous_secret,
+           c.previous_secret_until, d.id AS delivery_id, d.attempts, d.next_attempt_at,
+           d.created_at AS recorded_at, e.id AS event_row, e.event_id, e.type,
+           e.owner AS event_owner, e.workflow_id, e.data, e.created_at
+    FROM claimed c
+    LEFT JOIN LATERAL (
+        SELECT d.id, d.event_id, d.attempts, d.next_attempt_at, d.created_at
+        FROM webhook_deliveries d
+        WHERE d.webhook_id = c.id AND d.status = 'pending'
+        ORDER BY d.id LIMIT :batch
+    ) d ON true
+    LEFT JOIN outbox_events e ON e.id = d.event_id
+    ORDER BY c.id, d.id
     """
-)
+).columns(data=JSONB)
+
+
+@dataclass(frozen=True)
+class _Event:
+    """An event as `render` reads it (the fields of OutboxEvent it uses)."""
+
+    event_id: str
+    type: str
+    owner: str
+    workflow_id: str | None
+    data: dict[str, Any]
+    created_at: datetime
+
+
+@dataclass
+class _Queued:
+    """A pending delivery of a claimed webhook, with its event."""
+
+    id: int
+    attempts: int
+    next_attempt_at: datetime
+    created_at: datetime
+    event_row: int
+    event: _Event
+
+
+@dataclass
+class _Claimed:
+    """A leased webhook and its first pending deliveries, in order."""
+
+    id: str
+    owner: str
+    url: str
+    format: str
+    secret: str
+    previous_secret: str | None
+    previous_secret_until: datetime | None
+    queue: list[_Queued]
 
 
 @dataclass
@@ -383,8 +438,10 @@ class Dispatcher:
 
     # Deliveries one claim of a webhook goes through before letting others have a turn.
     BATCH = 100
-    # Successful deliveries whose results are written together.
+    # Successful deliveries of one webhook after which its results are written.
     RECORD_EVERY = 20
+    # Rendered bodies kept (an event goes to each of its webhooks, one after the other).
+    RENDERED = 1024
 
     def __init__(
         self,
@@ -402,12 +459,18 @@ class Dispatcher:
         # timeout), so no other dispatcher takes the queue while one of its requests runs.
         self._timeout = outbound.timeout_seconds
         self._lease = max(60.0, 4 * outbound.timeout_seconds)
-        # Opened secrets by their sealed form (a rotation changes the sealed form).
-        self._opened: dict[tuple[str, str], str] = {}
+        # Signing keys (HMAC states keyed with the opened secret) by their sealed form (a
+        # rotation changes the sealed form).
+        self._keys: dict[tuple[str, str], Any] = {}
+        self._rendered: dict[tuple[int, str], bytes] = {}
+        # Results waiting to be written, many webhooks' in one transaction: (outcomes, the
+        # webhook to release after writing them, or None).
+        self._results: asyncio.Queue[tuple[list[_Outcome], str | None] | None] = asyncio.Queue()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until `stop` is set; a failing database or receiver is retried, never
         raised."""
+        recorder = asyncio.create_task(self._recorder())
         async with self._guard.client(self._settings.concurrency) as client:
             tasks: set[asyncio.Task[None]] = set()
             while not stop.is_set():
@@ -427,43 +490,64 @@ class Dispatcher:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+        self._results.put_nowait(None)
+        await recorder
 
-    async def _claim(self, limit: int) -> list[Row]:
+    async def _claim(self, limit: int) -> list[_Claimed]:
         """Webhooks to drain, each with what delivering needs (one statement)."""
         async with self._sessions.begin() as session:
-            return list(await session.execute(_CLAIM, {"lease": self._lease, "limit": limit}))
+            connection = await session.connection()
+            rows = await connection.execute(
+                _CLAIM, {"lease": self._lease, "limit": limit, "batch": self.BATCH}
+            )
+            claimed: dict[str, _Claimed] = {}
+            for r in rows:
+                webhook = claimed.get(r.id)
+                if webhook is None:
+                    webhook = claimed[r.id] = _Claimed(
+                        r.id,
+                        r.owner,
+                        r.url,
+                        r.format,
+                        r.secret,
+                        r.previous_secret,
+                        r.previous_secret_until,
+                        [],
+                    )
+                if r.delivery_id is not None:
+                    event = _Event(
+                        r.event_id, r.type, r.event_owner, r.workflow_id, r.data, r.created_at
+                    )
+                    webhook.queue.append(
+                        _Queued(
+                            r.delivery_id,
+                            r.attempts,
+                            r.next_attempt_at,
+                            r.recorded_at,
+                            r.event_row,
+                            event,
+                        )
+                    )
+        return list(claimed.values())
 
-    async def _drain(self, client: httpx.AsyncClient, webhook: Row) -> None:
-        """Deliver a claimed webhook's due deliveries in order until one fails; then write
-        the results and release the webhook in one transaction."""
+    async def _drain(self, client: aiohttp.ClientSession, webhook: _Claimed) -> None:
+        """Deliver a claimed webhook's due deliveries in order until one fails; then have the
+        results written and the webhook released in one transaction."""
         began = time.monotonic()
         done: list[_Outcome] = []
         try:
-            secrets = self._secrets(webhook)
-            async with self._sessions() as session:
-                rows = (
-                    await session.execute(
-                        select(WebhookDelivery, OutboxEvent)
-                        .join(OutboxEvent, OutboxEvent.id == WebhookDelivery.event_id)
-                        .where(
-                            WebhookDelivery.webhook_id == webhook.id,
-                            WebhookDelivery.status == "pending",
-                        )
-                        .order_by(WebhookDelivery.id)
-                        .limit(self.BATCH)
-                    )
-                ).all()
-            for delivery, event in rows:
+            keys = self._signing_keys(webhook)
+            for delivery in webhook.queue:
                 if time.monotonic() - began + self._timeout > self._lease * 0.9:
                     break  # the lease would run out during the request: claim again
-                outcome = await self._deliver(client, webhook, secrets, delivery, event)
+                outcome = await self._deliver(client, webhook, keys, delivery)
                 if outcome is None:
                     break  # the head is not due yet
                 done.append(outcome)
                 if not outcome.go_on:
                     break
                 if len(done) >= self.RECORD_EVERY:
-                    await self._record(done)
+                    self._results.put_nowait((done, None))
                     done = []
         except Exception as exc:  # noqa: BLE001 - retried at the next claim
             logger.warning(
@@ -471,13 +555,10 @@ class Dispatcher:
             )
         finally:
             # Results are written in batches: a dispatcher that dies before writing them sends
-            # those events again (at-least-once). The lease runs out by itself if this fails.
-            try:
-                await self._record(done, release=webhook.id)
-            except Exception as exc:  # noqa: BLE001
-                logger.warning("recording webhook deliveries failed", extra={"error": str(exc)})
+            # those events again (at-least-once). The lease runs out by itself if that fails.
+            self._results.put_nowait((done, webhook.id))
 
-    def _secrets(self, webhook: Row) -> list[str]:
+    def _signing_keys(self, webhook: _Claimed) -> list[Any]:
         name = _secret_name(webhook.id)
         sealed = [webhook.secret]
         until = webhook.previous_secret_until
@@ -486,32 +567,48 @@ class Dispatcher:
         found = []
         for token in sealed:
             key = (webhook.id, token)
-            if key not in self._opened:
-                self._opened[key] = self._box.open(name, webhook.owner, token)
-            found.append(self._opened[key])
+            if key not in self._keys:
+                secret = self._box.open(name, webhook.owner, token)
+                self._keys[key] = hmac.new(secret.encode(), digestmod=hashlib.sha256)
+            found.append(self._keys[key])
         return found
+
+    def _body(self, delivery: _Queued, fmt: str) -> bytes:
+        key = (delivery.event_row, fmt)
+        body = self._rendered.get(key)
+        if body is None:
+            if len(self._rendered) >= self.RENDERED:
+                self._rendered.clear()
+            body = self._rendered[key] = render(delivery.event, fmt, self._limit)
+        return body
 
     async def _deliver(
         self,
-        client: httpx.AsyncClient,
-        webhook: Row,
-        secrets: list[str],
-        delivery: WebhookDelivery,
-        event: OutboxEvent,
+        client: aiohttp.ClientSession,
+        webhook: _Claimed,
+        keys: list[Any],
+        delivery: _Queued,
     ) -> _Outcome | None:
         """One attempt at the head of the queue (None: it is not due yet)."""
         now = datetime.now(UTC)
         if delivery.next_attempt_at > now:
             return None
-        body = render(event, webhook.format, self._limit)
+        event = delivery.event
+        body = self._body(delivery, webhook.format)
         timestamp = int(time.time())
+        message = str(timestamp).encode() + b"." + body
+        signatures = []
+        for key in keys:
+            mac = key.copy()
+            mac.update(message)
+            signatures.append("v1=" + mac.hexdigest())
         headers = {
             "Content-Type": "application/json",
             "User-Agent": "Maestro-Webhooks/1",
             "X-Maestro-Event-Id": event.event_id,
             "X-Maestro-Event": event.type,
             "X-Maestro-Timestamp": str(timestamp),
-            SIGNATURE_HEADER: ",".join(f"v1={sign(s, timestamp, body)}" for s in secrets),
+            SIGNATURE_HEADER: ",".join(signatures),
         }
         began = time.monotonic()
         status_code: int | None = None
@@ -565,17 +662,36 @@ class Dispatcher:
             go_on=settled["b_status"] != "pending",
         )
 
-    async def _record(self, outcomes: list[_Outcome], release: str | None = None) -> None:
-        """Write attempts and their deliveries' new states, many in one transaction; with
-        `release`, let that webhook go in the same transaction."""
-        if not outcomes and release is None:
+    async def _recorder(self) -> None:
+        """Write the drains' results as they come, all that are waiting in one transaction,
+        in the order they came (until None)."""
+        finished = False
+        while not finished:
+            waiting = [await self._results.get()]
+            while not self._results.empty():
+                waiting.append(self._results.get_nowait())
+            finished = None in waiting
+            results = [r for r in waiting if r is not None]
+            try:
+                await self._record(
+                    [o for outcomes, _ in results for o in outcomes],
+                    [webhook for _, webhook in results if webhook is not None],
+                )
+            except Exception as exc:  # noqa: BLE001 - the leases run out by themselves
+                logger.warning("recording webhook deliveries failed", extra={"error": str(exc)})
+
+    async def _record(self, outcomes: list[_Outcome], release: list[str]) -> None:
+        """Write attempts and their deliveries' new states, and let the `release` webhooks go,
+        in one transaction."""
+        if not outcomes and not release:
             return
         async with self._sessions.begin() as session:
+            connection = await session.connection()
             if outcomes:
-                await session.execute(_ATTEMPT, [o.attempt for o in outcomes])
-                await session.execute(_SETTLE, [o.settled for o in outcomes])
-            if release is not None:
-                await session.execute(_RELEASE, {"b_webhook": release})
+                await connection.execute(_ATTEMPT, [o.attempt for o in outcomes])
+                await connection.execute(_SETTLE, [o.settled for o in outcomes])
+            if release:
+                await connection.execute(_RELEASE, [{"b_webhook": w} for w in release])
 
     def backoff(self, attempt: int) -> float:
         """Seconds before the next try after `attempt` failed ones (doubling, capped)."""
