@@ -179,7 +179,7 @@ class Guard:
                     method,
                     destination.request_url(),
                     params=_query(params),
-                    headers={**(headers or {}), "Host": _host_header(url)},
+                    headers={**_without_host(headers), "Host": _host_header(url)},
                     data=content,
                     allow_redirects=False,
                     server_hostname=destination.host if url.startswith("https") else None,
@@ -216,6 +216,11 @@ def _query(params: dict[str, Any] | None) -> list[tuple[str, str]] | None:
             text = str(item).lower() if isinstance(item, bool) else str(item)
             pairs.append((str(key), "" if item is None else text))
     return pairs
+
+
+def _without_host(headers: dict[str, str] | None) -> dict[str, str]:
+    """The headers but a `Host` one in any spelling (the request sets it from the URL)."""
+    return {k: v for k, v in (headers or {}).items() if k.lower() != "host"}
 
 
 def _host_header(url: str) -> str:

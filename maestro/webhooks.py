@@ -29,12 +29,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from sqlalchemy import Table, bindparam, delete, insert, select, text, update
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from maestro import metrics
@@ -325,11 +324,11 @@ async def redeliver(
 # -- delivery ------------------------------------------------------------------------------
 
 # Webhooks whose oldest pending delivery is due and that no dispatcher holds, leased, each with
-# its first pending deliveries (oldest first) and their events: one statement per claim.
-_CLAIM = text(
-    """
+# its first pending deliveries (oldest first) and their events: one statement per claim ($1 the
+# lease in seconds, $2 how many webhooks, $3 deliveries per webhook).
+_CLAIM = """
     WITH claimed AS (
-        UPDATE webhooks SET lease_until = now() + make_interval(secs => :lease)
+        UPDATE webhooks SET lease_until = now() + make_interval(secs => $1::float8)
         WHERE id IN (
             SELECT w.id FROM webhooks w
             WHERE (w.lease_until IS NULL OR w.lease_until < now())
@@ -339,7 +338,7 @@ _CLAIM = text(
                 ORDER BY d.id LIMIT 1
               ) <= now()
             ORDER BY w.id
-            LIMIT :limit
+            LIMIT $2::int
             FOR UPDATE OF w SKIP LOCKED
         )
         RETURNING id, owner, url, format, secret, previous_secret, previous_secret_until
@@ -347,18 +346,43 @@ _CLAIM = text(
     SELECT c.id, c.owner, c.url, c.format, c.secret, c.previous_secret,
            c.previous_secret_until, d.id AS delivery_id, d.attempts, d.next_attempt_at,
            d.created_at AS recorded_at, e.id AS event_row, e.event_id, e.type,
-           e.owner AS event_owner, e.workflow_id, e.data, e.created_at
+           e.owner AS event_owner, e.workflow_id, e.data::text AS data, e.created_at
     FROM claimed c
     LEFT JOIN LATERAL (
         SELECT d.id, d.event_id, d.attempts, d.next_attempt_at, d.created_at
         FROM webhook_deliveries d
         WHERE d.webhook_id = c.id AND d.status = 'pending'
-        ORDER BY d.id LIMIT :batch
+        ORDER BY d.id LIMIT $3::int
     ) d ON true
     LEFT JOIN outbox_events e ON e.id = d.event_id
     ORDER BY c.id, d.id
-    """
-).columns(data=JSONB)
+"""
+
+# Attempts, their deliveries' new states and the release of webhooks, in one statement (so one
+# transaction). The lease on a webhook makes its dispatcher the only writer of its pending
+# deliveries. Arrays: $1 delivery ids, $2 statuses, $3 attempt numbers, $4 next attempts,
+# $5 ends, $6 attempt times, $7 status codes, $8 latencies, $9 errors; $10 webhooks to release.
+_RECORD = """
+    WITH settled AS (
+        UPDATE webhook_deliveries d
+        SET status = s.status, attempts = s.attempts, next_attempt_at = s.next_at,
+            ended_at = s.ended_at
+        FROM unnest($1::bigint[], $2::text[], $3::int[], $4::timestamptz[], $5::timestamptz[])
+            AS s(id, status, attempts, next_at, ended_at)
+        WHERE d.id = s.id AND d.status = 'pending'
+        RETURNING d.id
+    ), attempted AS (
+        INSERT INTO webhook_attempts (delivery_id, attempt, at, status_code, latency_ms, error)
+        SELECT * FROM unnest(
+            $1::bigint[], $3::int[], $6::timestamptz[], $7::int[], $8::float8[], $9::text[]
+        )
+        RETURNING id
+    ), released AS (
+        UPDATE webhooks SET lease_until = NULL WHERE id = ANY($10::text[]) RETURNING id
+    )
+    SELECT (SELECT count(*) FROM settled), (SELECT count(*) FROM attempted),
+           (SELECT count(*) FROM released)
+"""
 
 
 @dataclass(frozen=True)
@@ -401,36 +425,22 @@ class _Claimed:
 
 @dataclass
 class _Outcome:
-    """One attempt's result, to be written: its attempt row and its delivery's new state."""
+    """One attempt's result, to be written: the attempt and its delivery's new state."""
 
-    attempt: dict[str, Any]
-    settled: dict[str, Any]
-    go_on: bool  # delivered or dead: the queue moves on
+    delivery_id: int
+    attempt: int
+    at: datetime
+    status_code: int | None
+    latency_ms: float
+    error: str | None
+    status: str  # the delivery's: pending (to be retried), delivered or dead
+    next_attempt_at: datetime
+    ended_at: datetime | None
 
-
-# A delivery's state after an attempt (written for many at once; the lease on the webhook makes
-# its dispatcher the only writer of its pending deliveries).
-_DELIVERIES = cast(Table, WebhookDelivery.__table__)
-_WEBHOOKS = cast(Table, Webhook.__table__)
-_SETTLE = (
-    update(_DELIVERIES)
-    .where(
-        _DELIVERIES.c.id == bindparam("b_id"),
-        _DELIVERIES.c.status == "pending",
-    )
-    .values(
-        status=bindparam("b_status"),
-        attempts=bindparam("b_attempts"),
-        next_attempt_at=bindparam("b_next"),
-        ended_at=bindparam("b_ended"),
-    )
-)
-
-
-_ATTEMPT = insert(cast(Table, WebhookAttempt.__table__))
-_RELEASE = (
-    update(_WEBHOOKS).where(_WEBHOOKS.c.id == bindparam("b_webhook")).values(lease_until=None)
-)
+    @property
+    def go_on(self) -> bool:
+        """Delivered or dead: the queue moves on."""
+        return self.status != "pending"
 
 
 class Dispatcher:
@@ -471,63 +481,82 @@ class Dispatcher:
         """Deliver until `stop` is set; a failing database or receiver is retried, never
         raised."""
         recorder = asyncio.create_task(self._recorder())
+        try:
+            await self._dispatch(stop)
+        finally:
+            self._results.put_nowait(None)
+            try:
+                await asyncio.shield(recorder)
+            except asyncio.CancelledError:
+                recorder.cancel()
+                raise
+
+    async def _dispatch(self, stop: asyncio.Event) -> None:
+        """Claim webhooks and drain each in a task of its own until `stop`; then cancel the
+        drains (each hands over what it has done)."""
         async with self._guard.client(self._settings.concurrency) as client:
             tasks: set[asyncio.Task[None]] = set()
-            while not stop.is_set():
-                try:
-                    free = self._settings.concurrency - len(tasks)
-                    claimed = await self._claim(free) if free > 0 else []
-                except Exception as exc:  # noqa: BLE001 - the database may be away
-                    logger.warning("claiming webhook deliveries failed", extra={"error": str(exc)})
-                    claimed = []
-                for webhook in claimed:
-                    task = asyncio.create_task(self._drain(client, webhook))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
-                if not claimed:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), self._settings.poll_interval_seconds)
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        self._results.put_nowait(None)
-        await recorder
+            try:
+                while not stop.is_set():
+                    try:
+                        free = self._settings.concurrency - len(tasks)
+                        claimed = await self._claim(free) if free > 0 else []
+                    except Exception as exc:  # noqa: BLE001 - the database may be away
+                        logger.warning(
+                            "claiming webhook deliveries failed", extra={"error": str(exc)}
+                        )
+                        claimed = []
+                    for webhook in claimed:
+                        task = asyncio.create_task(self._drain(client, webhook))
+                        tasks.add(task)
+                        task.add_done_callback(tasks.discard)
+                    if not claimed:
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(
+                                stop.wait(), self._settings.poll_interval_seconds
+                            )
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _claim(self, limit: int) -> list[_Claimed]:
         """Webhooks to drain, each with what delivering needs (one statement)."""
-        async with self._sessions.begin() as session:
-            connection = await session.connection()
-            rows = await connection.execute(
-                _CLAIM, {"lease": self._lease, "limit": limit, "batch": self.BATCH}
-            )
-            claimed: dict[str, _Claimed] = {}
-            for r in rows:
-                webhook = claimed.get(r.id)
-                if webhook is None:
-                    webhook = claimed[r.id] = _Claimed(
-                        r.id,
-                        r.owner,
-                        r.url,
-                        r.format,
-                        r.secret,
-                        r.previous_secret,
-                        r.previous_secret_until,
-                        [],
+        async with self._sessions() as session:
+            rows = await (await _driver(session)).fetch(_CLAIM, self._lease, limit, self.BATCH)
+        claimed: dict[str, _Claimed] = {}
+        for r in rows:
+            webhook = claimed.get(r["id"])
+            if webhook is None:
+                webhook = claimed[r["id"]] = _Claimed(
+                    r["id"],
+                    r["owner"],
+                    r["url"],
+                    r["format"],
+                    r["secret"],
+                    r["previous_secret"],
+                    r["previous_secret_until"],
+                    [],
+                )
+            if r["delivery_id"] is not None:
+                event = _Event(
+                    r["event_id"],
+                    r["type"],
+                    r["event_owner"],
+                    r["workflow_id"],
+                    json.loads(r["data"]),
+                    r["created_at"],
+                )
+                webhook.queue.append(
+                    _Queued(
+                        r["delivery_id"],
+                        r["attempts"],
+                        r["next_attempt_at"],
+                        r["recorded_at"],
+                        r["event_row"],
+                        event,
                     )
-                if r.delivery_id is not None:
-                    event = _Event(
-                        r.event_id, r.type, r.event_owner, r.workflow_id, r.data, r.created_at
-                    )
-                    webhook.queue.append(
-                        _Queued(
-                            r.delivery_id,
-                            r.attempts,
-                            r.next_attempt_at,
-                            r.recorded_at,
-                            r.event_row,
-                            event,
-                        )
-                    )
+                )
         return list(claimed.values())
 
     async def _drain(self, client: aiohttp.ClientSession, webhook: _Claimed) -> None:
@@ -627,39 +656,23 @@ class Dispatcher:
             error = f"{type(exc).__name__}: {exc}"[:1000]
         latency = (time.monotonic() - began) * 1000
         attempt = delivery.attempts + 1
-        settled = {
-            "b_id": delivery.id,
-            "b_attempts": attempt,
-            "b_status": "pending",
-            "b_next": delivery.next_attempt_at,
-            "b_ended": None,
-        }
+        status, next_at, ended = "pending", delivery.next_attempt_at, None
         if error is None:
-            settled |= {"b_status": "delivered", "b_ended": datetime.now(UTC)}
+            status, ended = "delivered", datetime.now(UTC)
         elif now - delivery.created_at >= timedelta(seconds=self._settings.retry_for_seconds):
-            settled |= {"b_status": "dead", "b_ended": datetime.now(UTC)}
+            status, ended = "dead", datetime.now(UTC)
         else:
-            settled["b_next"] = now + timedelta(seconds=self.backoff(attempt))
-        status = str(settled["b_status"])
+            next_at = now + timedelta(seconds=self.backoff(attempt))
         metrics.WEBHOOK_ATTEMPTS.labels("retrying" if status == "pending" else status).inc()
         if error is None:
             metrics.WEBHOOK_LAG.observe((datetime.now(UTC) - event.created_at).total_seconds())
-        if error is not None:
+        else:
             logger.info(
                 "webhook delivery failed",
                 extra={"webhook_id": webhook.id, "event_id": event.event_id, "error": error},
             )
         return _Outcome(
-            attempt={
-                "delivery_id": delivery.id,
-                "attempt": attempt,
-                "at": now,
-                "status_code": status_code,
-                "latency_ms": latency,
-                "error": error,
-            },
-            settled=settled,
-            go_on=settled["b_status"] != "pending",
+            delivery.id, attempt, now, status_code, latency, error, status, next_at, ended
         )
 
     async def _recorder(self) -> None:
@@ -682,18 +695,34 @@ class Dispatcher:
 
     async def _record(self, outcomes: list[_Outcome], release: list[str]) -> None:
         """Write attempts and their deliveries' new states, and let the `release` webhooks go,
-        in one transaction."""
+        in one statement."""
         if not outcomes and not release:
             return
-        async with self._sessions.begin() as session:
-            connection = await session.connection()
-            if outcomes:
-                await connection.execute(_ATTEMPT, [o.attempt for o in outcomes])
-                await connection.execute(_SETTLE, [o.settled for o in outcomes])
-            if release:
-                await connection.execute(_RELEASE, [{"b_webhook": w} for w in release])
+        columns = [
+            [getattr(o, name) for o in outcomes]
+            for name in (
+                "delivery_id",
+                "status",
+                "attempt",
+                "next_attempt_at",
+                "ended_at",
+                "at",
+                "status_code",
+                "latency_ms",
+                "error",
+            )
+        ]
+        async with self._sessions() as session:
+            await (await _driver(session)).fetchrow(_RECORD, *columns, release)
 
     def backoff(self, attempt: int) -> float:
         """Seconds before the next try after `attempt` failed ones (doubling, capped)."""
         first = self._settings.retry_initial_seconds
         return min(self._settings.retry_max_seconds, first * 2 ** min(attempt - 1, 40))
+
+
+async def _driver(session: AsyncSession) -> Any:
+    """The session's asyncpg connection, used directly: each statement on it is a transaction of
+    its own (the dispatcher's statements are single ones, and the most frequent)."""
+    raw = await (await session.connection()).get_raw_connection()
+    return raw.driver_connection

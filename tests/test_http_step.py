@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import pytest
 
+from maestro.outbound import DestinationRefused, Guard
+from maestro.settings import OutboundSettings
 from maestro.steps import check_step_params
 from tests.conftest import unique_id, wait_for_run
 from tests.test_secrets import history_bytes, put
@@ -209,3 +211,35 @@ def test_bad_params_are_refused_at_registration():
     assert ("method",) in where
     assert "response" in where[("poll", "until")]
     assert "at least 100ms" in where[("poll", "every")]
+
+
+async def test_guard_sends_to_the_checked_address_bounded_and_without_redirects(receiver):
+    guard = Guard(OutboundSettings(allowed_private_networks=["127.0.0.1/32"]))
+    receiver.answer = lambda request: (200, b"x" * 5000)
+    async with guard.client() as client:
+        answer = await guard.send(
+            client,
+            "GET",
+            receiver.url + "/q?a=1",
+            headers={"host": "elsewhere.example", "X-Id": "7"},
+            params={"flag": True, "off": False, "none": None, "many": [1, 2]},
+            max_response_bytes=1000,
+        )
+        assert answer.status_code == 200
+        assert answer.truncated and answer.body == b"x" * 1000
+        [request] = receiver.received
+        # One Host header, the URL's (a second one would be refused by the server).
+        assert request.headers["host"] == f"127.0.0.1:{receiver.port}"
+        assert request.headers["x-id"] == "7"
+        assert request.query == "a=1&flag=true&off=false&none=&many=1&many=2"
+
+        receiver.answer = lambda request: (302, b"")
+        moved = await guard.send(client, "POST", receiver.url + "/moved", content=b"{}")
+        assert moved.status_code == 302 and len(receiver.received) == 2
+
+        with pytest.raises(DestinationRefused):
+            await guard.send(client, "GET", "http://169.254.169.254/latest/meta-data")
+        with pytest.raises(ValueError, match="the request body has"):
+            big = b"x" * (guard.settings.max_request_bytes + 1)
+            await guard.send(client, "POST", receiver.url + "/big", content=big)
+    assert len(receiver.received) == 2
