@@ -1,10 +1,11 @@
 """Outbound HTTP: where Maestro may send requests, and one bounded request to such a place.
 
 Webhook deliveries and `http` steps both go through `send`. A destination is checked twice:
-its URL when it is registered (`check_url`: scheme, the allowlist, literal addresses), and at
-every request the addresses its host resolves to (`resolve`). The request then goes to the
+its URL when it is registered (`check_url`: scheme, the allowlist, literal addresses), and
+before requests the addresses its host resolves to (`resolve`). The request then goes to the
 checked address itself, with the original host in `Host` and TLS's server name, so a DNS answer
-that changes between the check and the connection (DNS rebinding) cannot redirect it.
+that changes between the check and the connection (DNS rebinding) cannot redirect it. A
+checked address is reused for 10 s (`Guard.RESOLVED_FOR`) instead of a lookup per request.
 Redirects are never followed; request and response bodies are bounded.
 """
 
@@ -69,7 +70,12 @@ class Guard:
 
     settings: OutboundSettings = field(default_factory=OutboundSettings)
 
+    # How long a host's resolved and checked address is reused (connections only ever go to
+    # an address that passed `check_address`; this only spares a lookup per request).
+    RESOLVED_FOR = 10.0
+
     def __post_init__(self) -> None:
+        self._resolved: dict[tuple[str, int], tuple[float, str]] = {}
         self._hosts = [h.lower() for h in self.settings.allowed_hosts if not _network(h)]
         self._networks = [n for h in self.settings.allowed_hosts if (n := _network(h))]
         self._private = [
@@ -128,6 +134,9 @@ class Guard:
         if literal is not None:
             return Destination(url, host, str(literal))
         port = urlsplit(url).port or (443 if url.startswith("https") else 80)
+        cached = self._resolved.get((host, port))
+        if cached is not None and cached[0] > time.monotonic():
+            return Destination(url, host, cached[1])
         try:
             infos = await asyncio.get_running_loop().getaddrinfo(
                 host, port, type=socket.SOCK_STREAM
@@ -138,6 +147,9 @@ class Guard:
         for address in addresses:
             assert address is not None
             self.check_address(host, address)
+        if len(self._resolved) >= 1024:
+            self._resolved.clear()
+        self._resolved[(host, port)] = (time.monotonic() + self.RESOLVED_FOR, str(addresses[0]))
         return Destination(url, host, str(addresses[0]))
 
     def client(self, max_connections: int = 100) -> aiohttp.ClientSession:
@@ -172,9 +184,10 @@ class Guard:
         limit = max_response_bytes or self.settings.max_response_bytes
         timeout = timeout or self.settings.timeout_seconds
         began = time.monotonic()
-        destination = await asyncio.wait_for(self.resolve(url), timeout)
+        destination: Destination | None = None
         try:
-            async with asyncio.timeout(timeout - (time.monotonic() - began)):
+            async with asyncio.timeout(timeout):
+                destination = await self.resolve(url)
                 async with client.request(
                     method,
                     destination.request_url(),
@@ -194,9 +207,11 @@ class Guard:
                             del body[limit:]
                             break
         except TimeoutError:
-            raise TimeoutError(f"no answer from {destination.host} within {timeout}s") from None
+            host = destination.host if destination else urlsplit(url).hostname
+            raise TimeoutError(f"no answer from {host} within {timeout}s") from None
         except aiohttp.ClientError as exc:
-            raise ConnectionError(f"{destination.host}: {exc or type(exc).__name__}") from exc
+            host = destination.host if destination else urlsplit(url).hostname
+            raise ConnectionError(f"{host}: {exc or type(exc).__name__}") from exc
         return Response(
             status_code=answer.status,
             headers={k.lower(): v for k, v in answer.headers.items()},
