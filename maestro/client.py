@@ -11,7 +11,7 @@ Methods return the decoded JSON bodies described in the API's OpenAPI document
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Self
 from urllib.parse import quote
 
@@ -182,10 +182,23 @@ class MaestroClient:
             headers={"content-type": "application/zip"},
         )
 
-    def check_requirements(self, requirements: list[str]) -> dict[str, Any]:
-        """Check extra requirements (`scikit-learn>=1.4`) against the workers' environment;
-        raises (422) naming each one that is not satisfied."""
-        return self._request("POST", "/requirements/check", json={"requirements": requirements})
+    def check_requirements(
+        self,
+        requirements: list[str],
+        *,
+        task_queues: Sequence[str] = (),
+        main_queue: bool = True,
+    ) -> dict[str, Any]:
+        """Check extra requirements (`scikit-learn>=1.4`) against the environments of the
+        workers serving `task_queues` (and the main queue, with `main_queue`); raises (422)
+        naming each one that is not satisfied. `checked_against` says, per queue, whether
+        workers' environments or (none reported) the API's was used."""
+        body = {
+            "requirements": requirements,
+            "task_queues": list(task_queues),
+            "main_queue": main_queue,
+        }
+        return self._request("POST", "/requirements/check", json=body)
 
     def validate_workflow(
         self,

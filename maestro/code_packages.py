@@ -13,11 +13,15 @@ import hashlib
 import io
 import re
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from maestro.errors import CodePackageInvalid, Problem
+
+if TYPE_CHECKING:
+    from maestro.environments import Environment
 
 # A zip of this many bytes at most (the API's `max_code_package_bytes` defaults to it), holding
 # at most this many files and bytes once unpacked.
@@ -162,9 +166,13 @@ def check(data: bytes, sha256: str, max_bytes: int = MAX_PACKAGE_BYTES) -> list[
     return names
 
 
-def requirements_problems(requirements: list[str]) -> list[Problem]:
-    """Requirements (`scikit-learn>=1.4`) that this Python environment does not satisfy."""
+def requirements_problems(
+    requirements: list[str], environments: Sequence[Environment]
+) -> list[Problem]:
+    """Requirements (`scikit-learn>=1.4`) that some of `environments` do not satisfy: one
+    problem per requirement and environment, naming where and what it has."""
     from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.utils import canonicalize_name
 
     problems = []
     for i, text in enumerate(requirements):
@@ -173,28 +181,28 @@ def requirements_problems(requirements: list[str]) -> list[Problem]:
         except InvalidRequirement as exc:
             problems.append(Problem(("requirements", i), f"{text!r}: {exc}", "invalid"))
             continue
-        if requirement.marker is not None and not requirement.marker.evaluate():
-            continue
-        try:
-            installed = metadata.version(requirement.name)
-        except metadata.PackageNotFoundError:
-            problems.append(
-                Problem(
-                    ("requirements", i),
-                    f"{requirement.name} is not installed on the workers (needed: {text})",
-                    "not_installed",
+        for env in environments:
+            markers = dict(env.markers) or None
+            if requirement.marker is not None and not requirement.marker.evaluate(markers):
+                continue
+            installed = env.distributions.get(canonicalize_name(requirement.name))
+            if installed is None:
+                problems.append(
+                    Problem(
+                        ("requirements", i),
+                        f"{requirement.name} is not installed on {env.where} (needed: {text})",
+                        "not_installed",
+                    )
                 )
-            )
-            continue
-        if requirement.specifier and not requirement.specifier.contains(
-            installed, prereleases=True
-        ):
-            problems.append(
-                Problem(
-                    ("requirements", i),
-                    f"{requirement.name} {installed} is installed on the workers; the flow "
-                    f"needs {text}",
-                    "version_mismatch",
+            elif requirement.specifier and not requirement.specifier.contains(
+                installed, prereleases=True
+            ):
+                problems.append(
+                    Problem(
+                        ("requirements", i),
+                        f"{requirement.name} {installed} is installed on {env.where}; the flow "
+                        f"needs {text}",
+                        "version_mismatch",
+                    )
                 )
-            )
     return problems

@@ -100,16 +100,25 @@ def deploy_command(
         package = code_packages.build(loaded.root, loaded.files)
     except InvalidInput as exc:
         _fail(_problems(exc), EXIT_API_ERROR)
-    requirements = sorted({r for wf in loaded.workflows for r in wf.requirements})
     report: dict[str, Any] = {
         "branch": chosen,
         "code": {"sha256": package.sha256, "size": package.size, "files": package.names},
+        "requirements": [],
         "workflows": [],
     }
     try:
         with MaestroClient(api_url, api_key or _key_from_file()) as client:
-            if requirements:
-                client.check_requirements(requirements)
+            for wf, definition in zip(loaded.workflows, definitions, strict=True):
+                if wf.requirements:
+                    queues = step_task_queues(definition.model_dump(mode="json")["steps"])
+                    checked = client.check_requirements(
+                        sorted(set(wf.requirements)),
+                        task_queues=sorted(q for q in queues if q is not None),
+                        main_queue=None in queues,
+                    )
+                    report["requirements"].append(
+                        {"workflow": definition.id, "checked_against": checked["checked_against"]}
+                    )
             bodies = [d.model_dump(mode="json") for d in definitions]
             for body in bodies:
                 client.validate_workflow(body)
@@ -138,12 +147,35 @@ def deploy_command(
     _emit(output, report, _show_deployed)
 
 
+def step_task_queues(steps: list[dict[str, Any]]) -> set[str | None]:
+    """The task queues a definition's steps (and its composite steps' bodies) run on; None
+    for the main queue."""
+    queues: set[str | None] = set()
+    for step in steps:
+        queues.add(step.get("task_queue"))
+        body = step.get("params", {}).get("steps")
+        if isinstance(body, list):
+            queues |= step_task_queues(body)
+    return queues
+
+
 def _show_deployed(report: dict[str, Any]) -> None:
     code = report["code"]
     out.print(
         f"code package {code['sha256'][:12]} ({code['size']:,} bytes, {len(code['files'])} "
         f"files) -> {code.get('uri', '-')}"
     )
+    for item in report["requirements"]:
+        for checked in item["checked_against"]:
+            against = (
+                f"the workers on {', '.join(checked['hosts'])}"
+                if checked["environment"] == "workers"
+                else "the API's own environment (no worker of this queue reported one)"
+            )
+            out.print(
+                f"{item['workflow']}: requirements met on task queue {checked['task_queue']} "
+                f"by {against}"
+            )
     for item in report["workflows"]:
         result = item["result"]
         workflow = result["workflow"]

@@ -675,7 +675,7 @@ class CompositeStep(StepRef, _Steps):
 class Workflow(_Steps):
     """A workflow: its params, triggers and steps; `definition()` builds the definition the
     API registers. `requirements` (like `"scikit-learn>=1.4"`) are checked against the
-    workers' environment when the flow is deployed."""
+    environments of the workers serving its steps' task queues when the flow is deployed."""
 
     def __init__(
         self,

@@ -6,12 +6,21 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import socket
+import sys
 import zipfile
+from datetime import UTC, datetime, timedelta
+from importlib import metadata
 from pathlib import Path
 
 import pytest
+from sqlalchemy import update
 
-from maestro import code_packages
+from maestro import code_packages, environments
+from maestro.db import worker_environments as environments_db
+from maestro.db.tables import WorkerEnvironment
+from maestro.deploy_cli import step_task_queues
+from maestro.environments import Environment
 from maestro.errors import CodePackageInvalid
 from tests.conftest import unique_id
 from workers.code_packages import PackagedCode
@@ -79,14 +88,149 @@ def test_check_refuses(data: bytes, sha: str | None, kind: str) -> None:
     assert caught.value.problems[0].type == kind
 
 
-def test_requirements_against_this_environment() -> None:
-    assert code_packages.requirements_problems(["pytest>=1", "pydantic"]) == []
-    problems = code_packages.requirements_problems(
-        ["no-such-distribution-anywhere>=1", "pytest<1", "not a requirement!!"]
+def test_requirements_against_environments() -> None:
+    here = environments.local("the API process")
+    assert (
+        code_packages.requirements_problems(["pytest>=1", "Pydantic", "typing_extensions"], [here])
+        == []
     )
-    assert [p.type for p in problems] == ["not_installed", "version_mismatch", "invalid"]
-    assert "no-such-distribution-anywhere is not installed on the workers" in problems[0].msg
-    assert [p.loc for p in problems] == [("requirements", i) for i in range(3)]
+    box = Environment(
+        "worker gpu-1 (task queue gpu)", {"torch": "2.1.0"}, {"sys_platform": "linux"}
+    )
+    problems = code_packages.requirements_problems(
+        [
+            "no-such-distribution-anywhere>=1",
+            "torch>=2.2",
+            "not a requirement!!",
+            "pywin32; sys_platform == 'win32'",
+        ],
+        [box, here],
+    )
+    assert [(p.loc, p.type) for p in problems] == [
+        (("requirements", 0), "not_installed"),
+        (("requirements", 0), "not_installed"),
+        (("requirements", 1), "version_mismatch"),
+        (("requirements", 1), "not_installed"),
+        (("requirements", 2), "invalid"),
+    ]
+    assert problems[0].msg == (
+        "no-such-distribution-anywhere is not installed on worker gpu-1 (task queue gpu) "
+        "(needed: no-such-distribution-anywhere>=1)"
+    )
+    assert problems[2].msg == (
+        "torch 2.1.0 is installed on worker gpu-1 (task queue gpu); the flow needs torch>=2.2"
+    )
+    # A marker is evaluated with the worker's values, not this process's.
+    windows = Environment("worker win (task queue w)", {}, {"sys_platform": "win32"})
+    assert [
+        p.type
+        for p in code_packages.requirements_problems(
+            ["pywin32; sys_platform == 'win32'"], [windows]
+        )
+    ] == ["not_installed"]
+
+
+def test_deploy_checks_the_queues_a_flows_steps_run_on() -> None:
+    steps = [
+        {"id": "a", "type": "python"},
+        {
+            "id": "each",
+            "type": "foreach",
+            "params": {"steps": [{"id": "b", "type": "python", "task_queue": "gpu"}]},
+        },
+    ]
+    assert step_task_queues(steps) == {None, "gpu"}
+    assert step_task_queues(steps[1:]) == {None, "gpu"}
+    assert step_task_queues([{"id": "c", "type": "python", "task_queue": "cpu"}]) == {"cpu"}
+
+
+async def test_a_worker_records_its_environment(worker, sessions, settings) -> None:
+    since = datetime.now(UTC) - timedelta(minutes=1)
+    async with sessions.begin() as session:
+        rows = await environments_db.recent_environments(
+            session, settings.temporal.task_queue, since - timedelta(minutes=10)
+        )
+    mine = [r for r in rows if r.host == socket.gethostname()]
+    assert len(mine) == 1
+    assert settings.temporal.task_queue in mine[0].task_queues
+    assert mine[0].distributions["pydantic"] == metadata.version("pydantic")
+    assert mine[0].distributions["typing-extensions"] == metadata.version("typing_extensions")
+    assert mine[0].markers["python_version"] == "{}.{}".format(*sys.version_info[:2])
+
+
+async def _record(sessions, host: str, queue: str, distributions: dict[str, str]) -> None:
+    async with sessions.begin() as session:
+        await environments_db.record_environment(
+            session, host, [queue], distributions, environments.marker_values()
+        )
+
+
+async def test_requirements_are_checked_against_the_queues_workers(
+    api, worker, sessions, settings
+) -> None:
+    main = settings.temporal.task_queue
+    met = await api.post("/api/v1/requirements/check", json={"requirements": ["pydantic>=2"]})
+    assert met.status_code == 200, met.text
+    assert met.json()["checked_against"] == [
+        {"task_queue": main, "environment": "workers", "hosts": [socket.gethostname()]}
+    ]
+    have = metadata.version("pydantic")
+    unmet = await api.post(
+        "/api/v1/requirements/check",
+        json={"requirements": ["definitely-not-installed-pkg>=1", f"pydantic>{have}"]},
+    )
+    assert unmet.status_code == 422
+    where = f"worker {socket.gethostname()} (task queue {main})"
+    assert [p["msg"] for p in unmet.json()["detail"]] == [
+        f"definitely-not-installed-pkg is not installed on {where} "
+        "(needed: definitely-not-installed-pkg>=1)",
+        f"pydantic {have} is installed on {where}; the flow needs pydantic>{have}",
+    ]
+    # A queue's workers, not the API process, decide: this one has torch, the API has not.
+    gpu = unique_id("gpu")
+    await _record(sessions, "gpu-box", gpu, {"torch": "2.1.0"})
+    body = {"requirements": ["torch>=2"], "task_queues": [gpu], "main_queue": False}
+    answer = await api.post("/api/v1/requirements/check", json=body)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["checked_against"] == [
+        {"task_queue": gpu, "environment": "workers", "hosts": ["gpu-box"]}
+    ]
+    body["requirements"] = ["torch>=2.2"]
+    refused = await api.post("/api/v1/requirements/check", json=body)
+    assert refused.status_code == 422
+    assert refused.json()["detail"][0]["msg"] == (
+        f"torch 2.1.0 is installed on worker gpu-box (task queue {gpu}); the flow needs torch>=2.2"
+    )
+    # Both queues: the main queue's worker lacks torch.
+    body.update(requirements=["torch>=2"], main_queue=True)
+    both = await api.post("/api/v1/requirements/check", json=body)
+    assert both.status_code == 422
+    assert f"torch is not installed on {where}" in both.json()["detail"][0]["msg"]
+
+
+async def test_a_queue_no_worker_reported_is_checked_against_the_api(api, sessions) -> None:
+    queue = unique_id("quiet")
+    body = {"requirements": ["pydantic"], "task_queues": [queue], "main_queue": False}
+    answer = await api.post("/api/v1/requirements/check", json=body)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["checked_against"] == [
+        {"task_queue": queue, "environment": "api", "hosts": [socket.gethostname()]}
+    ]
+    # A worker not seen for longer than MAX_AGE no longer counts.
+    await _record(sessions, "gone-box", queue, {"pydantic": "1.0"})
+    async with sessions.begin() as session:
+        await session.execute(
+            update(WorkerEnvironment)
+            .where(WorkerEnvironment.host == "gone-box")
+            .values(seen_at=datetime.now(UTC) - environments.MAX_AGE - timedelta(minutes=1))
+        )
+    body["requirements"] = ["definitely-not-installed-pkg>=1"]
+    refused = await api.post("/api/v1/requirements/check", json=body)
+    assert refused.status_code == 422
+    assert refused.json()["detail"][0]["msg"].startswith(
+        "definitely-not-installed-pkg is not installed on the API process (no worker of task "
+        f"queue {queue} reported its environment in the last 15 minutes)"
+    )
 
 
 def _package(root: Path, word: str) -> PackagedCode:

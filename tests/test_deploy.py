@@ -7,7 +7,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -91,13 +93,27 @@ def _run(client: MaestroClient, wid: str, **params: object) -> dict:
     return client.start_run(wid, params=params)
 
 
+def _wait_for_the_worker_environment(client: MaestroClient) -> None:
+    """Until this module's `maestro worker` has recorded its environment (it starts beside the
+    API, which answers first)."""
+    deadline = time.monotonic() + 60
+    while client.check_requirements(["pydantic"])["checked_against"][0]["environment"] != "workers":
+        assert time.monotonic() < deadline, "the worker records no environment after 60 s"
+        time.sleep(0.2)
+
+
 def test_a_flow_runs_from_its_code_package_only(deploy, client, tmp_path: Path) -> None:
     wid = unique_id("deployed")
+    _wait_for_the_worker_environment(client)
     module = f"flow_{wid.replace('-', '_')}"
-    flow = write_flow(tmp_path / f"{module}.py", wid, "one")
+    flow = write_flow(tmp_path / f"{module}.py", wid, "one", requirements='["pydantic>=2"]')
     code, output = deploy(str(flow), "--production")
     assert code == 0, output
     assert f"{wid} [prod]: created version 1 (active)" in output
+    assert (
+        f"{wid}: requirements met on task queue {TASK_QUEUE} by the workers on "
+        f"{socket.gethostname()}"
+    ) in output
     assert f"starts: when {wid}.loaded (rows > 0)" in output
     report = _deployed(deploy, flow)
     sha = report["code"]["sha256"]
@@ -142,12 +158,16 @@ def test_two_versions_with_different_code_run_at_once(deploy, client, tmp_path: 
 
 def test_unmet_requirements_stop_the_deploy(deploy, client, tmp_path: Path) -> None:
     wid = unique_id("needs")
+    _wait_for_the_worker_environment(client)
     flow = write_flow(
         tmp_path / "needs_flow.py", wid, "x", requirements='["no-such-distribution-anywhere>=1"]'
     )
     code, output = deploy(str(flow), "--production")
     assert code == 1
-    assert "no-such-distribution-anywhere is not installed on the workers" in output
+    assert (
+        f"no-such-distribution-anywhere is not installed on worker {socket.gethostname()} "
+        f"(task queue {TASK_QUEUE})"
+    ) in output
     assert wid not in [w["id"] for w in client.iter_workflows()]
 
 

@@ -19,6 +19,7 @@ from temporalio.client import Client
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
+from maestro import environments
 from maestro.artifacts import open_store
 from maestro.db.engine import create_engine, session_factory
 from maestro.definitions_cache import DefinitionsCache
@@ -248,10 +249,13 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
     ]
     workers.append(recording_worker(client, settings.temporal.task_queue, activities))
     dispatching = _start_dispatcher(settings, sessions, stop)
+    queues = [settings.temporal.task_queue, *settings.worker.task_queues]
+    # Recorded before the first poll: a deploy that sees this worker sees what it has installed.
+    await environments.record(sessions, queues)
     async with contextlib.AsyncExitStack() as stack:
         for worker in workers:
             await stack.enter_async_context(worker)
-        queues = [settings.temporal.task_queue, *settings.worker.task_queues]
+        reporting = asyncio.create_task(environments.record_every(sessions, queues))
         logger.info("worker started", extra={"task_queues": queues})
         sweeping = asyncio.create_task(
             sweeper.run(
@@ -260,8 +264,11 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
         )
         await stop.wait()
         sweeping.cancel()
+        reporting.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sweeping
+        with contextlib.suppress(asyncio.CancelledError):
+            await reporting
     if dispatching is not None:
         await dispatching
     await runs.close()

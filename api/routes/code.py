@@ -4,14 +4,14 @@ flow's declared requirements."""
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Request, Response
 from pydantic import BaseModel, Field
 
 from api.deps import ArtifactStoreDep, SessionDep, SessionsDep, SettingsDep
 from api.schemas import CodePackageOut
-from maestro import code_packages
+from maestro import code_packages, environments
 from maestro.db import code_packages as code_db
 from maestro.errors import InvalidInput
 
@@ -75,19 +75,57 @@ class RequirementsIn(BaseModel):
     requirements: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
         max_length=200, description="PEP 508 requirements, e.g. `scikit-learn>=1.4`"
     )
+    task_queues: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+        default_factory=list,
+        max_length=50,
+        description="Task queues the flow's steps name (`task_queue`); their workers must "
+        "satisfy the requirements",
+    )
+    main_queue: bool = Field(
+        default=True,
+        strict=True,
+        description="Whether some step runs on the main task queue (no `task_queue`); its "
+        "workers must satisfy the requirements too",
+    )
+
+
+class CheckedAgainst(BaseModel):
+    task_queue: str
+    environment: Literal["workers", "api"] = Field(
+        description="`workers`: the environments of that queue's workers seen in the last "
+        "15 minutes; `api`: none reported, so this API process's own"
+    )
+    hosts: list[str]
 
 
 class RequirementsOut(BaseModel):
     satisfied: bool
     requirements: list[str]
+    checked_against: list[CheckedAgainst]
 
 
 @router.post("/requirements/check", response_model=RequirementsOut)
-async def check_requirements(body: RequirementsIn) -> RequirementsOut:
-    """Check a flow's extra requirements against the environment of this API process, which is
-    the workers' environment where they are installed together (`maestro up`, the Docker image);
-    422 names each requirement that is missing or of another version."""
-    problems = await asyncio.to_thread(code_packages.requirements_problems, body.requirements)
+async def check_requirements(
+    body: RequirementsIn, session: SessionDep, settings: SettingsDep
+) -> RequirementsOut:
+    """Check a flow's extra requirements against the installed distributions of the workers
+    that serve its steps' task queues (each worker records them at start and every 5 minutes;
+    those seen in the last 15 minutes count). A queue no worker reported for is checked
+    against this API process's environment instead, as `checked_against` says. 422 names each
+    requirement unmet on some worker: its host, task queue and the version it has."""
+    main = [settings.temporal.task_queue] if body.main_queue else []
+    queues = sorted({*main, *body.task_queues}) or [settings.temporal.task_queue]
+    checked = await environments.for_queues(session, queues)
+    problems = code_packages.requirements_problems(
+        body.requirements, [env for queue in checked for env in queue.environments]
+    )
     if problems:
         raise InvalidInput("requirements are not satisfied on the workers", problems)
-    return RequirementsOut(satisfied=True, requirements=body.requirements)
+    return RequirementsOut(
+        satisfied=True,
+        requirements=body.requirements,
+        checked_against=[
+            CheckedAgainst(task_queue=q.task_queue, environment=q.source, hosts=q.hosts)
+            for q in checked
+        ],
+    )

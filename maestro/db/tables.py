@@ -103,6 +103,21 @@ class CodePackage(Base):
     created_at: Mapped[datetime | None] = mapped_column(server_default=func.now())
 
 
+class WorkerEnvironment(Base):
+    """What a worker process serves and has installed, refreshed while it runs; `maestro
+    deploy` checks a flow's requirements against it."""
+
+    __tablename__ = "worker_environments"
+
+    host: Mapped[str] = mapped_column(String(255), primary_key=True)
+    # The sorted task queues joined by newlines: one row per host and set of queues.
+    queues_key: Mapped[str] = mapped_column(Text, primary_key=True)
+    task_queues: Mapped[list[str]] = mapped_column(ARRAY(String(200)))
+    distributions: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    markers: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    seen_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
 class Run(Base):
     """One execution of one workflow version."""
 
