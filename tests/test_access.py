@@ -221,7 +221,9 @@ async def test_lineage_leaves_out_what_the_key_may_not_read(api, ml_model):
         api, train_workflow(ml_model["workflow_id"], "ml", ml_model["model"])
     )
     signal = await completion_signal(api, upstream["run_id"])
-    [match] = (await api.get(f"/api/v1/signals/{signal['id']}")).json()["matches"]
+    # Other tests' workflows may listen to every run's completion too: take the follower's.
+    matches = (await api.get(f"/api/v1/signals/{signal['id']}")).json()["matches"]
+    [match] = [m for m in matches if m["workflow_id"] == follower]
     downstream = match["run_id"]
     _, zzz_reader = await make_key(api, ["read"], owners=["zzz"])
     async with as_key(api, zzz_reader) as zzz:

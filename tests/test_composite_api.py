@@ -151,9 +151,11 @@ async def test_a_running_while_iteration_is_skipped_and_the_loop_goes_on(api):
     base = f"/api/v1/runs/{run_id}/steps/loop/iterations"
 
     async def iteration_running(index: int) -> dict | None:
-        run = (await api.get(f"/api/v1/runs/{run_id}")).json()
+        # The page first: the run read after it cannot be older than what the page saw.
         page = (await api.get(base, params={"status": "running"})).json()
-        return run if [i["index"] for i in page["items"]] == [index] else None
+        if [i["index"] for i in page["items"]] != [index]:
+            return None
+        return (await api.get(f"/api/v1/runs/{run_id}")).json()
 
     running = await until(lambda: iteration_running(0))
     assert step_of(running, "loop")["status"] == "running"
