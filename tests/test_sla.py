@@ -300,9 +300,11 @@ async def _fire(temporal_client, schedule_id: str) -> str:
 
 
 async def _latest_run(temporal_client, workflow_id: str):
-    async for execution in temporal_client.list_workflows(f'WorkflowId = "{workflow_id}"'):
-        return temporal_client.get_workflow_handle(workflow_id, run_id=execution.run_id)
-    raise AssertionError(f"no execution of {workflow_id}")
+    """The execution the schedule started (read from its history, not from the visibility
+    listing, which may not show it yet)."""
+    handle = temporal_client.get_workflow_handle(workflow_id)
+    await handle.describe()
+    return handle
 
 
 async def test_freshness_missed_and_met(api, receiver, temporal_client):
