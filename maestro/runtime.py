@@ -11,6 +11,7 @@ from urllib.parse import quote
 from pydantic import BaseModel, Field
 from temporalio.common import SearchAttributeKey
 
+from maestro.branches import branch_of
 from maestro.definitions import Step, WorkflowDefinition
 
 RUN_WORKFLOW = "RunWorkflow"
@@ -327,3 +328,20 @@ class FireAdmission(BaseModel):
 
     run_input: RunInput | None = None
     search_attributes: bool = False
+
+
+def run_variables(
+    run_id: str, number: int, workflow_id: str, version: int, started_at: datetime | None = None
+) -> dict[str, Any]:
+    """What expressions see as `run` (the one place it is built: the run workflow, a step's
+    `emits`, local runs): its id, number, workflow id and branch, version, and start time."""
+    variables: dict[str, Any] = {
+        "id": run_id,
+        "number": number,
+        "workflow_id": workflow_id,
+        "branch": branch_of(workflow_id),
+        "version": version,
+    }
+    if started_at is not None:
+        variables["started_at"] = started_at.isoformat()
+    return variables

@@ -552,10 +552,11 @@ class _Steps:
         *,
         model_name: str,
         model_version: int | dict[str, str],
-        stage: Literal["staging", "production"] | None = None,
+        stage: Literal["staging", "production"] | dict[str, str] | None = None,
         **options: Unpack[StepOptions],
     ) -> StepRef:
-        """A `deploy` step: promote a model version to a stage (publishes `model.deployed`)."""
+        """A `deploy` step: promote a model version to a stage (publishes `model.deployed`);
+        the stage may be an expression, e.g. `staging` outside the prod branch."""
         params = _set({"model_name": model_name, "model_version": model_version}, stage=stage)
         return self._builtin(id, "deploy", params, options)
 

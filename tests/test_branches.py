@@ -374,3 +374,27 @@ async def test_validate_and_too_long_qualified_ids(api):
         "signal",
         "branches",
     ]
+
+
+async def test_expressions_see_the_runs_branch(api):
+    """`run.branch` in step params and in `emits`: what lets a branch's run choose, say, the
+    staging stage where prod's chooses production."""
+    wid, emitted_name = unique_id("branch-expr"), name("branch-expr")
+    chosen = {"expr": "run.branch == 'prod' ? 'production' : 'staging'"}
+    body = {
+        "id": wid,
+        "steps": [
+            {
+                "id": "a",
+                "type": "noop",
+                "params": {"outputs": {"branch": {"expr": "run.branch"}, "stage": chosen}},
+                "emits": [{"name": emitted_name, "params": {"branch": {"expr": "run.branch"}}}],
+            }
+        ],
+    }
+    for branch, stage in (("user.alice", "staging"), ("prod", "production")):
+        deployed = await deploy(api, body, branch)
+        run = await start(api, deployed["id"])
+        assert run["steps"][0]["outputs"] == {"branch": branch, "stage": stage}, run
+        listed = await api.get("/api/v1/signals", params={"name": emitted_name, "branch": branch})
+        assert [s["params"]["branch"] for s in listed.json()["items"]] == [branch]

@@ -52,6 +52,7 @@ from maestro.runtime import (
     StepResult,
     StepStatus,
     StepSuccess,
+    run_variables,
 )
 from maestro.schedules import Schedules
 from maestro.secrets import Masker, SecretBox, resolve_secrets
@@ -179,12 +180,9 @@ def emitted_signals(step_input: StepInput, result: StepResult) -> list[SignalIn]
             **{sid: {"outputs": out} for sid, out in step_input.upstream.items()},
             step.id: {"outputs": result.outputs},
         },
-        "run": {
-            "id": step_input.run_id,
-            "number": step_input.run_number,
-            "workflow_id": step_input.workflow_id,
-            "version": step_input.version,
-        },
+        "run": run_variables(
+            step_input.run_id, step_input.run_number, step_input.workflow_id, step_input.version
+        ),
         "signals": step_input.signals,
     }
     try:

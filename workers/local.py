@@ -39,7 +39,14 @@ from maestro.errors import NotFound, ParamsInvalid
 from maestro.expressions import RUN_ROOTS, ExpressionError, evaluate, resolve_values
 from maestro.local import EmittedSignal, IterationOutcome, LocalRun, StepOutcome
 from maestro.outbound import Guard
-from maestro.runtime import DEFAULT_STEP_TIMEOUT, RunStatus, StepInput, StepResult, StepStatus
+from maestro.runtime import (
+    DEFAULT_STEP_TIMEOUT,
+    RunStatus,
+    StepInput,
+    StepResult,
+    StepStatus,
+    run_variables,
+)
 from maestro.settings import OutboundSettings, WorkerSettings
 from maestro.steps import TrainParams, secret_references
 from workers.activities import emitted_signals, step_executor, step_failure
@@ -430,13 +437,7 @@ class _Dag:
         return {
             "params": run.params,
             "steps": steps,
-            "run": {
-                "id": run.run_id,
-                "number": 1,
-                "workflow_id": run.workflow_id,
-                "version": 1,
-                "started_at": self.started_at.isoformat(),
-            },
+            "run": run_variables(run.run_id, 1, run.workflow_id, 1, self.started_at),
             "signals": {},
         }
 

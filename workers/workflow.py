@@ -58,6 +58,7 @@ with workflow.unsafe.imports_passed_through():
         StepStatus,
         StepSuccess,
         WaitSpec,
+        run_variables,
     )
 
 
@@ -280,13 +281,13 @@ class RunWorkflow:
                 sid: {"outputs": s.outputs or {}, "status": s.status.value}
                 for sid, s in self._states.items()
             },
-            "run": {
-                "id": self._input.run_id,
-                "number": self._input.run_number,
-                "workflow_id": self._input.workflow_id,
-                "version": self._input.version,
-                "started_at": info.start_time.isoformat(),
-            },
+            "run": run_variables(
+                self._input.run_id,
+                self._input.run_number,
+                self._input.workflow_id,
+                self._input.version,
+                info.start_time,
+            ),
             "signals": {
                 m.name: {"id": m.signal_id, "params": m.params, "payload": m.payload}
                 for m in matched.values()

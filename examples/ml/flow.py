@@ -60,7 +60,8 @@ deploy = pipeline.deploy(
     "deploy",
     model_name=MODEL,
     model_version=expr("steps.train.outputs.model_version"),
-    stage="production",
+    # Only the prod branch may reach production: a branch's run deploys to staging.
+    stage=expr("run.branch == 'prod' ? 'production' : 'staging'"),
     depends_on=[evaluate],
 )
 
