@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import json
 import sys
-import tempfile
 import time
 import uuid
 from datetime import UTC, datetime
@@ -35,7 +34,7 @@ from temporalio.client import Client
 
 from bench.growth import fill
 from bench.raw import RAW_TASK_QUEUE, RAW_WORKFLOW
-from bench.run import Api, BenchError, machine, source, wait_for_quiet
+from bench.run import Api, BenchError, on_fresh_stack, wait_for_quiet
 from bench.stack import Stack
 from maestro.embedded import EmbeddedPostgres
 
@@ -187,20 +186,8 @@ def main() -> None:
     parser.add_argument("--no-raw", action="store_true", help="skip the raw-Temporal floor")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="maestro-burst-") as work:
-        stack = Stack(Path(work))
-        print(f"starting the stack in {work} ...", file=sys.stderr, flush=True)
-        stack.start()
-        try:
-            results = asyncio.run(scenario(stack, args))
-        finally:
-            stack.stop()
-    report = {
-        "machine": machine(),
-        "source": source(),
-        "command": " ".join(["python -m bench.burst", *sys.argv[1:]]),
-        "results": results,
-    }
+    report = on_fresh_stack("bench.burst", lambda stack: scenario(stack, args))
+    results = report["results"]
     raw, ours = results.get("raw"), results["maestro"]
     print("| | runs/s | seconds | lost / duplicated |")
     print("| --- | --- | --- | --- |")

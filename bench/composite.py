@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import json
 import sys
-import tempfile
 import time
 import uuid
 from datetime import datetime
@@ -35,7 +34,7 @@ from typing import Any
 from temporalio.client import Client
 
 from bench.raw import RAW_CHILDREN_WORKFLOW, RAW_FANOUT_WORKFLOW, RAW_TASK_QUEUE
-from bench.run import Api, BenchError, machine, source, wait_for_quiet
+from bench.run import Api, BenchError, on_fresh_stack, wait_for_quiet
 from bench.stack import Stack, _children, _cmdline
 from maestro.composites import leaf_capacity, split
 from maestro.definitions import Step
@@ -329,20 +328,8 @@ def main() -> None:
     parser.add_argument("--subworkflows", type=int, default=200)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="maestro-composite-") as work:
-        stack = Stack(Path(work))
-        print(f"starting the stack in {work} ...", file=sys.stderr, flush=True)
-        stack.start()
-        try:
-            results = asyncio.run(scenario(stack, args))
-        finally:
-            stack.stop()
-    report = {
-        "machine": machine(),
-        "source": source(),
-        "command": " ".join(["python -m bench.composite", *sys.argv[1:]]),
-        "results": results,
-    }
+    report = on_fresh_stack("bench.composite", lambda stack: scenario(stack, args))
+    results = report["results"]
     print(table(results))
     if args.out:
         args.out.write_text(json.dumps(report, indent=2, default=str))

@@ -24,10 +24,8 @@ every order must come from an index, no sort over all matching rows.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
-import tempfile
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -38,7 +36,7 @@ import asyncpg
 from sqlalchemy import event
 from temporalio.client import Client
 
-from bench.run import WARMUP, Api, machine, percentile, signal_sampler, source, wait_for_quiet
+from bench.run import WARMUP, Api, on_fresh_stack, percentile, signal_sampler, wait_for_quiet
 from bench.stack import Stack
 from maestro.db import audit as audit_db
 from maestro.db import runs as runs_db
@@ -394,20 +392,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     levels = [tuple(int(x) for x in lv.split(":")) for lv in args.levels.split(",")]
-    with tempfile.TemporaryDirectory(prefix="maestro-growth-") as work:
-        stack = Stack(Path(work))
-        print(f"starting the stack in {work} ...", file=sys.stderr, flush=True)
-        stack.start()
-        try:
-            results = asyncio.run(scenario(stack, levels, args.samples))  # type: ignore[arg-type]
-        finally:
-            stack.stop()
-    report = {
-        "machine": machine(),
-        "source": source(),
-        "command": " ".join(["python -m bench.growth", *sys.argv[1:]]),
-        "results": results,
-    }
+    report = on_fresh_stack("bench.growth", lambda stack: scenario(stack, levels, args.samples))  # type: ignore[arg-type]
+    results = report["results"]
     print(table(results))
     print()
     print(plan_table(results["plans"]))

@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
@@ -642,6 +642,27 @@ def source() -> dict[str, Any]:
         return {"commit": None, "note": f"{ROOT} is not a git checkout"}
     dirty = [line for line in git("status", "--porcelain").splitlines() if line]
     return {"commit": commit, "uncommitted_paths": len(dirty)}
+
+
+def on_fresh_stack(
+    module: str, scenario: Callable[[Stack], Coroutine[Any, Any, dict[str, Any]]]
+) -> dict[str, Any]:
+    """Start `maestro up` in a temporary directory, run `scenario` on it, stop everything;
+    the report: the machine, the commit, the command (`python -m <module> ...`), the results."""
+    with tempfile.TemporaryDirectory(prefix=f"maestro-{module.rpartition('.')[2]}-") as work:
+        stack = Stack(Path(work))
+        print(f"starting the stack in {work} ...", file=sys.stderr, flush=True)
+        stack.start()
+        try:
+            results = asyncio.run(scenario(stack))
+        finally:
+            stack.stop()
+    return {
+        "machine": machine(),
+        "source": source(),
+        "command": " ".join([f"python -m {module}", *sys.argv[1:]]),
+        "results": results,
+    }
 
 
 def evaluate(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
