@@ -1037,7 +1037,7 @@ def main() -> None:
         | {
             "out": str(args.out) if args.out else None,
             # `false` when the dev server ran without synced commits (CPU-bound comparison).
-            "dev_server_sync": os.environ.get("MAESTRO_TEMPORAL__DEV_SERVER_SYNC", "true"),
+            "dev_server_sync": os.environ.get("MAESTRO_TEMPORAL__DEV_SERVER_SYNC", "normal"),
         },
         "targets": TARGETS,
         "results": results,

@@ -73,7 +73,7 @@ async def scenario(stack: Stack, workflows: int, minutes: int) -> dict:
         began = time.monotonic()
         await asyncio.gather(*(push(i) for i in range(workflows)))
         register_s = time.monotonic() - began  # each push also creates its schedule
-    window = await _window(minutes)
+    window, cpu = await _window(stack, minutes)
     url = EmbeddedPostgres(stack.data_dir / "postgres", stack.pg_port).url  # with its password
     connection = await asyncpg.connect(url)
     try:
@@ -107,17 +107,22 @@ async def scenario(stack: Stack, workflows: int, minutes: int) -> dict:
         "not_started": sum(1 for r in rows if r["at"] in wanted and r["started_at"] is None),
         "created_lateness_ms": _ms(created_late),
         "started_lateness_ms": _ms(started_late),
+        "cpu_seconds_in_window": cpu,
     }
 
 
-async def _window(minutes: int) -> list[datetime]:
+async def _window(stack: Stack, minutes: int) -> tuple[list[datetime], dict[str, float]]:
     """Whole minutes that start after every schedule exists; returns once the last of them is
-    a minute past (time for late fires to arrive)."""
+    a minute past (time for late fires to arrive), with the CPU seconds each part of the stack
+    used from the first of them until then."""
     first = (datetime.now(UTC) + timedelta(minutes=1)).replace(second=0, microsecond=0)
     window = [first + timedelta(minutes=k) for k in range(minutes)]
+    await asyncio.sleep(max((first - datetime.now(UTC)).total_seconds(), 0))
+    before = stack.cpu_seconds()
     settle = (window[-1] - datetime.now(UTC)).total_seconds() + 60
     await asyncio.sleep(max(settle, 0))
-    return window
+    after = stack.cpu_seconds()
+    return window, {k: round(after[k] - before.get(k, 0.0), 1) for k in after}
 
 
 async def raw_floor(stack: Stack, schedules: int, minutes: int) -> dict:
@@ -143,7 +148,7 @@ async def raw_floor(stack: Stack, schedules: int, minutes: int) -> dict:
     began = time.monotonic()
     await asyncio.gather(*(create(i) for i in ids))
     create_s = time.monotonic() - began
-    window = await _window(minutes)
+    window, cpu = await _window(stack, minutes)
     for schedule_id in ids:
         await client.get_schedule_handle(schedule_id).delete()
     wanted = set(window)
@@ -176,6 +181,7 @@ async def raw_floor(stack: Stack, schedules: int, minutes: int) -> dict:
         "not_done": not_done,
         "started_lateness_ms": _ms(started_late),
         "activity_lateness_ms": _ms(activity_late),
+        "cpu_seconds_in_window": cpu,
     }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -24,14 +25,27 @@ class TemporalSettings(BaseModel):
     task_queue: str = "maestro"
     ui_url: str = "http://127.0.0.1:8233"
     ui_port: int = 8233
-    # The dev server `maestro up` starts syncs every SQLite commit to disk (SQLite's default).
-    # False starts it with `synchronous=OFF`: much faster on a slow disk, but a power loss or an
-    # OS crash can lose Temporal's latest state (a crash of the server process alone cannot).
-    dev_server_sync: bool = True
+    # How the dev server `maestro up` starts syncs its SQLite file (write-ahead log in every
+    # case). `normal`: synced at checkpoints; a power loss or OS crash may roll back Temporal's
+    # last commits, a crash of the server process cannot. `full`: every commit synced, about
+    # twice as slow with many aligned schedules. `off`: never synced. `true`/`false` (the
+    # older boolean form) mean `full`/`off`.
+    dev_server_sync: Literal["full", "normal", "off"] = "normal"
     # Where that dev server serves its Prometheus metrics; 0 = a free port (see status.json).
     dev_server_metrics_port: int = 0
     # Register Maestro's search attributes at start-up (needs operator rights on a real cluster).
     register_search_attributes: bool = True
+
+    @field_validator("dev_server_sync", mode="before")
+    @classmethod
+    def _sync_from_boolean(cls, value: Any) -> Any:
+        booleans = {"true": "full", "1": "full", "false": "off", "0": "off"}
+        if isinstance(value, bool):
+            return "full" if value else "off"
+        if isinstance(value, str):
+            value = value.strip().lower()
+            return booleans.get(value, value)
+        return value
 
 
 class ApiSettings(BaseModel):

@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 
 import pytest
 import yaml
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
@@ -399,20 +399,27 @@ def test_dev_server_keeps_the_search_attribute_cache(tmp_path):
     assert "MaestroWorkflowId=Keyword" in command
 
 
-def test_dev_server_syncs_each_commit_unless_told_not_to(clean_env, tmp_path):
-    """`maestro up`'s dev server keeps SQLite's synced commits by default;
-    MAESTRO_TEMPORAL__DEV_SERVER_SYNC=false turns the sync off."""
-    assert Settings().temporal.dev_server_sync is True
+def test_dev_server_keeps_a_write_ahead_log_synced_as_configured(clean_env, tmp_path):
+    """`maestro up`'s dev server writes SQLite's write-ahead log, synced at checkpoints
+    (`normal`) unless MAESTRO_TEMPORAL__DEV_SERVER_SYNC says otherwise; the older boolean
+    values still mean every commit (`true`) or never (`false`)."""
+
+    def pragmas(command: list[str]) -> list[str]:
+        return [command[i + 1] for i, arg in enumerate(command) if arg == "--sqlite-pragma"]
+
+    assert Settings().temporal.dev_server_sync == "normal"
     command = temporal_dev_server_command(tmp_path, port=1, ui_port=None)
-    assert "--sqlite-pragma" not in command
-    clean_env.setenv("MAESTRO_TEMPORAL__DEV_SERVER_SYNC", "false")
-    settings = Settings()
-    assert settings.temporal.dev_server_sync is False
-    command = temporal_dev_server_command(
-        tmp_path, port=1, ui_port=None, sync=settings.temporal.dev_server_sync
-    )
-    pragma = command.index("--sqlite-pragma")
-    assert command[pragma + 1] == "synchronous=OFF"
+    assert pragmas(command) == ["journal_mode=WAL", "synchronous=normal"]
+    for value, expected in [("false", "off"), ("true", "full"), ("FULL", "full"), ("off", "off")]:
+        clean_env.setenv("MAESTRO_TEMPORAL__DEV_SERVER_SYNC", value)
+        settings = Settings()
+        command = temporal_dev_server_command(
+            tmp_path, port=1, ui_port=None, sync=settings.temporal.dev_server_sync
+        )
+        assert pragmas(command) == ["journal_mode=WAL", f"synchronous={expected}"], value
+    clean_env.setenv("MAESTRO_TEMPORAL__DEV_SERVER_SYNC", "sometimes")
+    with pytest.raises(ValidationError, match="dev_server_sync"):
+        Settings()
 
 
 def test_worker_environment_builds_valid_settings(compose, clean_env):
