@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Any
 
 from fastapi import FastAPI
@@ -47,6 +48,9 @@ from maestro.signals import SignalBus
 from maestro.steps import STEP_TYPES
 from maestro.temporal_client import API_RETRY, connect, register_search_attributes
 from maestro.workflows import WorkflowsService
+
+# How long a request that writes to an object store waits for one that cannot be reached.
+STORE_RETRY_FOR = timedelta(seconds=5)
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +132,8 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.schedules = Schedules(sessions, app.state.runs, client, settings.temporal)
         app.state.workflows = WorkflowsService(sessions, app.state.runs, app.state.schedules)
         # The store the workers use: code packages and artifacts are read and written there.
-        app.state.artifacts = open_store(settings)
+        # A request waits a few seconds for a store that is away, not a step's two minutes.
+        app.state.artifacts = open_store(settings, retry_for=STORE_RETRY_FOR)
         yield
         await app.state.runs.close()
         try:

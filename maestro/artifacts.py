@@ -13,19 +13,24 @@ import os
 import shutil
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote, urlparse
 
 import obstore
+from obstore.exceptions import BaseError
 from obstore.store import S3Store
 
 from maestro.errors import ArtifactNotFound
 
 if TYPE_CHECKING:
-    from obstore.store import ClientConfig, S3Config
+    from obstore.store import ClientConfig, RetryConfig, S3Config
 
     from maestro.settings import Settings
+
+# What a failed object-store call raises (still unreachable after its retries, refused, ...).
+StoreError = BaseError
 
 
 @dataclass(frozen=True)
@@ -54,8 +59,9 @@ class ArtifactStore(Protocol):
         """The URI `put_bytes(key, ...)` stores at (whether or not anything is there yet)."""
 
 
-def open_store(settings: Settings) -> ArtifactStore:
-    """The artifact store `settings.artifact_store` names (default: `<data_dir>/artifacts`)."""
+def open_store(settings: Settings, *, retry_for: timedelta | None = None) -> ArtifactStore:
+    """The artifact store `settings.artifact_store` names (default: `<data_dir>/artifacts`);
+    `retry_for` replaces `MAESTRO_S3__RETRY_FOR_SECONDS` (the API answers a request sooner)."""
     url = settings.artifact_store_url
     if url.startswith("s3://"):
         s3 = settings.s3
@@ -67,6 +73,7 @@ def open_store(settings: Settings) -> ArtifactStore:
             region=s3.region,
             access_key_id=s3.access_key_id,
             secret_access_key=secret,
+            retry_for=retry_for or timedelta(seconds=s3.retry_for_seconds),
         )
     return LocalArtifactStore(Path(unquote(urlparse(url).path)))
 
@@ -159,6 +166,11 @@ class ObjectArtifactStore:
     and the stored objects' ETags, and renames it into place whole: concurrent readers (threads
     or processes) share one finished copy, and an artifact replaced in the store is fetched
     again.
+
+    Every call rides out a store that cannot be reached or answers with a server error for up
+    to `retry_for` (retrying with backoff up to 2 s apart), so that a restart of the store
+    does not cost a step its attempt; obstore's default gives up after about 2 s. A step's
+    own timeout still ends its attempt sooner; the waiting call then ends with `retry_for`.
     """
 
     def __init__(
@@ -170,6 +182,7 @@ class ObjectArtifactStore:
         region: str | None = None,
         access_key_id: str | None = None,
         secret_access_key: str | None = None,
+        retry_for: timedelta = timedelta(minutes=2),
     ) -> None:
         self.bucket, _, prefix = url.removeprefix("s3://").partition("/")
         self.prefix = prefix.strip("/")
@@ -193,7 +206,19 @@ class ObjectArtifactStore:
         client_options: ClientConfig | None = (
             {"allow_http": True} if endpoint.startswith("http://") else None
         )
-        self._store = S3Store(self.bucket, config=config, client_options=client_options)
+        retry: RetryConfig = {
+            # Bounded by time, not by count: a count would end a short outage too early.
+            "max_retries": 1_000_000,
+            "retry_timeout": retry_for,
+            "backoff": {
+                "init_backoff": timedelta(milliseconds=100),
+                "max_backoff": timedelta(seconds=2),
+                "base": 2,
+            },
+        }
+        self._store = S3Store(
+            self.bucket, config=config, client_options=client_options, retry_config=retry
+        )
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key

@@ -183,6 +183,9 @@ class S3Settings(BaseModel):
     region: str | None = None
     access_key_id: str | None = None
     secret_access_key: SecretStr | None = None
+    # How long one call keeps retrying while the store cannot be reached or answers with a
+    # server error (a restart, a failover) before it fails, and with it the step's attempt.
+    retry_for_seconds: float = Field(default=120.0, gt=0, le=300)
 
 
 class Settings(BaseSettings):

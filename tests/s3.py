@@ -3,8 +3,11 @@ object store (or MinIO), in a process of its own that is stopped by PID."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import subprocess
 import sys
+import threading
 import uuid
 from pathlib import Path
 
@@ -57,15 +60,67 @@ class S3Server:
             "MAESTRO_S3__SECRET_ACCESS_KEY": SECRET_ACCESS_KEY,
         }
 
-    def settings(self, bucket: str, data_dir: Path, prefix: str = "maestro") -> Settings:
+    def settings(
+        self, bucket: str, data_dir: Path, prefix: str = "maestro", endpoint: str | None = None
+    ) -> Settings:
         """Settings whose artifact store is `s3://<bucket>/<prefix>` on this server."""
         return Settings(
             data_dir=data_dir,
             artifact_store=f"s3://{bucket}/{prefix}",
             s3=S3Settings(
-                endpoint_url=self.endpoint,
+                endpoint_url=endpoint or self.endpoint,
                 region=REGION,
                 access_key_id=ACCESS_KEY_ID,
                 secret_access_key=SECRET_ACCESS_KEY,
             ),
         )
+
+
+class Relay:
+    """A TCP relay on a free loopback port in front of the server, which the test switches off
+    and on: off, the port refuses connections and open ones are cut, as when the store
+    restarts; the server and its buckets live on."""
+
+    def __init__(self, target_port: int) -> None:
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self._target = target_port
+        self._listener: socket.socket | None = None
+        self._open: set[socket.socket] = set()
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        listener = socket.create_server(("127.0.0.1", self.port))
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        with self._lock:
+            for sock in self._open:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+            self._open.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # stopped
+            server = socket.create_connection(("127.0.0.1", self._target))
+            with self._lock:
+                self._open |= {client, server}
+            for source, sink in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)

@@ -1,16 +1,21 @@
 """The artifact stores, local directory and S3-compatible object store (against moto's server
 on loopback): files, directories and byte objects round trip; a missing artifact is a clear
-error; concurrent readers of one object share one local copy."""
+error; concurrent readers of one object share one local copy; a store that restarts costs a
+call time, not an error."""
 
 from __future__ import annotations
 
 import hashlib
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import pytest
 from pydantic import ValidationError
 
+from api.app import create_app
+from maestro import code_packages
 from maestro.artifacts import (
     ArtifactStore,
     LocalArtifactStore,
@@ -19,7 +24,7 @@ from maestro.artifacts import (
 )
 from maestro.errors import ArtifactNotFound
 from maestro.settings import Settings
-from tests.s3 import S3Server
+from tests.s3 import Relay, S3Server
 
 
 @pytest.fixture(params=["file", "s3"])
@@ -234,3 +239,86 @@ def test_a_context_without_a_store_reads_files_and_keeps_checkpoints_in_its_work
     ctx.save_checkpoint(b"state")
     assert step_context(tmp_path, None).load_checkpoint() == b"state"
     assert str(tmp_path / "work" / "run-1") in str(next((tmp_path / "work").rglob("train")))
+
+
+def test_a_step_rides_out_an_object_store_that_restarts(tmp_path: Path, s3_server) -> None:
+    """While the store cannot be reached (here: a relay in front of it, switched off), a
+    step's checkpoint write keeps trying, and lands once the store is back: no failed call,
+    so no attempt of the step spent."""
+    relay = Relay(s3_server.port)
+    bucket = s3_server.new_bucket()
+    store = open_store(s3_server.settings(bucket, tmp_path / "data", endpoint=relay.endpoint))
+    context = step_context(tmp_path, store)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            began = time.monotonic()
+            saving = pool.submit(context.save_checkpoint, b"epoch 7")
+            time.sleep(3)
+            assert not saving.done(), "the write gave up while the store was away"
+            relay.start()
+            saving.result(timeout=30)
+        assert time.monotonic() - began >= 3
+        assert step_context(tmp_path / "elsewhere", store).load_checkpoint() == b"epoch 7"
+    finally:
+        relay.stop()
+
+
+def test_a_store_away_longer_than_its_retry_window_fails_the_call(
+    tmp_path: Path, s3_server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MAESTRO_S3__RETRY_FOR_SECONDS bounds the wait: past it the call fails, naming the
+    request, and the step's attempt fails with it."""
+    monkeypatch.setenv("MAESTRO_S3__RETRY_FOR_SECONDS", "2")
+    assert Settings().s3.retry_for_seconds == 2
+    relay = Relay(s3_server.port)  # never switched on
+    settings = s3_server.settings(
+        s3_server.new_bucket(), tmp_path / "data", endpoint=relay.endpoint
+    )
+    settings.s3.retry_for_seconds = 2
+    store = open_store(settings)
+    began = time.monotonic()
+    with pytest.raises(Exception, match=r"PUT .*retry_timeout: 2s"):
+        store.put_bytes("checkpoints/run-1/train", b"lost")
+    assert 2 <= time.monotonic() - began < 15
+
+
+@pytest.mark.parametrize("value", ["0", "301"])
+def test_the_retry_window_is_bounded(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("MAESTRO_S3__RETRY_FOR_SECONDS", value)
+    with pytest.raises(ValidationError, match="retry_for_seconds"):
+        Settings()
+
+
+async def test_a_code_upload_while_the_store_is_away_is_a_503_and_records_nothing(
+    settings: Settings, auth_headers, s3_server, tmp_path: Path
+) -> None:
+    """The API waits a few seconds for a store that cannot be reached, not a step's two
+    minutes, then answers 503 `unavailable` naming the store, with no package recorded; the
+    same upload succeeds once the store is back."""
+    relay = Relay(s3_server.port)
+    shared = s3_server.settings(s3_server.new_bucket(), tmp_path / "data", endpoint=relay.endpoint)
+    app = create_app(
+        settings.model_copy(update={"artifact_store": shared.artifact_store, "s3": shared.s3})
+    )
+    (tmp_path / "flow").mkdir()
+    (tmp_path / "flow" / "flow.py").write_text("X = 1\n")
+    package = code_packages.build(tmp_path, [tmp_path / "flow"])
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://maestro/api/v1", headers=auth_headers
+        ) as http:
+            began = time.monotonic()
+            refused = await http.put(f"/code/{package.sha256}", content=package.data)
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["error"] == "unavailable"
+            assert "artifact store" in refused.json()["message"]
+            assert refused.headers["Retry-After"] == "5"
+            assert time.monotonic() - began < 30
+            assert (await http.get(f"/code/{package.sha256}")).status_code == 404
+            relay.start()
+            try:
+                stored = await http.put(f"/code/{package.sha256}", content=package.data)
+            finally:
+                relay.stop()
+            assert stored.status_code == 201, stored.text

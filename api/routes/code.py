@@ -12,8 +12,9 @@ from pydantic import BaseModel, Field
 from api.deps import ArtifactStoreDep, SessionDep, SessionsDep, SettingsDep
 from api.schemas import CodePackageOut
 from maestro import code_packages, environments
+from maestro.artifacts import StoreError
 from maestro.db import code_packages as code_db
-from maestro.errors import InvalidInput
+from maestro.errors import InvalidInput, Unavailable
 
 router = APIRouter(tags=["code"])
 
@@ -52,12 +53,17 @@ async def put_code(
 ) -> CodePackageOut:
     """Store a code package under its SHA-256 (verified) in the artifact store. Refused (4xx):
     over `max_code_package_bytes` (413), a body whose hash differs, not a zip, unsafe names,
-    files that look like secrets (`.env`, `*.pem`, `id_rsa`, ...)."""
+    files that look like secrets (`.env`, `*.pem`, `id_rsa`, ...). 503 `unavailable`, nothing
+    recorded, when the artifact store cannot be reached for a few seconds."""
     data = await request.body()
     names = await asyncio.to_thread(
         code_packages.check, data, sha256, settings.api.max_code_package_bytes
     )
-    uri = await asyncio.to_thread(artifacts.put_bytes, code_packages.code_key(sha256), data)
+    try:
+        uri = await asyncio.to_thread(artifacts.put_bytes, code_packages.code_key(sha256), data)
+    except StoreError as exc:
+        reason = str(exc).splitlines()[0][:500]
+        raise Unavailable(f"the artifact store cannot take the package now: {reason}") from exc
     async with sessions.begin() as session:
         row, created = await code_db.record_package(session, sha256, uri, len(data), len(names))
     if not created:
