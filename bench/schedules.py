@@ -114,9 +114,9 @@ async def scenario(stack: Stack, workflows: int, minutes: int) -> dict:
 async def _window(stack: Stack, minutes: int) -> tuple[list[datetime], dict[str, float]]:
     """Whole minutes that start at least 45 s after every schedule exists (with a minute
     starting seconds after hundreds of schedules were created, a third of their first fires
-    were missing: a schedule does not fire before Temporal first runs its scheduler); returns
-    once the last of them is a minute past (time for late fires to arrive), with the CPU
-    seconds each part of the stack used from the first of them."""
+    were missing, most likely because a schedule does not fire before Temporal first runs its
+    scheduler); returns once the last of them is a minute past (time for late fires to
+    arrive), with the CPU seconds each part of the stack used from the first of them."""
     first = (datetime.now(UTC) + timedelta(seconds=105)).replace(second=0, microsecond=0)
     window = [first + timedelta(minutes=k) for k in range(minutes)]
     await asyncio.sleep(max((first - datetime.now(UTC)).total_seconds(), 0))
