@@ -301,11 +301,11 @@ def temporal_dev_server_command(
     namespace: str = "default",
     sync: str = "normal",
 ) -> list[str]:
-    """`temporal server start-dev` with file persistence in SQLite's write-ahead log and
-    Maestro's search attributes; `sync` is SQLite's `synchronous` (TemporalSettings.
-    dev_server_sync). The log with `normal` survives a crash of the server process, and at
-    1,000 aligned cron schedules starts their fires about twice as fast as SQLite's default
-    journal, which syncs every commit several times."""
+    """`temporal server start-dev` with file persistence and Maestro's search attributes;
+    `sync` is SQLite's `synchronous` (TemporalSettings.dev_server_sync). With `normal` (the
+    default) SQLite keeps a write-ahead log, which survives a crash of the server process and
+    with 1,000 aligned cron schedules starts their fires about twice as fast as the rollback
+    journal that `full` keeps, which syncs every commit several times."""
     data_dir.mkdir(parents=True, exist_ok=True)
     command = [
         temporal_executable(),
@@ -323,7 +323,16 @@ def temporal_dev_server_command(
         "warn",
     ]
     command += ["--ui-port", str(ui_port)] if ui_port else ["--headless"]
-    command += ["--sqlite-pragma", "journal_mode=WAL", "--sqlite-pragma", f"synchronous={sync}"]
+    # `full` keeps SQLite's rollback journal (the former default; for a data directory on a
+    # network filesystem, where a write-ahead log does not work); the mode is stored in the
+    # file, so it is always named.
+    journal = "DELETE" if sync == "full" else "WAL"
+    command += [
+        "--sqlite-pragma",
+        f"journal_mode={journal}",
+        "--sqlite-pragma",
+        f"synchronous={sync}",
+    ]
     for key in SEARCH_ATTRIBUTES:
         kind = {"KEYWORD": "Keyword", "INT": "Int"}[key.indexed_value_type.name]
         command += ["--search-attribute", f"{key.name}={kind}"]

@@ -25,11 +25,12 @@ class TemporalSettings(BaseModel):
     task_queue: str = "maestro"
     ui_url: str = "http://127.0.0.1:8233"
     ui_port: int = 8233
-    # How the dev server `maestro up` starts syncs its SQLite file (write-ahead log in every
-    # case). `normal`: synced at checkpoints; a power loss or OS crash may roll back Temporal's
-    # last commits, a crash of the server process cannot. `full`: every commit synced, about
-    # twice as slow with many aligned schedules. `off`: never synced. `true`/`false` (the
-    # older boolean form) mean `full`/`off`.
+    # How the dev server `maestro up` starts keeps its SQLite file. `normal`: a write-ahead log
+    # synced at checkpoints; a power loss or OS crash may roll back Temporal's last commits, a
+    # crash of the server process cannot. `full`: the rollback journal, every commit synced
+    # (the former default: about half as fast with many aligned schedules; for a data
+    # directory on a network filesystem). `off`: a write-ahead log never synced.
+    # `true`/`false` (the older boolean form) mean `full`/`off`.
     dev_server_sync: Literal["full", "normal", "off"] = "normal"
     # Where that dev server serves its Prometheus metrics; 0 = a free port (see status.json).
     dev_server_metrics_port: int = 0

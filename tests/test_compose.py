@@ -401,8 +401,9 @@ def test_dev_server_keeps_the_search_attribute_cache(tmp_path):
 
 def test_dev_server_keeps_a_write_ahead_log_synced_as_configured(clean_env, tmp_path):
     """`maestro up`'s dev server writes SQLite's write-ahead log, synced at checkpoints
-    (`normal`) unless MAESTRO_TEMPORAL__DEV_SERVER_SYNC says otherwise; the older boolean
-    values still mean every commit (`true`) or never (`false`)."""
+    (`normal`) unless MAESTRO_TEMPORAL__DEV_SERVER_SYNC says otherwise: `full` is SQLite's
+    rollback journal with every commit synced (the former default), `off` never syncs; the
+    older boolean values still mean `full` (`true`) and `off` (`false`)."""
 
     def pragmas(command: list[str]) -> list[str]:
         return [command[i + 1] for i, arg in enumerate(command) if arg == "--sqlite-pragma"]
@@ -416,7 +417,8 @@ def test_dev_server_keeps_a_write_ahead_log_synced_as_configured(clean_env, tmp_
         command = temporal_dev_server_command(
             tmp_path, port=1, ui_port=None, sync=settings.temporal.dev_server_sync
         )
-        assert pragmas(command) == ["journal_mode=WAL", f"synchronous={expected}"], value
+        journal = "DELETE" if expected == "full" else "WAL"
+        assert pragmas(command) == [f"journal_mode={journal}", f"synchronous={expected}"], value
     clean_env.setenv("MAESTRO_TEMPORAL__DEV_SERVER_SYNC", "sometimes")
     with pytest.raises(ValidationError, match="dev_server_sync"):
         Settings()
