@@ -182,7 +182,7 @@ class ObjectArtifactStore:
         region: str | None = None,
         access_key_id: str | None = None,
         secret_access_key: str | None = None,
-        retry_for: timedelta = timedelta(minutes=2),
+        retry_for: timedelta,
     ) -> None:
         self.bucket, _, prefix = url.removeprefix("s3://").partition("/")
         self.prefix = prefix.strip("/")
